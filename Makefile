@@ -1,0 +1,106 @@
+# K-fold ensemble + TTA pipeline. Targets are files; the commands below only name them.
+#
+#   make folds train ensemble                 the whole job (embedded demo by default)
+#   make folds train ensemble CONFIG=configs/mycomp.yaml SET="train.lr=3e-4 train.epochs=20"
+#   make train FOLD=2                         build one fold (resumes a killed one)
+#   make retrain FOLD=2                       retrain one fold from scratch, then `make ensemble`
+#   make test                                 the test suite
+#
+# How Make knows what is up to date: `python -m pipeline resolve` runs first (at parse time,
+# for pipeline goals) and writes outputs/<exp>/stamps/<stage>.json, each holding only the
+# config keys that stage depends on and rewritten only when they change. Rules depend on
+# their stage's stamp, so a voting change re-votes without retraining.
+
+SHELL := /bin/bash
+.DELETE_ON_ERROR:
+.SECONDARY:
+.DEFAULT_GOAL := help
+
+CONFIG ?= configs/demo.yaml
+SET ?=
+FOLD ?=
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VENV_OK := $(VENV)/.installed
+PIPELINE := $(PY) -m pipeline
+
+# ---- configuration → Make variables (only for goals that run the pipeline) -----------------
+PIPELINE_GOALS := data folds train retrain predict ensemble score validate
+ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
+  ifeq ($(wildcard $(VENV_OK)),)
+    $(info [make] creating the virtual environment first (a few minutes, once))
+    $(shell $(MAKE) --no-print-directory $(VENV_OK) >&2)
+  endif
+  RESOLVE_OUT := $(shell $(PIPELINE) resolve --config $(CONFIG) $(if $(SET),--set $(SET)) --make-vars)
+  ifneq ($(.SHELLSTATUS),0)
+    $(error the configuration $(CONFIG) is invalid (see the message above))
+  endif
+  $(foreach assignment,$(RESOLVE_OUT),$(eval $(assignment)))
+  STAMPS := $(EXP_DIR)/stamps
+  FOLD_IDS := $(shell seq 0 $$(( $(K) - 1 )))
+  FOLDS_SELECTED := $(if $(FOLD),$(FOLD),$(FOLD_IDS))
+  WEIGHTS := $(foreach k,$(FOLDS_SELECTED),$(EXP_DIR)/fold_$(k)/weights.safetensors)
+  TEST_PROBS := $(foreach k,$(FOLD_IDS),$(EXP_DIR)/fold_$(k)/test_probs.csv)
+  STAGE = $(PIPELINE) $(1) --config $(RESOLVED)
+endif
+
+.PHONY: help venv data folds train retrain predict ensemble score validate test bench clean
+
+help: ## show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@echo "  variables: CONFIG=$(CONFIG)  SET=\"key=value ...\"  FOLD=k"
+
+venv: $(VENV_OK) ## create the virtual environment from pyproject.toml
+
+$(VENV_OK): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# ---- stages -------------------------------------------------------------------------------
+data: $(TRAIN_CSV) ## write the embedded demo dataset (demo configs only)
+
+ifeq ($(DEMO),1)
+$(TRAIN_CSV): $(STAMPS)/data.json | $(VENV_OK)
+	$(call STAGE,demo-data)
+endif
+
+folds: $(FOLDS_FILE) ## assign stratified, grouped folds → folds/<name>.csv
+
+$(FOLDS_FILE): $(TRAIN_CSV) $(STAMPS)/folds.json | $(VENV_OK)
+	$(call STAGE,folds)
+
+train: $(WEIGHTS) ## train every fold (or FOLD=k); a killed fold resumes
+
+$(EXP_DIR)/fold_%/weights.safetensors: $(FOLDS_FILE) $(STAMPS)/train.json | $(VENV_OK)
+	$(call STAGE,train) --fold $*
+
+retrain: ## retrain FOLD=k from scratch; its old weights are replaced only on success
+	@test -n "$(FOLD)" || { echo "usage: make retrain FOLD=k" >&2; exit 2; }
+	rm -rf $(EXP_DIR)/fold_$(FOLD)/state
+	$(call STAGE,train) --fold $(FOLD)
+
+predict: $(TEST_PROBS) ## predict the test set with TTA, one file per fold
+
+$(EXP_DIR)/fold_%/test_probs.csv: $(EXP_DIR)/fold_%/weights.safetensors $(STAMPS)/predict.json
+	$(call STAGE,predict) --fold $*
+
+ensemble: $(EXP_DIR)/submission.csv ## vote the folds into outputs/<exp>/submission.csv
+
+$(EXP_DIR)/submission.csv: $(TEST_PROBS) $(STAMPS)/ensemble.json $(SAMPLE_SUBMISSION)
+	$(call STAGE,ensemble)
+
+score: $(EXP_DIR)/submission.csv ## score the submission on held-back labels (demo)
+	$(call STAGE,score)
+
+validate: $(EXP_DIR)/submission.csv ## check the submission against the sample submission
+	$(call STAGE,validate)
+
+# ---- development --------------------------------------------------------------------------
+test: $(VENV_OK) ## run the test suite
+	$(PY) -m pytest
+
+clean: ## remove outputs/ and folds/ (keeps the virtual environment)
+	rm -rf outputs/* folds/*.csv data/demo

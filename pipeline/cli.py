@@ -1,0 +1,125 @@
+"""`python -m pipeline <stage>`: argument parsing only, then a call into the stage."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config, write_resolved
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = "configs/demo.yaml"
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="experiment YAML (default: %(default)s)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override config values, e.g. --set train.lr=0.01 model.name=resnet18")
+
+
+def _cfg(args):
+    return load_config(args.config, args.set)
+
+
+def cmd_resolve(args) -> None:
+    cfg = _cfg(args)
+    resolved = write_resolved(cfg)
+    if not args.make_vars:
+        print(resolved)
+        return
+    if not cfg.data.demo and not Path(cfg.data.train_csv).is_file():
+        raise ConfigError(f"data.train_csv: {cfg.data.train_csv} does not exist (set data.demo: true for the demo)")
+    variables = {"EXP_DIR": cfg.exp_dir, "RESOLVED": resolved, "FOLDS_FILE": cfg.folds_file,
+                 "K": cfg.folds.n_splits, "TRAIN_CSV": cfg.data.train_csv, "DEMO": int(cfg.data.demo),
+                 "SAMPLE_SUBMISSION": cfg.data.sample_submission}
+    for key, value in variables.items():
+        if " " in str(value):
+            raise ConfigError(f"paths with spaces cannot be used from Make: {value}")
+    print(" ".join(f"{k}={v}" for k, v in variables.items()))
+
+
+def cmd_demo_data(args) -> None:
+    from .demo import make_demo_dataset
+    cfg = _cfg(args)
+    if not cfg.data.demo:
+        raise ConfigError("data.demo is false: this config uses your own data, there is no demo to write")
+    paths = make_demo_dataset(cfg.data.image_root, seed=cfg.data.demo_seed, scale=cfg.data.demo_scale,
+                              image_size=max(cfg.augment.image_size, 32))
+    print(f"[data] demo dataset written to {paths['root']}")
+
+
+def cmd_folds(args) -> None:
+    from .stages import make_folds
+    make_folds(_cfg(args))
+
+
+def cmd_train(args) -> None:
+    from .train import fit
+    cfg = _cfg(args)
+    for fold in args.fold if args.fold is not None else range(cfg.folds.n_splits):
+        fit(cfg, fold)
+
+
+def cmd_predict(args) -> None:
+    from .stages import predict_fold
+    cfg = _cfg(args)
+    for fold in args.fold if args.fold is not None else range(cfg.folds.n_splits):
+        predict_fold(cfg, fold)
+
+
+def cmd_ensemble(args) -> None:
+    from .stages import ensemble
+    ensemble(_cfg(args))
+
+
+def cmd_score(args) -> None:
+    from .stages import score
+    score(_cfg(args))
+
+
+def cmd_validate(args) -> None:
+    from .submission import validate_submission
+    cfg = _cfg(args)
+    path = args.submission or cfg.exp_dir / "submission.csv"
+    problems = validate_submission(path, cfg.data.sample_submission, cfg.data.id_column, cfg.data.target_column)
+    if problems:
+        raise ValueError(f"{path} would be rejected:\n  - " + "\n  - ".join(problems))
+    print(f"{path}: valid against {cfg.data.sample_submission}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    stages = [
+        ("resolve", cmd_resolve, "validate the config; save it and the per-stage stamps"),
+        ("demo-data", cmd_demo_data, "write the embedded demo dataset (scikit-learn's digits)"),
+        ("folds", cmd_folds, "assign stratified (grouped) folds → folds/<name>.csv"),
+        ("train", cmd_train, "train fold models (all, or --fold K ...)"),
+        ("predict", cmd_predict, "predict the test set with TTA (all folds, or --fold K ...)"),
+        ("ensemble", cmd_ensemble, "vote the folds into submission.csv; print the CV table"),
+        ("score", cmd_score, "score the submission on held-back test labels"),
+        ("validate", cmd_validate, "check a submission CSV against the sample submission"),
+    ]
+    for name, func, help_text in stages:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _config_args(p)
+        p.set_defaults(func=func)
+        if name in ("train", "predict"):
+            p.add_argument("--fold", type=int, nargs="+", help="fold number(s); default: all")
+        if name == "resolve":
+            p.add_argument("--make-vars", action="store_true", help="print the variables the Makefile needs")
+        if name == "validate":
+            p.add_argument("submission", nargs="?", help="CSV to check (default: the experiment's submission)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # user-fixable: one clear line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

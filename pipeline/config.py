@@ -1,0 +1,352 @@
+"""Typed, validated experiment configuration.
+
+One YAML file per experiment (`configs/*.yaml`) is read into nested dataclasses.
+Unknown keys, wrong types and impossible values are errors that name the key,
+raised before any work starts. Command-line overrides use dotted keys
+(`train.lr=0.01`). The resolved configuration is saved with the run, and each
+stage gets a *stamp*: a file holding only the keys that stage depends on,
+rewritten only when they change, so Make reruns exactly what a change affects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "Config",
+    "load_config",
+    "parse_overrides",
+    "config_to_dict",
+    "stage_fingerprint",
+    "STAGE_KEYS",
+    "write_resolved",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value a user can fix: the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    train_csv: str = "data/demo/train.csv"
+    image_root: str = "data/demo"
+    image_column: str = "image"
+    label_column: str = "label"
+    group_column: str | None = None
+    sample_submission: str = "data/demo/sample_submission.csv"
+    id_column: str = "id"
+    target_column: str = "label"
+    test_image_template: str | None = "test/{id}.png"
+    test_path_column: str | None = None
+    test_root: str | None = None
+    test_labels: str | None = None
+    demo: bool = False
+    demo_scale: float = 1.0
+    demo_seed: int = 0
+
+
+@dataclass
+class FoldsConfig:
+    n_splits: int = 5
+    name: str | None = None
+    dir: str = "folds"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet10t"
+    pretrained: bool = False
+    pretrained_file: str | None = None
+    drop_rate: float = 0.0
+
+
+@dataclass
+class AugmentConfig:
+    image_size: int = 32
+    train: list = field(default_factory=lambda: [{"HorizontalFlip": {"p": 0.5}}])
+    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class SamplingConfig:
+    method: str = "none"
+    target_ratio: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    step_size: int = 3
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    loss: str = "ce"
+    label_smoothing: float = 0.0
+    monitor: str = "f1_macro"
+    num_workers: int = 0
+    device: str = "auto"
+    amp: bool = False
+
+
+@dataclass
+class TTAConfig:
+    views: list = field(default_factory=lambda: ["identity", "hflip"])
+    merge: str = "mean"
+    batch_size: int = 256
+
+
+@dataclass
+class EnsembleConfig:
+    voting: str = "soft"
+
+
+@dataclass
+class Config:
+    experiment: str = "demo"
+    seed: int = 42
+    output_dir: str = "outputs"
+    data: DataConfig = field(default_factory=DataConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tta: TTAConfig = field(default_factory=TTAConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+
+    # Derived locations: one place decides where every stage reads and writes.
+    @property
+    def exp_dir(self) -> Path:
+        return Path(self.output_dir) / self.experiment
+
+    @property
+    def folds_file(self) -> Path:
+        return Path(self.folds.dir) / f"{self.folds.name or self.experiment}.csv"
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.exp_dir / f"fold_{fold}"
+
+
+CHOICES = {
+    "train.optimizer": ("sgd", "momentum", "adam", "adamw", "nadam", "radam", "rmsprop", "lamb", "lion"),
+    "train.scheduler": ("none", "step", "cosine", "plateau", "onecycle"),
+    "train.loss": ("ce",),
+    "train.monitor": ("f1_macro", "accuracy", "loss"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "sampling.method": ("none", "balanced", "oversample"),
+    "tta.merge": ("mean", "geometric_mean", "max", "logit_mean"),
+    "ensemble.voting": ("soft", "hard", "geometric", "rank"),
+}
+
+
+def _value_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    """(key, holds, rule) for every range rule; a failing rule becomes a ConfigError."""
+    t = cfg.train
+    return [
+        ("folds.n_splits", cfg.folds.n_splits >= 2, "must be at least 2"),
+        ("train.epochs", t.epochs >= 1, "must be at least 1"),
+        ("train.batch_size", t.batch_size >= 1, "must be at least 1"),
+        ("train.lr", t.lr > 0, "must be positive"),
+        ("train.weight_decay", t.weight_decay >= 0, "must be non-negative"),
+        ("train.label_smoothing", 0 <= t.label_smoothing < 1, "must be in [0, 1)"),
+        ("train.num_workers", t.num_workers >= 0, "must be non-negative"),
+        ("train.warmup_epochs", 0 <= t.warmup_epochs < t.epochs, "must be in [0, train.epochs)"),
+        ("train.step_size", t.step_size >= 1, "must be at least 1"),
+        ("sampling.target_ratio", 0 < cfg.sampling.target_ratio <= 1, "must be in (0, 1]"),
+        ("augment.image_size", cfg.augment.image_size >= 8, "must be at least 8 pixels"),
+        ("augment.mean", len(cfg.augment.mean) == 3, "must list 3 channel means"),
+        ("augment.std", len(cfg.augment.std) == 3 and all(s > 0 for s in cfg.augment.std),
+         "must list 3 positive channel standard deviations"),
+        ("tta.batch_size", cfg.tta.batch_size >= 1, "must be at least 1"),
+        ("data.demo_scale", cfg.data.demo_scale > 0, "must be positive"),
+        ("data.test_image_template",
+         (cfg.data.test_image_template is None) != (cfg.data.test_path_column is None),
+         "set exactly one of data.test_image_template and data.test_path_column"),
+        ("experiment", cfg.experiment.replace("-", "").replace("_", "").isalnum(),
+         "must be letters, digits, '-' or '_' (it names a folder)"),
+    ]
+
+
+# ----------------------------------------------------------------------------------------
+# Building dataclasses from plain dicts, with type checks that name the key.
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_type(key: str, value: Any, tp) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(key, value, inner[0])
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # PyYAML (YAML 1.1) reads `3e-4` as a string; users mean a number
+            return float(value)
+        except ValueError:
+            pass
+    if tp is list or origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
+        return value
+    if tp in (int, float, str, bool):
+        if isinstance(value, bool) and tp is not bool:
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} (bool)")
+        if not isinstance(value, tp):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+        return value
+    raise AssertionError(f"unsupported annotation {tp} for {key}")
+
+
+def _build(cls, raw: dict, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown key '{prefix}{key}'.{hint} Allowed keys here: {', '.join(names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check_type(f"{prefix}{key}", value, tp)
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    flat = _flatten(config_to_dict(cfg))
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"{key}: '{flat[key]}' is not one of: {', '.join(allowed)}")
+    for key, holds, rule in _value_checks(cfg):
+        if not holds:
+            raise ConfigError(f"{key}: {rule}; got {flat.get(key)!r}")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and not prefix:  # only the top-level sections are flattened
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Turn `["train.lr=0.01", "model.name=resnet18"]` into a nested dict (values parsed as YAML)."""
+    nested: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.subkey=value")
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text) if text != "" else None
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Read a YAML config, apply overrides, check every key, type and value."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    raw = _merge(raw, overrides or {})
+    try:
+        cfg = _build(Config, raw, "")
+        _validate(cfg)
+    except ConfigError as exc:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{exc}") from None
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+# Each stage depends on these keys (prefix match). A change elsewhere leaves it up to date:
+# changing only `ensemble.voting` re-votes without retraining or re-predicting.
+STAGE_KEYS = {
+    "data": ["data.demo", "data.demo_scale", "data.demo_seed", "data.image_root", "data.train_csv"],
+    "folds": ["seed", "folds.n_splits", "data.train_csv", "data.label_column", "data.group_column"],
+    "train": ["seed", "folds.", "model.", "augment.", "sampling.", "train.", "data.train_csv",
+              "data.image_root", "data.image_column", "data.label_column", "data.group_column"],
+    "predict": ["tta.", "augment.image_size", "augment.mean", "augment.std", "data.sample_submission",
+                "data.id_column", "data.test_image_template", "data.test_path_column",
+                "data.test_root", "data.image_root", "train.device"],
+    "ensemble": ["ensemble.", "data.sample_submission", "data.id_column", "data.target_column"],
+}
+
+
+def _stage_subset(cfg: Config, stage: str) -> dict:
+    flat = _flatten(config_to_dict(cfg))
+    prefixes = STAGE_KEYS[stage]
+    return {k: v for k, v in sorted(flat.items())
+            if any(k == p or (p.endswith(".") and k.startswith(p)) for p in prefixes)}
+
+
+def stage_fingerprint(cfg: Config, stage: str) -> str:
+    """Short hash of the keys `stage` depends on; stored in checkpoints to refuse stale resumes."""
+    blob = json.dumps(_stage_subset(cfg, stage), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def write_resolved(cfg: Config) -> Path:
+    """Save the resolved config and one stamp per stage, each rewritten only on a real change."""
+    from .fileio import write_text_if_changed
+
+    exp_dir = cfg.exp_dir
+    resolved = exp_dir / "config.yaml"
+    write_text_if_changed(resolved, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    for stage in STAGE_KEYS:
+        text = json.dumps(_stage_subset(cfg, stage), indent=2, sort_keys=True) + "\n"
+        write_text_if_changed(exp_dir / "stamps" / f"{stage}.json", text)
+    return resolved

@@ -1,0 +1,163 @@
+"""The competition's CSVs and images → datasets, and the albumentations pipelines.
+
+`read_train_table` and `read_test_table` turn a user's CSVs into one normal form
+(`image` path, `label`, `group`; or `id`, `image`), checking the columns the
+config names. `ImageDataset` decodes images for a DataLoader.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from .config import AugmentConfig, Config, ConfigError
+
+__all__ = [
+    "DataError",
+    "read_csv_checked",
+    "read_train_table",
+    "read_test_table",
+    "class_list",
+    "save_classes",
+    "load_classes",
+    "ImageDataset",
+    "build_transform",
+    "load_rgb",
+]
+
+
+class DataError(ValueError):
+    """A problem in the user's data: the message names the file, row or column."""
+
+
+def read_csv_checked(path: str | Path, required: list[str], what: str) -> pd.DataFrame:
+    """Read a CSV and check it has rows and the configured columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path} (check the path in the config)")
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; expected a header with columns {required}") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}. "
+                        "Fix the CSV or the data.*_column keys in the config.")
+    if frame.empty:
+        raise DataError(f"{path}: the file has a header but no rows")
+    return frame
+
+
+def _safe_join(root: Path, rel: str, where: str) -> Path:
+    """Join an image path to its root, refusing paths that escape the root (`../`, absolute)."""
+    candidate = Path(rel)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise DataError(f"{where}: image path '{rel}' escapes the data root {root}; "
+                        "use paths relative to the image root")
+    return root / candidate
+
+
+def read_train_table(cfg: Config) -> pd.DataFrame:
+    """Return the training rows as columns `image` (full path), `label`, `group`."""
+    d = cfg.data
+    cols = [d.image_column, d.label_column] + ([d.group_column] if d.group_column else [])
+    raw = read_csv_checked(d.train_csv, cols, "train CSV")
+    blank = raw[d.label_column].isna() | (raw[d.label_column].astype(str).str.strip() == "")
+    if blank.any():
+        rows = (np.flatnonzero(blank.to_numpy()) + 2).tolist()[:10]  # +2: header line, 1-based
+        raise DataError(f"{d.train_csv}: blank label in column '{d.label_column}' at line(s) {rows}; "
+                        "fill or drop those rows")
+    root = Path(d.image_root)
+    images = [str(_safe_join(root, str(p), f"{d.train_csv} line {i + 2}"))
+              for i, p in enumerate(raw[d.image_column])]
+    groups = raw[d.group_column].astype(str) if d.group_column else pd.Series(range(len(raw))).astype(str)
+    return pd.DataFrame({"image": images, "label": raw[d.label_column].to_numpy(), "group": groups.to_numpy()})
+
+
+def read_test_table(cfg: Config) -> pd.DataFrame:
+    """Return the sample submission's rows in order, with the image path of each id."""
+    d = cfg.data
+    cols = [d.id_column, d.target_column] + ([d.test_path_column] if d.test_path_column else [])
+    sample = read_csv_checked(d.sample_submission, cols, "sample submission")
+    root = Path(d.test_root or d.image_root)
+    if d.test_path_column:
+        rel = sample[d.test_path_column].astype(str)
+    else:
+        rel = sample[d.id_column].map(lambda i: d.test_image_template.format(id=i))
+    images = [str(_safe_join(root, r, f"{d.sample_submission} line {i + 2}")) for i, r in enumerate(rel)]
+    return pd.DataFrame({"id": sample[d.id_column].to_numpy(), "image": images})
+
+
+def class_list(labels) -> list:
+    """Sorted distinct labels as plain Python values (ints stay ints, strings stay strings)."""
+    return [v.item() if hasattr(v, "item") else v for v in sorted(pd.unique(pd.Series(labels)))]
+
+
+def save_classes(path: str | Path, classes: list) -> None:
+    from .fileio import write_json_atomic
+    write_json_atomic(path, {"classes": classes})
+
+
+def load_classes(path: str | Path) -> list:
+    return json.loads(Path(path).read_text())["classes"]
+
+
+def load_rgb(path: str) -> np.ndarray:
+    """Decode an image as an RGB uint8 array (grayscale, palette and RGBA are converted)."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _user_transforms(specs: list, key: str) -> list:
+    """Build albumentations transforms from `[{Name: {param: value}}, ...]`."""
+    out = []
+    for i, spec in enumerate(specs):
+        where = f"{key}[{i}]"
+        if isinstance(spec, str):
+            spec = {spec: {}}
+        if not (isinstance(spec, dict) and len(spec) == 1):
+            raise ConfigError(f"{where}: expected {{TransformName: {{param: value}}}}, got {spec!r}")
+        (name, params), = spec.items()
+        cls = getattr(A, str(name), None)
+        if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
+            raise ConfigError(f"{where}: '{name}' is not an albumentations transform "
+                              "(names are case-sensitive, e.g. HorizontalFlip, Affine, RandomBrightnessContrast)")
+        try:
+            out.append(cls(**(params or {})))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: invalid parameters for {name}: {exc}") from None
+    return out
+
+
+def build_transform(aug: AugmentConfig, train: bool) -> A.Compose:
+    """Resize → (training augmentations) → normalise → CHW tensor."""
+    size = aug.image_size
+    steps = [A.Resize(size, size)]
+    if train:
+        steps += _user_transforms(aug.train, "augment.train")
+    steps += [A.Normalize(mean=aug.mean, std=aug.std), A.ToTensorV2()]
+    return A.Compose(steps)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images from paths, with integer targets (or -1 where unknown, e.g. the test set)."""
+
+    def __init__(self, paths, targets=None, transform=None):
+        self.paths = list(paths)
+        self.targets = np.asarray(targets if targets is not None else [-1] * len(self.paths), dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        image = load_rgb(self.paths[i])
+        if self.transform is not None:
+            image = self.transform(image=image)["image"]
+        return image, int(self.targets[i])

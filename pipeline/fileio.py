@@ -1,0 +1,73 @@
+"""Atomic file writes: a killed process never leaves a truncated file behind.
+
+Every output of the pipeline goes through these helpers. They write to a
+temporary file in the same folder and `os.replace` it into place, which is
+atomic on POSIX file systems, so Make never sees a half-written target as done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+__all__ = [
+    "atomic_path",
+    "write_text_atomic",
+    "write_text_if_changed",
+    "write_json_atomic",
+    "write_csv_atomic",
+]
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path`.
+
+    On an exception the temporary file is removed and `path` is left untouched,
+    so the previous version of an output survives a failed rerun.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_text_if_changed(path: str | Path, text: str) -> bool:
+    """Write only when the content differs, so the file's mtime moves only on a real change.
+
+    Make compares timestamps; stamps written this way make it rerun exactly the
+    stages whose configuration changed. Returns True when the file was written.
+    """
+    path = Path(path)
+    if path.exists() and path.read_text() == text:
+        return False
+    write_text_atomic(path, text)
+    return True
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv_atomic(path: str | Path, frame: pd.DataFrame, **to_csv_kwargs) -> None:
+    to_csv_kwargs.setdefault("index", False)
+    with atomic_path(path, suffix=".csv") as tmp:
+        frame.to_csv(tmp, **to_csv_kwargs)

@@ -1,0 +1,88 @@
+"""Building timm models and saving/loading self-describing weights.
+
+Weights are safetensors files with a JSON sidecar (`<name>.json`) holding the
+timm model name, the class list, the config fingerprint and the metrics. Loading
+never unpickles: a weights file cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import ConfigError, ModelConfig
+from .fileio import atomic_path, write_json_atomic
+
+__all__ = ["create_model", "save_weights", "load_weights", "read_sidecar", "load_trained_model", "sidecar_path"]
+
+
+def create_model(mcfg: ModelConfig, num_classes: int) -> torch.nn.Module:
+    """A timm model with a fresh `num_classes` head; optional pretrained or local weights."""
+    if not timm.is_model(mcfg.name):
+        close = timm.list_models(f"*{mcfg.name.split('_')[0]}*")[:8]
+        raise ConfigError(f"model.name: '{mcfg.name}' is not a timm model. Similar: {close or 'none'}; "
+                          "see timm.list_models()")
+    try:
+        model = timm.create_model(mcfg.name, pretrained=mcfg.pretrained, num_classes=num_classes,
+                                  drop_rate=mcfg.drop_rate)
+    except (OSError, RuntimeError) as exc:
+        if not mcfg.pretrained:
+            raise
+        raise RuntimeError(f"model.pretrained: could not download weights for '{mcfg.name}' ({exc}). "
+                           "Offline? Download them once elsewhere and set model.pretrained_file "
+                           "to the local .safetensors/.pth file, with model.pretrained: false.") from exc
+    if mcfg.pretrained_file:
+        _load_backbone_file(model, Path(mcfg.pretrained_file))
+    return model
+
+
+def _load_backbone_file(model: torch.nn.Module, path: Path) -> None:
+    """Load local weights, keeping this model's classifier where the shapes differ."""
+    if not path.is_file():
+        raise ConfigError(f"model.pretrained_file: {path} does not exist")
+    if path.suffix == ".safetensors":
+        state = load_file(str(path))
+    else:  # .pth/.pt from timm or torchvision: tensors only, never arbitrary objects
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ConfigError(f"model.pretrained_file: no tensor in {path} matches model.name's layers; "
+                          "is it weights of the same architecture?")
+    model.load_state_dict(usable, strict=False)
+
+
+def sidecar_path(weights: str | Path) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def save_weights(model: torch.nn.Module, path: str | Path, meta: dict) -> None:
+    """Write the sidecar, then the weights (the Make target) — both atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_json_atomic(sidecar_path(path), meta)
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"model": meta.get("model", "")})
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def read_sidecar(path: str | Path) -> dict:
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise FileNotFoundError(f"{side}: the sidecar of {path} is missing; retrain this fold")
+    return json.loads(side.read_text())
+
+
+def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild a model this pipeline trained, from its safetensors weights and sidecar."""
+    meta = read_sidecar(path)
+    model = timm.create_model(meta["model"], pretrained=False, num_classes=len(meta["classes"]))
+    model.load_state_dict(load_weights(path))
+    return model.to(device).eval(), meta
