@@ -98,12 +98,20 @@ class TrainConfig:
     step_size: int = 3
     gamma: float = 0.1
     warmup_epochs: int = 0
-    loss: str = "ce"
-    label_smoothing: float = 0.0
     monitor: str = "f1_macro"
     num_workers: int = 0
     device: str = "auto"
     amp: bool = False
+
+
+@dataclass
+class LossConfig:
+    name: str = "ce"
+    mix: dict | None = None            # e.g. {ce: 0.7, f1: 0.3}; overrides `name`
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    focal_alpha: list | None = None    # per-class alpha for focal loss
+    class_weights: str | list | None = None   # "balanced" (from class frequencies) or a list
 
 
 @dataclass
@@ -119,6 +127,39 @@ class EnsembleConfig:
 
 
 @dataclass
+class ReportConfig:
+    samples_per_class: int = 8
+    near_duplicate_distance: int = 4   # max Hamming distance of 64-bit average hashes
+    progress: str = "auto"             # auto | bar | lines | off
+    tensorboard: bool = False
+    wandb: bool = False
+    mlflow: bool = False
+
+
+@dataclass
+class MaskConfig:
+    age_cutoff: int = 60               # training labels only; validation is scored on true labels
+    relabel_file: str | None = None    # CSV: id, field, value
+
+
+@dataclass
+class ParallelConfig:
+    backend: str = "local"             # local | dask
+    scheduler: str | None = None       # tcp://host:8786; None starts nothing (local processes)
+    gpus: list | None = None           # device ids for round-robin fold placement
+
+
+@dataclass
+class TuneConfig:
+    trials: int = 20
+    storage: str | None = None         # default: sqlite:///<output_dir>/<experiment>/tune.db
+    study_name: str | None = None
+    folds: list = field(default_factory=lambda: [0])
+    space: dict = field(default_factory=dict)
+    pruner: str = "median"
+
+
+@dataclass
 class Config:
     experiment: str = "demo"
     seed: int = 42
@@ -131,6 +172,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     # Derived locations: one place decides where every stage reads and writes.
     @property
@@ -148,7 +194,10 @@ class Config:
 CHOICES = {
     "train.optimizer": ("sgd", "momentum", "adam", "adamw", "nadam", "radam", "rmsprop", "lamb", "lion"),
     "train.scheduler": ("none", "step", "cosine", "plateau", "onecycle"),
-    "train.loss": ("ce",),
+    "loss.name": ("ce", "focal", "f1", "weighted_ce"),
+    "report.progress": ("auto", "bar", "lines", "off"),
+    "parallel.backend": ("local", "dask"),
+    "tune.pruner": ("median", "none"),
     "train.monitor": ("f1_macro", "accuracy", "loss"),
     "train.device": ("auto", "cpu", "cuda"),
     "sampling.method": ("none", "balanced", "oversample"),
@@ -166,7 +215,9 @@ def _value_checks(cfg: Config) -> list[tuple[str, bool, str]]:
         ("train.batch_size", t.batch_size >= 1, "must be at least 1"),
         ("train.lr", t.lr > 0, "must be positive"),
         ("train.weight_decay", t.weight_decay >= 0, "must be non-negative"),
-        ("train.label_smoothing", 0 <= t.label_smoothing < 1, "must be in [0, 1)"),
+        ("loss.label_smoothing", 0 <= cfg.loss.label_smoothing < 1, "must be in [0, 1)"),
+        ("loss.focal_gamma", cfg.loss.focal_gamma >= 0, "must be non-negative"),
+        ("tune.trials", cfg.tune.trials >= 1, "must be at least 1"),
         ("train.num_workers", t.num_workers >= 0, "must be non-negative"),
         ("train.warmup_epochs", 0 <= t.warmup_epochs < t.epochs, "must be in [0, train.epochs)"),
         ("train.step_size", t.step_size >= 1, "must be at least 1"),
@@ -176,7 +227,7 @@ def _value_checks(cfg: Config) -> list[tuple[str, bool, str]]:
         ("augment.std", len(cfg.augment.std) == 3 and all(s > 0 for s in cfg.augment.std),
          "must list 3 positive channel standard deviations"),
         ("tta.batch_size", cfg.tta.batch_size >= 1, "must be at least 1"),
-        ("data.demo_scale", cfg.data.demo_scale > 0, "must be positive"),
+        ("data.demo_scale", 0 < cfg.data.demo_scale <= 1, "must be in (0, 1] (1.0 uses every digit)"),
         ("data.test_image_template",
          (cfg.data.test_image_template is None) != (cfg.data.test_path_column is None),
          "set exactly one of data.test_image_template and data.test_path_column"),
@@ -198,8 +249,13 @@ def _check_type(key: str, value: Any, tp) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _check_type(key, value, inner[0])
+        errors = []
+        for member in (a for a in args if a is not type(None)):
+            try:
+                return _check_type(key, value, member)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{key}: expected one of {[_type_name(a) for a in args]}, got {value!r}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):
@@ -207,6 +263,10 @@ def _check_type(key: str, value: Any, tp) -> Any:
             return float(value)
         except ValueError:
             pass
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r} ({type(value).__name__})")
+        return value
     if tp is list or origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
@@ -317,7 +377,7 @@ def config_to_dict(cfg: Config) -> dict:
 STAGE_KEYS = {
     "data": ["data.demo", "data.demo_scale", "data.demo_seed", "data.image_root", "data.train_csv"],
     "folds": ["seed", "folds.n_splits", "data.train_csv", "data.label_column", "data.group_column"],
-    "train": ["seed", "folds.", "model.", "augment.", "sampling.", "train.", "data.train_csv",
+    "train": ["seed", "folds.", "model.", "augment.", "sampling.", "train.", "loss.", "mask.", "data.train_csv",
               "data.image_root", "data.image_column", "data.label_column", "data.group_column"],
     "predict": ["tta.", "augment.image_size", "augment.mean", "augment.std", "data.sample_submission",
                 "data.id_column", "data.test_image_template", "data.test_path_column",

@@ -205,8 +205,12 @@ def _oof_frame(data: _FoldData, fold: int, probs: np.ndarray) -> pd.DataFrame:
     return frame
 
 
-def fit(cfg: Config, fold: int, log=print) -> Path:
-    """Train one fold end to end (resuming if a checkpoint exists); returns the weights path."""
+def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
+    """Train one fold end to end (resuming if a checkpoint exists); returns the weights path.
+
+    `on_epoch(epoch, metrics)` is called after each epoch's checkpoint is saved, with the
+    validation metrics (`loss`, `accuracy`, `f1_macro`); it may raise to stop (e.g. Optuna pruning).
+    """
     device = resolve_device(cfg.train.device)
     data = _fold_data(cfg, fold)
     out = cfg.fold_dir(fold)
@@ -218,7 +222,7 @@ def fit(cfg: Config, fold: int, log=print) -> Path:
                                     weight_decay=cfg.train.weight_decay, momentum=cfg.train.momentum)
     steps = math.ceil(len(data.train_idx) / cfg.train.batch_size)
     scheduler = _scheduler(cfg, optimizer, steps)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.loss.label_smoothing)
     val_ds = ImageDataset(data.table["image"].to_numpy()[data.val_idx], data.targets[data.val_idx],
                           build_transform(cfg.augment, train=False))
     val_loader = _loader(val_ds, cfg, device)
@@ -259,6 +263,8 @@ def fit(cfg: Config, fold: int, log=print) -> Path:
         log(f"[fold {fold}] epoch {epoch + 1}/{cfg.train.epochs} loss {train_loss:.4f} "
             f"val_loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} f1 {metrics['f1_macro']:.4f} "
             f"lr {lr:.2e} {row['seconds']:.1f}s{' *' if improved else ''}")
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
     return _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint)
 
 

@@ -1,0 +1,106 @@
+"""The real `make folds train ensemble score` on a tiny slice of the demo, then the no-op rerun.
+
+Runs Make as a user would (in the repository, CONFIG pointing at a config whose outputs
+all live in tmp_path), and checks the files Make leaves behind.
+"""
+
+import os
+import subprocess
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, tiny_config_dict, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def _make(*targets, config, extra=()):
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), *targets, f"CONFIG={config}", *extra],
+                          capture_output=True, text=True, env=env)
+
+
+def _mtimes(root):
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    cfg = tiny_config_dict(root, root / "data")
+    config = write_config(root / "tiny.yaml", cfg)
+    result = _make("folds", "train", "ensemble", "score", config=config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root, config, result
+
+
+def test_submission_matches_sample_exactly(run):
+    root, _, _ = run
+    sub = pd.read_csv(root / "outputs/demo/submission.csv")
+    sample = pd.read_csv(root / "data/sample_submission.csv")
+    assert list(sub.columns) == list(sample.columns)
+    assert sub["id"].tolist() == sample["id"].tolist()  # same ids, same order
+    train_labels = set(pd.read_csv(root / "data/train.csv")["label"])
+    assert set(sub["label"]) <= train_labels  # original (string) labels, not class indices
+    assert sub["label"].notna().all()
+
+
+def test_every_fold_wrote_its_files_and_the_cv_table(run):
+    root, _, result = run
+    exp = root / "outputs/demo"
+    for k in range(3):
+        for name in ("weights.safetensors", "weights.json", "metrics.csv", "oof.csv", "test_probs.csv"):
+            assert (exp / f"fold_{k}" / name).is_file(), name
+        assert not (exp / f"fold_{k}" / "state").exists()  # checkpoint removed once the fold is done
+    oof = pd.read_csv(exp / "oof.csv")
+    assert sorted(oof["row"]) == list(range(len(pd.read_csv(root / "data/train.csv"))))  # each row once
+    assert "out-of-fold" in result.stdout and "submission.csv" in result.stdout  # cv + score tables printed
+    score = pd.read_csv(exp / "score.csv")
+    assert {"fold 0", "soft vote (submission)", "hard vote", "submission.csv"} <= set(score["model"])
+
+
+def test_second_run_does_no_work(run):
+    root, config, _ = run
+    before = _mtimes(root / "outputs")
+    assert _make("-q", "folds", "train", "ensemble", config=config).returncode == 0  # -q: 0 = up to date
+    result = _make("folds", "train", "ensemble", config=config)
+    assert result.returncode == 0 and "pipeline" not in result.stdout, result.stdout
+    assert _mtimes(root / "outputs") == before
+
+
+def test_voting_change_revotes_without_retraining(run):
+    root, config, _ = run
+    exp = root / "outputs/demo"
+    before = _mtimes(exp)
+    result = _make("ensemble", config=config, extra=["SET=ensemble.voting=hard"])
+    assert result.returncode == 0, result.stderr
+    after = _mtimes(exp)
+    assert after[exp / "submission.csv"] != before[exp / "submission.csv"]
+    for k in range(3):
+        for name in ("weights.safetensors", "test_probs.csv"):
+            assert after[exp / f"fold_{k}" / name] == before[exp / f"fold_{k}" / name]
+    assert "hard voting" in result.stdout
+
+
+def test_retraining_one_fold_repredicts_only_that_fold(run):
+    root, config, _ = run
+    exp = root / "outputs/demo"
+    assert _make("retrain", "FOLD=1", config=config).returncode == 0
+    before = _mtimes(exp)
+    result = _make("ensemble", config=config)
+    assert result.returncode == 0, result.stderr
+    after = _mtimes(exp)
+    assert after[exp / "fold_1/test_probs.csv"] != before[exp / "fold_1/test_probs.csv"]
+    for k in (0, 2):
+        assert after[exp / f"fold_{k}/test_probs.csv"] == before[exp / f"fold_{k}/test_probs.csv"]
+    assert after[exp / "submission.csv"] != before[exp / "submission.csv"]
+
+
+def test_invalid_config_stops_make_before_any_work(tmp_path):
+    cfg = tiny_config_dict(tmp_path, tmp_path / "data")
+    cfg["train"]["lerning_rate"] = 0.1
+    result = _make("folds", config=write_config(tmp_path / "bad.yaml", cfg))
+    assert result.returncode != 0
+    assert "unknown key 'train.lerning_rate'" in result.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "folds").exists()
