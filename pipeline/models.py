@@ -8,6 +8,7 @@ never unpickles: a weights file cannot run code.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import timm
@@ -17,7 +18,17 @@ from safetensors.torch import load_file, save_file
 from .config import ConfigError, ModelConfig
 from .fileio import atomic_path, write_json_atomic
 
-__all__ = ["create_model", "save_weights", "load_weights", "read_sidecar", "load_trained_model", "sidecar_path"]
+__all__ = ["safe_torch_load", "create_model", "save_weights", "load_weights", "read_sidecar", "load_trained_model", "sidecar_path"]
+
+
+def safe_torch_load(path: str | Path):
+    """`torch.load` restricted to tensors and plain containers: a planted pickle cannot run code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise RuntimeError(f"refusing to load {path}: it holds objects other than tensors and plain "
+                           f"values, which could run code ({str(exc).splitlines()[0]}). "
+                           "If it is your own checkpoint from an old version, delete it.") from None
 
 
 def create_model(mcfg: ModelConfig, num_classes: int) -> torch.nn.Module:
@@ -47,7 +58,7 @@ def _load_backbone_file(model: torch.nn.Module, path: Path) -> None:
     if path.suffix == ".safetensors":
         state = load_file(str(path))
     else:  # .pth/.pt from timm or torchvision: tensors only, never arbitrary objects
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_torch_load(path)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}

@@ -31,7 +31,7 @@ from .data import ImageDataset, build_transform, class_list, read_train_table
 from .fileio import atomic_path, write_csv_atomic
 from .folds import training_indices_for_fold
 from .metrics import MAXIMISE, classification_metrics
-from .models import create_model, save_weights
+from .models import create_model, safe_torch_load, save_weights
 from .sampling import balanced_sample_weights, oversample_indices
 
 __all__ = ["fit", "train_one_epoch", "predict_probs", "resolve_device", "load_fold_table", "NonFiniteLossError"]
@@ -190,7 +190,7 @@ def _load_state(path: Path, fingerprint: str) -> dict | None:
     """A checkpoint to resume from, or None when absent or made by a different config."""
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    state = safe_torch_load(path)
     if state.get("fingerprint") != fingerprint:
         print(f"[train] {path} was made with a different config; starting this fold afresh")
         return None
