@@ -70,6 +70,8 @@ class ModelConfig:
     pretrained: bool = False
     pretrained_file: str | None = None
     drop_rate: float = 0.0
+    freeze_backbone: bool = False      # train only the classifier head (feature extraction)
+    unfreeze_epoch: int | None = None  # then fine-tune everything from this epoch on
 
 
 @dataclass
@@ -98,10 +100,23 @@ class TrainConfig:
     step_size: int = 3
     gamma: float = 0.1
     warmup_epochs: int = 0
+    plateau_patience: int = 2
+    backbone_lr: float | None = None   # lower rate for the pretrained backbone; the head uses `lr`
+    accumulate: int = 1                # gradient accumulation: updates of an N-times larger batch
+    grad_clip: float | None = None     # max gradient norm
+    amp: str = "off"                   # off | bf16 | fp16 (fp16 on CUDA only)
+    channels_last: bool = False
+    compile: bool = False              # torch.compile the model
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    mix_off_epoch: int | None = None   # switch Mixup/CutMix off from this epoch on
+    ema: bool = False                  # validate and save an exponential moving average of the weights
+    ema_decay: float = 0.998
+    patience: int | None = None        # early stopping: epochs without improvement of `monitor`
     monitor: str = "f1_macro"
     num_workers: int = 0
     device: str = "auto"
-    amp: bool = False
 
 
 @dataclass
@@ -198,7 +213,8 @@ CHOICES = {
     "report.progress": ("auto", "bar", "lines", "off"),
     "parallel.backend": ("local", "dask"),
     "tune.pruner": ("median", "none"),
-    "train.monitor": ("f1_macro", "accuracy", "loss"),
+    "train.monitor": ("f1_macro", "f1_weighted", "accuracy", "precision_macro", "recall_macro", "roc_auc", "loss"),
+    "train.amp": ("off", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "sampling.method": ("none", "balanced", "oversample"),
     "tta.merge": ("mean", "geometric_mean", "max", "logit_mean"),
@@ -221,6 +237,15 @@ def _value_checks(cfg: Config) -> list[tuple[str, bool, str]]:
         ("train.num_workers", t.num_workers >= 0, "must be non-negative"),
         ("train.warmup_epochs", 0 <= t.warmup_epochs < t.epochs, "must be in [0, train.epochs)"),
         ("train.step_size", t.step_size >= 1, "must be at least 1"),
+        ("train.accumulate", t.accumulate >= 1, "must be at least 1"),
+        ("train.backbone_lr", t.backbone_lr is None or t.backbone_lr > 0, "must be positive"),
+        ("train.grad_clip", t.grad_clip is None or t.grad_clip > 0, "must be positive"),
+        ("train.ema_decay", 0 < t.ema_decay < 1, "must be in (0, 1)"),
+        ("train.patience", t.patience is None or t.patience >= 1, "must be at least 1"),
+        ("train.mix_prob", 0 <= t.mix_prob <= 1, "must be in [0, 1]"),
+        ("train.mixup_alpha", t.mixup_alpha >= 0 and t.cutmix_alpha >= 0, "mixup/cutmix alphas must be >= 0"),
+        ("train.batch_size", not (t.mixup_alpha or t.cutmix_alpha) or t.batch_size % 2 == 0,
+         "must be even when Mixup/CutMix is on (they pair images within a batch)"),
         ("sampling.target_ratio", 0 < cfg.sampling.target_ratio <= 1, "must be in (0, 1]"),
         ("augment.image_size", cfg.augment.image_size >= 8, "must be at least 8 pixels"),
         ("augment.mean", len(cfg.augment.mean) == 3, "must list 3 channel means"),

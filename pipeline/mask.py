@@ -586,7 +586,10 @@ def _random_person(rng: np.random.Generator, gender: int, age: int) -> dict:
         return tuple(int(v) for v in rng.integers(lo, hi, size=3))
     skin = tuple(int(v) for v in np.array([225, 185, 150]) * rng.uniform(0.7, 1.05))
     return {"gender": gender, "age": age, "skin": tuple(min(255, s) for s in skin),
-            "background": colour(90, 200), "clothes": colour(20, 180),
+            # studio-like backgrounds and dark clothes vary little, so that hair, face
+            # and mask, not a person's colours, carry the classes
+            "background": tuple(int(v) for v in np.full(3, rng.integers(150, 200)) + rng.integers(-12, 13, 3)),
+            "clothes": colour(30, 90),
             "mask_colour": int(rng.integers(len(_MASK_COLOURS)))}
 
 

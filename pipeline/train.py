@@ -2,6 +2,7 @@
 
 outputs/<exp>/fold_<k>/
     metrics.csv            one row per epoch (rewritten atomically each epoch)
+    confusion.csv          validation confusion matrix of the best epoch
     oof.csv                validation rows with their class probabilities (best weights)
     weights.safetensors    best weights by the monitored metric (+ weights.json sidecar)
     state/                 resumable checkpoint while training; removed once the fold is done
@@ -23,18 +24,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from timm.optim import create_optimizer_v2
+from timm.data import Mixup
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from .config import Config, stage_fingerprint
 from .data import ImageDataset, build_transform, class_list, read_train_table
 from .fileio import atomic_path, write_csv_atomic
 from .folds import training_indices_for_fold
-from .metrics import MAXIMISE, classification_metrics
-from .models import create_model, safe_torch_load, save_weights
+from .losses import build_loss
+from .metrics import MAXIMISE, classification_metrics, confusion, per_class_f1
+from .models import create_model, load_weights, safe_torch_load, save_weights
 from .sampling import balanced_sample_weights, oversample_indices
 
-__all__ = ["fit", "train_one_epoch", "predict_probs", "resolve_device", "load_fold_table", "NonFiniteLossError"]
+__all__ = ["fit", "train_one_epoch", "predict_probs", "resolve_device", "load_fold_table", "StepTools",
+           "set_backbone_frozen", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -56,12 +61,16 @@ def load_fold_table(cfg: Config) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `make folds` (or `python -m pipeline folds`) first")
     folds = pd.read_csv(path)
-    if len(folds) != len(table) or (folds["label"].astype(str).to_numpy() != table["label"].astype(str).to_numpy()).any():
+    same = len(folds) == len(table) and (folds["label"].astype(str).to_numpy()
+                                         == table["label"].astype(str).to_numpy()).all()
+    if not same:
         raise ValueError(f"{path} does not match {cfg.data.train_csv} (rows or labels differ): "
                          "the train CSV changed since the folds were made; rerun `make folds`")
     table["fold"] = folds["fold"].to_numpy()
     return table
 
+
+# ---- data ---------------------------------------------------------------------------------
 
 @dataclass
 class _FoldData:
@@ -70,6 +79,10 @@ class _FoldData:
     val_idx: np.ndarray
     table: pd.DataFrame
     targets: np.ndarray
+
+    @property
+    def val_targets(self) -> np.ndarray:
+        return self.targets[self.val_idx]
 
 
 def _fold_data(cfg: Config, fold: int) -> _FoldData:
@@ -90,11 +103,12 @@ def _seed_worker(worker_id: int) -> None:
     info.dataset.transform.set_random_seed(info.seed % 2**32)
 
 
-def _loader(dataset, cfg: Config, device, shuffle=False, sampler=None, generator=None, batch_size=None):
+def _loader(dataset, cfg: Config, device, shuffle=False, sampler=None, generator=None, drop_last=False):
     workers = cfg.train.num_workers
-    return DataLoader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=shuffle, sampler=sampler,
+    return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle, sampler=sampler,
                       num_workers=workers, pin_memory=device.type == "cuda", generator=generator,
-                      worker_init_fn=_seed_worker if workers else None)
+                      worker_init_fn=_seed_worker if workers else None, drop_last=drop_last,
+                      persistent_workers=False)
 
 
 def _train_loader(cfg: Config, data: _FoldData, device, epoch: int) -> DataLoader:
@@ -104,31 +118,76 @@ def _train_loader(cfg: Config, data: _FoldData, device, epoch: int) -> DataLoade
     transform.set_random_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     labels = data.targets[data.train_idx]
-    method = cfg.sampling.method
     rows = data.train_idx
-    if method == "oversample":
+    if cfg.sampling.method == "oversample":
         rows = data.train_idx[oversample_indices(labels, cfg.sampling.target_ratio, seed)]
     ds = ImageDataset(data.table["image"].to_numpy()[rows], data.targets[rows], transform)
-    if method == "balanced":
+    drop_last = _mix_enabled(cfg) and len(rows) > cfg.train.batch_size  # Mixup needs even batches
+    if cfg.sampling.method == "balanced":
         weights = torch.as_tensor(balanced_sample_weights(labels), dtype=torch.double)
         sampler = WeightedRandomSampler(weights, num_samples=len(rows), replacement=True, generator=gen)
-        return _loader(ds, cfg, device, sampler=sampler, generator=gen)
-    return _loader(ds, cfg, device, shuffle=True, generator=gen)
+        return _loader(ds, cfg, device, sampler=sampler, generator=gen, drop_last=drop_last)
+    return _loader(ds, cfg, device, shuffle=True, generator=gen, drop_last=drop_last)
 
 
-def _scheduler(cfg: Config, optimizer, steps_per_epoch: int):
+# ---- model, optimizer, schedule ---------------------------------------------------------------
+
+def set_backbone_frozen(model: torch.nn.Module, frozen: bool) -> None:
+    """Freeze (or unfreeze) everything but the classifier head."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    for p in model.parameters():
+        p.requires_grad = frozen is False or id(p) in head
+
+
+def _freeze_norm_stats(model: torch.nn.Module) -> None:
+    """Keep a frozen backbone's BatchNorm statistics fixed too, so the backbone stays bit-identical."""
+    head = {id(m) for m in model.get_classifier().modules()}
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and id(m) not in head:
+            m.eval()
+
+
+def _backbone_frozen(cfg: Config, epoch: int) -> bool:
+    m = cfg.model
+    return m.freeze_backbone and (m.unfreeze_epoch is None or epoch < m.unfreeze_epoch)
+
+
+def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """timm's optimizer factory; no weight decay on norms and biases; optional lower backbone rate."""
+    t = cfg.train
+    if t.backbone_lr is None:
+        params = model
+    else:
+        head_ids = {id(p) for p in model.get_classifier().parameters()}
+        head = torch.nn.ParameterList([p for p in model.parameters() if id(p) in head_ids])
+        body = torch.nn.ParameterList([p for p in model.parameters() if id(p) not in head_ids])
+        params = ([dict(g, lr=t.lr) for g in param_groups_weight_decay(_Wrap(head), t.weight_decay)]
+                  + [dict(g, lr=t.backbone_lr) for g in param_groups_weight_decay(_Wrap(body), t.weight_decay)])
+    return create_optimizer_v2(params, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
+
+
+class _Wrap(torch.nn.Module):
+    """Lets timm's weight-decay grouping (which wants a module) see a list of parameters."""
+
+    def __init__(self, params: torch.nn.ParameterList):
+        super().__init__()
+        self.params = params
+
+
+def _scheduler(cfg: Config, optimizer, updates_per_epoch: int):
     t = cfg.train
     epochs = t.epochs - t.warmup_epochs
+    if t.scheduler == "plateau":  # stepped on the monitored metric, in its direction
+        mode = "max" if MAXIMISE[t.monitor] else "min"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=t.gamma,
+                                                          patience=t.plateau_patience)
+    if t.scheduler == "onecycle":  # stepped per optimizer update; has its own warmup
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                   total_steps=t.epochs * updates_per_epoch)
     if t.scheduler == "step":
         main = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.step_size, gamma=t.gamma)
     elif t.scheduler == "cosine":
         main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
-    elif t.scheduler == "plateau":
-        mode = "max" if MAXIMISE[t.monitor] else "min"
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=t.gamma,
-                                                          patience=max(t.step_size - 1, 0))
-    elif t.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=t.epochs * steps_per_epoch)
     else:
         main = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     if t.warmup_epochs == 0:
@@ -137,49 +196,145 @@ def _scheduler(cfg: Config, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, main], milestones=[t.warmup_epochs])
 
 
-def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch: int, scheduler=None, step_per_batch=False,
-                    amp_dtype=None) -> float:
+def _step_epoch_scheduler(cfg: Config, scheduler, metrics: dict) -> None:
+    if cfg.train.scheduler == "onecycle":
+        return  # stepped per update
+    if cfg.train.scheduler == "plateau":
+        scheduler.step(metrics[cfg.train.monitor])
+    else:
+        scheduler.step()
+
+
+def _mix_enabled(cfg: Config, epoch: int = 0) -> bool:
+    t = cfg.train
+    on = (t.mixup_alpha > 0 or t.cutmix_alpha > 0) and t.mix_prob > 0
+    return on and (t.mix_off_epoch is None or epoch < t.mix_off_epoch)
+
+
+def _amp_dtype(cfg: Config, device: torch.device):
+    if cfg.train.amp == "off":
+        return None
+    if cfg.train.amp == "fp16" and device.type != "cuda":
+        raise RuntimeError("train.amp: fp16 needs CUDA; use bf16 or off on CPU")
+    return torch.float16 if cfg.train.amp == "fp16" else torch.bfloat16
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+
+@dataclass
+class StepTools:
+    """What one optimisation step may use besides model, optimizer and loss."""
+    accumulate: int = 1
+    grad_clip: float | None = None
+    amp_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    mixup: Mixup | None = None
+    ema: ModelEmaV3 | None = None
+    scheduler: object = None          # stepped per update (OneCycle)
+    channels_last: bool = False
+    frozen_backbone: bool = False
+
+
+def _group_weights(batch_sizes: list[int], accumulate: int) -> list[float]:
+    """Per-micro-batch loss weight so that N accumulated batches give one big batch's mean-loss update.
+
+    Each micro-batch's mean loss is weighted by its share of the samples in its update group,
+    which also handles the last, partial group exactly.
+    """
+    weights = []
+    for start in range(0, len(batch_sizes), accumulate):
+        group = batch_sizes[start:start + accumulate]
+        weights += [n / sum(group) for n in group]
+    return weights
+
+
+def _batch_sizes(loader: DataLoader) -> list[int]:
+    n = len(loader.sampler) if loader.sampler is not None else len(loader.dataset)
+    bs = loader.batch_size
+    sizes = [bs] * (n // bs)
+    if n % bs and not loader.drop_last:
+        sizes.append(n % bs)
+    return sizes
+
+
+def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch: int, tools: StepTools | None = None) -> float:
     """One pass over `loader` in training mode; returns the mean loss. Stops on a non-finite loss."""
+    tools = tools or StepTools()
     model.train()
+    if tools.frozen_backbone:
+        _freeze_norm_stats(model)
+    weights = _group_weights(_batch_sizes(loader), tools.accumulate)
     total, count = 0.0, 0
+    optimizer.zero_grad(set_to_none=True)
     for step, (images, targets) in enumerate(loader):
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = loss_fn(model(images), targets)
+        images, targets = _to_device(images, targets, device, tools.channels_last)
+        loss_targets = targets
+        if tools.mixup is not None:
+            images, loss_targets = tools.mixup(images, targets)
+        with torch.autocast(device.type, dtype=tools.amp_dtype, enabled=tools.amp_dtype is not None):
+            loss = loss_fn(model(images), loss_targets)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch}, step {step}; "
                                      "lower train.lr or check the inputs. The last good checkpoint is kept.")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step_per_batch:
-            scheduler.step()
+        _backward(loss * weights[step], tools)
+        if (step + 1) % tools.accumulate == 0 or step + 1 == len(weights):
+            _update(model, optimizer, tools)
         total += loss.item() * len(targets)
         count += len(targets)
     return total / max(count, 1)
 
 
+def _to_device(images, targets, device, channels_last: bool):
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets.to(device, non_blocking=True)
+
+
+def _backward(loss: torch.Tensor, tools: StepTools) -> None:
+    (tools.scaler.scale(loss) if tools.scaler is not None else loss).backward()
+
+
+def _update(model, optimizer, tools: StepTools) -> None:
+    if tools.scaler is not None:
+        tools.scaler.unscale_(optimizer)
+    if tools.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tools.grad_clip)
+    if tools.scaler is not None:
+        tools.scaler.step(optimizer)
+        tools.scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if tools.ema is not None:
+        tools.ema.update(model)
+    if tools.scheduler is not None:
+        tools.scheduler.step()
+
+
 @torch.inference_mode()
-def predict_probs(model, loader, device) -> tuple[np.ndarray, np.ndarray]:
+def predict_probs(model, loader, device, channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities and logits for every image of `loader`, in order (model in eval mode)."""
     model.eval()
-    logits = [model(images.to(device, non_blocking=True)).float().cpu() for images, _ in loader]
+    logits = [model(_to_device(images, t, device, channels_last)[0]).float().cpu() for images, t in loader]
     logits = torch.cat(logits)
     return logits.softmax(dim=1).numpy(), logits.numpy()
 
 
-def _validate(model, loader, targets, loss_fn, device) -> dict[str, float]:
-    probs, logits = predict_probs(model, loader, device)
-    loss = float(loss_fn(torch.from_numpy(logits), torch.from_numpy(targets)))
-    return {"loss": loss, **classification_metrics(targets, probs)}
+def _validate(model, loader, targets, loss_fn, device, channels_last) -> tuple[dict, np.ndarray]:
+    probs, logits = predict_probs(model, loader, device, channels_last)
+    with torch.no_grad():
+        loss = float(loss_fn(torch.from_numpy(logits).to(device), torch.from_numpy(targets).to(device)))
+    return {"loss": loss, **classification_metrics(targets, probs)}, probs
 
 
 def _is_better(value: float, best: float | None, monitor: str) -> bool:
-    if best is None:
-        return True
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
     return value > best if MAXIMISE[monitor] else value < best
 
+
+# ---- checkpoints --------------------------------------------------------------------------
 
 def _save_state(path: Path, **state) -> None:
     with atomic_path(path, suffix=".pt") as tmp:
@@ -205,89 +360,156 @@ def _oof_frame(data: _FoldData, fold: int, probs: np.ndarray) -> pd.DataFrame:
     return frame
 
 
+# ---- one fold -----------------------------------------------------------------------------
+
+@dataclass
+class _Run:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    tools: StepTools
+    loss_fn: torch.nn.Module
+
+
+def _build_run(cfg: Config, data: _FoldData, device: torch.device) -> _Run:
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, len(data.classes)).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # Every parameter joins the optimizer (timm's grouping drops frozen ones), so a backbone
+    # unfrozen later trains too; frozen parameters get no gradient, so nothing updates them.
+    optimizer = _optimizer(cfg, model)
+    scheduler = _scheduler(cfg, optimizer, _updates_estimate(cfg, data))
+    counts = np.bincount(data.targets[data.train_idx], minlength=len(data.classes))
+    loss_fn = build_loss(cfg.loss, counts).to(device)
+    amp_dtype = _amp_dtype(cfg, device)
+    tools = StepTools(
+        accumulate=cfg.train.accumulate, grad_clip=cfg.train.grad_clip, amp_dtype=amp_dtype,
+        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+        ema=ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema else None,
+        scheduler=scheduler if cfg.train.scheduler == "onecycle" else None,
+        channels_last=cfg.train.channels_last)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    return _Run(model, optimizer, scheduler, tools, loss_fn)
+
+
+def _updates_estimate(cfg: Config, data: _FoldData) -> int:
+    """Optimizer updates per epoch (OneCycle needs the total in advance)."""
+    n = len(data.train_idx)
+    if cfg.sampling.method == "oversample":
+        n = len(oversample_indices(data.targets[data.train_idx], cfg.sampling.target_ratio, cfg.seed))
+    batches = n // cfg.train.batch_size if _mix_enabled(cfg) else math.ceil(n / cfg.train.batch_size)
+    return math.ceil(max(batches, 1) / cfg.train.accumulate)
+
+
+def _mixup_for(cfg: Config, epoch: int, n_classes: int) -> Mixup | None:
+    if not _mix_enabled(cfg, epoch):
+        return None
+    t = cfg.train
+    return Mixup(mixup_alpha=t.mixup_alpha, cutmix_alpha=t.cutmix_alpha, prob=t.mix_prob,
+                 label_smoothing=cfg.loss.label_smoothing, num_classes=n_classes)
+
+
+def _state_dict(run: _Run) -> dict:
+    state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+             "scheduler": run.scheduler.state_dict()}
+    if run.tools.ema is not None:
+        state["ema"] = run.tools.ema.state_dict()
+    if run.tools.scaler is not None:
+        state["scaler"] = run.tools.scaler.state_dict()
+    return state
+
+
+def _restore(run: _Run, state: dict) -> None:
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.tools.ema is not None:
+        run.tools.ema.load_state_dict(state["ema"])
+    if run.tools.scaler is not None:
+        run.tools.scaler.load_state_dict(state["scaler"])
+
+
+def _metrics_row(epoch, train_loss, metrics, lr, seconds, classes, val_targets, probs) -> dict:
+    f1s = per_class_f1(val_targets, probs)
+    return {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in metrics.items()},
+            **{f"val_f1_{c}": float(f) for c, f in zip(classes, f1s)}, "lr": lr, "seconds": round(seconds, 2)}
+
+
 def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
     """Train one fold end to end (resuming if a checkpoint exists); returns the weights path.
 
     `on_epoch(epoch, metrics)` is called after each epoch's checkpoint is saved, with the
-    validation metrics (`loss`, `accuracy`, `f1_macro`); it may raise to stop (e.g. Optuna pruning).
+    validation metrics (`loss`, `accuracy`, `f1_macro`, ...); it may raise to stop (e.g. Optuna pruning).
     """
     device = resolve_device(cfg.train.device)
     data = _fold_data(cfg, fold)
-    out = cfg.fold_dir(fold)
+    out, fingerprint, monitor = cfg.fold_dir(fold), stage_fingerprint(cfg, "train"), cfg.train.monitor
     state_dir = out / "state"
-    fingerprint = stage_fingerprint(cfg, "train")
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, len(data.classes)).to(device)
-    optimizer = create_optimizer_v2(model, opt=cfg.train.optimizer, lr=cfg.train.lr,
-                                    weight_decay=cfg.train.weight_decay, momentum=cfg.train.momentum)
-    steps = math.ceil(len(data.train_idx) / cfg.train.batch_size)
-    scheduler = _scheduler(cfg, optimizer, steps)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.loss.label_smoothing)
-    val_ds = ImageDataset(data.table["image"].to_numpy()[data.val_idx], data.targets[data.val_idx],
-                          build_transform(cfg.augment, train=False))
-    val_loader = _loader(val_ds, cfg, device)
-    val_targets = data.targets[data.val_idx]
-    amp_dtype = torch.bfloat16 if cfg.train.amp and device.type == "cuda" else None
-
-    history, best, start = [], None, 0
+    run = _build_run(cfg, data, device)
+    val_loader = _loader(ImageDataset(data.table["image"].to_numpy()[data.val_idx], data.val_targets,
+                                      build_transform(cfg.augment, train=False)), cfg, device)
+    history, best, best_epoch, start = [], None, -1, 0
     state = _load_state(state_dir / "last.pt", fingerprint)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, best, start = state["history"], state["best"], state["epoch"] + 1
+        _restore(run, state)
+        history, best, best_epoch, start = state["history"], state["best"], state["best_epoch"], state["epoch"] + 1
         log(f"[fold {fold}] resuming after epoch {state['epoch']}")
-
     log(f"[fold {fold}] {len(data.train_idx)} train / {len(data.val_idx)} val images, "
         f"{len(data.classes)} classes, {cfg.model.name} on {device}")
     for epoch in range(start, cfg.train.epochs):
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout etc.: same draws after a resume
+        if cfg.train.patience is not None and epoch - best_epoch > cfg.train.patience:
+            log(f"[fold {fold}] early stop: no {monitor} improvement for {cfg.train.patience} epochs")
+            break
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout, Mixup: same draws after a resume
         tick = time.time()
-        loader = _train_loader(cfg, data, device, epoch)
-        train_loss = train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, scheduler,
-                                     step_per_batch=cfg.train.scheduler == "onecycle", amp_dtype=amp_dtype)
-        metrics = _validate(model, val_loader, val_targets, loss_fn, device)
-        lr = optimizer.param_groups[0]["lr"]
-        _step_epoch_scheduler(cfg, scheduler, metrics)
-        row = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in metrics.items()},
-               "lr": lr, "seconds": round(time.time() - tick, 2)}
-        history.append(row)
-        improved = _is_better(metrics[cfg.train.monitor], best, cfg.train.monitor)
+        frozen = _backbone_frozen(cfg, epoch)
+        set_backbone_frozen(run.model, frozen)
+        run.tools.frozen_backbone, run.tools.mixup = frozen, _mixup_for(cfg, epoch, len(data.classes))
+        train_loss = train_one_epoch(run.model, _train_loader(cfg, data, device, epoch), run.optimizer,
+                                     run.loss_fn, device, epoch, run.tools)
+        evaluated = run.tools.ema.module if run.tools.ema is not None else run.model
+        metrics, probs = _validate(evaluated, val_loader, data.val_targets, run.loss_fn, device,
+                                   cfg.train.channels_last)
+        lr = run.optimizer.param_groups[0]["lr"]
+        _step_epoch_scheduler(cfg, run.scheduler, metrics)
+        history.append(_metrics_row(epoch, train_loss, metrics, lr, time.time() - tick, data.classes,
+                                    data.val_targets, probs))
+        improved = _is_better(metrics[monitor], best, monitor)
         if improved:
-            best = metrics[cfg.train.monitor]
-            save_weights(model, state_dir / "best.safetensors", {"epoch": epoch})
+            best, best_epoch = metrics[monitor], epoch
+            save_weights(evaluated, state_dir / "best.safetensors", {"epoch": epoch})
         write_csv_atomic(out / "metrics.csv", pd.DataFrame(history))
-        _save_state(state_dir / "last.pt", model=model.state_dict(), optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(), epoch=epoch, best=best, history=history,
-                    fingerprint=fingerprint)
-        log(f"[fold {fold}] epoch {epoch + 1}/{cfg.train.epochs} loss {train_loss:.4f} "
-            f"val_loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} f1 {metrics['f1_macro']:.4f} "
-            f"lr {lr:.2e} {row['seconds']:.1f}s{' *' if improved else ''}")
+        _save_state(state_dir / "last.pt", **_state_dict(run), epoch=epoch, best=best, best_epoch=best_epoch,
+                    history=history, fingerprint=fingerprint)
+        log(_epoch_line(fold, epoch, cfg.train.epochs, train_loss, metrics, lr, history[-1]["seconds"], improved))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-    return _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint)
+    return _finish_fold(cfg, fold, data, evaluated_model(run), val_loader, device, best, fingerprint)
 
 
-def _step_epoch_scheduler(cfg: Config, scheduler, metrics: dict) -> None:
-    if cfg.train.scheduler == "onecycle":
-        return  # stepped per batch
-    if cfg.train.scheduler == "plateau":
-        scheduler.step(metrics[cfg.train.monitor])
-    else:
-        scheduler.step()
+def evaluated_model(run: _Run) -> torch.nn.Module:
+    return run.tools.ema.module if run.tools.ema is not None else run.model
+
+
+def _epoch_line(fold, epoch, epochs, train_loss, m, lr, seconds, improved) -> str:
+    return (f"[fold {fold}] epoch {epoch + 1}/{epochs} loss {train_loss:.4f} val_loss {m['loss']:.4f} "
+            f"acc {m['accuracy']:.4f} f1 {m['f1_macro']:.4f} lr {lr:.2e} {seconds:.1f}s{' *' if improved else ''}")
 
 
 def _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint) -> Path:
     """Out-of-fold probabilities from the best weights, then the weights themselves (last)."""
     out = cfg.fold_dir(fold)
-    from .models import load_weights
-    best_state = load_weights(out / "state" / "best.safetensors")
-    model.load_state_dict(best_state)
-    probs, _ = predict_probs(model, val_loader, device)
+    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper: save the plain module's weights
+    model.load_state_dict(load_weights(out / "state" / "best.safetensors"))
+    probs, _ = predict_probs(model, val_loader, device, cfg.train.channels_last)
     write_csv_atomic(out / "oof.csv", _oof_frame(data, fold, probs))
+    cm = pd.DataFrame(confusion(data.val_targets, probs), index=data.classes, columns=data.classes)
+    write_csv_atomic(out / "confusion.csv", cm.rename_axis("true"), index=True)
     meta = {"model": cfg.model.name, "classes": data.classes, "fold": fold, "fingerprint": fingerprint,
             "monitor": cfg.train.monitor, "best": best, "image_size": cfg.augment.image_size,
-            **classification_metrics(data.targets[data.val_idx], probs)}
+            **classification_metrics(data.val_targets, probs)}
     weights = out / "weights.safetensors"
     save_weights(model, weights, meta)
     shutil.rmtree(out / "state", ignore_errors=True)

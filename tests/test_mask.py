@@ -243,9 +243,8 @@ def test_sample_has_the_competition_layout(sample):
         assert sorted(Path(f).stem for f in visible) == sorted(PHOTO_STEMS)
         extensions |= {Path(f).suffix for f in visible}
     assert extensions == {".jpg", ".jpeg", ".png"} and hidden >= 1
-    with Image.open(sample / "train/images" / people["path"][0] / [
-            f for f in sorted(p.name for p in (sample / "train/images" / people["path"][0]).iterdir())
-            if f.startswith("mask1")][0]) as img:
+    first = next((sample / "train/images" / people["path"][0]).glob("mask1.*"))
+    with Image.open(first) as img:
         assert img.size == TINY and img.mode == "RGB"
     # every (gender, age group) with >= 3 people, including the borderline ages
     ages = people["age"].astype(int)

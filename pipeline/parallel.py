@@ -1,0 +1,390 @@
+"""Training several folds at once: in this process, on a Dask cluster, or one GPU per Make job.
+
+Three ways to train folds in parallel, all writing exactly the files `train.fit` writes:
+
+1. **Make** (one machine, one fold per GPU)::
+
+       make -j4 train GPUS=0,1,2,3
+
+   Every Make job trains one fold in its own process; `device_for_fold(fold, gpus)`
+   picks its GPU round-robin and the CLI sets `CUDA_VISIBLE_DEVICES` to it before
+   torch initialises CUDA, so each process sees exactly one GPU (as `cuda:0`).
+
+2. **Dask** (`parallel.backend: dask`): `run_folds(cfg, folds)` submits one task per
+   fold to a `dask.distributed` cluster. With `parallel.scheduler` unset it starts a
+   `LocalCluster` on this machine (one worker per GPU of `parallel.gpus`, or per visible
+   GPU, else one single-threaded worker per fold up to the CPU count); with
+   `parallel.scheduler: tcp://host:8786` it uses that running cluster. Workers that
+   advertise a `GPU` resource get one fold each at a time (`resources={"GPU": 1}`).
+
+3. **Sequential** (`parallel.backend: local`): the same bookkeeping in this process.
+
+Whatever the backend, a fold whose `weights.safetensors` exists and whose sidecar
+fingerprint matches the config is skipped; a failing fold is reported with its number
+and error while the others go on; `run_folds` raises at the end naming the failed
+folds and how to retry one (`make train FOLD=k`). A fold killed mid-way resumes from
+its last epoch when it is run again (Dask also reruns a task whose worker died).
+
+Shared storage
+--------------
+Workers read the data and the folds file and write `output_dir/<experiment>/fold_<k>/`
+*on their own machine*. On several machines, `output_dir`, `folds.dir` and the data
+paths must therefore be on a shared file system mounted at the same path everywhere
+(NFS, Lustre, GPFS...). Relative paths are resolved against this process's working
+directory, which each task enters on its worker (so start workers on machines that
+mount the project at the same path). A fold whose weights a worker wrote but this
+process cannot see is reported as failed with that explanation.
+
+Clusters: SLURM / PBS with dask-jobqueue
+----------------------------------------
+`pip install dask-jobqueue`, then, in a Python session on the login node (one job =
+one worker process = one GPU)::
+
+    from dask_jobqueue import SLURMCluster        # or PBSCluster, LSFCluster, SGECluster
+    cluster = SLURMCluster(
+        cores=8, memory="32GB", processes=1,      # one worker (one fold at a time) per job
+        walltime="04:00:00",
+        job_extra_directives=["--gres=gpu:1"],    # PBS: resource_spec="select=1:ngpus=1"
+        worker_extra_args=["--resources", "GPU=1"],
+        job_script_prologue=["cd /shared/project"],   # same working directory as the client
+    )
+    cluster.scale(jobs=4)                         # four GPUs, four folds at a time
+    print(cluster.scheduler_address)              # tcp://10.0.0.5:8786
+
+and put that address in the config (`parallel.backend: dask`,
+`parallel.scheduler: tcp://10.0.0.5:8786`) or pass it on the command line.
+
+By hand, on each GPU machine, one worker per GPU (each pinned to its GPU)::
+
+    dask scheduler                                # once, prints tcp://host:8786
+    CUDA_VISIBLE_DEVICES=0 dask worker tcp://host:8786 --nworkers 1 --nthreads 1 --resources GPU=1
+    CUDA_VISIBLE_DEVICES=1 dask worker tcp://host:8786 --nworkers 1 --nthreads 1 --resources GPU=1
+
+DataLoader workers inside Dask workers
+--------------------------------------
+Dask starts its worker processes as *daemonic* processes by default, and a daemonic
+process may not have children: a PyTorch `DataLoader` with `num_workers > 0` then fails
+with "AssertionError: daemonic processes are not allowed to have children". The
+`LocalCluster` started here turns that off (`distributed.worker.daemon: False`), so the
+config's `train.num_workers` is used as is. On another cluster, `run_folds` asks the
+workers; if they are daemonic it trains with `train.num_workers=0` and says so. To keep
+loader processes there (they matter for GPU throughput), start the workers with
+`DASK_DISTRIBUTED__WORKER__DAEMON=False dask worker ...`. Note that `train.num_workers`
+is part of the training fingerprint: loader workers reseed augmentations per worker,
+so 0 and 4 loader processes give (equally valid) different weights.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import Config, ConfigError, config_to_dict, load_config, stage_fingerprint
+
+__all__ = ["run_folds", "device_for_fold", "parse_gpus", "pin_gpu", "fold_is_done", "FoldsFailedError"]
+
+DONE, SKIPPED = "done", "skipped"
+
+
+class FoldsFailedError(RuntimeError):
+    """Some folds failed; `.results` maps every fold to "done", "skipped" or its error."""
+
+    def __init__(self, message: str, results: dict[int, str]):
+        super().__init__(message)
+        self.results = results
+
+
+# ----------------------------------------------------------------------------------------
+# GPU placement for `make -j4 train GPUS=0,1,2,3` (no torch import here: it must run first).
+
+def parse_gpus(gpus) -> list | None:
+    """`"0,1,2,3"`, `[0, 1]`, `3` or None/"" → a list of device ids (None when empty).
+
+    Ids are integers, or GPU/MIG UUIDs (`GPU-...`, `MIG-...`) as `nvidia-smi -L` prints them.
+    """
+    if gpus is None or gpus == "" or gpus == []:
+        return None
+    if isinstance(gpus, int) and not isinstance(gpus, bool):
+        return [gpus]
+    items = gpus.split(",") if isinstance(gpus, str) else list(gpus)
+    out: list = []
+    for item in items:
+        text = str(item).strip()
+        if text.isdigit():
+            out.append(int(text))
+        elif text.startswith(("GPU-", "MIG-")):
+            out.append(text)
+        else:
+            raise ConfigError(f"parallel.gpus: {item!r} is not a GPU index; expected e.g. 0,1,2,3")
+    return out or None
+
+
+def device_for_fold(fold: int, gpus: list | str | None) -> str | None:
+    """The GPU id (as a string for `CUDA_VISIBLE_DEVICES`) for `fold`, round-robin; None without GPUs."""
+    gpus = parse_gpus(gpus)
+    if not gpus:
+        return None
+    return str(gpus[fold % len(gpus)])
+
+
+def pin_gpu(fold: int, gpus, environ: dict | None = None) -> str | None:
+    """Set `CUDA_VISIBLE_DEVICES` for `fold` (round-robin over `gpus`); returns the id set, or None.
+
+    Call it before anything touches CUDA: a process that has initialised CUDA keeps the
+    devices it saw. Inside the process the chosen GPU is then `cuda:0`.
+    """
+    device = device_for_fold(fold, gpus)
+    if device is None:
+        return None
+    if environ is None:
+        import sys
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            raise RuntimeError("pin_gpu was called after CUDA was initialised in this process; "
+                               "set CUDA_VISIBLE_DEVICES before any CUDA call")
+        environ = os.environ
+    environ["CUDA_VISIBLE_DEVICES"] = device
+    return device
+
+
+# ----------------------------------------------------------------------------------------
+# Which folds are done.
+
+def _sidecar_fingerprint(cfg: Config, fold: int) -> str | None:
+    weights = cfg.fold_dir(fold) / "weights.safetensors"
+    sidecar = weights.with_suffix(".json")
+    if not weights.is_file() or not sidecar.is_file():
+        return None
+    try:
+        return json.loads(sidecar.read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
+def fold_is_done(cfg: Config, fold: int, fingerprints: set[str] | None = None) -> bool:
+    """True when the fold's weights exist and were trained with this config's training keys."""
+    found = _sidecar_fingerprint(cfg, fold)
+    wanted = fingerprints if fingerprints is not None else {stage_fingerprint(cfg, "train")}
+    return found is not None and found in wanted
+
+
+def _check_folds(cfg: Config, folds) -> list[int]:
+    folds = [int(k) for k in folds]
+    bad = [k for k in folds if not 0 <= k < cfg.folds.n_splits]
+    if bad:
+        raise ValueError(f"fold(s) {bad} do not exist: folds.n_splits is {cfg.folds.n_splits} "
+                         f"(folds 0..{cfg.folds.n_splits - 1})")
+    if len(set(folds)) != len(folds):
+        raise ValueError(f"fold list {folds} names a fold twice")
+    if not Path(cfg.folds_file).is_file():
+        raise FileNotFoundError(f"{cfg.folds_file} not found: run `make folds` (or `python -m pipeline folds`) first")
+    return folds
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()
+
+
+# ----------------------------------------------------------------------------------------
+# The task that runs on a Dask worker.
+
+def _train_fold_task(cfg_dict: dict, fold: int, cwd: str) -> dict:
+    """Train one fold on a Dask worker from a plain-dict config (workers get no Config objects)."""
+    import socket
+
+    host = socket.gethostname()
+    try:
+        from distributed import print as remote_print  # forwards worker output to the client
+    except ImportError:  # pragma: no cover - distributed is what runs this task
+        remote_print = print
+    if os.getcwd() != cwd:
+        # The config's relative paths mean the client's working directory (see the module docstring).
+        if not Path(cwd).is_dir():
+            raise FileNotFoundError(f"worker {host} has no directory {cwd} (the client's working directory): "
+                                    "the project, data and output_dir must be on a shared path")
+        os.chdir(cwd)
+    if multiprocessing.current_process().daemon and cfg_dict["train"]["num_workers"] > 0:
+        # Safety net: DataLoader workers cannot start in a daemonic process ("daemonic processes
+        # are not allowed to have children"); run_folds normally decides this before submitting.
+        remote_print(f"[fold {fold}] daemonic Dask worker on {host}: training with train.num_workers=0")
+        cfg_dict = {**cfg_dict, "train": {**cfg_dict["train"], "num_workers": 0}}
+    cfg = load_config(None, cfg_dict)
+
+    from .train import fit
+
+    weights = fit(cfg, fold, log=lambda msg: remote_print(f"[{host}] {msg}"))
+    return {"host": host, "weights": str(weights), "fingerprint": stage_fingerprint(cfg, "train")}
+
+
+def _worker_facts() -> dict:
+    return {"daemon": multiprocessing.current_process().daemon}
+
+
+def _pin_worker_gpu(gpus: list, dask_worker=None) -> str | None:
+    """Run once per LocalCluster worker (named 0..n-1) before any task: one GPU per worker."""
+    index = int(dask_worker.name) if dask_worker is not None else 0
+    return pin_gpu(index, gpus)
+
+
+# ----------------------------------------------------------------------------------------
+
+def run_folds(cfg: Config, folds: list[int], backend: str | None = None, scheduler=None,
+              log: Callable[[str], Any] = print) -> dict[int, str]:
+    """Train `folds`; returns {fold: "done" | "skipped" | "<error>"} and raises if any failed.
+
+    backend: "local" (sequential, in this process) or "dask"; default `cfg.parallel.backend`.
+    scheduler (dask only): a scheduler address, a `distributed.Client`, a cluster object, or
+    None for `cfg.parallel.scheduler` (None there too: a `LocalCluster` on this machine).
+    Outputs go to `cfg.output_dir`, which must be shared by all workers (module docstring).
+    """
+    backend = backend or cfg.parallel.backend
+    if backend not in ("local", "dask"):
+        raise ConfigError(f"parallel.backend: '{backend}' is not one of: local, dask")
+    folds = _check_folds(cfg, folds)
+    fingerprints = {stage_fingerprint(cfg, "train")}
+    results: dict[int, str] = {}
+    for k in folds:
+        if fold_is_done(cfg, k, fingerprints):
+            results[k] = SKIPPED
+            log(f"[parallel] fold {k}: already trained with this config, skipped")
+    pending = [k for k in folds if k not in results]
+    if pending:
+        if backend == "local":
+            _run_local(cfg, pending, results, log)
+        else:
+            _run_dask(cfg, pending, results, scheduler if scheduler is not None else cfg.parallel.scheduler, log)
+    results = {k: results[k] for k in folds}
+    failed = {k: v for k, v in results.items() if v not in (DONE, SKIPPED)}
+    if failed:
+        lines = "\n".join(f"  fold {k}: {v}" for k, v in failed.items())
+        first = next(iter(failed))
+        raise FoldsFailedError(
+            f"{len(failed)} of {len(folds)} fold(s) failed: {sorted(failed)}\n{lines}\n"
+            f"The other folds are saved. Retry one fold with `make train FOLD={first}` or "
+            f"`python -m pipeline train --config <config> --fold {first}` "
+            f"(or rerun the same command: finished folds are skipped, killed ones resume).",
+            results)
+    return results
+
+
+def _run_local(cfg: Config, folds: list[int], results: dict, log) -> None:
+    from .train import fit
+
+    for k in folds:
+        try:
+            fit(cfg, k, log=log)
+            results[k] = DONE
+        except Exception as exc:  # one broken fold must not stop the others
+            results[k] = _error_text(exc)
+            log(f"[parallel] fold {k} FAILED: {results[k]}\n{traceback.format_exc()}")
+
+
+def _gpu_slots(client) -> dict[str, float]:
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return {addr: w.get("resources", {}).get("GPU", 0) for addr, w in workers.items()}
+
+
+def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log) -> None:
+    import dask
+    from distributed import Client, LocalCluster, as_completed
+
+    own_cluster = own_client = None
+    gpus = parse_gpus(cfg.parallel.gpus)
+    try:
+        if isinstance(scheduler, Client):
+            client = scheduler
+        elif scheduler is None:
+            if gpus is None and cfg.train.device != "cpu":
+                gpus = _visible_gpus()
+            n = len(gpus) if gpus else max(1, min(len(folds), os.cpu_count() or 1))
+            threads = 1 if gpus else max(1, (os.cpu_count() or 1) // n)
+            # Non-daemonic worker processes may start DataLoader workers (module docstring).
+            with dask.config.set({"distributed.worker.daemon": False}):
+                own_cluster = LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                    resources={"GPU": 1} if gpus else None,
+                    env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+            client = own_client = Client(own_cluster)
+            if gpus:
+                client.run(_pin_worker_gpu, gpus)
+            log(f"[parallel] started a local Dask cluster: {n} worker(s)"
+                + (f", GPUs {gpus}" if gpus else f", {threads} thread(s) each"))
+        else:
+            address = getattr(scheduler, "scheduler_address", scheduler)
+            client = own_client = Client(address)
+            log(f"[parallel] connected to the Dask scheduler at {address}")
+
+        slots = _gpu_slots(client)
+        if not slots:
+            raise RuntimeError("the Dask cluster has no workers: start some "
+                               "(`dask worker <scheduler> --nworkers 1 --resources GPU=1`)")
+        use_gpu = any(v >= 1 for v in slots.values())
+        if gpus and not use_gpu:
+            raise ConfigError("parallel.gpus is set but no worker of the Dask cluster advertises a GPU "
+                              "resource, so GPU tasks would wait forever: start the workers with "
+                              "`--resources GPU=1` (one worker per GPU)")
+
+        cfg_dict = config_to_dict(cfg)
+        facts = client.run(_worker_facts)
+        if cfg.train.num_workers > 0 and any(f["daemon"] for f in facts.values()):
+            log("[parallel] the Dask workers are daemonic processes, which cannot start DataLoader workers: "
+                "training with train.num_workers=0 (start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False "
+                "to keep them)")
+            cfg_dict["train"]["num_workers"] = 0
+            effective = load_config(None, cfg_dict)
+            fingerprint = stage_fingerprint(effective, "train")
+            for k in list(folds):
+                if fold_is_done(cfg, k, {fingerprint}):
+                    results[k] = SKIPPED
+                    log(f"[parallel] fold {k}: already trained with this config, skipped")
+            folds = [k for k in folds if k not in results]
+
+        run_id = uuid.uuid4().hex[:8]
+        cwd = os.getcwd()
+        futures = {}
+        for k in folds:
+            future = client.submit(_train_fold_task, cfg_dict, k, cwd, key=f"train-fold-{k}-{run_id}",
+                                   pure=False, resources={"GPU": 1} if use_gpu else None)
+            futures[future] = k
+        log(f"[parallel] submitted folds {folds} to {len(slots)} worker(s)"
+            + (" (one GPU each)" if use_gpu else ""))
+        for future in as_completed(list(futures)):
+            k = futures[future]
+            if future.status == "finished":
+                info = future.result()
+                if fold_is_done(cfg, k, {info["fingerprint"]}):
+                    results[k] = DONE
+                    log(f"[parallel] fold {k} done on {info['host']}")
+                else:
+                    results[k] = (f"trained on {info['host']}, but {cfg.fold_dir(k)} is not visible here: "
+                                  "output_dir must be a shared path that every worker and this machine see")
+                    log(f"[parallel] fold {k} FAILED: {results[k]}")
+            else:
+                try:
+                    exc, tb = future.exception(), future.traceback()
+                except Exception as lost:  # cancelled, or the scheduler forgot it
+                    exc, tb = lost, None
+                results[k] = _error_text(exc)
+                log(f"[parallel] fold {k} FAILED: {results[k]}\n{''.join(traceback.format_tb(tb)) if tb else ''}")
+    finally:
+        if own_client is not None:
+            own_client.close()
+        if own_cluster is not None:
+            own_cluster.close()
+
+
+def _visible_gpus() -> list | None:
+    """The GPUs this process may use: `CUDA_VISIBLE_DEVICES` when set (workers are pinned to those
+    physical ids, not to 0..n-1), else every device torch counts."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return parse_gpus(visible.strip()) if visible.strip() not in ("", "-1") else None
+    import torch
+
+    count = torch.cuda.device_count()
+    return list(range(count)) if count else None

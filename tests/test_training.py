@@ -1,0 +1,235 @@
+"""The training toolkit: each test proves an option's effect, not merely that it runs."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, TensorDataset
+
+import pipeline.train as train_mod
+from pipeline.config import load_config
+from pipeline.models import create_model
+from pipeline.stages import make_folds
+from pipeline.train import StepTools, _optimizer, _scheduler, _step_epoch_scheduler, fit, train_one_epoch
+
+QUIET = dict(log=lambda *_: None)
+
+
+def _linear_setup(seed=0):
+    torch.manual_seed(seed)
+    x, y = torch.randn(40, 3, 4, 4), torch.randint(0, 3, (40,))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
+    return x, y, model
+
+
+def _one_epoch(model, x, y, batch_size, accumulate):
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
+    train_one_epoch(model, loader, opt, torch.nn.CrossEntropyLoss(), torch.device("cpu"), 0,
+                    StepTools(accumulate=accumulate))
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_accumulating_2x16_equals_one_batch_of_32_including_the_partial_last_group():
+    x, y, model = _linear_setup()
+    big = _one_epoch(model, x, y, batch_size=32, accumulate=1)            # updates: 32, then 8
+    x, y, model = _linear_setup()
+    accumulated = _one_epoch(model, x, y, batch_size=16, accumulate=2)    # 16+16, then 8 alone
+    assert torch.allclose(big, accumulated, atol=1e-6)
+    x, y, model = _linear_setup()
+    assert not torch.allclose(big, _one_epoch(model, x, y, batch_size=16, accumulate=1), atol=1e-4)
+
+
+def _lrs_under(cfg, metric_values):
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.train.lr)
+    sched = _scheduler(cfg, opt, updates_per_epoch=1)
+    lrs = []
+    for value in metric_values:
+        _step_epoch_scheduler(cfg, sched, {cfg.train.monitor: value})
+        lrs.append(opt.param_groups[0]["lr"])
+    return lrs
+
+
+def test_reduce_on_plateau_follows_the_monitored_metric_direction(tiny_cfg_dict):
+    base = dict(tiny_cfg_dict, train=dict(tiny_cfg_dict["train"], scheduler="plateau", lr=1.0, gamma=0.5,
+                                           plateau_patience=1, epochs=10))
+    f1 = load_config(None, base)
+    assert _lrs_under(f1, [0.1, 0.2, 0.3, 0.4]) == [1.0] * 4          # f1 improving: keep the rate
+    assert _lrs_under(f1, [0.5, 0.5, 0.5, 0.5])[-1] == 0.5             # plateau: halve it
+    loss = load_config(None, dict(base, train=dict(base["train"], monitor="loss")))
+    assert _lrs_under(loss, [1.0, 0.9, 0.8, 0.7]) == [1.0] * 4         # loss falling is improving
+    assert _lrs_under(loss, [0.5, 0.6, 0.7, 0.8])[-1] < 1.0            # loss rising: reduce
+
+
+def test_step_cosine_and_warmup_schedules(tiny_cfg_dict):
+    def cfg(**train):
+        return load_config(None, dict(tiny_cfg_dict, train=dict(tiny_cfg_dict["train"], lr=1.0, epochs=6, **train)))
+    assert _lrs_under(cfg(scheduler="step", step_size=2, gamma=0.1), [0] * 4) == pytest.approx([1, 0.1, 0.1, 0.01])
+    cos = _lrs_under(cfg(scheduler="cosine"), [0] * 6)
+    assert cos[-1] == pytest.approx(0.0, abs=1e-9) and all(a > b for a, b in zip(cos, cos[1:]))
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    _scheduler(cfg(scheduler="cosine", warmup_epochs=2), opt, 1)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)  # warmup starts at a tenth
+
+
+def test_backbone_gets_its_own_lr_and_norms_and_biases_no_weight_decay(tiny_cfg_dict):
+    cfg = load_config(None, dict(tiny_cfg_dict, train=dict(tiny_cfg_dict["train"], lr=1e-2, backbone_lr=1e-4,
+                                                            weight_decay=0.05)))
+    model = create_model(cfg.model, 4)
+    opt = _optimizer(cfg, model)
+    head = {id(p) for p in model.get_classifier().parameters()}
+    for group in opt.param_groups:
+        is_head = {id(p) in head for p in group["params"]}
+        assert len(is_head) == 1
+        assert group["lr"] == (1e-2 if is_head.pop() else 1e-4)
+        if any(p.ndim <= 1 for p in group["params"]):
+            assert group["weight_decay"] == 0
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+@pytest.fixture
+def folds_ready(tiny_cfg):
+    make_folds(tiny_cfg, **QUIET)
+    return tiny_cfg
+
+
+def _with(cfg_dict, tmp_path, **sections):
+    d = dict(cfg_dict, output_dir=str(tmp_path / "out"))
+    for name, values in sections.items():
+        d[name] = dict(d.get(name, {}), **values)
+    return load_config(None, d)
+
+
+def test_frozen_backbone_is_bit_identical_after_training(tiny_cfg_dict, folds_ready, tmp_path):
+    cfg = _with(tiny_cfg_dict, tmp_path, model={"freeze_backbone": True}, train={"epochs": 2, "lr": 0.05})
+    torch.manual_seed(cfg.seed)
+    initial = create_model(cfg.model, 10).state_dict()
+    trained = load_file(fit(cfg, 0, **QUIET))
+    head = {k for k in trained if k.startswith("fc.")}
+    assert head and all(not torch.equal(initial[k], trained[k]) for k in head)
+    assert all(torch.equal(initial[k], trained[k]) for k in trained if k not in head)
+
+
+def test_unfreezing_later_trains_the_backbone(tiny_cfg_dict, folds_ready, tmp_path):
+    cfg = _with(tiny_cfg_dict, tmp_path, model={"freeze_backbone": True, "unfreeze_epoch": 1},
+                train={"epochs": 2, "lr": 0.05})
+    torch.manual_seed(cfg.seed)
+    initial = create_model(cfg.model, 10).state_dict()
+    trained = load_file(fit(cfg, 0, **QUIET))
+    assert any(not torch.equal(initial[k], trained[k]) for k in trained if not k.startswith("fc."))
+
+
+def test_ema_weights_are_the_ones_evaluated_and_saved(tiny_cfg_dict, folds_ready, tmp_path, monkeypatch):
+    cfg = _with(tiny_cfg_dict, tmp_path, train={"ema": True, "ema_decay": 0.5, "epochs": 1})
+    runs, validated = [], []
+    real_build, real_validate = train_mod._build_run, train_mod._validate
+    monkeypatch.setattr(train_mod, "_build_run", lambda *a: runs.append(real_build(*a)) or runs[-1])
+    monkeypatch.setattr(train_mod, "_validate", lambda model, *a: validated.append(model) or real_validate(model, *a))
+    saved = load_file(fit(cfg, 0, **QUIET))
+    run = runs[0]
+    assert validated[0] is run.tools.ema.module
+    ema, raw = run.tools.ema.module.state_dict(), run.model.state_dict()
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw if raw[k].is_floating_point())
+    assert all(torch.equal(saved[k], ema[k]) for k in saved)
+
+
+def test_mixup_feeds_soft_targets_to_the_loss_until_its_switch_off_epoch(tiny_cfg_dict, folds_ready, tmp_path,
+                                                                        monkeypatch):
+    cfg = _with(tiny_cfg_dict, tmp_path, train={"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "mix_off_epoch": 1,
+                                                 "epochs": 2, "batch_size": 16})
+    seen = {}
+    real = train_mod.train_one_epoch
+
+    def spy(model, loader, optimizer, loss_fn, device, epoch, tools):
+        def recording(logits, targets):
+            seen.setdefault(epoch, targets.detach().clone())
+            return loss_fn(logits, targets)
+        return real(model, loader, optimizer, recording, device, epoch, tools)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", spy)
+    fit(cfg, 0, **QUIET)
+    assert seen[0].ndim == 2 and ((seen[0] > 0.01) & (seen[0] < 0.99)).any()  # mixed soft labels
+    assert seen[1].ndim == 1  # switched off: plain class ids
+
+
+def test_early_stopping_stops_after_patience_without_improvement(tiny_cfg_dict, folds_ready, tmp_path, monkeypatch):
+    cfg = _with(tiny_cfg_dict, tmp_path, train={"epochs": 6, "patience": 2})
+    real = train_mod._validate
+
+    def flat(*args):
+        metrics, probs = real(*args)
+        return dict(metrics, f1_macro=0.5), probs
+
+    monkeypatch.setattr(train_mod, "_validate", flat)
+    fit(cfg, 0, **QUIET)
+    assert len(pd.read_csv(cfg.fold_dir(0) / "metrics.csv")) == 3  # best at 0, then 2 without improvement
+
+
+def test_minimised_monitor_keeps_the_lowest_loss_epoch(tiny_cfg_dict, folds_ready, tmp_path, monkeypatch):
+    cfg = _with(tiny_cfg_dict, tmp_path, train={"epochs": 3, "monitor": "loss"})
+    losses = iter([0.9, 0.5, 0.7])
+    real = train_mod._validate
+    monkeypatch.setattr(train_mod, "_validate", lambda *a: (dict(real(*a)[0], loss=next(losses)), real(*a)[1]))
+    fit(cfg, 0, **QUIET)
+    meta = pd.read_json(cfg.fold_dir(0) / "weights.json", typ="series")
+    assert meta["best"] == 0.5
+
+
+def test_metrics_csv_has_every_metric_and_per_class_f1(tiny_cfg, folds_ready):
+    fit(tiny_cfg, 0, **QUIET)
+    metrics = pd.read_csv(tiny_cfg.fold_dir(0) / "metrics.csv")
+    for col in ("val_accuracy", "val_f1_macro", "val_f1_weighted", "val_precision_macro", "val_recall_macro",
+                "val_roc_auc", "val_loss", "train_loss", "lr", "val_f1_zero", "val_f1_nine"):
+        assert col in metrics.columns, col
+    cm = pd.read_csv(tiny_cfg.fold_dir(0) / "confusion.csv", index_col=0)
+    assert cm.to_numpy().sum() == (pd.read_csv(tiny_cfg.folds_file)["fold"] == 0).sum()
+
+
+def test_bf16_autocast_on_cpu_runs_the_model_in_bf16(tiny_cfg_dict, folds_ready, tmp_path, monkeypatch):
+    cfg = _with(tiny_cfg_dict, tmp_path, train={"amp": "bf16"})
+    dtypes = []
+    real_build = train_mod._build_run
+
+    def build(*a):
+        run = real_build(*a)
+        run.model.fc.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype) if m.training else None)
+        return run
+
+    monkeypatch.setattr(train_mod, "_build_run", build)
+    fit(cfg, 0, **QUIET)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+
+
+def test_pretrained_file_loads_backbone_and_adapts_the_head(tiny_cfg, tmp_path):
+    source = timm.create_model("test_resnet", num_classes=7)
+    path = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    cfg = load_config(None, {"model": {"name": "test_resnet", "pretrained_file": str(path)}})
+    model = create_model(cfg.model, 3)
+    assert model.get_classifier().out_features == 3
+    body = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in body.items())
+
+
+def test_pretrained_offline_suggests_the_local_file_option(monkeypatch):
+    def offline(*a, **k):
+        if k.get("pretrained"):
+            raise OSError("Name or service not known")
+        raise AssertionError("unexpected")
+    monkeypatch.setattr(timm, "create_model", offline)
+    cfg = load_config(None, {"model": {"name": "resnet10t", "pretrained": True}})
+    with pytest.raises(RuntimeError, match="model.pretrained_file"):
+        create_model(cfg.model, 3)
+
+
+def test_same_seed_same_epoch_metrics(tiny_cfg_dict, folds_ready, tmp_path):
+    a = fit(_with(tiny_cfg_dict, tmp_path / "a"), 0, **QUIET)
+    b = fit(_with(tiny_cfg_dict, tmp_path / "b"), 0, **QUIET)
+    ma, mb = (pd.read_csv(p.parent / "metrics.csv").drop(columns="seconds") for p in (a, b))
+    pd.testing.assert_frame_equal(ma, mb)
+    assert np.array_equal(pd.read_csv(a.parent / "oof.csv").filter(like="prob_").to_numpy(),
+                          pd.read_csv(b.parent / "oof.csv").filter(like="prob_").to_numpy())
