@@ -24,6 +24,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VENV_OK := $(VENV)/.installed
 PIPELINE := $(PY) -m pipeline
+comma := ,
 
 # ---- configuration → Make variables (only for goals that run the pipeline) -----------------
 PIPELINE_GOALS := data folds train retrain predict ensemble score validate
@@ -66,6 +67,10 @@ ifeq ($(DEMO),1)
 $(TRAIN_CSV): $(STAMPS)/data.json | $(VENV_OK)
 	$(call STAGE,demo-data)
 endif
+ifeq ($(MASK),1)
+$(TRAIN_CSV): $(STAMPS)/data.json $(subst $(comma), ,$(MASK_INPUTS)) | $(VENV_OK)
+	$(call STAGE,mask-data)
+endif
 
 folds: $(FOLDS_FILE) ## assign stratified, grouped folds → folds/<name>.csv
 
@@ -89,7 +94,8 @@ $(EXP_DIR)/fold_%/test_probs.csv: $(EXP_DIR)/fold_%/weights.safetensors $(STAMPS
 
 ensemble: $(EXP_DIR)/submission.csv ## vote the folds into outputs/<exp>/submission.csv
 
-$(EXP_DIR)/submission.csv: $(TEST_PROBS) $(STAMPS)/ensemble.json $(SAMPLE_SUBMISSION)
+# wildcard: the demo's sample submission does not exist until `make data` writes it
+$(EXP_DIR)/submission.csv: $(TEST_PROBS) $(STAMPS)/ensemble.json $(wildcard $(SAMPLE_SUBMISSION))
 	$(call STAGE,ensemble)
 
 score: $(EXP_DIR)/submission.csv ## score the submission on held-back labels (demo)
@@ -103,4 +109,4 @@ test: $(VENV_OK) ## run the test suite
 	$(PY) -m pytest
 
 clean: ## remove outputs/ and folds/ (keeps the virtual environment)
-	rm -rf outputs/* folds/*.csv data/demo
+	rm -rf outputs/* folds/*.csv data/demo data/mask_sample

@@ -29,10 +29,14 @@ def cmd_resolve(args) -> None:
     if not args.make_vars:
         print(resolved)
         return
-    if not cfg.data.demo and not Path(cfg.data.train_csv).is_file():
+    generated = cfg.data.demo or cfg.mask.enabled
+    if not generated and not Path(cfg.data.train_csv).is_file():
         raise ConfigError(f"data.train_csv: {cfg.data.train_csv} does not exist (set data.demo: true for the demo)")
+    people_csv = Path(cfg.data.image_root) / "train" / "train.csv"
     variables = {"EXP_DIR": cfg.exp_dir, "RESOLVED": resolved, "FOLDS_FILE": cfg.folds_file,
                  "K": cfg.folds.n_splits, "TRAIN_CSV": cfg.data.train_csv, "DEMO": int(cfg.data.demo),
+                 "MASK": int(cfg.mask.enabled), "MASK_INPUTS": ",".join(
+                     str(p) for p in (people_csv, cfg.mask.relabel_file) if p and Path(p).is_file()),
                  "SAMPLE_SUBMISSION": cfg.data.sample_submission}
     for key, value in variables.items():
         if " " in str(value):
@@ -48,6 +52,17 @@ def cmd_demo_data(args) -> None:
     paths = make_demo_dataset(cfg.data.image_root, seed=cfg.data.demo_seed, scale=cfg.data.demo_scale,
                               image_size=max(cfg.augment.image_size, 32))
     print(f"[data] demo dataset written to {paths['root']}")
+
+
+def cmd_mask_data(args) -> None:
+    from .mask import make_mask_sample, prepare_from_config
+    cfg = _cfg(args)
+    if not cfg.mask.enabled:
+        raise ConfigError("mask.enabled is false: this config does not use the mask competition's layout")
+    if cfg.mask.sample and not (Path(cfg.data.image_root) / "train" / "train.csv").is_file():
+        make_mask_sample(cfg.data.image_root, seed=cfg.data.demo_seed)
+        print(f"[mask] synthetic sample written to {cfg.data.image_root}")
+    prepare_from_config(cfg)
 
 
 def cmd_folds(args) -> None:
@@ -95,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     stages = [
         ("resolve", cmd_resolve, "validate the config; save it and the per-stage stamps"),
         ("demo-data", cmd_demo_data, "write the embedded demo dataset (scikit-learn's digits)"),
+        ("mask-data", cmd_mask_data, "mask competition: its layout → the pipeline's train CSV"),
         ("folds", cmd_folds, "assign stratified (grouped) folds → folds/<name>.csv"),
         ("train", cmd_train, "train fold models (all, or --fold K ...)"),
         ("predict", cmd_predict, "predict the test set with TTA (all folds, or --fold K ...)"),

@@ -45,6 +45,8 @@ class DataConfig:
     image_column: str = "image"
     label_column: str = "label"
     group_column: str | None = None
+    stratify_column: str | None = None      # stratify folds on this column instead of the label
+    true_label_column: str | None = None    # validation is scored on this column (train on label)
     sample_submission: str = "data/demo/sample_submission.csv"
     id_column: str = "id"
     target_column: str = "label"
@@ -70,6 +72,7 @@ class ModelConfig:
     pretrained: bool = False
     pretrained_file: str | None = None
     drop_rate: float = 0.0
+    heads: str = "single"              # single | mask (one backbone, heads mask 3 x gender 2 x age 3)
     freeze_backbone: bool = False      # train only the classifier head (feature extraction)
     unfreeze_epoch: int | None = None  # then fine-tune everything from this epoch on
 
@@ -77,6 +80,7 @@ class ModelConfig:
 @dataclass
 class AugmentConfig:
     image_size: int = 32
+    pre_resize_crop: list | None = None   # [h, w] centre crop before the resize (train and eval)
     train: list = field(default_factory=lambda: [{"HorizontalFlip": {"p": 0.5}}])
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -153,6 +157,8 @@ class ReportConfig:
 
 @dataclass
 class MaskConfig:
+    enabled: bool = False              # build data.train_csv from the competition's layout
+    sample: bool = False               # write the synthetic sample first when the raw data is absent
     age_cutoff: int = 60               # training labels only; validation is scored on true labels
     relabel_file: str | None = None    # CSV: id, field, value
 
@@ -210,6 +216,7 @@ CHOICES = {
     "train.optimizer": ("sgd", "momentum", "adam", "adamw", "nadam", "radam", "rmsprop", "lamb", "lion"),
     "train.scheduler": ("none", "step", "cosine", "plateau", "onecycle"),
     "loss.name": ("ce", "focal", "f1", "weighted_ce"),
+    "model.heads": ("single", "mask"),
     "report.progress": ("auto", "bar", "lines", "off"),
     "parallel.backend": ("local", "dask"),
     "tune.pruner": ("median", "none"),
@@ -248,6 +255,10 @@ def _value_checks(cfg: Config) -> list[tuple[str, bool, str]]:
          "must be even when Mixup/CutMix is on (they pair images within a batch)"),
         ("sampling.target_ratio", 0 < cfg.sampling.target_ratio <= 1, "must be in (0, 1]"),
         ("augment.image_size", cfg.augment.image_size >= 8, "must be at least 8 pixels"),
+        ("augment.pre_resize_crop", cfg.augment.pre_resize_crop is None or (
+            len(cfg.augment.pre_resize_crop) == 2
+            and all(isinstance(v, int) and v >= 8 for v in cfg.augment.pre_resize_crop)),
+         "must be [height, width] in pixels, each at least 8"),
         ("augment.mean", len(cfg.augment.mean) == 3, "must list 3 channel means"),
         ("augment.std", len(cfg.augment.std) == 3 and all(s > 0 for s in cfg.augment.std),
          "must list 3 positive channel standard deviations"),
@@ -400,11 +411,14 @@ def config_to_dict(cfg: Config) -> dict:
 # Each stage depends on these keys (prefix match). A change elsewhere leaves it up to date:
 # changing only `ensemble.voting` re-votes without retraining or re-predicting.
 STAGE_KEYS = {
-    "data": ["data.demo", "data.demo_scale", "data.demo_seed", "data.image_root", "data.train_csv"],
-    "folds": ["seed", "folds.n_splits", "data.train_csv", "data.label_column", "data.group_column"],
+    "data": ["data.demo", "data.demo_scale", "data.demo_seed", "data.image_root", "data.train_csv",
+             "mask.enabled", "mask.sample", "mask.age_cutoff", "mask.relabel_file"],
+    "folds": ["seed", "folds.n_splits", "data.train_csv", "data.label_column", "data.group_column",
+              "data.stratify_column"],
     "train": ["seed", "folds.", "model.", "augment.", "sampling.", "train.", "loss.", "mask.", "data.train_csv",
-              "data.image_root", "data.image_column", "data.label_column", "data.group_column"],
-    "predict": ["tta.", "augment.image_size", "augment.mean", "augment.std", "data.sample_submission",
+              "data.image_root", "data.image_column", "data.label_column", "data.group_column",
+              "data.true_label_column"],
+    "predict": ["tta.", "augment.image_size", "augment.pre_resize_crop", "augment.mean", "augment.std", "data.sample_submission",
                 "data.id_column", "data.test_image_template", "data.test_path_column",
                 "data.test_root", "data.image_root", "train.device"],
     "ensemble": ["ensemble.", "data.sample_submission", "data.id_column", "data.target_column"],

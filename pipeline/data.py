@@ -64,9 +64,14 @@ def _safe_join(root: Path, rel: str, where: str) -> Path:
 
 
 def read_train_table(cfg: Config) -> pd.DataFrame:
-    """Return the training rows as columns `image` (full path), `label`, `group`."""
+    """Return the training rows as columns `image` (full path), `label`, `group`, `stratify`, `true_label`.
+
+    `stratify` is what the folds are stratified on (the label unless data.stratify_column is set);
+    `true_label` is what validation is scored on (the label unless data.true_label_column is set).
+    """
     d = cfg.data
-    cols = [d.image_column, d.label_column] + ([d.group_column] if d.group_column else [])
+    extra = [c for c in (d.group_column, d.stratify_column, d.true_label_column) if c]
+    cols = [d.image_column, d.label_column] + extra
     raw = read_csv_checked(d.train_csv, cols, "train CSV")
     blank = raw[d.label_column].isna() | (raw[d.label_column].astype(str).str.strip() == "")
     if blank.any():
@@ -77,7 +82,10 @@ def read_train_table(cfg: Config) -> pd.DataFrame:
     images = [str(_safe_join(root, str(p), f"{d.train_csv} line {i + 2}"))
               for i, p in enumerate(raw[d.image_column])]
     groups = raw[d.group_column].astype(str) if d.group_column else pd.Series(range(len(raw))).astype(str)
-    return pd.DataFrame({"image": images, "label": raw[d.label_column].to_numpy(), "group": groups.to_numpy()})
+    label = raw[d.label_column].to_numpy()
+    return pd.DataFrame({"image": images, "label": label, "group": groups.to_numpy(),
+                         "stratify": raw[d.stratify_column].to_numpy() if d.stratify_column else label,
+                         "true_label": raw[d.true_label_column].to_numpy() if d.true_label_column else label})
 
 
 def read_test_table(cfg: Config) -> pd.DataFrame:
@@ -138,7 +146,8 @@ def _user_transforms(specs: list, key: str) -> list:
 def build_transform(aug: AugmentConfig, train: bool) -> A.Compose:
     """Resize → (training augmentations) → normalise → CHW tensor."""
     size = aug.image_size
-    steps = [A.Resize(size, size)]
+    crop = [A.CenterCrop(*aug.pre_resize_crop, pad_if_needed=True)] if aug.pre_resize_crop else []
+    steps = crop + [A.Resize(size, size)]
     if train:
         steps += _user_transforms(aug.train, "augment.train")
     steps += [A.Normalize(mean=aug.mean, std=aug.std), A.ToTensorV2()]

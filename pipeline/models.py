@@ -31,6 +31,38 @@ def safe_torch_load(path: str | Path):
                            "If it is your own checkpoint from an old version, delete it.") from None
 
 
+class MaskHeadsModel(torch.nn.Module):
+    """One timm backbone with three heads (mask 3, gender 2, age 3) for the 18 mask classes.
+
+    Its outputs are the 18 classes' log-probabilities (the product of the three heads'
+    softmaxes), so losses, TTA and voting treat it like any 18-class model, and plain
+    cross-entropy on them is the sum of the three heads' cross-entropies.
+    """
+
+    def __init__(self, name: str, pretrained: bool = False, drop_rate: float = 0.0):
+        super().__init__()
+        self.backbone = timm.create_model(name, pretrained=pretrained, num_classes=0, drop_rate=drop_rate)
+        width = self.backbone.num_features
+        self.heads = torch.nn.ModuleList([torch.nn.Linear(width, n) for n in (3, 2, 3)])
+
+    def get_classifier(self) -> torch.nn.Module:
+        return self.heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .mask import multihead_log_probs_18
+
+        features = self.backbone(x)
+        return multihead_log_probs_18(*(head(features) for head in self.heads))
+
+
+def _timm_model(name: str, heads: str, num_classes: int, pretrained: bool, drop_rate: float) -> torch.nn.Module:
+    if heads == "mask":
+        if num_classes != 18:
+            raise ConfigError(f"model.heads: 'mask' needs the 18 mask classes, the data has {num_classes}")
+        return MaskHeadsModel(name, pretrained, drop_rate)
+    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
+
+
 def create_model(mcfg: ModelConfig, num_classes: int) -> torch.nn.Module:
     """A timm model with a fresh `num_classes` head; optional pretrained or local weights."""
     if not timm.is_model(mcfg.name):
@@ -38,8 +70,7 @@ def create_model(mcfg: ModelConfig, num_classes: int) -> torch.nn.Module:
         raise ConfigError(f"model.name: '{mcfg.name}' is not a timm model. Similar: {close or 'none'}; "
                           "see timm.list_models()")
     try:
-        model = timm.create_model(mcfg.name, pretrained=mcfg.pretrained, num_classes=num_classes,
-                                  drop_rate=mcfg.drop_rate)
+        model = _timm_model(mcfg.name, mcfg.heads, num_classes, mcfg.pretrained, mcfg.drop_rate)
     except (OSError, RuntimeError) as exc:
         if not mcfg.pretrained:
             raise
@@ -47,7 +78,7 @@ def create_model(mcfg: ModelConfig, num_classes: int) -> torch.nn.Module:
                            "Offline? Download them once elsewhere and set model.pretrained_file "
                            "to the local .safetensors/.pth file, with model.pretrained: false.") from exc
     if mcfg.pretrained_file:
-        _load_backbone_file(model, Path(mcfg.pretrained_file))
+        _load_backbone_file(getattr(model, "backbone", model), Path(mcfg.pretrained_file))
     return model
 
 
@@ -94,6 +125,6 @@ def read_sidecar(path: str | Path) -> dict:
 def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a model this pipeline trained, from its safetensors weights and sidecar."""
     meta = read_sidecar(path)
-    model = timm.create_model(meta["model"], pretrained=False, num_classes=len(meta["classes"]))
+    model = _timm_model(meta["model"], meta.get("heads", "single"), len(meta["classes"]), False, 0.0)
     model.load_state_dict(load_weights(path))
     return model.to(device).eval(), meta

@@ -35,7 +35,7 @@ def make_folds(cfg: Config, log=print) -> Path:
     """Assign a fold to every training row (stratified; grouped when a group column is set)."""
     table = read_train_table(cfg)
     groups = table["group"].to_numpy() if cfg.data.group_column else None
-    folds = assign_folds(table["label"].to_numpy(), cfg.folds.n_splits, cfg.seed, groups=groups)
+    folds = assign_folds(table["stratify"].to_numpy(), cfg.folds.n_splits, cfg.seed, groups=groups)
     raw = pd.read_csv(cfg.data.train_csv)
     out = pd.DataFrame({"row": np.arange(len(raw)), "image": raw[cfg.data.image_column],
                         "label": table["label"], "group": table["group"], "fold": folds})
@@ -43,6 +43,8 @@ def make_folds(cfg: Config, log=print) -> Path:
     log(f"[folds] {cfg.folds_file}: {len(out)} rows, {out['group'].nunique()} groups, "
         f"{cfg.folds.n_splits} folds; validation rows per class and fold:")
     log(fold_class_counts(table["label"].to_numpy(), folds).to_string())
+    if cfg.data.stratify_column:
+        log(f"[folds] stratified on '{cfg.data.stratify_column}'")
     return cfg.folds_file
 
 

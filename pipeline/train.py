@@ -89,10 +89,12 @@ def _fold_data(cfg: Config, fold: int) -> _FoldData:
     table = load_fold_table(cfg)
     if not 0 <= fold < cfg.folds.n_splits:
         raise ValueError(f"fold {fold} does not exist: folds.n_splits is {cfg.folds.n_splits}")
-    classes = class_list(table["label"])
+    classes = class_list(pd.concat([table["label"], table["true_label"]]))
     index = {c: i for i, c in enumerate(classes)}
-    targets = table["label"].map(index).to_numpy()
     train_idx, val_idx = training_indices_for_fold(table["fold"].to_numpy(), fold)
+    # Train on `label`, score validation on `true_label` (they differ e.g. with a training-only age cut-off).
+    targets = table["label"].map(index).to_numpy().copy()
+    targets[val_idx] = table["true_label"].map(index).to_numpy()[val_idx]
     return _FoldData(classes, train_idx, val_idx, table, targets)
 
 
@@ -354,7 +356,7 @@ def _load_state(path: Path, fingerprint: str) -> dict | None:
 
 def _oof_frame(data: _FoldData, fold: int, probs: np.ndarray) -> pd.DataFrame:
     rows = data.val_idx
-    frame = pd.DataFrame({"row": rows, "label": data.table["label"].to_numpy()[rows], "fold": fold})
+    frame = pd.DataFrame({"row": rows, "label": data.table["true_label"].to_numpy()[rows], "fold": fold})
     for c, name in enumerate(data.classes):
         frame[f"prob_{name}"] = probs[:, c]
     return frame
@@ -507,7 +509,7 @@ def _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint) 
     write_csv_atomic(out / "oof.csv", _oof_frame(data, fold, probs))
     cm = pd.DataFrame(confusion(data.val_targets, probs), index=data.classes, columns=data.classes)
     write_csv_atomic(out / "confusion.csv", cm.rename_axis("true"), index=True)
-    meta = {"model": cfg.model.name, "classes": data.classes, "fold": fold, "fingerprint": fingerprint,
+    meta = {"model": cfg.model.name, "heads": cfg.model.heads, "classes": data.classes, "fold": fold, "fingerprint": fingerprint,
             "monitor": cfg.train.monitor, "best": best, "image_size": cfg.augment.image_size,
             **classification_metrics(data.val_targets, probs)}
     weights = out / "weights.safetensors"

@@ -27,6 +27,17 @@ def client():
     cluster.close()
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Dask workers run torch with one intra-op thread (Dask sets OMP_NUM_THREADS=1); in-process
+    training uses one too, so CPU results are bitwise comparable (other thread counts differ in
+    the last bits) and two busy CI cores are not oversubscribed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _cfg(tiny_cfg_dict, output_dir, **train):
     d = {**tiny_cfg_dict, "output_dir": str(output_dir), "train": {**tiny_cfg_dict["train"], **train}}
     return load_config(None, d)
@@ -49,14 +60,7 @@ def test_dask_cluster_matches_sequential_and_skips_done_folds(client, folds_read
     seq_cfg = _cfg(tiny_cfg_dict, tmp_path / "seq")
 
     assert run_folds(dask_cfg, [0, 1], backend="dask", scheduler=client) == {0: "done", 1: "done"}
-    # Dask workers run torch with one intra-op thread (OMP_NUM_THREADS=1); with the same thread
-    # count here, CPU training is bitwise reproducible (other counts differ in the last bits).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert run_folds(seq_cfg, [0, 1], backend="local") == {0: "done", 1: "done"}
-    finally:
-        torch.set_num_threads(threads)
+    assert run_folds(seq_cfg, [0, 1], backend="local") == {0: "done", 1: "done"}
 
     for k in (0, 1):
         d_metrics, d_oof, d_weights = _fold_files(dask_cfg, k)
@@ -119,12 +123,24 @@ def test_daemonic_workers_train_without_loader_processes(client, folds_ready, ti
     """LocalCluster workers are daemonic: a DataLoader with num_workers>0 could not start there."""
     cfg = _cfg(tiny_cfg_dict, tmp_path / "out", num_workers=2)
     logs = []
-    assert run_folds(cfg, [0], backend="dask", scheduler=client, log=logs.append) == {0: "done"}
+    address = client.scheduler.address   # a scheduler address works like a Client
+    assert run_folds(cfg, [0], backend="dask", scheduler=address, log=logs.append) == {0: "done"}
     assert any("num_workers=0" in line for line in logs)
     meta = json.loads((cfg.fold_dir(0) / "weights.json").read_text())
     zero = _cfg(tiny_cfg_dict, tmp_path / "out", num_workers=0)
     assert meta["fingerprint"] == stage_fingerprint(zero, "train")
     assert run_folds(cfg, [0], backend="dask", scheduler=client) == {0: "skipped"}
+
+
+def test_own_local_cluster_keeps_dataloader_workers(folds_ready, tiny_cfg_dict, tmp_path):
+    """No scheduler: run_folds starts (and stops) a LocalCluster whose workers are not daemonic."""
+    cfg = _cfg(tiny_cfg_dict, tmp_path / "out", num_workers=1)
+    logs = []
+    assert run_folds(cfg, [1], backend="dask", log=logs.append) == {1: "done"}
+    assert any("started a local Dask cluster" in line for line in logs)
+    assert not any("num_workers=0" in line for line in logs)
+    meta = json.loads((cfg.fold_dir(1) / "weights.json").read_text())
+    assert meta["fingerprint"] == stage_fingerprint(cfg, "train")
 
 
 def test_gpus_without_gpu_workers_is_an_error_not_a_hang(client, folds_ready, tiny_cfg_dict, tmp_path):
