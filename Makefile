@@ -19,6 +19,7 @@ SHELL := /bin/bash
 CONFIG ?= configs/demo.yaml
 SET ?=
 FOLD ?=
+GPUS ?=
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -44,13 +45,15 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   WEIGHTS := $(foreach k,$(FOLDS_SELECTED),$(EXP_DIR)/fold_$(k)/weights.safetensors)
   TEST_PROBS := $(foreach k,$(FOLD_IDS),$(EXP_DIR)/fold_$(k)/test_probs.csv)
   STAGE = $(PIPELINE) $(1) --config $(RESOLVED)
+  # GPUS=0,1,2,3: fold k trains on GPU (k mod 4); with make -j4 that is one fold per GPU.
+  PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
 endif
 
 .PHONY: help venv data folds train retrain predict ensemble score validate test bench clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
-	@echo "  variables: CONFIG=$(CONFIG)  SET=\"key=value ...\"  FOLD=k"
+	@echo "  variables: CONFIG=$(CONFIG)  SET=\"key=value ...\"  FOLD=k  GPUS=0,1,..."
 
 venv: $(VENV_OK) ## create the virtual environment from pyproject.toml
 
@@ -80,7 +83,7 @@ $(FOLDS_FILE): $(TRAIN_CSV) $(STAMPS)/folds.json | $(VENV_OK)
 train: $(WEIGHTS) ## train every fold (or FOLD=k); a killed fold resumes
 
 $(EXP_DIR)/fold_%/weights.safetensors: $(FOLDS_FILE) $(STAMPS)/train.json | $(VENV_OK)
-	$(call STAGE,train) --fold $*
+	$(call PIN_GPU,$*) $(call STAGE,train) --fold $*
 
 retrain: ## retrain FOLD=k from scratch; its old weights are replaced only on success
 	@test -n "$(FOLD)" || { echo "usage: make retrain FOLD=k" >&2; exit 2; }

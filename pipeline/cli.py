@@ -70,8 +70,24 @@ def cmd_folds(args) -> None:
     make_folds(_cfg(args))
 
 
+def _share_cores_with_make_jobs() -> None:
+    """Under `make -jN`, N training processes share the machine: give each its share of the cores.
+
+    Without this each process starts one thread per core and N of them thrash the CPU.
+    """
+    import os
+    import re
+
+    import torch
+
+    jobs = re.search(r"(?:^|\s)-j\s*(\d+)", os.environ.get("MAKEFLAGS", ""))
+    if jobs and int(jobs.group(1)) > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(jobs.group(1))))
+
+
 def cmd_train(args) -> None:
     from .train import fit
+    _share_cores_with_make_jobs()
     cfg = _cfg(args)
     for fold in args.fold if args.fold is not None else range(cfg.folds.n_splits):
         fit(cfg, fold)

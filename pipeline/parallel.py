@@ -198,10 +198,17 @@ def _train_fold_task(cfg_dict: dict, fold: int, cwd: str) -> dict:
     import socket
 
     host = socket.gethostname()
-    try:
-        from distributed import print as remote_print  # forwards worker output to the client
-    except ImportError:  # pragma: no cover - distributed is what runs this task
-        remote_print = print
+
+    def remote_print(msg: str) -> None:
+        # Sent to the client, which prints it (distributed.print would also print it here,
+        # doubling every line on a LocalCluster, whose workers share the client's terminal).
+        from distributed import get_worker
+
+        try:
+            get_worker().log_event("print", {"args": (str(msg),), "sep": " ", "end": "\n", "flush": True})
+        except ValueError:  # not on a worker
+            print(msg, flush=True)
+
     if os.getcwd() != cwd:
         # The config's relative paths mean the client's working directory (see the module docstring).
         if not Path(cwd).is_dir():
@@ -306,7 +313,7 @@ def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log) -> N
             # Non-daemonic worker processes may start DataLoader workers (module docstring).
             with dask.config.set({"distributed.worker.daemon": False}):
                 own_cluster = LocalCluster(
-                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                     resources={"GPU": 1} if gpus else None,
                     env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
             client = own_client = Client(own_cluster)

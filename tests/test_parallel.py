@@ -136,11 +136,12 @@ def test_own_local_cluster_keeps_dataloader_workers(folds_ready, tiny_cfg_dict, 
     """No scheduler: run_folds starts (and stops) a LocalCluster whose workers are not daemonic."""
     cfg = _cfg(tiny_cfg_dict, tmp_path / "out", num_workers=1)
     logs = []
-    assert run_folds(cfg, [1], backend="dask", log=logs.append) == {1: "done"}
-    assert any("started a local Dask cluster" in line for line in logs)
+    assert run_folds(cfg, [1, 2], backend="dask", log=logs.append) == {1: "done", 2: "done"}
+    assert any("started a local Dask cluster: 2 worker(s), 1 thread(s) each" in line for line in logs)
     assert not any("num_workers=0" in line for line in logs)
-    meta = json.loads((cfg.fold_dir(1) / "weights.json").read_text())
-    assert meta["fingerprint"] == stage_fingerprint(cfg, "train")
+    for k in (1, 2):
+        meta = json.loads((cfg.fold_dir(k) / "weights.json").read_text())
+        assert meta["fingerprint"] == stage_fingerprint(cfg, "train")
 
 
 def test_gpus_without_gpu_workers_is_an_error_not_a_hang(client, folds_ready, tiny_cfg_dict, tmp_path):

@@ -1,0 +1,390 @@
+"""Decode once: every image decoded and resized a single time, kept as one memory-mapped uint8 array.
+
+Without a cache every epoch of every fold decodes each PNG/JPEG again and resizes it again,
+on the same CPU cores that run the network. `build_cache(paths, size, crop, cache_dir)`
+does the deterministic part of the transform once:
+
+    PIL decode → RGB → [CenterCrop(crop, pad_if_needed)] → Resize(size, size)  (cv2 INTER_LINEAR)
+
+with the very albumentations transforms `data.build_transform` uses, so the stored pixels
+are identical to what the uncached pipeline feeds its augmentations. Everything is stored
+in ONE `.npy` file, uint8 `[N, size, size, 3]`, read back with
+`np.load(mmap_mode="r", allow_pickle=False)`: memory-mapped (pages are shared between
+DataLoader workers and parallel folds, and the OS may drop them under pressure), never pickled.
+
+Cache files live in `<output_dir>/cache/` (config `data.cache_dir` overrides) and are named
+
+    img-<list>-<size>px[-c<h>x<w>]-<key>.npy
+
+    <list>  hash of the ordered image paths (which data set)
+    <key>   hash of: the ordered paths, each file's size and mtime_ns, size, crop,
+            the resize method (albumentations/cv2/Pillow versions) and CACHE_FORMAT
+
+A changed image (size or mtime), another resolution or crop, or another library version
+gives another key, hence a rebuild. Staleness policy: after a build, files of the SAME
+image list and the SAME geometry with another key are deleted (they can never be valid
+again); caches of other resolutions/crops are kept (switching back costs nothing; they
+are small: N x size^2 x 3 bytes). Delete the folder to reclaim all of it.
+
+Builds are atomic (temporary file + `os.replace`) and serialised by a lock file, so folds
+trained in parallel build a cache once and the others reuse it; a killed build leaves
+only a hidden temporary file, removed by the next build of the same key.
+
+The remaining, random part of the transform (training augmentations, normalisation,
+to-tensor) runs per item in `CachedImageDataset` (`cached_transform`). With
+`normalize=False` items stay uint8 through the DataLoader and `BatchNormalize` converts
+a whole batch on the device, bit-identical to albumentations' `Normalize`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import PIL
+import torch
+
+from .config import AugmentConfig
+from .data import _user_transforms, load_rgb
+from .fileio import atomic_path
+
+__all__ = [
+    "CACHE_FORMAT",
+    "DecodedImages",
+    "build_cache",
+    "cache_key",
+    "geometry_transform",
+    "resize_method",
+    "CachedImageDataset",
+    "cached_transform",
+    "BatchNormalize",
+    "DeviceFlip",
+    "cache_enabled",
+    "cache_dir_for",
+    "decoded_for",
+]
+
+CACHE_FORMAT = 1          # bump when the file layout or the geometry code changes
+_PREFIX = "img-"
+_CHUNK = 32               # images per joblib task
+
+
+# ---- the deterministic geometry -------------------------------------------------------------
+
+def resize_method(crop: Sequence[int] | None = None) -> str:
+    """Names the code that makes the pixels; part of the key, so a library upgrade rebuilds."""
+    steps = (f"CenterCrop({crop[0]},{crop[1]},pad_if_needed)+" if crop else "") + "Resize(INTER_LINEAR)"
+    return (f"{steps};albumentations-{A.__version__};cv2-{cv2.__version__};"
+            f"Pillow-{PIL.__version__};format-{CACHE_FORMAT}")
+
+
+def geometry_transform(size: int, crop: Sequence[int] | None = None) -> A.Compose:
+    """The first, deterministic steps of `data.build_transform`: [centre crop] → resize to size x size."""
+    steps = [A.CenterCrop(*crop, pad_if_needed=True)] if crop else []
+    return A.Compose(steps + [A.Resize(size, size)])
+
+
+def _check_geometry(size, crop) -> tuple[int, tuple[int, int] | None]:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"cache size must be a positive integer, got {size!r}")
+    if crop is not None:
+        if len(crop) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in crop):
+            raise ValueError(f"cache crop must be [height, width] in pixels, got {crop!r}")
+        crop = (int(crop[0]), int(crop[1]))
+    return int(size), crop
+
+
+# ---- keys and names -------------------------------------------------------------------------
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, separators=(",", ":")).encode()).hexdigest()
+
+
+def cache_key(paths: Sequence[str], size: int, crop: Sequence[int] | None = None) -> tuple[str, str]:
+    """(list tag, content key) of a cache: see the module docstring. Stats every file once."""
+    size, crop = _check_geometry(size, crop)
+    paths = [str(p) for p in paths]
+    stats = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image not found: {p} (check data.image_root and the CSV)") from None
+        stats.append((st.st_size, st.st_mtime_ns))
+    list_tag = _digest(paths)[:12]
+    key = _digest({"paths": paths, "stats": stats, "size": size, "crop": crop,
+                   "method": resize_method(crop), "format": CACHE_FORMAT})[:16]
+    return list_tag, key
+
+
+def _geometry_tag(size: int, crop) -> str:
+    return f"{size}px" + (f"-c{crop[0]}x{crop[1]}" if crop else "")
+
+
+# ---- the cache --------------------------------------------------------------------------------
+
+@dataclass
+class DecodedImages:
+    """A built cache: `array` is the read-only memory map uint8 [N, size, size, 3], row i = paths[i].
+
+    Pickles as its path (a DataLoader worker started with `spawn` re-opens the map instead of
+    receiving a copy of the pixels).
+    """
+
+    path: Path
+    key: str
+    size: int
+    crop: tuple[int, int] | None
+    built: bool = False                 # True when this call decoded the images
+    seconds: float = 0.0                # time the build took (0 when reused)
+    array: np.ndarray = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.array is None:
+            self.array = _open(self.path)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i) -> np.ndarray:
+        return self.array[i]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.array.nbytes)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["array"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.array = _open(self.path)
+
+
+def _open(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _valid(path: Path, n: int, size: int) -> bool:
+    """The file exists and has the expected header (a corrupt or foreign file is rebuilt)."""
+    try:
+        arr = _open(path)
+    except (OSError, ValueError):
+        return False
+    return arr.dtype == np.uint8 and arr.shape == (n, size, size, 3)
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (POSIX flock); a no-op where fcntl does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: builds are still atomic, only not de-duplicated
+        yield
+        return
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _decode_chunk(out: np.ndarray, start: int, paths: Sequence[str], geom: A.Compose) -> None:
+    for j, p in enumerate(paths):
+        try:
+            out[start + j] = geom(image=load_rgb(p))["image"]
+        except (OSError, ValueError) as exc:   # PIL: UnidentifiedImageError is an OSError
+            raise ValueError(f"cannot decode image {p}: {exc}") from exc
+
+
+def _fill(out: np.ndarray, paths: Sequence[str], size: int, crop, n_jobs: int | None) -> None:
+    """Decode + crop + resize every image into `out` (threads: PIL and cv2 release the GIL)."""
+    from joblib import Parallel, delayed
+
+    starts = range(0, len(paths), _CHUNK)
+    n_jobs = n_jobs or _cpu_count()
+    if n_jobs == 1 or len(paths) <= _CHUNK:
+        geom = geometry_transform(size, crop)
+        for s in starts:
+            _decode_chunk(out, s, paths[s:s + _CHUNK], geom)
+        return
+    # One Compose per task: albumentations transforms keep per-call state, so threads must not share one.
+    Parallel(n_jobs=n_jobs, backend="threading")(
+        delayed(_decode_chunk)(out, s, paths[s:s + _CHUNK], geometry_transform(size, crop)) for s in starts)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _matching(folder: Path, pattern: str) -> list[Path]:
+    return [p for p in folder.iterdir() if re.fullmatch(pattern, p.name)]
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass  # in use elsewhere (Windows) or already gone
+
+
+def build_cache(paths: Sequence[str], size: int, crop: Sequence[int] | None, cache_dir: str | Path,
+                n_jobs: int | None = None, log: Callable[[str], None] | None = None) -> DecodedImages:
+    """Decode every image of `paths` once (in order) at size x size; reuse the cache when up to date.
+
+    Returns a `DecodedImages` whose row i is `paths[i]` after the pre-resize crop (if any) and
+    the resize. `built` tells whether this call decoded the images. Raises FileNotFoundError
+    for a missing image and ValueError naming an undecodable one; either leaves no cache file.
+    """
+    size, crop = _check_geometry(size, crop)
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError("build_cache: no images given")
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    list_tag, key = cache_key(paths, size, crop)
+    stem = f"{_PREFIX}{list_tag}-{_geometry_tag(size, crop)}"
+    final = cache_dir / f"{stem}-{key}.npy"
+    if _valid(final, len(paths), size):      # fast path: no lock needed to read a finished file
+        return DecodedImages(final, key, size, crop)
+    with _locked(cache_dir / f".{stem}.lock"):
+        if _valid(final, len(paths), size):  # another process built it while we waited
+            return DecodedImages(final, key, size, crop)
+        for leftover in _matching(cache_dir, rf"\.{re.escape(stem)}-[0-9a-f]{{16}}\.npy\..+\.tmp"):
+            _remove_quietly(leftover)   # a killed build's temporary file (we hold the lock)
+        tick = time.perf_counter()
+        with atomic_path(final, suffix=".npy") as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+            try:
+                _fill(out, paths, size, crop, n_jobs)
+                out.flush()
+            finally:
+                del out
+        seconds = time.perf_counter() - tick
+        for stale in _matching(cache_dir, rf"{re.escape(stem)}-[0-9a-f]{{16}}\.npy"):
+            if stale != final:          # same images, same geometry, another key: never valid again
+                _remove_quietly(stale)
+    if log is not None:
+        log(f"[cache] decoded {len(paths)} images at {size}x{size} in {seconds:.1f}s → {final} "
+            f"({final.stat().st_size / 2**20:.1f} MiB)")
+    return DecodedImages(final, key, size, crop, built=True, seconds=seconds)
+
+
+# ---- datasets and the remaining transform -----------------------------------------------------
+
+def cached_transform(aug: AugmentConfig, train: bool, normalize: bool = True) -> A.Compose:
+    """`data.build_transform` without its crop and resize (the cache did them).
+
+    normalize=False: no Normalize; items come out as uint8 CHW tensors, to be normalised
+    per batch by `BatchNormalize` (4x less to collate and copy, one tensor op per batch).
+    """
+    steps = _user_transforms(aug.train, "augment.train") if train else []
+    if normalize:
+        steps.append(A.Normalize(mean=aug.mean, std=aug.std))
+    steps.append(A.ToTensorV2())
+    return A.Compose(steps)
+
+
+class CachedImageDataset(torch.utils.data.Dataset):
+    """Like `data.ImageDataset`, reading pre-resized pixels from a cache.
+
+    Item i is row `indices[i]` of `decoded` with target `targets[i]` (-1 where unknown),
+    passed through `transform` (see `cached_transform`).
+    """
+
+    def __init__(self, decoded: DecodedImages, indices=None, targets=None, transform=None):
+        self.decoded = decoded
+        self.indices = np.arange(len(decoded)) if indices is None else np.asarray(indices, dtype=np.int64)
+        n = len(self.indices)
+        self.targets = np.asarray(targets if targets is not None else [-1] * n, dtype=np.int64)
+        if len(self.targets) != n:
+            raise ValueError(f"CachedImageDataset: {n} indices but {len(self.targets)} targets")
+        if n and (self.indices.min() < 0 or self.indices.max() >= len(decoded)):
+            raise IndexError(f"CachedImageDataset: indices outside the cache's {len(decoded)} images")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        image = np.array(self.decoded.array[self.indices[i]])   # a writable copy out of the map
+        if self.transform is not None:
+            image = self.transform(image=image)["image"]
+        return image, int(self.targets[i])
+
+
+class BatchNormalize(torch.nn.Module):
+    """uint8 (B, 3, H, W) batch → float32 normalised batch, bit-identical to albumentations' Normalize.
+
+    Uses the same float32 constants as `A.Normalize` (mean*255 and 1/(std*255)) and the same
+    operations ((x - mean) * denominator), so cached-uint8 and uncached pipelines agree exactly.
+    Float batches pass through unchanged (already normalised by the dataset).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        ref = A.Normalize(mean=mean, std=std)
+        self.register_buffer("mean", torch.as_tensor(np.asarray(ref.mean_np, np.float32)).view(1, -1, 1, 1))
+        self.register_buffer("den", torch.as_tensor(np.asarray(ref.denominator, np.float32)).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            return x
+        mean, den = self.mean.to(x.device), self.den.to(x.device)
+        return (x.float() - mean).mul_(den)
+
+
+class DeviceFlip(torch.nn.Module):
+    """Random horizontal/vertical flips of a whole (B, C, H, W) batch on its device.
+
+    Each image is flipped with probability `p_h` (left-right) and `p_v` (top-bottom), drawn
+    from `generator` (seed it per epoch for reproducible runs). Equivalent in distribution
+    to albumentations' HorizontalFlip/VerticalFlip when they are the LAST spatial steps of
+    augment.train (flips commute with pixel-wise colour transforms, not with Affine).
+    """
+
+    def __init__(self, p_h: float = 0.5, p_v: float = 0.0):
+        super().__init__()
+        self.p_h, self.p_v = float(p_h), float(p_v)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        for p, dim in ((self.p_h, 3), (self.p_v, 2)):
+            if p > 0:
+                pick = torch.rand(x.shape[0], generator=generator) < p
+                pick = pick.to(x.device).view(-1, 1, 1, 1)
+                x = torch.where(pick, x.flip(dim), x)
+        return x
+
+
+# ---- config glue (keys `data.cache`, `data.cache_dir`; defaults until config.py has them) ------
+
+def cache_enabled(cfg) -> bool:
+    return bool(getattr(cfg.data, "cache", True))
+
+
+def cache_dir_for(cfg) -> Path:
+    return Path(getattr(cfg.data, "cache_dir", None) or Path(cfg.output_dir) / "cache")
+
+
+def decoded_for(cfg, paths: Sequence[str], log: Callable[[str], None] | None = print) -> DecodedImages | None:
+    """The cache of `paths` at the config's resolution and crop, built if needed; None when disabled."""
+    if not cache_enabled(cfg):
+        return None
+    return build_cache(list(paths), cfg.augment.image_size, cfg.augment.pre_resize_crop, cache_dir_for(cfg),
+                       log=log)
