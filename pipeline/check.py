@@ -39,8 +39,8 @@ hundred paths. Processes, not threads, because (1) only the decode itself releas
 GIL -- opening, header parsing and ``verify()`` are Python and hold it (~0.25 ms an
 image), so threads stop scaling at ~2-3x while processes scale with the cores; (2) a
 hostile file that crashes a C decoder or exhausts memory takes down a worker, not the
-check, and is reported. The price is starting the workers (~0.5 s; this module imports
-nothing heavy at the top so a worker never loads torch), so fewer than
+check, and is reported. The price is starting the workers (0.5-2 s; this module imports
+nothing heavy at the top, so a worker never loads pandas or torch), so fewer than
 ``_SERIAL_BELOW`` images are checked in-process.
 
 Call it from the CLI (``python -m pipeline check``) and at the start of the folds stage::
@@ -55,6 +55,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections import Counter, defaultdict
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -249,8 +250,8 @@ def _inspect_all(paths: list[str], n_jobs: int) -> tuple[list[_ImageResult], str
     chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
     try:
         parts = Parallel(n_jobs=n_jobs, prefer="processes")(delayed(_inspect_chunk)(c) for c in chunks)
-    except Exception as exc:  # noqa: BLE001 -- a worker killed by a decoder crash or out of memory
-        return [], f"{type(exc).__name__}: {exc}"
+    except (BrokenProcessPool, MemoryError) as exc:  # a worker killed by a decoder crash or out of memory
+        return [], f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return [r for part in parts for r in part], None
 
 
@@ -268,12 +269,6 @@ class _Ref(NamedTuple):
 def _line(index: int) -> int:
     """0-based data row → 1-based CSV line counting the header."""
     return int(index) + 2
-
-
-def _lines(indexes, limit: int = _MAX_SHOWN) -> str:
-    lines = [_line(i) for i in indexes]
-    shown = ", ".join(map(str, lines[:limit]))
-    return shown + (f" ... ({len(lines)} in all)" if len(lines) > limit else "")
 
 
 def _blank_mask(series):
@@ -309,16 +304,15 @@ class _Checker:
             return " (mask.enabled is true: `make data` builds it from train/train.csv)"
         return ""
 
-    def read_csv(self, path: str, columns: dict[str, str], what: str):
+    def read_csv(self, path: str, columns: dict[str, str], what: str, key: str):
         """Read a CSV; return (frame, present required columns) or (None, set()) after reporting."""
         import pandas as pd
 
         p = Path(path)
         if not p.is_file():
-            kind = "missing-csv"
-            self.problem(path, None, kind, f"{what} not found{self._generated_hint()}; "
-                         f"check the path in the config" + ("" if p.parent.is_dir() else
-                                                            f" (folder {p.parent} does not exist either)"))
+            folder = "" if p.parent.is_dir() else f" (its folder {p.parent} does not exist either)"
+            self.problem(path, None, "missing-csv", f"{what} not found{folder}{self._generated_hint()}; "
+                         f"check the path in the config ({key}).")
             return None, set()
         if p.stat().st_size == 0:
             self.problem(path, None, "empty-csv", f"{what} is empty (0 bytes); expected a header with "
@@ -379,7 +373,7 @@ class _Checker:
                          (d.true_label_column, "data.true_label_column")):
             if col:
                 columns.setdefault(col, key)
-        frame, present = self.read_csv(csv, columns, "train CSV")
+        frame, present = self.read_csv(csv, columns, "train CSV", "data.train_csv")
         if frame is None or frame.empty:
             return
         self.report.train_rows = len(frame)
@@ -453,10 +447,10 @@ class _Checker:
                 values = list(dict.fromkeys(_plain(v) for v in labels.loc[in_group]))
                 first = labels.loc[in_group[0]]
                 odd = [i for i in in_group if labels.loc[i] != first]
-                shown = ", ".join(f"{_line(i)}: {_plain(labels.loc[i])!r}" for i in in_group[:_MAX_SHOWN])
+                shown = "; ".join(f"line {_line(i)}: {_plain(labels.loc[i])!r}" for i in in_group[:_MAX_SHOWN])
                 self.problem(csv, _line(odd[0]), "group-mixed-labels",
                              f"group {g!r} (column '{d.group_column}') has {len(values)} different values "
-                             f"of '{strat}' ({strat_key}): {values} (lines {shown}"
+                             f"of '{strat}' ({strat_key}): {values} ({shown}"
                              f"{' ...' if len(in_group) > _MAX_SHOWN else ''}). Grouped folds need one value "
                              f"per group: fix the labels, split the group into separate ids if its images are "
                              f"truly independent, or stratify on a per-group column (data.stratify_column).")
@@ -494,7 +488,8 @@ class _Checker:
         columns = {d.id_column: "data.id_column", d.target_column: "data.target_column"}
         if d.test_path_column:
             columns.setdefault(d.test_path_column, "data.test_path_column")
-        frame, present = self.read_csv(csv, columns, "sample submission")
+        frame, present = self.read_csv(csv, columns, "sample submission",
+                                       "data.sample_submission")
         if frame is None or frame.empty:
             return
         self.report.test_rows = len(frame)
@@ -601,8 +596,8 @@ class _Checker:
         for path, res in zip(paths, results):
             refs = self.refs[path]
             ref = refs[0]
-            also = f" (also named on line(s) {', '.join(str(r.row) for r in refs[1:6])}" \
-                   f"{' ...' if len(refs) > 6 else ''} of {refs[1].csv})" if len(refs) > 1 else ""
+            also = (" (also named on " + ", ".join(f"{Path(r.csv).name} line {r.row}" for r in refs[1:6])
+                    + (" ..." if len(refs) > 6 else "") + ")") if len(refs) > 1 else ""
             if res.status == "missing":
                 missing_test += ref.test
                 self._report_missing(path, ref, also, sibling_cache)

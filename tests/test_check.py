@@ -114,6 +114,26 @@ def test_demo_dataset_is_clean_serial_and_parallel(tiny_cfg, monkeypatch):
     assert parallel.ok and parallel.images_checked == serial.images_checked > 0
 
 
+def test_mask_competition_layout_is_clean(tmp_path):
+    """The mask sample: ids carry the extension, person groups, stratified on a per-person column."""
+    import yaml
+
+    from pipeline.mask import make_mask_sample, prepare_mask_data
+    from tests.conftest import REPO
+
+    data = make_mask_sample(tmp_path / "mask", image_size=(48, 64))
+    prepare_mask_data(data, data / "pipeline_train.csv")
+    cfg = yaml.safe_load((REPO / "configs/mask.yaml").read_text())
+    cfg["output_dir"], cfg["folds"]["dir"] = str(tmp_path / "outputs"), str(tmp_path / "folds")
+    cfg["data"].update(train_csv=str(data / "pipeline_train.csv"), image_root=str(data),
+                       sample_submission=str(data / "eval/info.csv"), test_labels=None)
+    before = _snapshot(tmp_path)
+    report = _check(cfg)
+    assert report.ok and not report.warnings, report.format()
+    assert report.images_checked == report.train_rows + report.test_rows > 0
+    assert _snapshot(tmp_path) == before
+
+
 def test_broken_demo_copy_reports_each_break_with_its_line_serial_and_parallel(tmp_path, demo_dir,
                                                                                 tiny_cfg_dict, monkeypatch):
     data = tmp_path / "data"
@@ -157,7 +177,10 @@ def test_empty_csv(tmp_path, which, content):
     (root / which).write_text(content)
     [p] = _of(_check(cfg), "empty-csv")
     assert p.file == str(root / which) and p.row is None
-    assert ("0 bytes" in p.message and "Re-download or regenerate" in p.message) or "no rows" in p.message
+    if content:
+        assert "header but no rows" in p.message and "one row per image" in p.message
+    else:
+        assert "0 bytes" in p.message and "Re-download or regenerate it" in p.message
 
 
 def test_missing_column_names_the_config_key_and_a_close_match(tmp_path):
@@ -449,3 +472,15 @@ def test_problem_str_names_file_and_line():
     p = Problem("train.csv", 7, "missing-image", "image x.png does not exist")
     assert str(p) == "train.csv line 7: image x.png does not exist"
     assert str(Problem("train.csv", None, "empty-csv", "empty")) == "train.csv: empty"
+
+
+def test_a_worker_killed_by_a_decoder_crash_is_reported(tmp_path, monkeypatch):
+    root, cfg = _dataset(tmp_path)
+
+    def crash(paths):  # a closure: joblib pickles it by value into the worker, where it dies
+        os._exit(3)
+
+    monkeypatch.setattr(check_module, "_SERIAL_BELOW", 0)
+    monkeypatch.setattr(check_module, "_inspect_chunk", crash)
+    [p] = _of(_check(cfg, n_jobs=2), "checker-crashed")
+    assert "crashes the image decoder" in p.message
