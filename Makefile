@@ -28,7 +28,7 @@ PIPELINE := $(PY) -m pipeline
 comma := ,
 
 # ---- configuration → Make variables (only for goals that run the pipeline) -----------------
-PIPELINE_GOALS := data folds train retrain predict ensemble score validate
+PIPELINE_GOALS := data check folds train retrain predict ensemble score validate
 ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   ifeq ($(wildcard $(VENV_OK)),)
     $(info [make] creating the virtual environment first (a few minutes, once))
@@ -49,7 +49,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
 endif
 
-.PHONY: help venv data folds train retrain predict ensemble score validate test bench clean
+.PHONY: help venv data check folds train retrain predict ensemble score validate test bench clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ ifeq ($(MASK),1)
 $(TRAIN_CSV): $(STAMPS)/data.json $(subst $(comma), ,$(MASK_INPUTS)) | $(VENV_OK)
 	$(call STAGE,mask-data)
 endif
+
+check: $(TRAIN_CSV) ## scan the data: every image once, every problem reported together
+	$(call STAGE,check)
 
 folds: $(FOLDS_FILE) ## assign stratified, grouped folds → folds/<name>.csv
 

@@ -65,6 +65,12 @@ def cmd_mask_data(args) -> None:
     prepare_from_config(cfg)
 
 
+def cmd_check(args) -> None:
+    from .check import check_data
+    report = check_data(_cfg(args), n_jobs=args.jobs).raise_if_failed()
+    print(report.format())
+
+
 def cmd_folds(args) -> None:
     from .stages import make_folds
     make_folds(_cfg(args))
@@ -127,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         ("resolve", cmd_resolve, "validate the config; save it and the per-stage stamps"),
         ("demo-data", cmd_demo_data, "write the embedded demo dataset (scikit-learn's digits)"),
         ("mask-data", cmd_mask_data, "mask competition: its layout → the pipeline's train CSV"),
+        ("check", cmd_check, "scan the CSVs and every image once; report all problems at once"),
         ("folds", cmd_folds, "assign stratified (grouped) folds → folds/<name>.csv"),
         ("train", cmd_train, "train fold models (all, or --fold K ...)"),
         ("predict", cmd_predict, "predict the test set with TTA (all folds, or --fold K ...)"),
@@ -140,6 +147,8 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         if name in ("train", "predict"):
             p.add_argument("--fold", type=int, nargs="+", help="fold number(s); default: all")
+        if name == "check":
+            p.add_argument("--jobs", type=int, default=-1, help="parallel processes (default: all cores)")
         if name == "resolve":
             p.add_argument("--make-vars", action="store_true", help="print the variables the Makefile needs")
         if name == "validate":

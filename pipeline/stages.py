@@ -32,7 +32,15 @@ PROB_PREFIX = "prob_"
 
 
 def make_folds(cfg: Config, log=print) -> Path:
-    """Assign a fold to every training row (stratified; grouped when a group column is set)."""
+    """Assign a fold to every training row (stratified; grouped when a group column is set).
+
+    The data check runs first, so bad data fails here, before training, with every problem listed.
+    """
+    from .check import check_data
+
+    report = check_data(cfg).raise_if_failed()
+    if report.warnings:
+        log(report.format())
     table = read_train_table(cfg)
     groups = table["group"].to_numpy() if cfg.data.group_column else None
     folds = assign_folds(table["stratify"].to_numpy(), cfg.folds.n_splits, cfg.seed, groups=groups)
