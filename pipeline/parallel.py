@@ -89,6 +89,7 @@ from .config import Config, ConfigError, config_to_dict, load_config, stage_fing
 __all__ = ["run_folds", "device_for_fold", "parse_gpus", "pin_gpu", "fold_is_done", "FoldsFailedError"]
 
 DONE, SKIPPED = "done", "skipped"
+WORKER_WAIT_S = 600  # an external cluster's workers may still be queued batch jobs
 
 
 class FoldsFailedError(RuntimeError):
@@ -167,10 +168,16 @@ def _sidecar_fingerprint(cfg: Config, fold: int) -> str | None:
 
 
 def fold_is_done(cfg: Config, fold: int, fingerprints: set[str] | None = None) -> bool:
-    """True when the fold's weights exist and were trained with this config's training keys."""
+    """True when the fold's weights exist, were trained with this config's training keys, and
+    are newer than the folds file (the same rule Make applies, so both agree on what is stale:
+    the fingerprint covers config keys, not the contents of the data or the folds)."""
     found = _sidecar_fingerprint(cfg, fold)
     wanted = fingerprints if fingerprints is not None else {stage_fingerprint(cfg, "train")}
-    return found is not None and found in wanted
+    if found is None or found not in wanted:
+        return False
+    folds_file = Path(cfg.folds_file)
+    weights = cfg.fold_dir(fold) / "weights.safetensors"
+    return not folds_file.is_file() or weights.stat().st_mtime >= folds_file.stat().st_mtime
 
 
 def _check_folds(cfg: Config, folds) -> list[int]:
@@ -221,11 +228,30 @@ def _train_fold_task(cfg_dict: dict, fold: int, cwd: str) -> dict:
         remote_print(f"[fold {fold}] daemonic Dask worker on {host}: training with train.num_workers=0")
         cfg_dict = {**cfg_dict, "train": {**cfg_dict["train"], "num_workers": 0}}
     cfg = load_config(None, cfg_dict)
+    if cfg.train.num_workers > 0:
+        _fast_loader_processes()
 
     from .train import fit
 
     weights = fit(cfg, fold, log=lambda msg: remote_print(f"[{host}] {msg}"))
     return {"host": host, "weights": str(weights), "fingerprint": stage_fingerprint(cfg, "train")}
+
+
+def _fast_loader_processes() -> None:
+    """Start DataLoader workers from a fork server instead of `spawn` inside Dask workers.
+
+    Dask worker processes run with the `spawn` start method, so every DataLoader worker
+    would be a fresh interpreter re-importing torch and the client's `__main__` (pytest,
+    a script): seconds to minutes per loader, every epoch. A fork server that has
+    imported torch and the pipeline once forks each loader worker in milliseconds, and,
+    unlike a plain `fork` of this multi-threaded worker, from a clean single-threaded process.
+    """
+    if multiprocessing.get_start_method(allow_none=True) == "forkserver":
+        return
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover - Windows
+        return
+    multiprocessing.set_forkserver_preload(["torch", "pipeline.train"])
+    multiprocessing.set_start_method("forkserver", force=True)
 
 
 def _worker_facts() -> dict:
@@ -241,8 +267,11 @@ def _pin_worker_gpu(gpus: list, dask_worker=None) -> str | None:
 # ----------------------------------------------------------------------------------------
 
 def run_folds(cfg: Config, folds: list[int], backend: str | None = None, scheduler=None,
-              log: Callable[[str], Any] = print) -> dict[int, str]:
+              log: Callable[[str], Any] = print, force: bool = False) -> dict[int, str]:
     """Train `folds`; returns {fold: "done" | "skipped" | "<error>"} and raises if any failed.
+
+    A fold is skipped when `fold_is_done` (weights with this config's training fingerprint,
+    newer than the folds file), unless `force` (`make retrain`): then it is trained again.
 
     backend: "local" (sequential, in this process) or "dask"; default `cfg.parallel.backend`.
     scheduler (dask only): a scheduler address, a `distributed.Client`, a cluster object, or
@@ -256,7 +285,7 @@ def run_folds(cfg: Config, folds: list[int], backend: str | None = None, schedul
     fingerprints = {stage_fingerprint(cfg, "train")}
     results: dict[int, str] = {}
     for k in folds:
-        if fold_is_done(cfg, k, fingerprints):
+        if not force and fold_is_done(cfg, k, fingerprints):
             results[k] = SKIPPED
             log(f"[parallel] fold {k}: already trained with this config, skipped")
     pending = [k for k in folds if k not in results]
@@ -264,7 +293,8 @@ def run_folds(cfg: Config, folds: list[int], backend: str | None = None, schedul
         if backend == "local":
             _run_local(cfg, pending, results, log)
         else:
-            _run_dask(cfg, pending, results, scheduler if scheduler is not None else cfg.parallel.scheduler, log)
+            scheduler = scheduler if scheduler is not None else cfg.parallel.scheduler
+            _run_dask(cfg, pending, results, scheduler, log, force)
     results = {k: results[k] for k in folds}
     failed = {k: v for k, v in results.items() if v not in (DONE, SKIPPED)}
     if failed:
@@ -296,7 +326,7 @@ def _gpu_slots(client) -> dict[str, float]:
     return {addr: w.get("resources", {}).get("GPU", 0) for addr, w in workers.items()}
 
 
-def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log) -> None:
+def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log, force: bool = False) -> None:
     import dask
     from distributed import Client, LocalCluster, as_completed
 
@@ -309,7 +339,7 @@ def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log) -> N
             if gpus is None and cfg.train.device != "cpu":
                 gpus = _visible_gpus()
             n = len(gpus) if gpus else max(1, min(len(folds), os.cpu_count() or 1))
-            threads = 1 if gpus else max(1, (os.cpu_count() or 1) // n)
+            threads = max(1, (os.cpu_count() or 1) // n)  # torch intra-op threads per worker
             # Non-daemonic worker processes may start DataLoader workers (module docstring).
             with dask.config.set({"distributed.worker.daemon": False}):
                 own_cluster = LocalCluster(
@@ -326,10 +356,14 @@ def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log) -> N
             client = own_client = Client(address)
             log(f"[parallel] connected to the Dask scheduler at {address}")
 
+        if not client.scheduler_info(n_workers=-1)["workers"]:
+            log(f"[parallel] waiting up to {WORKER_WAIT_S} s for a Dask worker to join (queued batch jobs?)")
+            try:
+                client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+            except TimeoutError:
+                raise RuntimeError(f"no Dask worker joined the scheduler within {WORKER_WAIT_S} s: start some "
+                                   "(`dask worker <scheduler> --nworkers 1 --resources GPU=1`)") from None
         slots = _gpu_slots(client)
-        if not slots:
-            raise RuntimeError("the Dask cluster has no workers: start some "
-                               "(`dask worker <scheduler> --nworkers 1 --resources GPU=1`)")
         use_gpu = any(v >= 1 for v in slots.values())
         if gpus and not use_gpu:
             raise ConfigError("parallel.gpus is set but no worker of the Dask cluster advertises a GPU "
@@ -346,11 +380,13 @@ def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log) -> N
             effective = load_config(None, cfg_dict)
             fingerprint = stage_fingerprint(effective, "train")
             for k in list(folds):
-                if fold_is_done(cfg, k, {fingerprint}):
+                if not force and fold_is_done(cfg, k, {fingerprint}):
                     results[k] = SKIPPED
                     log(f"[parallel] fold {k}: already trained with this config, skipped")
             folds = [k for k in folds if k not in results]
 
+        if not folds:
+            return
         run_id = uuid.uuid4().hex[:8]
         cwd = os.getcwd()
         futures = {}
@@ -364,7 +400,7 @@ def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log) -> N
             k = futures[future]
             if future.status == "finished":
                 info = future.result()
-                if fold_is_done(cfg, k, {info["fingerprint"]}):
+                if _sidecar_fingerprint(cfg, k) == info["fingerprint"]:  # the worker's files are visible here
                     results[k] = DONE
                     log(f"[parallel] fold {k} done on {info['host']}")
                 else:

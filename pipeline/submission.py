@@ -8,47 +8,106 @@ import pandas as pd
 
 from .fileio import write_csv_atomic
 
-__all__ = ["write_submission", "validate_submission", "SubmissionError"]
+__all__ = ["write_submission", "validate_submission", "validate_for_config", "SubmissionError"]
 
 
 class SubmissionError(ValueError):
     """A submission that the competition would reject."""
 
 
+def _read_text_csv(path: str | Path) -> pd.DataFrame:
+    """Every cell as the exact text in the file ('007' stays '007'; an empty cell is '')."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
 def write_submission(sample_path: str | Path, id_column: str, target_column: str,
                      ids, labels, out_path: str | Path) -> pd.DataFrame:
-    """Fill the sample's target column; keep its columns, ids and row order untouched."""
-    sample = pd.read_csv(sample_path)
+    """Fill the sample's target column; keep its columns, ids (as written) and row order untouched."""
+    sample = _read_text_csv(sample_path)
+    parsed = pd.read_csv(sample_path)[id_column].astype(str).to_numpy()  # how the predict stage read them
     ids = pd.Series(ids).astype(str).to_numpy()
-    if len(ids) != len(sample) or (sample[id_column].astype(str).to_numpy() != ids).any():
+    if len(ids) != len(sample) or (parsed != ids).any():
         raise SubmissionError(f"predicted ids do not match {sample_path} row for row; "
                               "the sample changed after prediction: rerun `make ensemble`")
     sub = sample.copy()
-    sub[target_column] = list(labels)
+    sub[target_column] = [str(v) for v in labels]
     write_csv_atomic(out_path, sub)
     return sub
 
 
+def _first_line(mask) -> int:
+    return int(pd.Series(mask).to_numpy().argmax()) + 2  # +2: header line, 1-based
+
+
 def validate_submission(path: str | Path, sample_path: str | Path, id_column: str, target_column: str,
                         classes: list | None = None) -> list[str]:
-    """Every reason the competition would reject `path` (an empty list when it is valid)."""
-    sub, sample = pd.read_csv(path), pd.read_csv(sample_path)
-    problems = []
+    """Every reason the competition would reject `path` (an empty list when it is valid).
+
+    Checks, comparing cells as the exact text in the files: the columns (names and order), the
+    row count, no duplicate ids, the same ids as the sample (naming missing and extra ones) in
+    the sample's order, no blank id or target, and (with `classes`) every label among the classes.
+    """
+    for p, what in ((path, "submission"), (sample_path, "sample submission")):
+        if not Path(p).is_file():
+            return [f"{what} {p} does not exist"]
+    try:
+        sub = _read_text_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        return [f"not a readable CSV: {str(exc).splitlines()[0]}"]
+    sample = _read_text_csv(sample_path)
     if list(sub.columns) != list(sample.columns):
-        problems.append(f"columns {list(sub.columns)} differ from the sample's {list(sample.columns)}")
-        return problems
+        return [f"columns {list(sub.columns)} differ from the sample's {list(sample.columns)} "
+                "(names and order must match)"]
+    problems = []
+    sub_ids, sample_ids = sub[id_column].str.strip(), sample[id_column].str.strip()
     if len(sub) != len(sample):
         problems.append(f"{len(sub)} rows, the sample has {len(sample)}")
-    elif (sub[id_column].astype(str).to_numpy() != sample[id_column].astype(str).to_numpy()).any():
-        bad = (sub[id_column].astype(str).to_numpy() != sample[id_column].astype(str).to_numpy()).argmax()
-        problems.append(f"ids differ from the sample's (first at line {bad + 2}); keep the sample's order")
-    blank = sub[target_column].isna() | (sub[target_column].astype(str).str.strip() == "")
-    if blank.any():
-        problems.append(f"{int(blank.sum())} blank value(s) in '{target_column}' (first at line "
-                        f"{int(blank.to_numpy().argmax()) + 2})")
+    dup = sub_ids.duplicated(keep="first")
+    if dup.any():
+        problems.append(f"{int(dup.sum())} duplicate id(s), e.g. '{sub_ids[dup].iloc[0]}' (line {_first_line(dup)})")
+    missing = sorted(set(sample_ids) - set(sub_ids))
+    extra = sorted(set(sub_ids) - set(sample_ids))
+    if missing:
+        problems.append(f"{len(missing)} id(s) of the sample are missing, e.g. {missing[:5]}")
+    if extra:
+        problems.append(f"{len(extra)} id(s) are not in the sample, e.g. {extra[:5]}")
+    if not missing and not extra and not dup.any() and len(sub) == len(sample):
+        moved = sub_ids.to_numpy() != sample_ids.to_numpy()
+        if moved.any():
+            problems.append(f"ids are in another order than the sample's (first difference at line "
+                            f"{_first_line(moved)}); keep the sample's order")
+    for column in dict.fromkeys([id_column, target_column]):
+        blank = sub[column].str.strip() == ""
+        if blank.any():
+            problems.append(f"{int(blank.sum())} blank value(s) in '{column}' (first at line {_first_line(blank)})")
     if classes is not None:
         allowed = {str(c) for c in classes}
-        unknown = sorted(set(sub[target_column].dropna().astype(str)) - allowed)
+        values = sub[target_column].str.strip()
+        unknown = sorted(set(values[values != ""]) - allowed)
         if unknown:
-            problems.append(f"labels not among the training classes: {unknown[:10]}")
+            problems.append(f"{len(unknown)} label(s) not among the training classes, e.g. {unknown[:10]}; "
+                            f"allowed: {sorted(allowed)[:20]}")
     return problems
+
+
+def validate_for_config(cfg, path: str | Path | None = None) -> Path:
+    """Check a submission (default: the experiment's) against the config's sample and classes.
+
+    The classes are those the fold models were trained on (fold 0's sidecar), or else the train
+    CSV's labels. Raises SubmissionError listing every problem; returns the path when valid.
+    """
+    from .data import class_list, read_train_table
+    from .models import read_sidecar
+
+    path = Path(path) if path is not None else cfg.exp_dir / "submission.csv"
+    sidecar = cfg.fold_dir(0) / "weights.json"
+    if sidecar.is_file():
+        classes = read_sidecar(cfg.fold_dir(0) / "weights.safetensors")["classes"]
+    else:
+        table = read_train_table(cfg)
+        classes = class_list(pd.concat([table["label"], table["true_label"]]))
+    problems = validate_submission(path, cfg.data.sample_submission, cfg.data.id_column,
+                                   cfg.data.target_column, classes)
+    if problems:
+        raise SubmissionError(f"{path} would be rejected:\n  - " + "\n  - ".join(problems))
+    return path

@@ -57,6 +57,7 @@ __all__ = [
     "merge_view_logits",
     "predict_tta",
     "predict_tta_per_view",
+    "predict_tta_with_views",
 ]
 
 MERGE_MODES = ("mean", "geometric_mean", "max", "logit_mean")
@@ -309,3 +310,20 @@ def predict_tta_per_view(model: nn.Module, x: Tensor, views: Sequence[View],
     if logits.element_size() < 4:
         logits = logits.float()
     return logits.softmax(-1)
+
+
+def predict_tta_with_views(model: nn.Module, x: Tensor, views: Sequence[View], merge: str = "mean",
+                           chunk_views: int | None = None) -> tuple[Tensor, Tensor]:
+    """Per-view probabilities (V, B, C) AND the merged probabilities (B, C), from one batched pass.
+
+    The merged result equals :func:`predict_tta` and each view's slice equals
+    :func:`predict_tta_per_view`, but the model runs once: the predict stage scores every view
+    on the out-of-fold rows and merges them for the TTA score without a second forward.
+    """
+    _check_merge(merge)
+    logits = _view_logits(model, x, views, chunk_views)
+    merged = merge_view_logits(logits, merge)
+    if logits.element_size() < 4:
+        logits = logits.float()
+    return logits.softmax(-1), merged
+

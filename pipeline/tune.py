@@ -108,7 +108,8 @@ def _number(where: str, spec: dict, name: str, kind: str):
     if kind == "int":
         ok = ok and float(value).is_integer()
     if not ok or not math.isfinite(value):
-        raise ConfigError(f"{where}.{name}: expected {'an integer' if kind == 'int' else 'a number'}, got {spec[name]!r}")
+        expected = "an integer" if kind == "int" else "a number"
+        raise ConfigError(f"{where}.{name}: expected {expected}, got {spec[name]!r}")
     return int(value) if kind == "int" else float(value)
 
 
@@ -223,7 +224,7 @@ def _oof_f1(cfg: Config, folds: list[int]) -> tuple[float, dict]:
     """Macro-F1 of the concatenated out-of-fold predictions of `folds` (and each fold's own)."""
     from .metrics import classification_metrics
 
-    frames = [pd.read_csv(cfg.fold_dir(k) / "oof.csv") for k in folds]
+    frames = [pd.read_csv(cfg.fold_dir(k) / "oof.csv", dtype={"label": str}) for k in folds]
     oof = pd.concat(frames, ignore_index=True)
     prob_cols = [c for c in oof.columns if c.startswith("prob_")]
     classes = [c[len("prob_"):] for c in prob_cols]

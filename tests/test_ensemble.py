@@ -1,4 +1,5 @@
-"""Fold voting on hand-made probabilities: soft, hard (with ties), geometric, rank."""
+"""Fold voting on hand-made probabilities: soft, hard (with ties), geometric, rank; fitted blend weights and
+post-hoc logit adjustment on synthetic out-of-fold probabilities."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import numpy as np
 import pytest
 
 import pipeline.ensemble as ensemble
-from pipeline.ensemble import VOTING_MODES, geometric_vote, hard_vote, rank_average, soft_vote, vote
+from pipeline.ensemble import (VOTING_MODES, WEIGHT_OBJECTIVES, choose_tau, class_priors, fit_weights,
+                               geometric_vote, hard_vote, log_loss, logit_adjust, rank_average, soft_vote, vote,
+                               vote_scores)
+from pipeline.metrics import classification_metrics
 
 A, B, C = 0, 1, 2
 
@@ -142,6 +146,138 @@ def test_bad_probs_are_rejected(fn, probs, message):
 def test_bad_weights_are_rejected(fn, weights, message):
     with pytest.raises(ValueError, match=message):
         fn(np.full((2, 3, 2), 0.5), weights)
+
+
+@pytest.mark.parametrize("mode", VOTING_MODES)
+def test_vote_scores_argmax_is_the_vote(mode):
+    probs = np.random.default_rng(3).dirichlet(np.ones(3), size=(4, 9))
+    scores = vote_scores(probs, mode, weights=(1, 2, 3, 4))
+    assert scores.shape == (9, 3)
+    np.testing.assert_array_equal(scores.argmax(axis=1), vote(probs, mode, weights=(1, 2, 3, 4)))
+    if mode == "hard":
+        assert set(np.unique(scores)) <= {0.0, 1.0} and (scores.sum(axis=1) == 1).all()
+
+
+# ---- fitted weights ------------------------------------------------------------------------------
+
+def _oof_members(n=600, classes=4, skills=(0.3, 0.05, 0.15), seed=0):
+    """Synthetic OOF probabilities of several experiments for the same rows: member m puts skills[m]
+    of its mass on the true class, the rest on a random Dirichlet draw."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    members = [(1 - s) * rng.dirichlet(np.ones(classes), size=n) + s * np.eye(classes)[y] for s in skills]
+    return np.stack(members), y
+
+
+def _f1(y, probs):
+    return classification_metrics(y, probs)["f1_macro"]
+
+
+@pytest.mark.parametrize("objective", WEIGHT_OBJECTIVES)
+def test_fitted_weights_beat_or_equal_uniform_on_the_oof_they_were_fitted_on(objective):
+    probs, y = _oof_members()
+    w = fit_weights(probs, y, objective)
+    assert w.shape == (3,) and (w >= 0).all() and w.sum() == pytest.approx(1.0)
+    assert w[0] == w.max() and w[0] > w[1]              # the clearly better experiment leads
+    uniform = np.full(3, 1 / 3)
+    if objective == "logloss":
+        assert log_loss(soft_vote(probs, w), y) < log_loss(soft_vote(probs, uniform), y)
+    assert _f1(y, soft_vote(probs, w)) >= _f1(y, soft_vote(probs, uniform))
+
+
+def test_complementary_experiments_get_interior_weights():
+    # member 0 knows classes 0-1 (clueless on 2-3), member 1 the reverse, member 1 a bit less well
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 800)
+    onehot, flat = np.eye(4)[y], np.full((800, 4), 0.25)
+    knows = lambda classes, s: np.where(np.isin(y, classes)[:, None], (1 - s) * flat + s * onehot, flat)
+    probs = np.stack([knows([0, 1], 0.8), knows([2, 3], 0.5)])
+    w = fit_weights(probs, y)
+    assert 0.5 < w[0] < 0.95 and w.sum() == pytest.approx(1.0)
+    assert log_loss(soft_vote(probs, w), y) < min(log_loss(p, y) for p in probs)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fitted_logloss_never_worse_than_uniform(seed):
+    probs, y = _oof_members(n=200, classes=3, skills=(0.2, 0.2), seed=seed)   # two equal experiments
+    w = fit_weights(probs, y)
+    assert log_loss(soft_vote(probs, w), y) <= log_loss(soft_vote(probs, np.full(2, 0.5)), y) + 1e-12
+
+
+def test_fit_weights_edge_cases():
+    probs, y = _oof_members(skills=(0.3,))
+    np.testing.assert_array_equal(fit_weights(probs, y), [1.0])             # one member: all its weight
+    same = np.stack([probs[0], probs[0]])
+    np.testing.assert_allclose(fit_weights(same, y), [0.5, 0.5])            # identical members: stay uniform
+    with pytest.raises(ValueError, match="objective"):
+        fit_weights(probs, y, "accuracy")
+    with pytest.raises(ValueError, match="labels"):
+        fit_weights(probs, y[:-1])
+    with pytest.raises(ValueError, match="labels"):
+        fit_weights(probs, y + 4)
+
+
+def test_log_loss_hand_computed():
+    assert log_loss([[0.5, 0.5]], [1]) == pytest.approx(np.log(2))
+    assert log_loss([[2.0, 2.0]], [0]) == pytest.approx(np.log(2))          # rows are renormalised
+    assert log_loss([[1.0, 0.0]], [1]) == pytest.approx(-np.log(1e-15))     # floored, finite
+
+
+# ---- logit adjustment --------------------------------------------------------------------------------
+
+def _imbalanced(n=2000, seed=0):
+    """A long-tailed 3-class problem and a model that is right about the evidence but over-trusts the prior."""
+    rng = np.random.default_rng(seed)
+    prior = np.array([0.8, 0.15, 0.05])
+    y = rng.choice(3, size=n, p=prior)
+    evidence = rng.dirichlet(np.ones(3), size=n) * 0.6 + np.eye(3)[y] * 0.4
+    probs = evidence * prior ** 1.5          # a prior-biased classifier: rare classes rarely win
+    return probs / probs.sum(axis=1, keepdims=True), y
+
+
+def test_logit_adjustment_tau_zero_is_the_identity():
+    probs, y = _imbalanced(n=50)
+    prior = class_priors(y, 3)
+    np.testing.assert_array_equal(logit_adjust(probs, prior, 0.0), probs)
+    stacked = np.stack([probs, probs[::-1]])                                # any leading shape (folds)
+    np.testing.assert_array_equal(logit_adjust(stacked, prior, 0), stacked)
+    adjusted = logit_adjust(stacked, prior, 1.0)
+    assert adjusted.shape == stacked.shape
+    np.testing.assert_allclose(adjusted.sum(axis=-1), 1.0)
+    np.testing.assert_allclose(adjusted[0], probs / prior / (probs / prior).sum(axis=1, keepdims=True))
+
+
+def test_logit_adjustment_improves_macro_f1_on_an_imbalanced_case():
+    probs, y = _imbalanced()
+    prior = class_priors(y, 3)
+    tau, curve = choose_tau(probs, y, prior)
+    assert [t for t, _ in curve] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+    before, after = _f1(y, probs), _f1(y, logit_adjust(probs, prior, tau))
+    assert tau > 0 and after > before + 0.05
+    assert dict(curve)[tau] == pytest.approx(after) and after == pytest.approx(max(f for _, f in curve))
+
+
+def test_choose_tau_prefers_no_adjustment_on_a_flat_curve_and_checks_its_grid():
+    y = np.array([0, 1, 2, 0])
+    perfect = np.eye(3)[y] * 0.9 + 0.1 / 3
+    assert choose_tau(perfect, y, class_priors(y, 3))[0] == 0.0
+    with pytest.raises(ValueError, match="tau_grid"):
+        choose_tau(perfect, y, class_priors(y, 3), [])
+    with pytest.raises(ValueError, match="tau_grid"):
+        choose_tau(perfect, y, class_priors(y, 3), [-0.5, 1])
+    with pytest.raises(ValueError, match="prior"):
+        logit_adjust(perfect, [0.5, 0.5], 1.0)
+    with pytest.raises(ValueError, match="tau"):
+        logit_adjust(perfect, [0.2, 0.3, 0.5], -1.0)
+
+
+def test_choose_tau_with_a_hard_vote_of_adjusted_members():
+    probs, y = _imbalanced()
+    members = np.stack([probs, probs ** 1.1 / (probs ** 1.1).sum(axis=1, keepdims=True), probs])
+    prior = class_priors(y, 3)
+    tau, _ = choose_tau(members, y, prior, combine=lambda p: vote_scores(p, "hard"))
+    assert tau > 0
+    assert _f1(y, vote_scores(logit_adjust(members, prior, tau), "hard")) > _f1(y, vote_scores(members, "hard"))
 
 
 def test_doctests():

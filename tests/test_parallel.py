@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -109,14 +110,22 @@ def test_local_backend_reports_failures_too_and_then_skips(folds_ready, tiny_cfg
     assert again.value.results[0] == "skipped"
 
 
-def test_changed_training_config_is_not_skipped(folds_ready, tiny_cfg_dict, tmp_path):
+def test_stale_folds_are_retrained_and_force_retrains_done_ones(folds_ready, tiny_cfg_dict, tmp_path):
     cfg = _cfg(tiny_cfg_dict, tmp_path / "out")
     weights = cfg.fold_dir(0) / "weights.safetensors"
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"x")
-    weights.with_suffix(".json").write_text(json.dumps({"fingerprint": "0123456789abcdef"}))
+    sidecar = weights.with_suffix(".json")
+    sidecar.write_text(json.dumps({"fingerprint": "0123456789abcdef"}))   # another config's weights
     assert run_folds(cfg, [0], backend="local") == {0: "done"}
-    assert json.loads(weights.with_suffix(".json").read_text())["fingerprint"] == stage_fingerprint(cfg, "train")
+    assert json.loads(sidecar.read_text())["fingerprint"] == stage_fingerprint(cfg, "train")
+    assert run_folds(cfg, [0], backend="local") == {0: "skipped"}
+
+    made = cfg.folds_file.stat().st_mtime
+    os.utime(weights, (made - 60, made - 60))            # folds remade after the fold was trained
+    assert run_folds(cfg, [0], backend="local") == {0: "done"}
+    assert run_folds(cfg, [0], backend="local") == {0: "skipped"}
+    assert run_folds(cfg, [0], backend="local", force=True) == {0: "done"}
 
 
 def test_daemonic_workers_train_without_loader_processes(client, folds_ready, tiny_cfg_dict, tmp_path):

@@ -25,34 +25,39 @@ def _cfg(tiny_cfg_dict, root, epochs=3):
     return d
 
 
-def test_sigkilled_fold_resumes_to_identical_weights_and_metrics(tiny_cfg_dict, tmp_path):
-    straight = load_config(None, _cfg(tiny_cfg_dict, tmp_path / "a"))
-    make_folds(straight, log=lambda *_: None)
-    fit(straight, 0, log=lambda *_: None)
-
-    killed_dict = _cfg(tiny_cfg_dict, tmp_path / "b")
-    config = write_config(tmp_path / "b.yaml", killed_dict)
-    # A real training subprocess that SIGKILLs itself right after epoch 1's checkpoint.
+def _fit_in_subprocess(config, kill_after_epoch=None):
+    """Train fold 0 in a fresh process (same thread settings every time: float sums depend on them)."""
     script = textwrap.dedent(f"""
         import os, signal
         from pipeline.config import load_config
         from pipeline.train import fit
         def die(epoch, metrics):
-            if epoch == 1:
+            if epoch == {kill_after_epoch!r}:
                 os.kill(os.getpid(), signal.SIGKILL)
         fit(load_config({str(config)!r}), 0, on_epoch=die)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, env=env)
+
+
+def test_sigkilled_fold_resumes_to_identical_weights_and_metrics(tiny_cfg_dict, tmp_path):
+    straight_config = write_config(tmp_path / "a.yaml", _cfg(tiny_cfg_dict, tmp_path / "a"))
+    killed_config = write_config(tmp_path / "b.yaml", _cfg(tiny_cfg_dict, tmp_path / "b"))
+    straight, killed = load_config(straight_config), load_config(killed_config)
+    make_folds(straight, log=lambda *_: None)
+    assert _fit_in_subprocess(straight_config).returncode == 0
+
+    # A real training process SIGKILLed right after epoch 1's checkpoint.
+    proc = _fit_in_subprocess(killed_config, kill_after_epoch=1)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    killed = load_config(config)
     fold_dir = killed.fold_dir(0)
     assert not (fold_dir / "weights.safetensors").exists()  # Make must not think the fold is done
     assert (fold_dir / "state" / "last.pt").is_file()
     assert len(pd.read_csv(fold_dir / "metrics.csv")) == 2
 
-    logs = []
-    fit(killed, 0, log=logs.append)
-    assert any("resuming after epoch 1" in line for line in logs)
+    resumed = _fit_in_subprocess(killed_config)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch 1" in resumed.stdout
     a = load_file(straight.fold_dir(0) / "weights.safetensors")
     b = load_file(fold_dir / "weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import pipeline.tta as tta
-from pipeline.tta import MERGE_MODES, merge_view_logits, parse_views, predict_tta, predict_tta_per_view
+from pipeline.tta import (MERGE_MODES, merge_view_logits, parse_views, predict_tta, predict_tta_per_view,
+                         predict_tta_with_views)
 
 ALL_VIEWS = ["hflip", "vflip", "rot90", "rot180", "rot270", "scale_0.9", "scale_1.1",
              "brightness_0.1", "brightness_-0.1", "contrast_1.2"]
@@ -239,6 +240,28 @@ def test_batched_equals_view_by_view(mode):
     per_view = predict_tta_per_view(model, x, views)
     assert per_view.shape == (len(views), 3, 4)
     assert torch.allclose(per_view, logits.softmax(-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MERGE_MODES)
+def test_views_and_merge_from_one_pass_equal_the_separate_calls(mode):
+    model, x = _model(FlatLinear), _images(b=3)
+    views = parse_views(["hflip", "scale_0.9", "contrast_1.2"])
+    counter = CallCounter(model)
+    per_view, merged = predict_tta_with_views(model, x, views, mode)
+    assert counter.calls == 1                               # one forward for the views and the merge
+    assert per_view.shape == (4, 3, 4) and merged.shape == (3, 4)
+    assert torch.allclose(per_view, predict_tta_per_view(model, x, views), atol=1e-6)
+    assert torch.allclose(merged, predict_tta(model, x, views, mode), atol=1e-6)
+    with pytest.raises(ValueError, match="tta.merge"):
+        predict_tta_with_views(model, x, views, "median")
+
+
+def test_flip_invariant_model_gives_identical_views():
+    model, x = _model(PoolLinear), _images()
+    per_view, merged = predict_tta_with_views(model, x, parse_views(["hflip", "vflip", "rot180"]))
+    for v in per_view[1:]:
+        assert torch.allclose(v, per_view[0], atol=1e-6)
+    assert torch.allclose(merged, per_view[0], atol=1e-6)
 
 
 def test_model_is_called_once_per_batch():

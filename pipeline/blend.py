@@ -1,0 +1,282 @@
+"""Blend several experiments (e.g. two backbones) with weights fitted on their out-of-fold predictions.
+
+    make ensemble EXPS="effnet convnext"      →  outputs/blend-effnet-convnext/submission.csv
+    python -m pipeline blend effnet convnext [--out DIR] [--oof tta|plain|auto] [--voting soft] ...
+
+Why per experiment and not per fold: every fold model of one experiment predicts every test row,
+but each out-of-fold (OOF) row has exactly one fold's prediction, so OOF data can rank *experiments*
+(or checkpoints), never the folds of one experiment. Each experiment is first reduced to one member:
+its OOF probabilities (TTA-merged from ``oof_tta.csv`` by default, like its test predictions) and the
+mean of its folds' test probabilities. The members' OOF rows must be the very same cross-validation
+split, else a fitted weight would reward whichever experiment happened to get easier validation rows;
+so blending is refused unless every experiment's folds file has the same content (sha256) and every
+OOF row sits in the same fold.
+
+Writes, in ``outputs/blend-<a>-<b>...`` (or `out`): ``cv.csv``/``cv.md`` (each experiment's OOF score
+and the blends': uniform vs fitted weights, every voting mode, the logit adjustment),
+``blend.json`` (members, weights, folds hash, tau), ``oof.csv``, ``test_probs.csv`` and, last,
+``submission.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import Config, load_config
+from .ensemble import (DEFAULT_TAU_GRID, VOTING_MODES, WEIGHT_OBJECTIVES, choose_tau, class_priors, fit_weights,
+                       logit_adjust, vote, vote_scores)
+from .fileio import write_csv_atomic, write_json_atomic
+from .models import read_sidecar
+from .stages import PROB_PREFIX, class_ids, fold_probs_frame, metrics_row, write_cv
+from .submission import write_submission
+
+__all__ = ["FoldsMismatchError", "Member", "load_experiment", "load_member", "check_same_folds", "blend",
+           "folds_sha256", "add_arguments", "run_from_args", "OOF_SOURCES"]
+
+OOF_SOURCES = ("auto", "tta", "plain")
+
+
+class FoldsMismatchError(ValueError):
+    """Experiments cross-validated on different folds: their OOF predictions cannot be blended."""
+
+
+@dataclass
+class Member:
+    """One experiment reduced to a blend member."""
+    name: str
+    cfg: Config
+    classes: list
+    rows: np.ndarray          # train-table rows, sorted
+    folds: np.ndarray         # each row's fold
+    labels: pd.Series         # each row's true label
+    oof: np.ndarray           # (N, C) out-of-fold probabilities
+    oof_source: str           # "oof_tta.csv" or "oof.csv"
+    test_ids: pd.Series
+    test: np.ndarray          # (T, C) mean of the folds' test probabilities
+    folds_file: Path
+    folds_hash: str
+
+
+def folds_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_experiment(name: str, output_dir: str | Path = "outputs") -> Config:
+    """The resolved config an experiment ran with (``<output_dir>/<name>/config.yaml``)."""
+    path = Path(output_dir) / name / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment '{name}': {path} not found; run `make ensemble CONFIG=...` "
+                                f"for it first (or pass --output-dir)")
+    return load_config(path)
+
+
+def _concat_folds(cfg: Config, file: str) -> pd.DataFrame | None:
+    frames = []
+    for k in range(cfg.folds.n_splits):
+        path = cfg.fold_dir(k) / file
+        if not path.is_file():
+            return None
+        frames.append(pd.read_csv(path))
+    return pd.concat(frames).sort_values("row").reset_index(drop=True)
+
+
+def load_member(cfg: Config, oof_source: str = "auto") -> Member:
+    """Read one experiment's OOF and fold test probabilities; check them against its folds file."""
+    if oof_source not in OOF_SOURCES:
+        raise ValueError(f"--oof: unknown source {oof_source!r}; valid: {', '.join(OOF_SOURCES)}")
+    name = cfg.experiment
+    classes = read_sidecar(cfg.fold_dir(0) / "weights.safetensors")["classes"]
+    oof, source = None, None
+    if oof_source in ("auto", "tta"):
+        oof, source = _concat_folds(cfg, "oof_tta.csv"), "oof_tta.csv"
+        if oof is None and oof_source == "tta":
+            raise FileNotFoundError(f"experiment '{name}': some fold has no oof_tta.csv; rerun its predict "
+                                    f"stage (python -m pipeline predict --config {cfg.exp_dir / 'config.yaml'})")
+    if oof is None:
+        oof, source = _concat_folds(cfg, "oof.csv"), "oof.csv"
+    if oof is None:
+        raise FileNotFoundError(f"experiment '{name}': some fold of {cfg.exp_dir} has no oof.csv; train every fold")
+    tests = []
+    for k in range(cfg.folds.n_splits):
+        path = cfg.fold_dir(k) / "test_probs.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"experiment '{name}': {path} is missing; run `make ensemble` for it")
+        fold_classes = read_sidecar(cfg.fold_dir(k) / "weights.safetensors")["classes"]
+        if fold_classes != classes:
+            raise ValueError(f"experiment '{name}': fold {k} has classes {fold_classes}, fold 0 {classes}")
+        tests.append(pd.read_csv(path))
+    ids = tests[0]["id"]
+    for k, t in enumerate(tests):
+        if not t["id"].astype(str).equals(ids.astype(str)):
+            raise ValueError(f"experiment '{name}': fold {k}'s test ids differ from fold 0's; rerun its predict stage")
+    cols = [f"{PROB_PREFIX}{c}" for c in classes]
+    if not cfg.folds_file.is_file():
+        raise FileNotFoundError(f"experiment '{name}': its folds file {cfg.folds_file} is gone; it is needed to "
+                                "check that the experiments share one cross-validation split")
+    member = Member(name=name, cfg=cfg, classes=classes, rows=oof["row"].to_numpy(), folds=oof["fold"].to_numpy(),
+                    labels=oof["label"], oof=oof[cols].to_numpy(np.float64), oof_source=source, test_ids=ids,
+                    test=np.mean([t[cols].to_numpy(np.float64) for t in tests], axis=0),
+                    folds_file=cfg.folds_file, folds_hash=folds_sha256(cfg.folds_file))
+    _check_own_folds(member)
+    return member
+
+
+def _check_own_folds(m: Member) -> None:
+    """The OOF rows must sit in the folds the folds file gives them now (it may have been regenerated)."""
+    recorded = {read_sidecar(m.cfg.fold_dir(k) / "weights.safetensors").get("folds_sha256")
+                for k in range(m.cfg.folds.n_splits)} - {None}
+    if recorded and recorded != {m.folds_hash}:
+        raise FoldsMismatchError(f"experiment '{m.name}' was trained on a folds file with sha256 "
+                                 f"{sorted(h[:12] for h in recorded)}, but {m.folds_file} now has {m.folds_hash[:12]}: "
+                                 "the folds were regenerated after training; retrain it or restore the folds file")
+    table = pd.read_csv(m.folds_file)
+    if len(np.unique(m.rows)) != len(m.rows) or m.rows.min(initial=0) < 0 or m.rows.max(initial=-1) >= len(table):
+        raise FoldsMismatchError(f"experiment '{m.name}': its OOF rows do not fit {m.folds_file} ({len(table)} rows)")
+    if not np.array_equal(table["fold"].to_numpy()[m.rows], m.folds):
+        raise FoldsMismatchError(f"experiment '{m.name}': its OOF rows sit in other folds than {m.folds_file} "
+                                 "says; the folds were regenerated after training; retrain it")
+
+
+def check_same_folds(members: list[Member]) -> None:
+    """Refuse to blend experiments that were not cross-validated on the same split (or classes, test ids)."""
+    first = members[0]
+    for m in members[1:]:
+        pair = f"cannot blend '{first.name}' and '{m.name}'"
+        if m.folds_hash != first.folds_hash:
+            raise FoldsMismatchError(
+                f"{pair}: they were cross-validated on different folds files — '{first.name}': {first.folds_file} "
+                f"(sha256 {first.folds_hash[:12]}), '{m.name}': {m.folds_file} (sha256 {m.folds_hash[:12]}). "
+                "Weights fitted on out-of-fold predictions from different splits are not comparable. Give both "
+                "experiments the same folds (e.g. folds.name: shared) and retrain the odd one out.")
+        if not (np.array_equal(m.rows, first.rows) and np.array_equal(m.folds, first.folds)):
+            raise FoldsMismatchError(f"{pair}: their out-of-fold rows or folds differ although both use "
+                                     f"{first.folds_file}; rerun the training of the stale one")
+        if m.classes != first.classes:
+            raise ValueError(f"{pair}: classes differ ({first.classes} vs {m.classes})")
+        if not m.test_ids.astype(str).equals(first.test_ids.astype(str)):
+            raise ValueError(f"{pair}: their test predictions cover different ids (sample submissions "
+                             f"{first.cfg.data.sample_submission} vs {m.cfg.data.sample_submission})")
+
+
+def _blend_rows(probs: np.ndarray, y: np.ndarray, weights: dict[str, np.ndarray],
+                chosen: tuple[str, str] | None) -> list[dict]:
+    rows = []
+    for mode in VOTING_MODES:
+        for kind, w in weights.items():
+            mark = " (submission)" if (mode, kind) == chosen else ""
+            not_probs = {"log_loss": float("nan")} if mode in ("hard", "rank") else {}
+            rows.append(metrics_row(f"blend {mode}, {kind} weights{mark}", y, vote_scores(probs, mode, w),
+                                    **not_probs))
+    return rows
+
+
+def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", out: str | Path | None = None,
+          oof_source: str = "auto", voting: str = "soft", weights: str = "fitted", objective: str = "logloss",
+          logit_adjust_on: bool | None = None, tau_grid=None, log=print) -> Path:
+    """Blend experiments (names under `output_dir`, or configs) into one submission; returns its path.
+
+    `weights`: ``fitted`` (on the OOF probabilities, by `objective`: ``logloss`` or ``f1``; see
+    :func:`pipeline.ensemble.fit_weights`) or ``uniform``. `voting` combines the members (any of
+    :data:`pipeline.ensemble.VOTING_MODES`, weighted). Logit adjustment (default: the first
+    experiment's ``ensemble.logit_adjust`` / ``ensemble.tau_grid``) chooses tau on the blended OOF.
+    """
+    if voting not in VOTING_MODES:
+        raise ValueError(f"--voting: unknown mode {voting!r}; valid: {', '.join(VOTING_MODES)}")
+    if weights not in ("fitted", "uniform"):
+        raise ValueError(f"--weights: {weights!r} is not 'fitted' or 'uniform'")
+    if objective not in WEIGHT_OBJECTIVES:
+        raise ValueError(f"--objective: {objective!r} is not one of {', '.join(WEIGHT_OBJECTIVES)}")
+    cfgs = [e if isinstance(e, Config) else load_experiment(e, output_dir) for e in experiments]
+    names = [c.experiment for c in cfgs]
+    if len(cfgs) < 2 or len(set(names)) != len(names):
+        raise ValueError(f"a blend needs two or more different experiments, got {names}")
+    members = [load_member(c, oof_source) for c in cfgs]
+    sources = {m.oof_source for m in members}
+    if len(sources) > 1:  # auto fell back for some: compare like with like
+        log("[blend] not every experiment has oof_tta.csv; using oof.csv (no TTA) for all")
+        members = [load_member(c, "plain") for c in cfgs]
+    check_same_folds(members)
+    first = members[0]
+    classes = first.classes
+    y = class_ids(first.labels, classes, f"{first.name} OOF labels")
+    oof = np.stack([m.oof for m in members])
+    test = np.stack([m.test for m in members])
+    uniform = np.full(len(members), 1.0 / len(members))
+    fitted = fit_weights(oof, y, objective)
+    w = fitted if weights == "fitted" else uniform
+
+    ens = first.cfg.ensemble
+    adjust = getattr(ens, "logit_adjust", False) if logit_adjust_on is None else logit_adjust_on
+    grid = [float(t) for t in (tau_grid if tau_grid is not None else getattr(ens, "tau_grid", DEFAULT_TAU_GRID))]
+    prior = class_priors(y, len(classes))
+    tau, curve = choose_tau(oof, y, prior, grid, combine=lambda p: vote_scores(p, voting, w))
+
+    adjusted = bool(adjust) and tau > 0   # the submission is the adjusted blend
+    rows = [metrics_row(f"{m.name} ({m.oof_source})", y, m.oof) for m in members]
+    rows += _blend_rows(oof, y, {"uniform": uniform, "fitted": fitted}, None if adjusted else (voting, weights))
+    rows.append(metrics_row(f"blend {voting}, {weights} weights + logit adjustment tau={tau:g}"
+                            f"{' (submission)' if adjusted else ''}", y,
+                            vote_scores(logit_adjust(oof, prior, tau), voting, w)))
+    cv = pd.DataFrame(rows)
+    out_dir = Path(out) if out is not None else Path(output_dir) / ("blend-" + "-".join(names))
+    weight_text = ", ".join(f"{m.name} {x:.3f}" for m, x in zip(members, fitted))
+    state = "applied to the test probabilities" if adjust else "not applied"
+    notes = [f"Fitted weights ({objective} on {first.oof_source}, {len(y)} OOF rows): {weight_text}.",
+             f"Folds: {first.folds_file} (sha256 {first.folds_hash[:12]}) shared by all experiments.",
+             f"Logit adjustment p / prior^tau: tau={tau:g} chosen on OOF macro-F1; {state}."]
+    write_cv(cv, out_dir, f"Blend: {' + '.join(names)}", notes, log)
+
+    applied_tau = tau if adjust else 0.0
+    members_test = logit_adjust(test, prior, applied_tau) if applied_tau else test
+    picked = vote(members_test, voting, w)
+    blended_oof = vote_scores(logit_adjust(oof, prior, applied_tau) if applied_tau else oof, voting, w)
+    oof_frame = pd.DataFrame({"row": first.rows, "label": first.labels.to_numpy(), "fold": first.folds})
+    oof_frame = pd.concat([oof_frame, fold_probs_frame(first.rows, blended_oof, classes).drop(columns="id")], axis=1)
+    write_csv_atomic(out_dir / "oof.csv", oof_frame, float_format="%.7g")
+    test_scores = vote_scores(members_test, voting, w)
+    write_csv_atomic(out_dir / "test_probs.csv", fold_probs_frame(first.test_ids, test_scores, classes),
+                     float_format="%.7g")
+    write_json_atomic(out_dir / "blend.json", {
+        "experiments": names, "weights": dict(zip(names, w.round(6).tolist())),
+        "fitted_weights": dict(zip(names, fitted.round(6).tolist())), "weights_kind": weights,
+        "objective": objective, "voting": voting, "oof_source": first.oof_source,
+        "folds_file": str(first.folds_file), "folds_sha256": first.folds_hash, "classes": classes,
+        "logit_adjust": {"applied": bool(adjust), "tau": applied_tau, "chosen_tau": tau, "grid": grid,
+                         "prior": prior.round(6).tolist(), "oof_f1_by_tau": [[t, round(f, 6)] for t, f in curve]}})
+    d = first.cfg.data
+    sub = out_dir / "submission.csv"
+    write_submission(d.sample_submission, d.id_column, d.target_column, first.test_ids,
+                     [classes[i] for i in picked], sub)
+    log(f"[blend] {voting} vote of {len(members)} experiments, {weights} weights ({weight_text})"
+        f"{f', logit adjustment tau={applied_tau:g}' if applied_tau else ''} → {sub}")
+    return sub
+
+
+# ---- command line (wired into pipeline.cli as `python -m pipeline blend`) ------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names (folders under --output-dir)")
+    p.add_argument("--output-dir", default="outputs", help="where the experiments live (default: %(default)s)")
+    p.add_argument("--out", default=None, help="output folder (default: <output-dir>/blend-<a>-<b>...)")
+    p.add_argument("--oof", dest="oof_source", choices=OOF_SOURCES, default="auto",
+                   help="OOF probabilities to fit on: tta (oof_tta.csv), plain (oof.csv), auto (tta where all have it)")
+    p.add_argument("--voting", choices=VOTING_MODES, default="soft", help="how members combine (default: soft)")
+    p.add_argument("--weights", choices=("fitted", "uniform"), default="fitted", help="default: fitted")
+    p.add_argument("--objective", choices=WEIGHT_OBJECTIVES, default="logloss",
+                   help="what the fitted weights optimise on OOF (default: logloss)")
+    adj = p.add_mutually_exclusive_group()
+    adj.add_argument("--logit-adjust", dest="logit_adjust", action="store_true", default=None,
+                     help="apply the OOF-chosen logit adjustment (default: the first experiment's ensemble.logit_adjust)")
+    adj.add_argument("--no-logit-adjust", dest="logit_adjust", action="store_false")
+
+
+def run_from_args(args: argparse.Namespace) -> Path:
+    return blend(args.experiments, output_dir=args.output_dir, out=args.out, oof_source=args.oof_source,
+                 voting=args.voting, weights=args.weights, objective=args.objective,
+                 logit_adjust_on=args.logit_adjust)

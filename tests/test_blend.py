@@ -1,0 +1,175 @@
+"""Blending experiments: weights fitted on OOF, the same-folds guard, the outputs (synthetic files, no training)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.blend import FoldsMismatchError, add_arguments, blend, run_from_args
+from pipeline.config import load_config, write_resolved
+from pipeline.fileio import write_json_atomic
+from pipeline.submission import validate_submission
+
+CLASSES = ["cat", "dog", "fox"]
+N_ROWS, N_TEST, K = 90, 12, 3
+QUIET = dict(log=lambda *_: None)
+
+
+def _folds_frame(seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    labels = np.array(CLASSES)[np.arange(N_ROWS) % 3]
+    return pd.DataFrame({"row": np.arange(N_ROWS), "image": [f"train/{i}.png" for i in range(N_ROWS)],
+                         "label": labels, "group": np.arange(N_ROWS), "fold": rng.permutation(np.arange(N_ROWS) % K)})
+
+
+def _noisy_probs(y: np.ndarray, skill: float, seed: int) -> np.ndarray:
+    """Probabilities that put `skill` of their mass on the true class, the rest at random."""
+    rng = np.random.default_rng(seed)
+    noise = rng.dirichlet(np.ones(len(CLASSES)), size=len(y))
+    return (1 - skill) * noise + skill * np.eye(len(CLASSES))[y]
+
+
+def make_experiment(root, name: str, skill: float, seed: int, folds_name: str = "shared",
+                    folds: pd.DataFrame | None = None, tta: bool = True, sidecar_extra: dict | None = None):
+    """outputs/<name>/ as the pipeline leaves it: config.yaml, fold sidecars, oof(.tta).csv, test_probs.csv."""
+    folds_dir = root / "folds"
+    folds_dir.mkdir(exist_ok=True)
+    folds_file = folds_dir / f"{folds_name}.csv"
+    if not folds_file.exists():
+        (folds if folds is not None else _folds_frame()).to_csv(folds_file, index=False)
+    table = pd.read_csv(folds_file)
+    sample = root / "sample_submission.csv"
+    if not sample.exists():
+        pd.DataFrame({"id": [f"t{i:03d}" for i in range(N_TEST)], "label": "cat"}).to_csv(sample, index=False)
+    cfg = load_config(None, {"experiment": name, "output_dir": str(root / "outputs"),
+                             "folds": {"n_splits": K, "name": folds_name, "dir": str(folds_dir)},
+                             "data": {"sample_submission": str(sample), "train_csv": str(root / "train.csv")}})
+    write_resolved(cfg)
+    y = table["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    oof = _noisy_probs(y, skill, seed)
+    test_y = np.arange(N_TEST) % 3
+    for k in range(K):
+        d = cfg.fold_dir(k)
+        d.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(d / "weights.json", {"model": "x", "classes": CLASSES, "fold": k, **(sidecar_extra or {})})
+        rows = np.flatnonzero(table["fold"].to_numpy() == k)
+        frame = pd.DataFrame({"row": rows, "label": table["label"].to_numpy()[rows], "fold": k})
+        for c, cls in enumerate(CLASSES):
+            frame[f"prob_{cls}"] = oof[rows, c]
+        frame.to_csv(d / "oof.csv", index=False)
+        if tta:
+            frame.to_csv(d / "oof_tta.csv", index=False)
+        test = pd.DataFrame({"id": [f"t{i:03d}" for i in range(N_TEST)]})
+        probs = _noisy_probs(test_y, skill, seed + 100 + k)
+        for c, cls in enumerate(CLASSES):
+            test[f"prob_{cls}"] = probs[:, c]
+        test.to_csv(d / "test_probs.csv", index=False)
+    return cfg
+
+
+def test_fitted_weights_favour_the_better_experiment_and_beat_uniform(tmp_path):
+    make_experiment(tmp_path, "good", skill=0.5, seed=1)
+    make_experiment(tmp_path, "weak", skill=0.05, seed=2)
+    printed = []
+    sub = blend(["good", "weak"], output_dir=tmp_path / "outputs", log=printed.append)
+    out = tmp_path / "outputs" / "blend-good-weak"
+    assert sub == out / "submission.csv"
+    info = json.loads((out / "blend.json").read_text())
+    w = info["fitted_weights"]
+    assert w["good"] > w["weak"] and sum(w.values()) == pytest.approx(1.0) and min(w.values()) >= 0
+    assert info["folds_sha256"] and info["oof_source"] == "oof_tta.csv"
+    cv = pd.read_csv(out / "cv.csv").set_index("part")
+    fitted = cv.loc["blend soft, fitted weights (submission)"]
+    uniform = cv.loc["blend soft, uniform weights"]
+    assert fitted["log_loss"] <= uniform["log_loss"] + 1e-12      # the objective, on the data it was fitted on
+    assert fitted["f1_macro"] >= uniform["f1_macro"]
+    assert {"good (oof_tta.csv)", "weak (oof_tta.csv)", "blend hard, uniform weights",
+            "blend geometric, fitted weights", "blend rank, uniform weights"} <= set(cv.index)
+    assert "blend soft, fitted weights" in (out / "cv.md").read_text()
+    assert validate_submission(sub, tmp_path / "sample_submission.csv", "id", "label", CLASSES) == []
+    for name in ("oof.csv", "test_probs.csv"):
+        assert (out / name).is_file()
+    assert any("Fitted weights" in line for line in printed)
+
+
+def test_uniform_weights_hard_voting_and_an_explicit_output_dir(tmp_path):
+    for name, skill, seed in (("a", 0.4, 1), ("b", 0.3, 2), ("c", 0.2, 3)):
+        make_experiment(tmp_path, name, skill, seed)
+    out = tmp_path / "mine"
+    blend(["a", "b", "c"], output_dir=tmp_path / "outputs", out=out, voting="hard", weights="uniform",
+          logit_adjust_on=True, **QUIET)
+    info = json.loads((out / "blend.json").read_text())
+    assert info["weights"] == pytest.approx({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, abs=1e-6)
+    assert info["logit_adjust"]["applied"]
+    assert "blend hard, uniform weights (submission)" in pd.read_csv(out / "cv.csv")["part"].tolist()
+
+
+def test_experiments_on_different_folds_are_refused(tmp_path):
+    make_experiment(tmp_path, "a", 0.4, 1, folds_name="split_a", folds=_folds_frame(seed=0))
+    make_experiment(tmp_path, "b", 0.4, 2, folds_name="split_b", folds=_folds_frame(seed=1))
+    with pytest.raises(FoldsMismatchError) as err:
+        blend(["a", "b"], output_dir=tmp_path / "outputs", **QUIET)
+    message = str(err.value)
+    for text in ("'a'", "'b'", "split_a.csv", "split_b.csv", "different folds"):
+        assert text in message
+    assert not (tmp_path / "outputs" / "blend-a-b").exists()
+
+
+def test_same_split_under_two_file_names_is_accepted(tmp_path):
+    make_experiment(tmp_path, "a", 0.4, 1, folds_name="copy_one")
+    make_experiment(tmp_path, "b", 0.4, 2, folds_name="copy_two")     # same content, other path
+    assert blend(["a", "b"], output_dir=tmp_path / "outputs", **QUIET).is_file()
+
+
+def test_folds_regenerated_after_training_are_refused(tmp_path):
+    make_experiment(tmp_path, "a", 0.4, 1)
+    make_experiment(tmp_path, "b", 0.4, 2)
+    _folds_frame(seed=5).to_csv(tmp_path / "folds" / "shared.csv", index=False)   # both now disagree with it
+    with pytest.raises(FoldsMismatchError, match="regenerated"):
+        blend(["a", "b"], output_dir=tmp_path / "outputs", **QUIET)
+
+
+def test_a_recorded_folds_hash_must_match_the_folds_file(tmp_path):
+    make_experiment(tmp_path, "a", 0.4, 1, sidecar_extra={"folds_sha256": "0" * 64})
+    make_experiment(tmp_path, "b", 0.4, 2)
+    with pytest.raises(FoldsMismatchError, match="'a' was trained on a folds file"):
+        blend(["a", "b"], output_dir=tmp_path / "outputs", **QUIET)
+
+
+def test_oof_without_tta_is_used_for_all_when_one_lacks_it(tmp_path):
+    make_experiment(tmp_path, "a", 0.4, 1)
+    make_experiment(tmp_path, "b", 0.4, 2, tta=False)
+    printed = []
+    blend(["a", "b"], output_dir=tmp_path / "outputs", log=printed.append)
+    assert json.loads((tmp_path / "outputs/blend-a-b/blend.json").read_text())["oof_source"] == "oof.csv"
+    assert any("using oof.csv" in line for line in printed)
+    with pytest.raises(FileNotFoundError, match="oof_tta.csv"):
+        blend(["a", "b"], output_dir=tmp_path / "outputs", oof_source="tta", **QUIET)
+
+
+def test_bad_requests_are_refused(tmp_path):
+    make_experiment(tmp_path, "a", 0.4, 1)
+    with pytest.raises(ValueError, match="two or more"):
+        blend(["a"], output_dir=tmp_path / "outputs", **QUIET)
+    with pytest.raises(ValueError, match="two or more"):
+        blend(["a", "a"], output_dir=tmp_path / "outputs", **QUIET)
+    with pytest.raises(FileNotFoundError, match="experiment 'nope'"):
+        blend(["a", "nope"], output_dir=tmp_path / "outputs", **QUIET)
+    with pytest.raises(ValueError, match="--voting"):
+        blend(["a", "a"], output_dir=tmp_path / "outputs", voting="median", **QUIET)
+
+
+def test_command_line_arguments(tmp_path):
+    make_experiment(tmp_path, "a", 0.4, 1)
+    make_experiment(tmp_path, "b", 0.3, 2)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["a", "b", "--output-dir", str(tmp_path / "outputs"), "--objective", "f1",
+                              "--no-logit-adjust"])
+    assert args.logit_adjust is False and parser.parse_args(["a", "b"]).logit_adjust is None
+    path = run_from_args(args)
+    assert json.loads((path.parent / "blend.json").read_text())["objective"] == "f1"

@@ -1,0 +1,276 @@
+"""The decode cache: identical pixels, rebuilt exactly when an input changes, atomic, never pickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import pipeline.cache as cache_mod
+from pipeline.cache import (BatchNormalize, CachedImageDataset, DeviceFlip, build_cache, cache_key,
+                            cached_transform, decoded_for)
+from pipeline.config import AugmentConfig, load_config
+from pipeline.data import ImageDataset, build_transform, load_rgb
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def images(tmp_path, demo_dir) -> list[str]:
+    """A private copy of a dozen demo PNGs (32x32 RGB), so tests may rewrite them."""
+    src = pd.read_csv(demo_dir / "train.csv")["image"].tolist()[:12]
+    out = []
+    for i, rel in enumerate(src):
+        dst = tmp_path / "img" / f"{i:02d}.png"
+        dst.parent.mkdir(exist_ok=True)
+        shutil.copy2(demo_dir / rel, dst)
+        out.append(str(dst))
+    return out
+
+
+def _npy_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.npy"))
+
+
+def _reference(path: str, size: int, crop=None) -> np.ndarray:
+    steps = [A.CenterCrop(*crop, pad_if_needed=True)] if crop else []
+    return A.Compose(steps + [A.Resize(size, size)])(image=load_rgb(path))["image"]
+
+
+@pytest.mark.parametrize("size,crop", [(24, None), (48, None), (20, [40, 24])])
+def test_cached_pixels_equal_decode_then_crop_and_resize(images, tmp_path, size, crop):
+    decoded = build_cache(images, size, crop, tmp_path / "cache")
+    assert decoded.array.dtype == np.uint8 and decoded.array.shape == (len(images), size, size, 3)
+    for i, p in enumerate(images):
+        np.testing.assert_array_equal(decoded[i], _reference(p, size, crop))
+
+
+def test_cached_dataset_gives_the_same_tensors_as_image_dataset(images, tmp_path):
+    """Same seed, same augmentations: the cache changes where pixels come from, not the result."""
+    aug = AugmentConfig(image_size=24, pre_resize_crop=[30, 28],
+                        train=[{"Affine": {"rotate": [-10, 10], "p": 0.7}}, {"HorizontalFlip": {"p": 0.5}},
+                               {"RandomBrightnessContrast": {"p": 0.5}}])
+    decoded = build_cache(images, aug.image_size, aug.pre_resize_crop, tmp_path / "cache")
+    for train in (True, False):
+        plain = ImageDataset(images, None, build_transform(aug, train=train))
+        cached = CachedImageDataset(decoded, None, None, cached_transform(aug, train))
+        plain.transform.set_random_seed(7)
+        cached.transform.set_random_seed(7)
+        for i in range(len(images)):
+            a, b = plain[i][0], cached[i][0]
+            assert a.dtype == b.dtype == torch.float32
+            assert torch.equal(a, b), (train, i)
+
+
+def test_uint8_items_plus_batch_normalize_equal_albumentations_normalize(images, tmp_path):
+    aug = AugmentConfig(image_size=32)
+    ref = A.Normalize(mean=aug.mean, std=aug.std)
+    every_value = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)   # (256, 1, 3)
+    expected = torch.from_numpy(ref(image=every_value)["image"]).permute(2, 0, 1)[None]
+    got = BatchNormalize(aug.mean, aug.std)(torch.from_numpy(every_value).permute(2, 0, 1)[None].contiguous())
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+
+    decoded = build_cache(images, 32, None, tmp_path / "cache")
+    u8 = CachedImageDataset(decoded, None, None, cached_transform(aug, False, normalize=False))
+    plain = ImageDataset(images, None, build_transform(aug, train=False))
+    batch = torch.stack([u8[i][0] for i in range(len(images))])
+    assert batch.dtype == torch.uint8
+    assert torch.equal(BatchNormalize(aug.mean, aug.std)(batch), torch.stack([plain[i][0] for i in range(len(images))]))
+    floats = torch.randn(2, 3, 4, 4)
+    assert BatchNormalize(aug.mean, aug.std)(floats) is floats   # already normalised: untouched
+
+
+def test_reused_when_nothing_changed(images, tmp_path):
+    first = build_cache(images, 24, None, tmp_path / "cache")
+    stamp = first.path.stat().st_mtime_ns
+    second = build_cache(images, 24, None, tmp_path / "cache")
+    assert first.built and not second.built
+    assert second.path == first.path and second.path.stat().st_mtime_ns == stamp
+    assert _npy_files(tmp_path / "cache") == [first.path]
+
+
+def test_rebuilt_when_an_image_changes_and_the_stale_file_is_removed(images, tmp_path):
+    before = build_cache(images, 24, None, tmp_path / "cache")
+    old_row = np.array(before[3])
+    new_pixels = np.asarray(Image.open(images[3]).convert("RGB"))[::-1].copy()   # different pixels
+    st = os.stat(images[3])
+    Image.fromarray(new_pixels).save(images[3])
+    os.utime(images[3], ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    after = build_cache(images, 24, None, tmp_path / "cache")
+    assert after.built and after.path != before.path and after.key != before.key
+    np.testing.assert_array_equal(after[3], _reference(images[3], 24))
+    assert not np.array_equal(after[3], old_row)
+    assert _npy_files(tmp_path / "cache") == [after.path]   # same images + geometry, old key: deleted
+
+
+def test_touching_an_image_alone_rebuilds(images, tmp_path):
+    before = build_cache(images, 24, None, tmp_path / "cache")
+    st = os.stat(images[0])
+    os.utime(images[0], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    after = build_cache(images, 24, None, tmp_path / "cache")
+    assert after.built and after.key != before.key
+
+
+def test_rebuilt_when_the_resolution_or_crop_changes_other_resolutions_are_kept(images, tmp_path):
+    a = build_cache(images, 24, None, tmp_path / "cache")
+    b = build_cache(images, 16, None, tmp_path / "cache")
+    c = build_cache(images, 16, [28, 28], tmp_path / "cache")
+    assert a.built and b.built and c.built
+    assert len({a.path, b.path, c.path}) == 3 and b.array.shape[1:] == (16, 16, 3)
+    assert _npy_files(tmp_path / "cache") == sorted([a.path, b.path, c.path])
+    assert not build_cache(images, 24, None, tmp_path / "cache").built   # switching back is free
+
+
+def test_order_of_paths_is_part_of_the_key(images, tmp_path):
+    a = build_cache(images, 16, None, tmp_path / "cache")
+    b = build_cache(images[::-1], 16, None, tmp_path / "cache")
+    assert b.built and b.path != a.path
+    np.testing.assert_array_equal(b[0], a[len(images) - 1])
+    assert cache_key(images, 16)[1] != cache_key(images, 17)[1]
+
+
+def test_files_are_plain_npy_loadable_without_pickle(images, tmp_path):
+    decoded = build_cache(images, 24, None, tmp_path / "cache")
+    assert decoded.path.suffix == ".npy"
+    arr = np.load(decoded.path, allow_pickle=False)
+    assert arr.dtype == np.uint8 and arr.shape == (len(images), 24, 24, 3)
+    np.testing.assert_array_equal(arr, decoded.array)
+    assert isinstance(decoded.array, np.memmap) and not decoded.array.flags.writeable
+
+
+def test_pickling_sends_the_path_not_the_pixels(images, tmp_path):
+    decoded = build_cache(images, 48, None, tmp_path / "cache")
+    blob = pickle.dumps(decoded)
+    assert len(blob) < decoded.nbytes / 4
+    again = pickle.loads(blob)
+    np.testing.assert_array_equal(again.array, decoded.array)
+
+
+def test_a_failing_build_leaves_no_cache_file(images, tmp_path, monkeypatch):
+    real = cache_mod._decode_chunk
+    calls = []
+
+    def explode(out, start, paths, geom):
+        calls.append(start)
+        real(out, start, paths[:1], geom)   # part of the work is written...
+        raise RuntimeError("killed mid-build")
+
+    monkeypatch.setattr(cache_mod, "_decode_chunk", explode)
+    with pytest.raises(RuntimeError, match="killed mid-build"):
+        build_cache(images, 24, None, tmp_path / "cache", n_jobs=1)
+    assert calls
+    assert list((tmp_path / "cache").glob("*.npy*")) == []   # no final file, no temporary left
+    monkeypatch.setattr(cache_mod, "_decode_chunk", real)
+    assert build_cache(images, 24, None, tmp_path / "cache").built
+
+
+def test_an_undecodable_or_missing_image_is_named_and_leaves_no_file(images, tmp_path):
+    Path(images[5]).write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="05.png"):
+        build_cache(images, 24, None, tmp_path / "cache")
+    assert _npy_files(tmp_path / "cache") == []
+    Path(images[5]).unlink()
+    with pytest.raises(FileNotFoundError, match="05.png"):
+        build_cache(images, 24, None, tmp_path / "cache")
+
+
+KILLED_BUILD = """
+import sys, time
+from pathlib import Path
+import pipeline.cache as c
+real = c._decode_chunk
+def slow(out, start, paths, geom):
+    real(out, start, paths, geom)
+    Path(sys.argv[2]).touch()
+    time.sleep(60)
+c._decode_chunk = slow
+c.build_cache(sys.argv[3:], 24, None, sys.argv[1], n_jobs=1)
+"""
+
+
+def test_a_killed_build_leaves_no_cache_file_and_its_leftover_is_cleaned(images, tmp_path):
+    cache_dir, marker = tmp_path / "cache", tmp_path / "inside"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(cache_dir), str(marker), *images],
+                            cwd=REPO)
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "the build process exited early"
+            assert time.time() < deadline, "the build never started"
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _npy_files(cache_dir) == []                 # no final file
+    assert list(cache_dir.glob(".*.tmp"))              # only the temporary, half-written file
+    built = build_cache(images, 24, None, cache_dir)
+    assert built.built and list(cache_dir.glob(".*.tmp")) == []
+
+
+def test_concurrent_builds_decode_once(images, tmp_path):
+    results, errors = [], []
+
+    def build():
+        try:
+            results.append(build_cache(images, 24, None, tmp_path / "cache"))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sum(r.built for r in results) == 1 and len({r.path for r in results}) == 1
+
+
+def test_decoded_for_uses_the_config_and_can_be_switched_off(tiny_cfg, images, tmp_path):
+    tiny_cfg.augment.image_size = 16
+    decoded = decoded_for(tiny_cfg, images, log=None)
+    assert decoded.path.parent == Path(tiny_cfg.output_dir) / "cache"
+    assert decoded.array.shape == (len(images), 16, 16, 3)
+    object.__setattr__(tiny_cfg.data, "cache", False)   # the key config.py is to gain
+    assert decoded_for(tiny_cfg, images, log=None) is None
+
+
+def test_device_flip():
+    x = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).view(2, 3, 2, 4)
+    assert torch.equal(DeviceFlip(1.0)(x), x.flip(3))
+    assert torch.equal(DeviceFlip(0.0, 1.0)(x), x.flip(2))
+    assert torch.equal(DeviceFlip(0.0)(x), x)
+    big = torch.randn(64, 1, 1, 2)
+    a = DeviceFlip(0.5)(big, torch.Generator().manual_seed(3))
+    assert torch.equal(a, DeviceFlip(0.5)(big, torch.Generator().manual_seed(3)))
+    flipped = (a != big).any(dim=(1, 2, 3)).sum().item()
+    assert 10 < flipped < 54
+
+
+def test_bench_smoke(tmp_path, demo_dir):
+    """Not a timing test: a tiny run writes the JSON with every section."""
+    from pipeline.bench import run_bench
+
+    out = tmp_path / "bench.json"
+    result = run_bench(out, model="test_resnet", image_size=16, batch_size=8, steps=1, repeats=1,
+                       large_images=2, large_size=32, data_dir=demo_dir, log=lambda *_: None)
+    saved = json.loads(out.read_text())
+    assert set(saved) == {"meta", "train", "predict", "loader", "large", "training_efficiency",
+                          "prediction_efficiency"}
+    assert {"bare", "disk", "cache", "cache_u8"} <= set(saved["train"])
+    assert saved["train"]["cache_u8"]["images_per_s"] > 0 and "peak_rss_mb" in saved["loader"]["cold_train"]
+    assert result["training_efficiency"] == saved["training_efficiency"]
