@@ -28,7 +28,7 @@ PIPELINE := $(PY) -m pipeline
 comma := ,
 
 # ---- configuration → Make variables (only for goals that run the pipeline) -----------------
-PIPELINE_GOALS := data check folds train retrain predict ensemble score validate
+PIPELINE_GOALS := data check folds train retrain train-dask tune predict ensemble score validate
 ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   ifeq ($(wildcard $(VENV_OK)),)
     $(info [make] creating the virtual environment first (a few minutes, once))
@@ -49,7 +49,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
 endif
 
-.PHONY: help venv data check folds train retrain predict ensemble score validate test bench clean
+.PHONY: help venv data check folds train retrain train-dask tune predict ensemble score validate test bench clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -91,7 +91,13 @@ $(EXP_DIR)/fold_%/weights.safetensors: $(FOLDS_FILE) $(STAMPS)/train.json | $(VE
 retrain: ## retrain FOLD=k from scratch; its old weights are replaced only on success
 	@test -n "$(FOLD)" || { echo "usage: make retrain FOLD=k" >&2; exit 2; }
 	rm -rf $(EXP_DIR)/fold_$(FOLD)/state
-	$(call STAGE,train) --fold $(FOLD)
+	$(call STAGE,train) --fold $(FOLD) --force
+
+train-dask: $(FOLDS_FILE) ## train folds on a Dask cluster (SCHEDULER=tcp://host:8786; default: a local one)
+	$(call STAGE,train) --backend dask $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(FOLD),--fold $(FOLD))
+
+tune: $(FOLDS_FILE) ## Optuna search (TRIALS=n STORAGE=url) → configs/<exp>-best.yaml
+	$(call STAGE,tune) $(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE))
 
 predict: $(TEST_PROBS) ## predict the test set with TTA, one file per fold
 

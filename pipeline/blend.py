@@ -24,22 +24,20 @@ import argparse
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:  # the heavy imports (numpy, pandas, torch via stages) happen when a blend runs, so that
+    import numpy as np  # `add_arguments` keeps `python -m pipeline` (run by Make at parse time) fast
+    import pandas as pd
 
-from .config import Config, load_config
-from .ensemble import (DEFAULT_TAU_GRID, VOTING_MODES, WEIGHT_OBJECTIVES, choose_tau, class_priors, fit_weights,
-                       logit_adjust, vote, vote_scores)
-from .fileio import write_csv_atomic, write_json_atomic
-from .models import read_sidecar
-from .stages import PROB_PREFIX, class_ids, fold_probs_frame, metrics_row, write_cv
-from .submission import write_submission
+    from .config import Config
 
 __all__ = ["FoldsMismatchError", "Member", "load_experiment", "load_member", "check_same_folds", "blend",
-           "folds_sha256", "add_arguments", "run_from_args", "OOF_SOURCES"]
+           "folds_sha256", "add_arguments", "run_from_args", "OOF_SOURCES", "VOTING_CHOICES", "OBJECTIVES"]
 
 OOF_SOURCES = ("auto", "tta", "plain")
+VOTING_CHOICES = ("soft", "hard", "geometric", "rank")   # = pipeline.ensemble.VOTING_MODES (a test checks)
+OBJECTIVES = ("logloss", "f1")                           # = pipeline.ensemble.WEIGHT_OBJECTIVES
 
 
 class FoldsMismatchError(ValueError):
@@ -69,6 +67,8 @@ def folds_sha256(path: str | Path) -> str:
 
 def load_experiment(name: str, output_dir: str | Path = "outputs") -> Config:
     """The resolved config an experiment ran with (``<output_dir>/<name>/config.yaml``)."""
+    from .config import load_config
+
     path = Path(output_dir) / name / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"experiment '{name}': {path} not found; run `make ensemble CONFIG=...` "
@@ -77,6 +77,8 @@ def load_experiment(name: str, output_dir: str | Path = "outputs") -> Config:
 
 
 def _concat_folds(cfg: Config, file: str) -> pd.DataFrame | None:
+    import pandas as pd
+
     frames = []
     for k in range(cfg.folds.n_splits):
         path = cfg.fold_dir(k) / file
@@ -88,6 +90,12 @@ def _concat_folds(cfg: Config, file: str) -> pd.DataFrame | None:
 
 def load_member(cfg: Config, oof_source: str = "auto") -> Member:
     """Read one experiment's OOF and fold test probabilities; check them against its folds file."""
+    import numpy as np
+    import pandas as pd
+
+    from .models import read_sidecar
+    from .stages import PROB_PREFIX
+
     if oof_source not in OOF_SOURCES:
         raise ValueError(f"--oof: unknown source {oof_source!r}; valid: {', '.join(OOF_SOURCES)}")
     name = cfg.experiment
@@ -129,6 +137,11 @@ def load_member(cfg: Config, oof_source: str = "auto") -> Member:
 
 def _check_own_folds(m: Member) -> None:
     """The OOF rows must sit in the folds the folds file gives them now (it may have been regenerated)."""
+    import numpy as np
+    import pandas as pd
+
+    from .models import read_sidecar
+
     recorded = {read_sidecar(m.cfg.fold_dir(k) / "weights.safetensors").get("folds_sha256")
                 for k in range(m.cfg.folds.n_splits)} - {None}
     if recorded and recorded != {m.folds_hash}:
@@ -145,6 +158,8 @@ def _check_own_folds(m: Member) -> None:
 
 def check_same_folds(members: list[Member]) -> None:
     """Refuse to blend experiments that were not cross-validated on the same split (or classes, test ids)."""
+    import numpy as np
+
     first = members[0]
     for m in members[1:]:
         pair = f"cannot blend '{first.name}' and '{m.name}'"
@@ -157,6 +172,9 @@ def check_same_folds(members: list[Member]) -> None:
         if not (np.array_equal(m.rows, first.rows) and np.array_equal(m.folds, first.folds)):
             raise FoldsMismatchError(f"{pair}: their out-of-fold rows or folds differ although both use "
                                      f"{first.folds_file}; rerun the training of the stale one")
+        if not m.labels.astype(str).equals(first.labels.astype(str)):
+            raise ValueError(f"{pair}: their out-of-fold rows carry different true labels (data.true_label_column "
+                             f"'{first.cfg.data.true_label_column}' vs '{m.cfg.data.true_label_column}'?)")
         if m.classes != first.classes:
             raise ValueError(f"{pair}: classes differ ({first.classes} vs {m.classes})")
         if not m.test_ids.astype(str).equals(first.test_ids.astype(str)):
@@ -166,6 +184,9 @@ def check_same_folds(members: list[Member]) -> None:
 
 def _blend_rows(probs: np.ndarray, y: np.ndarray, weights: dict[str, np.ndarray],
                 chosen: tuple[str, str] | None) -> list[dict]:
+    from .ensemble import VOTING_MODES, vote_scores
+    from .stages import metrics_row
+
     rows = []
     for mode in VOTING_MODES:
         for kind, w in weights.items():
@@ -186,6 +207,16 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     :data:`pipeline.ensemble.VOTING_MODES`, weighted). Logit adjustment (default: the first
     experiment's ``ensemble.logit_adjust`` / ``ensemble.tau_grid``) chooses tau on the blended OOF.
     """
+    import numpy as np
+    import pandas as pd
+
+    from .config import Config
+    from .ensemble import (DEFAULT_TAU_GRID, VOTING_MODES, WEIGHT_OBJECTIVES, choose_tau, class_priors,
+                           fit_weights, logit_adjust, vote, vote_scores)
+    from .fileio import write_csv_atomic, write_json_atomic
+    from .stages import class_ids, fold_probs_frame, metrics_row, write_cv
+    from .submission import write_submission
+
     if voting not in VOTING_MODES:
         raise ValueError(f"--voting: unknown mode {voting!r}; valid: {', '.join(VOTING_MODES)}")
     if weights not in ("fitted", "uniform"):
@@ -228,7 +259,8 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     weight_text = ", ".join(f"{m.name} {x:.3f}" for m, x in zip(members, fitted))
     state = "applied to the test probabilities" if adjust else "not applied"
     notes = [f"Fitted weights ({objective} on {first.oof_source}, {len(y)} OOF rows): {weight_text}.",
-             f"Folds: {first.folds_file} (sha256 {first.folds_hash[:12]}) shared by all experiments.",
+             f"Folds: {' = '.join(dict.fromkeys(str(m.folds_file) for m in members))} "
+             f"(sha256 {first.folds_hash[:12]}, the same split for every experiment).",
              f"Logit adjustment p / prior^tau: tau={tau:g} chosen on OOF macro-F1; {state}."]
     write_cv(cv, out_dir, f"Blend: {' + '.join(names)}", notes, log)
 
@@ -266,9 +298,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default: <output-dir>/blend-<a>-<b>...)")
     p.add_argument("--oof", dest="oof_source", choices=OOF_SOURCES, default="auto",
                    help="OOF probabilities to fit on: tta (oof_tta.csv), plain (oof.csv), auto (tta where all have it)")
-    p.add_argument("--voting", choices=VOTING_MODES, default="soft", help="how members combine (default: soft)")
+    p.add_argument("--voting", choices=VOTING_CHOICES, default="soft", help="how members combine (default: soft)")
     p.add_argument("--weights", choices=("fitted", "uniform"), default="fitted", help="default: fitted")
-    p.add_argument("--objective", choices=WEIGHT_OBJECTIVES, default="logloss",
+    p.add_argument("--objective", choices=OBJECTIVES, default="logloss",
                    help="what the fitted weights optimise on OOF (default: logloss)")
     adj = p.add_mutually_exclusive_group()
     adj.add_argument("--logit-adjust", dest="logit_adjust", action="store_true", default=None,

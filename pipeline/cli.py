@@ -92,11 +92,20 @@ def _share_cores_with_make_jobs() -> None:
 
 
 def cmd_train(args) -> None:
-    from .train import fit
+    from .parallel import parse_gpus, pin_gpu, run_folds
     _share_cores_with_make_jobs()
     cfg = _cfg(args)
-    for fold in args.fold if args.fold is not None else range(cfg.folds.n_splits):
-        fit(cfg, fold)
+    folds = args.fold if args.fold is not None else list(range(cfg.folds.n_splits))
+    backend = args.backend or cfg.parallel.backend
+    gpus = parse_gpus(args.gpus) or cfg.parallel.gpus
+    if gpus and backend == "local" and len(folds) == 1:
+        pin_gpu(folds[0], gpus)  # before anything initialises CUDA
+    run_folds(cfg, folds, backend=backend, scheduler=args.scheduler or cfg.parallel.scheduler, force=args.force)
+
+
+def cmd_tune(args) -> None:
+    from .tune import tune
+    tune(_cfg(args), trials=args.trials, storage=args.storage, out_config=args.out, study_name=args.study_name)
 
 
 def cmd_predict(args) -> None:
@@ -137,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         ("folds", cmd_folds, "assign stratified (grouped) folds → folds/<name>.csv"),
         ("train", cmd_train, "train fold models (all, or --fold K ...)"),
         ("predict", cmd_predict, "predict the test set with TTA (all folds, or --fold K ...)"),
+        ("tune", cmd_tune, "Optuna search over tune.space → configs/<experiment>-best.yaml"),
         ("ensemble", cmd_ensemble, "vote the folds into submission.csv; print the CV table"),
         ("score", cmd_score, "score the submission on held-back test labels"),
         ("validate", cmd_validate, "check a submission CSV against the sample submission"),
@@ -147,6 +157,16 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         if name in ("train", "predict"):
             p.add_argument("--fold", type=int, nargs="+", help="fold number(s); default: all")
+        if name == "train":
+            p.add_argument("--backend", choices=("local", "dask"), help="default: parallel.backend")
+            p.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786")
+            p.add_argument("--gpus", help="comma-separated GPU ids; folds go round-robin")
+            p.add_argument("--force", action="store_true", help="retrain folds that are already done")
+        if name == "tune":
+            p.add_argument("--trials", type=int, help="total finished trials wanted (default: tune.trials)")
+            p.add_argument("--storage", help="Optuna storage URL (default: SQLite in the experiment folder)")
+            p.add_argument("--study-name", help="default: <experiment>-tune")
+            p.add_argument("--out", help="best config path (default: configs/<experiment>-best.yaml)")
         if name == "check":
             p.add_argument("--jobs", type=int, default=-1, help="parallel processes (default: all cores)")
         if name == "resolve":

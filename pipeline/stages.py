@@ -106,8 +106,10 @@ def view_columns(frame: pd.DataFrame, classes: list, prefix: str = "") -> dict[s
     """
     names: dict[str, None] = {}
     for col in frame.columns:
-        head, sep, _ = col.partition(":")
-        if sep and (head.startswith(CKPT_PREFIX) if prefix else not head.startswith(CKPT_PREFIX)):
+        head, sep, rest = col.partition(":")
+        if not sep or not rest.startswith(PROB_PREFIX) or head.startswith(PROB_PREFIX):
+            continue  # not a view column (a merged column of a class named with ':' starts with prob_)
+        if head.startswith(CKPT_PREFIX) if prefix else not head.startswith(CKPT_PREFIX):
             names.setdefault(head[len(prefix):], None)
     return {n: [f"{prefix}{n}:{PROB_PREFIX}{c}" for c in classes] for n in names}
 

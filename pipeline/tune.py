@@ -337,6 +337,9 @@ def tune(cfg: Config, trials: int | None = None, storage=None, out_config: str |
                            "widen tune.space, set tune.pruner: none, or add trials")
     best = study.best_trial
     best_dict = _apply(base, best.params)
+    # Train the best config beside the original, on the same folds file (comparable OOF, blendable).
+    best_dict["folds"] = dict(best_dict.get("folds") or {}, name=cfg.folds.name or cfg.experiment)
+    best_dict["experiment"] = f"{cfg.experiment}-best"
     load_config(None, best_dict)  # the written config must load
     out = Path(out_config) if out_config is not None else Path("configs") / f"{cfg.experiment}-best.yaml"
     header = (f"# Best trial {best.number} of Optuna study '{name}' ({_redact(url)}):\n"

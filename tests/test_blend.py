@@ -163,6 +163,19 @@ def test_bad_requests_are_refused(tmp_path):
         blend(["a", "a"], output_dir=tmp_path / "outputs", voting="median", **QUIET)
 
 
+def test_the_command_line_module_stays_light_and_in_step_with_the_ensemble_module():
+    import subprocess
+    import sys
+
+    from pipeline import blend as blend_mod
+    from pipeline.ensemble import VOTING_MODES, WEIGHT_OBJECTIVES
+
+    assert blend_mod.VOTING_CHOICES == VOTING_MODES and blend_mod.OBJECTIVES == WEIGHT_OBJECTIVES
+    code = "import sys, pipeline.blend; print(sorted(m for m in ('torch', 'pandas', 'scipy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"   # Make runs `python -m pipeline` at parse time: the parser must not load torch
+
+
 def test_command_line_arguments(tmp_path):
     make_experiment(tmp_path, "a", 0.4, 1)
     make_experiment(tmp_path, "b", 0.3, 2)

@@ -81,6 +81,8 @@ def test_study_resumes_and_writes_a_loadable_best_config(tune_cfg, tmp_path):
     assert best.train.optimizer == study.best_params["train.optimizer"]
     assert best.output_dir == tune_cfg.output_dir and best.model.name == tune_cfg.model.name
     assert "# Best trial" in best_path.read_text()
+    # trains beside the original experiment, on the same folds file
+    assert best.experiment == f"{tune_cfg.experiment}-best" and best.folds_file == tune_cfg.folds_file
 
 
 KILLED_RUN = """
