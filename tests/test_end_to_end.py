@@ -30,7 +30,8 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     cfg = tiny_config_dict(root, root / "data")
     config = write_config(root / "tiny.yaml", cfg)
-    result = _make("folds", "train", "ensemble", "score", config=config)
+    # -j2: two folds train at once in separate processes, each writing only its own fold_<k>/
+    result = _make("-j2", "folds", "train", "ensemble", "score", config=config)
     assert result.returncode == 0, result.stdout + result.stderr
     return root, config, result
 
@@ -52,6 +53,9 @@ def test_every_fold_wrote_its_files_and_the_cv_table(run):
     for k in range(3):
         for name in ("weights.safetensors", "weights.json", "metrics.csv", "oof.csv", "test_probs.csv"):
             assert (exp / f"fold_{k}" / name).is_file(), name
+        meta = pd.read_json(exp / f"fold_{k}" / "weights.json", typ="series")
+        assert meta["fold"] == k  # each parallel process wrote its own fold's files
+        assert set(pd.read_csv(exp / f"fold_{k}" / "oof.csv")["fold"]) == {k}
         assert not (exp / f"fold_{k}" / "state").exists()  # checkpoint removed once the fold is done
     oof = pd.read_csv(exp / "oof.csv")
     assert sorted(oof["row"]) == list(range(len(pd.read_csv(root / "data/train.csv"))))  # each row once
