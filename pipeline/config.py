@@ -438,6 +438,21 @@ def stage_fingerprint(cfg: Config, stage: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages that decide a run's numbers (saved with every run)."""
+    import platform
+    from importlib import metadata
+
+    names = ["torch", "torchvision", "timm", "albumentations", "numpy", "scikit-learn", "pandas", "pillow"]
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
 def write_resolved(cfg: Config) -> Path:
     """Save the resolved config and one stamp per stage, each rewritten only on a real change."""
     from .fileio import write_text_if_changed
@@ -445,6 +460,7 @@ def write_resolved(cfg: Config) -> Path:
     exp_dir = cfg.exp_dir
     resolved = exp_dir / "config.yaml"
     write_text_if_changed(resolved, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    write_text_if_changed(exp_dir / "versions.json", json.dumps(package_versions(), indent=2) + "\n")
     for stage in STAGE_KEYS:
         text = json.dumps(_stage_subset(cfg, stage), indent=2, sort_keys=True) + "\n"
         write_text_if_changed(exp_dir / "stamps" / f"{stage}.json", text)

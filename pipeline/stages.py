@@ -369,8 +369,13 @@ def ensemble(cfg: Config, log=print, logit_adjust_on: bool | None = None, tau_gr
     tau, curve = choose_tau(base[[f"{PROB_PREFIX}{c}" for c in classes]].to_numpy(), y, prior, grid)
     cv = cv_table(oof, classes, oof_tta, cfg.tta.merge, tau, prior)
     state = "applied to the test probabilities" if adjust else "not applied (ensemble.logit_adjust: false)"
-    write_cv(cv, cfg.exp_dir, f"Cross-validation: {cfg.experiment}",
-             [f"Logit adjustment p / prior^tau: tau={tau:g} chosen on OOF macro-F1 over {grid}; {state}."], log)
+    notes = [f"Logit adjustment p / prior^tau: tau={tau:g} chosen on OOF macro-F1 over "
+             f"[{', '.join(f'{t:g}' for t in grid)}]; {state}."]
+    ckpts = list(view_columns(oof_tta, classes, CKPT_PREFIX)) if oof_tta is not None else []
+    if ckpts:
+        notes.append(f"The TTA, view and logit-adjustment rows average the checkpoints ({', '.join(ckpts)}); "
+                     "the fold and 'no TTA' rows are the trainer's oof.csv (best weights).")
+    write_cv(cv, cfg.exp_dir, f"Cross-validation: {cfg.experiment}", notes, log)
 
     frames, _ = _read_fold_probs(cfg, "test_probs.csv")
     ids = frames[0]["id"]

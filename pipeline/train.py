@@ -29,7 +29,7 @@ from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from .config import Config, stage_fingerprint
+from .config import Config, package_versions, stage_fingerprint
 from .data import ImageDataset, build_transform, class_list, read_train_table
 from .fileio import atomic_path, write_csv_atomic
 from .folds import training_indices_for_fold
@@ -511,6 +511,7 @@ def _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint) 
     write_csv_atomic(out / "confusion.csv", cm.rename_axis("true"), index=True)
     meta = {"model": cfg.model.name, "heads": cfg.model.heads, "classes": data.classes, "fold": fold, "fingerprint": fingerprint,
             "monitor": cfg.train.monitor, "best": best, "image_size": cfg.augment.image_size,
+            "versions": package_versions(),
             **classification_metrics(data.val_targets, probs)}
     weights = out / "weights.safetensors"
     save_weights(model, weights, meta)

@@ -180,6 +180,7 @@ def test_checkpoints_are_averaged_and_scored_one_by_one(copy_of):
     ensemble(copy_of, **QUIET)
     parts = pd.read_csv(copy_of.exp_dir / "cv.csv")["part"].tolist()
     assert {"out-of-fold, checkpoint best", "out-of-fold, checkpoint last"} <= set(parts)
+    assert "average the checkpoints (best, last)" in (copy_of.exp_dir / "cv.md").read_text()
 
 
 # ---- the submission validator ----------------------------------------------------------------------

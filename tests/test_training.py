@@ -233,3 +233,43 @@ def test_same_seed_same_epoch_metrics(tiny_cfg_dict, folds_ready, tmp_path):
     pd.testing.assert_frame_equal(ma, mb)
     assert np.array_equal(pd.read_csv(a.parent / "oof.csv").filter(like="prob_").to_numpy(),
                           pd.read_csv(b.parent / "oof.csv").filter(like="prob_").to_numpy())
+
+
+def test_grad_clip_bounds_each_update():
+    x, y, model = _linear_setup()
+    before = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    loader = DataLoader(TensorDataset(x * 100, y), batch_size=40)  # huge gradients
+    train_one_epoch(model, loader, opt, torch.nn.CrossEntropyLoss(), torch.device("cpu"), 0,
+                    StepTools(grad_clip=0.01))
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert (after - before).norm() <= 0.01 + 1e-6  # one SGD step of lr 1 moves by the clipped norm at most
+
+
+def test_channels_last_changes_the_memory_layout_not_the_predictions(tiny_cfg):
+    model = create_model(tiny_cfg.model, 4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    reference = model(x)
+    model = model.to(memory_format=torch.channels_last)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(model(x.contiguous(memory_format=torch.channels_last)), reference, atol=1e-5)
+
+
+def test_onecycle_warms_up_then_anneals_per_update(tiny_cfg_dict):
+    cfg = load_config(None, dict(tiny_cfg_dict, train=dict(tiny_cfg_dict["train"], scheduler="onecycle", lr=1.0,
+                                                            epochs=2)))
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    sched = _scheduler(cfg, opt, updates_per_epoch=10)
+    lrs = []
+    for _ in range(20):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    peak = int(np.argmax(lrs))
+    assert 0 < peak < 19 and lrs[peak] == pytest.approx(1.0, rel=0.05) and lrs[-1] < 0.05
+
+
+def test_runs_record_package_versions(tiny_cfg, folds_ready):
+    meta = pd.read_json(fit(tiny_cfg, 0, **QUIET).with_suffix(".json"), typ="series")
+    assert meta["versions"]["torch"] == torch.__version__.split("+")[0] or meta["versions"]["torch"] == torch.__version__
