@@ -28,7 +28,7 @@ PIPELINE := $(PY) -m pipeline
 comma := ,
 
 # ---- configuration → Make variables (only for goals that run the pipeline) -----------------
-PIPELINE_GOALS := data check folds train retrain train-dask tune predict ensemble score validate
+PIPELINE_GOALS := data check folds train retrain train-dask tune predict ensemble score validate eda report
 ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   ifeq ($(wildcard $(VENV_OK)),)
     $(info [make] creating the virtual environment first (a few minutes, once))
@@ -49,7 +49,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
 endif
 
-.PHONY: help venv data check folds train retrain train-dask tune predict ensemble score validate test bench clean
+.PHONY: help venv data check folds train retrain train-dask tune predict ensemble score validate eda report test bench clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -109,6 +109,16 @@ ensemble: $(EXP_DIR)/submission.csv ## vote the folds into outputs/<exp>/submiss
 # wildcard: the demo's sample submission does not exist until `make data` writes it
 $(EXP_DIR)/submission.csv: $(TEST_PROBS) $(STAMPS)/ensemble.json $(wildcard $(SAMPLE_SUBMISSION))
 	$(call STAGE,ensemble)
+
+eda: $(EXP_DIR)/eda/index.html ## EDA pages of the data and folds → outputs/<exp>/eda/index.html
+
+$(EXP_DIR)/eda/index.html: $(FOLDS_FILE) $(STAMPS)/train.json $(RESOLVED) | $(VENV_OK)
+	$(call STAGE,eda)
+
+report: $(EXP_DIR)/report.html ## one self-contained HTML report of the run → outputs/<exp>/report.html
+
+$(EXP_DIR)/report.html: $(EXP_DIR)/submission.csv $(RESOLVED) | $(VENV_OK)
+	$(call STAGE,report)
 
 score: $(EXP_DIR)/submission.csv ## score the submission on held-back labels (demo)
 	$(call STAGE,score)

@@ -115,6 +115,16 @@ def cmd_predict(args) -> None:
         predict_fold(cfg, fold)
 
 
+def cmd_eda(args) -> None:
+    from .eda import write_eda
+    write_eda(_cfg(args))
+
+
+def cmd_report(args) -> None:
+    from .report import write_report
+    write_report(_cfg(args))
+
+
 def cmd_ensemble(args) -> None:
     from .stages import ensemble
     ensemble(_cfg(args))
@@ -148,6 +158,8 @@ def _parser() -> argparse.ArgumentParser:
         ("predict", cmd_predict, "predict the test set with TTA (all folds, or --fold K ...)"),
         ("tune", cmd_tune, "Optuna search over tune.space → configs/<experiment>-best.yaml"),
         ("ensemble", cmd_ensemble, "vote the folds into submission.csv; print the CV table"),
+        ("eda", cmd_eda, "classes, folds, sampling, groups, image sizes, samples, near duplicates → outputs/<exp>/eda/"),
+        ("report", cmd_report, "learning curves, OOF confusion/F1, CV table, test distribution → report.html"),
         ("score", cmd_score, "score the submission on held-back test labels"),
         ("validate", cmd_validate, "check a submission CSV against the sample submission"),
     ]

@@ -249,31 +249,28 @@ def _chunks(max_distance: int, bits: int = 64) -> list[tuple[int, int]]:
     return list(zip(shifts, widths))
 
 
-def _bucketed_pairs(hashes: np.ndarray, max_distance: int, out: _Collector) -> None:
+def _bucketed_pairs(hashes: np.ndarray, index: np.ndarray, max_distance: int, out: _Collector) -> None:
     """Exact via the pigeonhole principle: pairs within d bits share one of d+1 chunks exactly.
 
-    A pair is compared in every chunk it shares but counted only in the first one, so no
+    A pair is compared in every chunk it shares but reported only for the first one, so no
     pair is reported twice.
     """
-    chunks = _chunks(max_distance)
-    keys = [((hashes >> np.uint64(s)) & np.uint64((1 << w) - 1)) for s, w in chunks]
+    keys = [((hashes >> np.uint64(s)) & np.uint64((1 << w) - 1)) for s, w in _chunks(max_distance)]
     for c, key in enumerate(keys):
-        earlier = keys[:c]
-
-        def first_shared_chunk(i, j, earlier=earlier):
+        def first_shared_chunk(i, j, earlier=keys[:c]):
             keep = np.ones(len(i), dtype=bool)
             for k in earlier:
                 keep &= k[i] != k[j]
             return keep
 
-        order = np.argsort(key, kind="stable")
+        order = index[np.argsort(key[index], kind="stable")]
         sorted_keys = key[order]
         bounds = np.flatnonzero(np.diff(sorted_keys)) + 1
         starts = np.concatenate([[0], bounds])
         stops = np.concatenate([bounds, [len(order)]])
-        for a, b in zip(starts[stops - starts > 1], stops[stops - starts > 1]):
-            members = np.sort(order[a:b])
-            _all_pairs(hashes, members, max_distance, out, accept=first_shared_chunk)
+        big = stops - starts > 1
+        for a, b in zip(starts[big], stops[big]):
+            _all_pairs(hashes, np.sort(order[a:b]), max_distance, out, accept=first_shared_chunk)
 
 
 def near_duplicate_pairs(hashes, max_distance: int, folds=None, valid=None, method: str = "auto",
@@ -285,7 +282,7 @@ def near_duplicate_pairs(hashes, max_distance: int, folds=None, valid=None, meth
     :data:`EXACT_LIMIT` images, chunk buckets above), "all" or "buckets"; all give the same pairs.
     """
     hashes = np.asarray(hashes, dtype=np.uint64)
-    if max_distance < 0 or max_distance > 63:
+    if not 0 <= max_distance <= 63:
         raise ValueError(f"report.near_duplicate_distance must be in 0..63 bits, got {max_distance}")
     out = _Collector(None if folds is None else np.asarray(folds), limit)
     index = np.arange(len(hashes)) if valid is None else np.flatnonzero(np.asarray(valid, dtype=bool))
@@ -293,18 +290,11 @@ def near_duplicate_pairs(hashes, max_distance: int, folds=None, valid=None, meth
         method = "all" if len(index) <= EXACT_LIMIT else "buckets"
     if method == "all":
         _all_pairs(hashes, index, max_distance, out)
-        return out.result("all pairs")
-    if method != "buckets":
-        raise ValueError(f"method must be 'auto', 'all' or 'buckets', got {method!r}")
-    sub = _Collector(None, limit=np.iinfo(np.int64).max) if valid is not None else out
-    if valid is None:
-        _bucketed_pairs(hashes, max_distance, out)
-        return out.result("chunk buckets")
-    _bucketed_pairs(hashes[index], max_distance, sub)      # positions into `index`
-    pairs = sub.result("chunk buckets").pairs
-    if len(pairs):
-        out.add(index[pairs[:, 0]], index[pairs[:, 1]], pairs[:, 2])
-    return out.result("chunk buckets")
+        return out.result("all pairs compared")
+    if method == "buckets":
+        _bucketed_pairs(hashes, index, max_distance, out)
+        return out.result(f"pairs sharing one of {max_distance + 1} hash chunks compared (exact)")
+    raise ValueError(f"method must be 'auto', 'all' or 'buckets', got {method!r}")
 
 
 def cross_fold_duplicates(table: pd.DataFrame, stats: pd.DataFrame, max_distance: int,
@@ -367,7 +357,10 @@ def _fig_group_sizes(table: pd.DataFrame, path: Path) -> Path:
     ax = fig.subplots()
     counts = sizes.value_counts().sort_index()
     if len(counts) <= 40:
-        ax.bar(counts.index.astype(int), counts.to_numpy(), width=0.8)
+        sizes_seen = counts.index.astype(int).to_numpy()
+        ax.bar(sizes_seen, counts.to_numpy(), width=0.8)
+        ax.set_xticks(sizes_seen if len(sizes_seen) <= 20 else ax.get_xticks())
+        ax.set_xlim(sizes_seen.min() - 1, sizes_seen.max() + 1)
     else:
         ax.hist(sizes.to_numpy(), bins=40)
     ax.set_xlabel("images in the group")
@@ -496,6 +489,9 @@ def write_eda(cfg: Config, log=print) -> Path:
     wide = sampling.pivot(index="class", columns="fold", values=["before", "after"])
     wide.columns = [f"fold {k} {what}" for what, k in wide.columns]
     wide = wide[[f"fold {k} {w}" for k in sorted(sampling["fold"].unique()) for w in ("before", "after")]]
+    for col in wide.columns:  # whole numbers print as such; expected (balanced) draws keep a decimal
+        if np.allclose(wide[col], np.round(wide[col])):
+            wide[col] = wide[col].round().astype(np.int64)
     how = {"oversample": f"random oversampling to at least {cfg.sampling.target_ratio:g} x the largest class "
                          "(exact counts of the first epoch)",
            "balanced": "class-balanced weighted sampling (expected draws per epoch)",
@@ -510,7 +506,8 @@ def write_eda(cfg: Config, log=print) -> Path:
 
     # Image sizes and modes (+ hashes, in the same pass)
     log(f"[eda] reading {len(table)} image headers and average hashes")
-    stats = scan_images(table["image"].tolist(), mode=cfg.report.progress)
+    # A progress display only where the scan takes a while (a few thousand images take a second or two).
+    stats = scan_images(table["image"].tolist(), mode=cfg.report.progress if len(table) > EXACT_LIMIT else "off")
     sizes = size_mode_table(stats)
     write_csv_atomic(out / "image_sizes.csv", sizes)
     bad = int((~stats["ok"]).sum())
@@ -532,11 +529,17 @@ def write_eda(cfg: Config, log=print) -> Path:
             "fold are not leakage and are not listed.</p>")
     if found.total:
         stored = "" if len(pairs) == found.total else f" ({len(pairs)} kept in near_duplicates.csv)"
+        by_distance = pairs["distance"].value_counts().sort_index()
+        spread = ", ".join(f"{int(k)} bit(s): {int(v)}" for k, v in by_distance.items())
+        differ = int((~pairs["same_label"]).sum())
         _fig_pairs(pairs, out / "near_duplicates.png")
         body = (f'<div class="warn"><b>Possible validation leakage:</b> {found.total} pair(s) of near-identical '
                 f"images sit in different folds{stored}. A model validated on one has trained on the other, "
                 "which inflates validation scores. Give each pair one group (data.group_column) or drop "
-                "one image.</div>" + _img("near_duplicates.png", "near-duplicate pairs")
+                f"one image.</div><p>Pairs by hash distance: {spread}. {differ} pair(s) carry different labels "
+                "(label noise, or images too small for a 64-bit hash to tell apart: lower "
+                "report.near_duplicate_distance if the pairs below are not real duplicates).</p>"
+                + _img("near_duplicates.png", "near-duplicate pairs")
                 + html_table(pairs, max_rows=_HTML_PAIRS))
         log(f"[eda] warning: {found.total} near-duplicate pair(s) across folds (see {out / 'near_duplicates.csv'})")
     else:

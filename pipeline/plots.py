@@ -30,8 +30,9 @@ __all__ = ["new_figure", "png_bytes", "save_png", "data_uri", "bar_chart", "heat
            "esc", "html_table", "html_page", "IMAGE_CHECK_SCRIPT", "DPI"]
 
 DPI = 100
-# Classes beyond this many get their tick labels rotated (and shrunk further on).
-_ROTATE_AFTER = 8
+# Tick labels are rotated beyond this many classes, or this many characters in all.
+_ROTATE_AFTER = 15
+_ROTATE_CHARS = 70
 # PNG metadata that would change on every run (matplotlib's version is fine, a timestamp is not).
 _PNG_METADATA = {"Software": None}
 
@@ -68,11 +69,11 @@ def label_axis(ax, labels: list, axis: str = "x") -> None:
     n = len(labels)
     positions = np.arange(n)
     text = [str(v) for v in labels]
-    longest = max((len(t) for t in text), default=0)
+    longest = max((len(line) for t in text for line in t.split("\n")), default=0)
     size = 9 if n <= 20 else 7 if n <= 40 else 5
     if axis == "x":
         ax.set_xticks(positions)
-        rotate = n > _ROTATE_AFTER or longest * n > 60
+        rotate = longest * n > _ROTATE_CHARS or (n > _ROTATE_AFTER and longest > 2)
         ax.set_xticklabels(text, rotation=60 if rotate else 0, ha="right" if rotate else "center",
                            rotation_mode="anchor", fontsize=size)
     else:
@@ -104,10 +105,10 @@ def bar_chart(ax, categories: list, series: dict[str, list | np.ndarray], ylabel
 
 def heatmap(fig: Figure, ax, matrix: np.ndarray, row_labels: list, col_labels: list, title: str = "",
             xlabel: str = "", ylabel: str = "", vmin: float = 0.0, vmax: float = 1.0, fmt: str = "{:.2f}",
-            cmap: str = "Blues") -> None:
+            cmap: str = "Blues", aspect: str = "auto") -> None:
     """A matrix as coloured cells, with the values written in when it is small enough to read."""
     matrix = np.asarray(matrix, dtype=float)
-    im = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    im = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
     fig.colorbar(im, ax=ax, shrink=0.8)
     label_axis(ax, col_labels, "x")
     label_axis(ax, row_labels, "y")

@@ -7,7 +7,9 @@
 
 Modes (``report.progress``):
 
-* ``auto``: ``bar`` when the stream (stderr by default) is a terminal, else ``lines``;
+* ``auto``: ``bar`` when the stream (stderr by default) is a terminal, else ``lines``; also
+  ``lines`` under a parallel ``make -jN`` (a jobserver in MAKEFLAGS), where several processes
+  share the terminal and their bars would overwrite each other;
 * ``bar``: a tqdm bar with the rate in units per second and the running mean loss as postfix;
 * ``lines``: one plain line every ~10% of `total` (or every `every_seconds` when the total is
   unknown or progress is slow) and one at the end; no carriage returns, so log files and CI
@@ -20,6 +22,7 @@ Without any :meth:`Progress.update` call each item counts as one unit, so
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Iterable, Iterator, TextIO
@@ -34,6 +37,8 @@ def _resolve_mode(mode: str, file: TextIO) -> str:
         raise ValueError(f"report.progress: '{mode}' is not one of: {', '.join(PROGRESS_MODES)}")
     if mode != "auto":
         return mode
+    if "--jobserver" in os.environ.get("MAKEFLAGS", ""):
+        return "lines"
     isatty = getattr(file, "isatty", None)
     try:
         return "bar" if isatty is not None and isatty() else "lines"

@@ -36,6 +36,7 @@ from .folds import training_indices_for_fold
 from .losses import build_loss
 from .metrics import MAXIMISE, classification_metrics, confusion, per_class_f1
 from .models import create_model, load_weights, safe_torch_load, save_weights
+from .progress import progress
 from .sampling import balanced_sample_weights, oversample_indices
 
 __all__ = ["fit", "train_one_epoch", "predict_probs", "resolve_device", "load_fold_table", "StepTools",
@@ -235,6 +236,8 @@ class StepTools:
     scheduler: object = None          # stepped per update (OneCycle)
     channels_last: bool = False
     frozen_backbone: bool = False
+    progress_mode: str = "off"       # report.progress: auto | bar | lines | off
+    progress_desc: str = ""
 
 
 def _group_weights(batch_sizes: list[int], accumulate: int) -> list[float]:
@@ -268,7 +271,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch: int, tools
     weights = _group_weights(_batch_sizes(loader), tools.accumulate)
     total, count = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
-    for step, (images, targets) in enumerate(loader):
+    bar = progress(loader, total=sum(_batch_sizes(loader)), desc=tools.progress_desc, mode=tools.progress_mode)
+    for step, (images, targets) in enumerate(bar):
         images, targets = _to_device(images, targets, device, tools.channels_last)
         loss_targets = targets
         if tools.mixup is not None:
@@ -283,6 +287,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch: int, tools
             _update(model, optimizer, tools)
         total += loss.item() * len(targets)
         count += len(targets)
+        bar.update(len(targets), loss=loss.item())
     return total / max(count, 1)
 
 
@@ -469,6 +474,8 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
         frozen = _backbone_frozen(cfg, epoch)
         set_backbone_frozen(run.model, frozen)
         run.tools.frozen_backbone, run.tools.mixup = frozen, _mixup_for(cfg, epoch, len(data.classes))
+        run.tools.progress_mode = cfg.report.progress
+        run.tools.progress_desc = f"[fold {fold}] epoch {epoch + 1}/{cfg.train.epochs}"
         train_loss = train_one_epoch(run.model, _train_loader(cfg, data, device, epoch), run.optimizer,
                                      run.loss_fn, device, epoch, run.tools)
         evaluated = run.tools.ema.module if run.tools.ema is not None else run.model
