@@ -322,6 +322,7 @@ TRAIN_VARIANTS = {
     "cache": ("cache", 0, None),           # decode cache, albumentations normalises per image
     "cache_u8": ("u8", 0, None),           # decode cache, uint8 batches normalised as one tensor op
     "cache_u8_w1": ("u8", 1, None),        # ... with one worker process beside torch's threads
+    "cache_u8_w1_t1": ("u8", 1, 1),        # ... one worker, torch on the other core only
 }
 PREDICT_VARIANTS = {"disk": "disk", "cache": "cache", "cache_u8": "u8"}
 LOADER_VARIANTS = {  # name: (kind, train transform?)
@@ -511,14 +512,15 @@ def _table(result: dict) -> str:
     m = result["meta"]
     lines = [f"bench: {m['model']} {m['image_size']}x{m['image_size']}, batch {m['batch_size']}, "
              f"{m['steps']} batches ({m['images']} images) per run, on {m['device']} "
-             f"({m['torch_threads']} torch threads, {m['cpus']} CPUs), median of {m['repeats']}; "
+             f"({m['torch_threads']} torch threads, {m['cpus']} CPUs, OMP_WAIT_POLICY {m['omp_wait_policy']}), "
+             f"median of {m['repeats']}; "
              f"load average (1 min) {m['load_before']} → {m['load_after']}",
-             f"{'phase':<44}{'images/s':>10}{'efficiency':>12}{'peak RSS MB':>13}{'+MB':>8}"]
+             f"{'phase':<46}{'images/s':>10}{'efficiency':>12}{'peak RSS MB':>13}{'+MB':>8}"]
 
     def row(label, d, rate_key="images_per_s"):
         eff = f"{d['efficiency']:.3f}" if "efficiency" in d else ""
         workers = f"  (+workers {d['workers_rss_mb']:.0f})" if "workers_rss_mb" in d else ""
-        lines.append(f"{label:<44}{d[rate_key]:>10.1f}{eff:>12}{d['peak_rss_mb']:>13.0f}"
+        lines.append(f"{label:<46}{d[rate_key]:>10.1f}{eff:>12}{d['peak_rss_mb']:>13.0f}"
                      f"{d['peak_rss_delta_mb']:>8.0f}{workers}")
 
     t = result["train"]
@@ -527,10 +529,12 @@ def _table(result: dict) -> str:
     row("train  cache warm, per-image Normalize", t["cache"])
     row("train  cache warm, uint8 + batch Normalize", t["cache_u8"])
     row("train  cache warm, uint8, 1 worker", t["cache_u8_w1"])
+    row("train  cache warm, uint8, 1 worker, 1 thread", t["cache_u8_w1_t1"])
     p = result["predict"]
     views = "+".join(p["views"])
     row(f"TTA    bare forward ({len(p['views'])} views), in-memory", p["bare"])
-    row(f"TTA    disk ({views}) views/s", p["disk"])
+    lines.append(f"TTA views: {views}; images/s below counts every view (images x views)")
+    row("TTA    disk: decode + transform (today)", p["disk"])
     row("TTA    cache warm, per-image Normalize", p["cache"])
     row("TTA    cache warm, uint8 + batch Normalize", p["cache_u8"])
     lo = result["loader"]
@@ -561,12 +565,17 @@ def _table(result: dict) -> str:
 def run_bench(out_json: str | Path = "outputs/bench.json", device: str = "cpu", model: str = "resnet10t",
               image_size: int = 32, batch_size: int = 64, n_images: int | None = None, steps: int | None = None,
               repeats: int = 3, large_images: int = 200, large_size: int = 224, data_dir: str | Path | None = None,
-              log: Callable[[str], None] = print) -> dict:
+              threads: int | None = None, log: Callable[[str], None] = print) -> dict:
     """Run the benchmark, print its table, write `out_json` atomically; return the result dict.
 
     `steps` batches of `batch_size` per timed run (default 10, or n_images // batch_size when
-    only n_images is given). `large_images=0` skips the large-image case.
+    only n_images is given). `large_images=0` skips the large-image case. `threads` sets
+    torch's intra-op threads for the whole run (default: torch's own choice, one per core).
+    OpenMP's wait policy cannot change after torch is imported: set OMP_WAIT_POLICY in the
+    environment to compare (it is recorded in the result).
     """
+    if threads is not None:
+        torch.set_num_threads(threads)
     if steps is None:
         steps = max(1, (n_images or 10 * batch_size) // batch_size)
     dev = torch.device(device)
@@ -593,6 +602,7 @@ def run_bench(out_json: str | Path = "outputs/bench.json", device: str = "cpu", 
             "model": model, "image_size": image_size, "batch_size": batch_size, "steps": steps,
             "images": steps * batch_size, "repeats": repeats, "device": str(dev),
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: OpenMP default)"),
             "torch": torch.__version__, "augment_train": aug.train, "load_before": load_before,
             "peak_rss_method": "VmHWM reset per phase" if _reset_hwm() else "sampled RSS"}}
         result["train"] = _train_phase(ctx, repeats, log)
@@ -623,10 +633,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--large-images", type=int, default=200, help="0 skips the 384x512 JPEG case")
     p.add_argument("--large-size", type=int, default=224)
     p.add_argument("--data-dir", default=None, help="demo dataset folder (default data/demo, else a fresh one)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: one per core)")
     a = p.parse_args(argv)
     run_bench(a.out, device=a.device, model=a.model, image_size=a.image_size, batch_size=a.batch_size,
               steps=a.steps, repeats=a.repeats, large_images=a.large_images, large_size=a.large_size,
-              data_dir=a.data_dir)
+              data_dir=a.data_dir, threads=a.threads)
     return 0
 
 

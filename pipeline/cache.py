@@ -291,13 +291,15 @@ def build_cache(paths: Sequence[str], size: int, crop: Sequence[int] | None, cac
 def cached_transform(aug: AugmentConfig, train: bool, normalize: bool = True) -> A.Compose:
     """`data.build_transform` without its crop and resize (the cache did them).
 
-    normalize=False: no Normalize; items come out as uint8 CHW tensors, to be normalised
-    per batch by `BatchNormalize` (4x less to collate and copy, one tensor op per batch).
+    normalize=True: items are float32 CHW tensors, exactly as `data.ImageDataset` gives them.
+    normalize=False: no Normalize and no ToTensorV2: items stay uint8 HWC arrays, the DataLoader
+    stacks them into a contiguous uint8 (B, H, W, 3) batch (4x fewer bytes than float, and no
+    strided copy: ToTensorV2's CHW *view* makes `torch.stack` ~10x slower at 224 px), and
+    `BatchNormalize` converts the whole batch on the device in one tensor op.
     """
     steps = _user_transforms(aug.train, "augment.train") if train else []
     if normalize:
-        steps.append(A.Normalize(mean=aug.mean, std=aug.std))
-    steps.append(A.ToTensorV2())
+        steps += [A.Normalize(mean=aug.mean, std=aug.std), A.ToTensorV2()]
     return A.Compose(steps)
 
 
@@ -330,24 +332,37 @@ class CachedImageDataset(torch.utils.data.Dataset):
 
 
 class BatchNormalize(torch.nn.Module):
-    """uint8 (B, 3, H, W) batch → float32 normalised batch, bit-identical to albumentations' Normalize.
+    """A uint8 batch → float32 normalised (B, 3, H, W), bit-identical to albumentations' Normalize.
 
-    Uses the same float32 constants as `A.Normalize` (mean*255 and 1/(std*255)) and the same
-    operations ((x - mean) * denominator), so cached-uint8 and uncached pipelines agree exactly.
-    Float batches pass through unchanged (already normalised by the dataset).
+    Takes the uint8 (B, H, W, 3) batches of a `normalize=False` loader (or uint8 (B, 3, H, W)),
+    on any device. Uses A.Normalize's own float32 constants (mean*255, 1/(std*255)) and its
+    operations ((x - mean) * denominator), so the values equal the per-image pipeline's exactly.
+    The result is contiguous NCHW, or channels_last when `channels_last=True` (then no copy is
+    made for a HWC batch: use it with `train.channels_last`). Float batches pass through unchanged.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, mean: Sequence[float], std: Sequence[float], channels_last: bool = False):
         super().__init__()
         ref = A.Normalize(mean=mean, std=std)
-        self.register_buffer("mean", torch.as_tensor(np.asarray(ref.mean_np, np.float32)).view(1, -1, 1, 1))
-        self.register_buffer("den", torch.as_tensor(np.asarray(ref.denominator, np.float32)).view(1, -1, 1, 1))
+        self.register_buffer("mean", torch.as_tensor(np.asarray(ref.mean_np, np.float32)).reshape(-1),
+                             persistent=False)
+        self.register_buffer("den", torch.as_tensor(np.asarray(ref.denominator, np.float32)).reshape(-1),
+                             persistent=False)
+        self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.uint8:
             return x
+        if x.ndim != 4 or 3 not in (x.shape[1], x.shape[3]):
+            raise ValueError(f"BatchNormalize expects a uint8 (B, H, W, 3) or (B, 3, H, W) batch, "
+                             f"got {tuple(x.shape)}")
         mean, den = self.mean.to(x.device), self.den.to(x.device)
-        return (x.float() - mean).mul_(den)
+        if x.shape[3] == 3:      # HWC: normalise in place of the contiguous layout, then a CHW view
+            out = (x.float() - mean).mul_(den).permute(0, 3, 1, 2)
+        else:
+            out = (x.float() - mean.view(1, -1, 1, 1)).mul_(den.view(1, -1, 1, 1))
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return out.contiguous(memory_format=fmt)
 
 
 class DeviceFlip(torch.nn.Module):

@@ -37,6 +37,7 @@ from .losses import build_loss
 from .metrics import MAXIMISE, classification_metrics, confusion, per_class_f1
 from .models import create_model, load_weights, safe_torch_load, save_weights
 from .progress import progress
+from .tracking import Tracker
 from .sampling import balanced_sample_weights, oversample_indices
 
 __all__ = ["fit", "train_one_epoch", "predict_probs", "resolve_device", "load_fold_table", "StepTools",
@@ -463,6 +464,7 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
         _restore(run, state)
         history, best, best_epoch, start = state["history"], state["best"], state["best_epoch"], state["epoch"] + 1
         log(f"[fold {fold}] resuming after epoch {state['epoch']}")
+    tracker = Tracker(cfg, fold)
     log(f"[fold {fold}] {len(data.train_idx)} train / {len(data.val_idx)} val images, "
         f"{len(data.classes)} classes, {cfg.model.name} on {device}")
     for epoch in range(start, cfg.train.epochs):
@@ -490,11 +492,13 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
             best, best_epoch = metrics[monitor], epoch
             save_weights(evaluated, state_dir / "best.safetensors", {"epoch": epoch})
         write_csv_atomic(out / "metrics.csv", pd.DataFrame(history))
+        tracker.log_epoch(epoch, history[-1])
         _save_state(state_dir / "last.pt", **_state_dict(run), epoch=epoch, best=best, best_epoch=best_epoch,
                     history=history, fingerprint=fingerprint)
         log(_epoch_line(fold, epoch, cfg.train.epochs, train_loss, metrics, lr, history[-1]["seconds"], improved))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+    tracker.close()
     return _finish_fold(cfg, fold, data, evaluated_model(run), val_loader, device, best, fingerprint)
 
 

@@ -86,9 +86,14 @@ def test_uint8_items_plus_batch_normalize_equal_albumentations_normalize(images,
     decoded = build_cache(images, 32, None, tmp_path / "cache")
     u8 = CachedImageDataset(decoded, None, None, cached_transform(aug, False, normalize=False))
     plain = ImageDataset(images, None, build_transform(aug, train=False))
-    batch = torch.stack([u8[i][0] for i in range(len(images))])
-    assert batch.dtype == torch.uint8
-    assert torch.equal(BatchNormalize(aug.mean, aug.std)(batch), torch.stack([plain[i][0] for i in range(len(images))]))
+    batch, _ = next(iter(torch.utils.data.DataLoader(u8, batch_size=len(images))))
+    assert batch.dtype == torch.uint8 and batch.shape == (len(images), 32, 32, 3) and batch.is_contiguous()
+    expected = torch.stack([plain[i][0] for i in range(len(images))])
+    norm = BatchNormalize(aug.mean, aug.std)
+    assert torch.equal(norm(batch), expected) and norm(batch).is_contiguous()
+    assert torch.equal(norm(batch.permute(0, 3, 1, 2).contiguous()), expected)        # CHW uint8 too
+    last = BatchNormalize(aug.mean, aug.std, channels_last=True)(batch)
+    assert torch.equal(last, expected) and last.is_contiguous(memory_format=torch.channels_last)
     floats = torch.randn(2, 3, 4, 4)
     assert BatchNormalize(aug.mean, aug.std)(floats) is floats   # already normalised: untouched
 
