@@ -20,6 +20,9 @@ CONFIG ?= configs/demo.yaml
 SET ?=
 FOLD ?=
 GPUS ?=
+EXPS ?=
+BLEND_ARGS ?=
+OUTPUT_DIR ?= outputs
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -29,6 +32,9 @@ comma := ,
 
 # ---- configuration → Make variables (only for goals that run the pipeline) -----------------
 PIPELINE_GOALS := data check folds train retrain train-dask tune predict ensemble score validate eda report
+ifneq ($(strip $(EXPS)),)
+  PIPELINE_GOALS := $(filter-out ensemble,$(PIPELINE_GOALS))  # a blend has no CONFIG to resolve
+endif
 ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   ifeq ($(wildcard $(VENV_OK)),)
     $(info [make] creating the virtual environment first (a few minutes, once))
@@ -49,7 +55,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
 endif
 
-.PHONY: help venv data check folds train retrain train-dask tune predict ensemble score validate eda report test bench clean
+.PHONY: help venv data check folds train retrain train-dask tune predict ensemble score validate eda report blend test bench clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -104,7 +110,15 @@ predict: $(TEST_PROBS) ## predict the test set with TTA, one file per fold
 $(EXP_DIR)/fold_%/test_probs.csv: $(EXP_DIR)/fold_%/weights.safetensors $(STAMPS)/predict.json
 	$(call STAGE,predict) --fold $*
 
+ifneq ($(strip $(EXPS)),)
+ensemble: blend
+else
 ensemble: $(EXP_DIR)/submission.csv ## vote the folds into outputs/<exp>/submission.csv
+endif
+
+blend: | $(VENV_OK) ## blend finished experiments (weights fitted on OOF): make ensemble EXPS="a b"
+	@test -n "$(strip $(EXPS))" || { echo 'usage: make blend EXPS="exp_a exp_b" [BLEND_ARGS="--voting hard"]' >&2; exit 2; }
+	$(PIPELINE) blend $(EXPS) --output-dir $(OUTPUT_DIR) $(BLEND_ARGS)
 
 # wildcard: the demo's sample submission does not exist until `make data` writes it
 $(EXP_DIR)/submission.csv: $(TEST_PROBS) $(STAMPS)/ensemble.json $(wildcard $(SAMPLE_SUBMISSION))

@@ -136,13 +136,14 @@ def cmd_score(args) -> None:
 
 
 def cmd_validate(args) -> None:
-    from .submission import validate_submission
+    from .submission import validate_for_config
     cfg = _cfg(args)
-    path = args.submission or cfg.exp_dir / "submission.csv"
-    problems = validate_submission(path, cfg.data.sample_submission, cfg.data.id_column, cfg.data.target_column)
-    if problems:
-        raise ValueError(f"{path} would be rejected:\n  - " + "\n  - ".join(problems))
-    print(f"{path}: valid against {cfg.data.sample_submission}")
+    print(f"{validate_for_config(cfg, args.submission)}: valid against {cfg.data.sample_submission}")
+
+
+def cmd_blend(args) -> None:
+    from .blend import run_from_args
+    run_from_args(args)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -185,6 +186,10 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--make-vars", action="store_true", help="print the variables the Makefile needs")
         if name == "validate":
             p.add_argument("submission", nargs="?", help="CSV to check (default: the experiment's submission)")
+    from .blend import add_arguments as add_blend_arguments
+    p = sub.add_parser("blend", help="blend finished experiments, weights fitted on their out-of-fold predictions")
+    add_blend_arguments(p)
+    p.set_defaults(func=cmd_blend)
     return parser
 
 

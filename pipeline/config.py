@@ -143,6 +143,9 @@ class TTAConfig:
 @dataclass
 class EnsembleConfig:
     voting: str = "soft"
+    checkpoints: list = field(default_factory=lambda: ["best"])   # best | last: each joins the vote
+    logit_adjust: bool = False         # p / prior^tau, tau chosen on out-of-fold macro-F1
+    tau_grid: list = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
 
 
 @dataclass
@@ -263,6 +266,13 @@ def _value_checks(cfg: Config) -> list[tuple[str, bool, str]]:
         ("augment.std", len(cfg.augment.std) == 3 and all(s > 0 for s in cfg.augment.std),
          "must list 3 positive channel standard deviations"),
         ("tta.batch_size", cfg.tta.batch_size >= 1, "must be at least 1"),
+        ("ensemble.checkpoints", len(cfg.ensemble.checkpoints) >= 1
+         and len(set(map(str, cfg.ensemble.checkpoints))) == len(cfg.ensemble.checkpoints)
+         and all(str(n) in ("best", "last") for n in cfg.ensemble.checkpoints),
+         "must be a non-empty list of distinct checkpoints from: best, last"),
+        ("ensemble.tau_grid", len(cfg.ensemble.tau_grid) >= 1 and all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t < float("inf")
+            for t in cfg.ensemble.tau_grid), "must be a non-empty list of numbers >= 0"),
         ("data.demo_scale", 0 < cfg.data.demo_scale <= 1, "must be in (0, 1] (1.0 uses every digit)"),
         ("data.test_image_template",
          (cfg.data.test_image_template is None) != (cfg.data.test_path_column is None),
@@ -418,7 +428,7 @@ STAGE_KEYS = {
     "train": ["seed", "folds.", "model.", "augment.", "sampling.", "train.", "loss.", "mask.", "data.train_csv",
               "data.image_root", "data.image_column", "data.label_column", "data.group_column",
               "data.true_label_column"],
-    "predict": ["tta.", "augment.image_size", "augment.pre_resize_crop", "augment.mean", "augment.std", "data.sample_submission",
+    "predict": ["tta.", "ensemble.checkpoints", "augment.image_size", "augment.pre_resize_crop", "augment.mean", "augment.std", "data.sample_submission",
                 "data.id_column", "data.test_image_template", "data.test_path_column",
                 "data.test_root", "data.image_root", "train.device"],
     "ensemble": ["ensemble.", "data.sample_submission", "data.id_column", "data.target_column"],

@@ -15,6 +15,7 @@ a resumed fold ends with the same weights as an uninterrupted one on CPU.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 import time
@@ -515,13 +516,17 @@ def _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint) 
     """Out-of-fold probabilities from the best weights, then the weights themselves (last)."""
     out = cfg.fold_dir(fold)
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper: save the plain module's weights
+    common = {"model": cfg.model.name, "heads": cfg.model.heads, "classes": data.classes, "fold": fold,
+              "fingerprint": fingerprint, "image_size": cfg.augment.image_size, "folds_file": str(cfg.folds_file),
+              "folds_sha256": hashlib.sha256(cfg.folds_file.read_bytes()).hexdigest()}
+    # The final epoch's weights (EMA if on) can join the vote beside the best (ensemble.checkpoints).
+    save_weights(model, out / "last.safetensors", {**common, "checkpoint": "last"})
     model.load_state_dict(load_weights(out / "state" / "best.safetensors"))
     probs, _ = predict_probs(model, val_loader, device, cfg.train.channels_last)
     write_csv_atomic(out / "oof.csv", _oof_frame(data, fold, probs))
     cm = pd.DataFrame(confusion(data.val_targets, probs), index=data.classes, columns=data.classes)
     write_csv_atomic(out / "confusion.csv", cm.rename_axis("true"), index=True)
-    meta = {"model": cfg.model.name, "heads": cfg.model.heads, "classes": data.classes, "fold": fold, "fingerprint": fingerprint,
-            "monitor": cfg.train.monitor, "best": best, "image_size": cfg.augment.image_size,
+    meta = {**common, "checkpoint": "best", "monitor": cfg.train.monitor, "best": best,
             "versions": package_versions(),
             **classification_metrics(data.val_targets, probs)}
     weights = out / "weights.safetensors"

@@ -22,7 +22,7 @@ from PIL import Image
 import pipeline.cache as cache_mod
 from pipeline.cache import (BatchNormalize, CachedImageDataset, DeviceFlip, build_cache, cache_key,
                             cached_transform, decoded_for)
-from pipeline.config import AugmentConfig, load_config
+from pipeline.config import AugmentConfig
 from pipeline.data import ImageDataset, build_transform, load_rgb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -266,13 +266,16 @@ def test_device_flip():
     assert 10 < flipped < 54
 
 
+@pytest.mark.slow
 def test_bench_smoke(tmp_path, demo_dir):
     """Not a timing test: a tiny run writes the JSON with every section."""
     from pipeline.bench import run_bench
 
     out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
     result = run_bench(out, model="test_resnet", image_size=16, batch_size=8, steps=1, repeats=1,
-                       large_images=2, large_size=32, data_dir=demo_dir, log=lambda *_: None)
+                       large_images=2, large_size=32, data_dir=demo_dir, threads=1, log=lambda *_: None)
+    assert torch.get_num_threads() == threads
     saved = json.loads(out.read_text())
     assert set(saved) == {"meta", "train", "predict", "loader", "large", "training_efficiency",
                           "prediction_efficiency"}

@@ -153,6 +153,7 @@ def test_tta_rows_missing_when_predicted_before_oof_tta(copy_of):
 # ---- several checkpoints per fold ------------------------------------------------------------------
 
 def test_a_listed_checkpoint_that_is_missing_is_a_clear_error(copy_of):
+    (copy_of.fold_dir(0) / "last.safetensors").unlink(missing_ok=True)  # e.g. trained by an older version
     with pytest.raises(FileNotFoundError, match=r"ensemble.checkpoints.*'last'.*last\.safetensors"):
         predict_fold(copy_of, 0, checkpoints=["best", "last"], **QUIET)
     with pytest.raises(ValueError, match="ensemble.checkpoints"):
