@@ -43,6 +43,8 @@ import pandas as pd
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from .fileio import replace_dir
+
 __all__ = ["make_demo_dataset", "CLASS_NAMES"]
 
 # Digit d is labelled CLASS_NAMES[d]: strings, so label mapping is really exercised.
@@ -245,28 +247,6 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     frame.to_csv(path, index=False, lineterminator="\n")
 
 
-def _replace_dir(new: Path, out: Path) -> None:
-    """Move the finished `new` folder to `out`, replacing any existing `out`.
-
-    The old folder is renamed away before the new one is renamed in, so `out` is
-    always either the complete old dataset, the complete new one, or (for an
-    instant) absent; never a mixture. If the swap fails, the old one is restored.
-    """
-    if not out.exists():
-        os.rename(new, out)
-        return
-    old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    if old.exists():
-        shutil.rmtree(old)  # left by a killed run of ours with the same pid
-    os.rename(out, old)
-    try:
-        os.rename(new, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------- public API
 
 def make_demo_dataset(out_dir: str | Path, seed: int = 0, image_size: int = 32, group_size: int = 4,
@@ -314,7 +294,7 @@ def make_demo_dataset(out_dir: str | Path, seed: int = 0, image_size: int = 32, 
     try:
         _write_train(tmp, images, targets, bases, image_size, group_size, rng["render"])
         _write_test(tmp, images, targets, test, image_size, rng["render"])
-        _replace_dir(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

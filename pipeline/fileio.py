@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ import pandas as pd
 
 __all__ = [
     "atomic_path",
+    "replace_dir",
     "write_text_atomic",
     "write_text_if_changed",
     "write_json_atomic",
@@ -71,3 +73,25 @@ def write_csv_atomic(path: str | Path, frame: pd.DataFrame, **to_csv_kwargs) -> 
     to_csv_kwargs.setdefault("index", False)
     with atomic_path(path, suffix=".csv") as tmp:
         frame.to_csv(tmp, **to_csv_kwargs)
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Move the finished `new` folder to `out`, replacing any existing `out`.
+
+    The old folder is renamed away before the new one is renamed in, so `out` is
+    always either the complete old dataset, the complete new one, or (for an
+    instant) absent; never a mixture. If the swap fails, the old one is restored.
+    """
+    if not out.exists():
+        os.rename(new, out)
+        return
+    old = out.with_name(f"{out.name}.old-{os.getpid()}")
+    if old.exists():
+        shutil.rmtree(old)  # left by a killed run of ours with the same pid
+    os.rename(out, old)
+    try:
+        os.rename(new, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

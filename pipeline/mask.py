@@ -79,7 +79,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .fileio import write_csv_atomic
+from .fileio import replace_dir, write_csv_atomic
 
 __all__ = [
     "MaskDataError",
@@ -593,23 +593,6 @@ def _random_person(rng: np.random.Generator, gender: int, age: int) -> dict:
             "mask_colour": int(rng.integers(len(_MASK_COLOURS)))}
 
 
-def _replace_dir(new: Path, out: Path) -> None:
-    """Rename the finished `new` onto `out` (the old one is moved away first, restored on failure)."""
-    if not out.exists():
-        os.rename(new, out)
-        return
-    old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    if old.exists():
-        shutil.rmtree(old)
-    os.rename(out, old)
-    try:
-        os.rename(new, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _write_sample(root: Path, n_people: int, n_eval: int, image_size: tuple[int, int], seed: int) -> None:
     plan, render, test = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     # Person k gets (gender, age group) combination k % 6, so every combination has
@@ -686,7 +669,7 @@ def make_mask_sample(out_dir: str | Path, n_people: int = 24, seed: int = 0,
     tmp.mkdir()
     try:
         _write_sample(tmp, n_people, n_eval, (int(image_size[0]), int(image_size[1])), seed)
-        _replace_dir(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -28,6 +28,7 @@ from sklearn.metrics import confusion_matrix, f1_score
 
 from .config import Config
 from .fileio import write_text_atomic
+from .stages import class_ids
 from .plots import bar_chart, data_uri, esc, heatmap, html_page, html_table, label_axis, new_figure, png_bytes
 
 __all__ = ["write_report", "report_inputs", "report_classes", "learning_curve_figure", "confusion_figure",
@@ -68,16 +69,6 @@ def report_classes(cfg: Config, oof: pd.DataFrame) -> list:
         except (ValueError, KeyError):
             pass
     return [c[len(PROB_PREFIX):] for c in oof.columns if c.startswith(PROB_PREFIX)]
-
-
-def _class_ids(labels, classes: list, where: str) -> np.ndarray:
-    index = {str(c): i for i, c in enumerate(classes)}
-    text = pd.Series(labels).astype(str)
-    unknown = sorted(set(text) - set(index))
-    if unknown:
-        raise ValueError(f"{where}: labels {unknown[:10]} are not among the model's classes {classes}; "
-                         "the outputs come from different runs: rerun `make ensemble`")
-    return text.map(index).to_numpy(dtype=np.int64)
 
 
 # ---- learning curves ------------------------------------------------------------------------------
@@ -275,7 +266,7 @@ def write_report(cfg: Config, log=print) -> Path:
                     + _figure(learning_curve_figure(cfg, fold_metrics, classes), "per-fold learning curves"))
 
     # Out-of-fold confusion matrix and per-class F1
-    y_true = _class_ids(oof["label"], classes, str(oof_path))
+    y_true = class_ids(oof["label"], classes, str(oof_path))
     y_pred = oof[prob_cols].to_numpy(dtype=float).argmax(axis=1)
     source = ("TTA-merged, " + cfg.tta.merge) if oof_path.name == "oof_tta.csv" else "no TTA"
     f1_fig, f1_table = per_class_f1_figure(y_true, y_pred, classes)
