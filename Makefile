@@ -141,6 +141,11 @@ validate: $(EXP_DIR)/submission.csv ## check the submission against the sample s
 	$(call STAGE,validate)
 
 # ---- development --------------------------------------------------------------------------
+DEVICE ?=
+BENCH_ARGS ?=
+bench: | $(VENV_OK) ## training/prediction efficiency vs the bare model → outputs/bench.json (DEVICE=cuda)
+	$(PIPELINE) bench --out $(OUTPUT_DIR)/bench.json $(if $(DEVICE),--device $(DEVICE)) $(BENCH_ARGS)
+
 test: $(VENV_OK) ## run the test suite
 	$(PY) -m pytest
 

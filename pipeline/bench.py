@@ -46,7 +46,7 @@ from .config import AugmentConfig, load_config
 from .data import ImageDataset, build_transform, load_rgb, read_train_table
 from .fileio import write_json_atomic
 
-__all__ = ["run_bench", "PeakRSS", "main"]
+__all__ = ["run_bench", "PeakRSS", "add_arguments", "run_from_args", "main"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_AUGMENT = [  # configs/demo.yaml's augment.train, used when that file is not at hand
@@ -252,13 +252,14 @@ def _bare_train(model, optimizer, loss_fn, x, y, steps: int, device) -> float:
     return time.perf_counter() - tick
 
 
-def _pipeline_train(model, optimizer, loss_fn, loader, device) -> float:
-    """Seconds for one `train.train_one_epoch` over `loader` (the real training loop)."""
-    from .train import train_one_epoch
+def _pipeline_train(model, optimizer, loss_fn, loader, device, normalize=None) -> float:
+    """Seconds for one `train.train_one_epoch` over `loader` (the real training loop; uint8
+    batches are normalised by `StepTools.normalize`, as `train.fit` does with the cache)."""
+    from .train import StepTools, train_one_epoch
 
     _sync(device)
     tick = time.perf_counter()
-    train_one_epoch(model, loader, optimizer, loss_fn, device, 0)
+    train_one_epoch(model, loader, optimizer, loss_fn, device, 0, StepTools(normalize=normalize))
     _sync(device)
     return time.perf_counter() - tick
 
@@ -359,9 +360,9 @@ class _Paired:
 
 TRAIN_VARIANTS = {
     # name: (dataset kind, DataLoader workers, torch threads during the run (None: unchanged))
-    "disk": ("disk", 0, None),             # what train.py does today (train.num_workers: 0)
+    "disk": ("disk", 0, None),             # data.cache: false (decode + transform every epoch)
     "cache": ("cache", 0, None),           # decode cache, albumentations normalises per image
-    "cache_u8": ("u8", 0, None),           # decode cache, uint8 batches normalised as one tensor op
+    "cache_u8": ("u8", 0, None),           # train.py's default: cache, uint8 batches normalised as one op
     "cache_u8_w1": ("u8", 1, None),        # ... with one worker process beside torch's threads
     "cache_u8_w1_t1": ("u8", 1, 1),        # ... one worker, torch on the other core only
 }
@@ -394,7 +395,7 @@ def _train_phase(ctx, repeats: int, log) -> dict:
     twin = copy.deepcopy(net)                                # the bare steps' own model and optimizer
     twin_opt = _optimizer(cfg, twin)
     loss_fn = torch.nn.CrossEntropyLoss().to(device)
-    normalized = torch.nn.Sequential(BatchNormalize(ctx["aug"].mean, ctx["aug"].std), net).to(device)
+    normalize = BatchNormalize(ctx["aug"].mean, ctx["aug"].std).to(device)
     x = torch.randn(bs, 3, size, size, device=device)
     y = torch.randint(0, ctx["n_classes"], (bs,), device=device)
     rows = _training_rows(ctx["labels"], n)
@@ -415,9 +416,9 @@ def _train_phase(ctx, repeats: int, log) -> dict:
             loader = _make_loader(ds, bs, device, workers, shuffle=True, seed=r)
             if workers == 0:
                 loader = _Paired(loader, twin_step, device)
-            model = normalized if kind == "u8" else net
             with _threads(threads):
-                s, m = _measure(lambda: _pipeline_train(model, optimizer, loss_fn, loader, device),
+                s, m = _measure(lambda: _pipeline_train(net, optimizer, loss_fn, loader, device,
+                                                        normalize if kind == "u8" else None),
                                 children=workers > 0)
             if workers == 0:
                 s -= loader.bare_seconds
@@ -608,9 +609,9 @@ def _table(result: dict) -> str:
 
     t = result["train"]
     row("train  bare fwd+bwd+step, in-memory", t["bare"])
-    row("train  disk: decode+albumentations (today)", t["disk"])
+    row("train  disk: decode+albumentations (cache off)", t["disk"])
     row("train  cache warm, per-image Normalize", t["cache"])
-    row("train  cache warm, uint8 + batch Normalize", t["cache_u8"])
+    row("train  cache warm, uint8 + batch Normalize (default)", t["cache_u8"])
     row("train  cache warm, uint8, 1 worker", t["cache_u8_w1"])
     row("train  cache warm, uint8, 1 worker, 1 thread", t["cache_u8_w1_t1"])
     p = result["predict"]
@@ -618,9 +619,9 @@ def _table(result: dict) -> str:
     row(f"TTA    bare forward ({len(p['views'])} views), in-memory", p["bare"])
     lines.append(f"TTA views: {views}; images/s below counts every view (images x views)")
     row("TTA    in-memory batches (the views' own cost)", p["memory"])
-    row("TTA    disk: decode + transform (today)", p["disk"])
+    row("TTA    disk: decode + transform (cache off)", p["disk"])
     row("TTA    cache warm, per-image Normalize", p["cache"])
-    row("TTA    cache warm, uint8 + batch Normalize", p["cache_u8"])
+    row("TTA    cache warm, uint8 + batch Normalize (default)", p["cache_u8"])
     lo = result["loader"]
     for name, label in (("cold_train", "loader cold (decode + aug + normalise)"),
                         ("warm_train", "loader warm (cache + aug + normalise)"),
@@ -713,23 +714,31 @@ def _run_bench(out_json, device, model, image_size, batch_size, n_images, steps,
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="outputs/bench.json")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The bench's command-line options (shared by `python -m pipeline.bench` and the CLI)."""
+    p.add_argument("--out", default="outputs/bench.json", help="result JSON (default: %(default)s)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--model", default="resnet10t")
+    p.add_argument("--model", default="resnet10t", help="timm model name (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=10, help="batches per timed run")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--large-images", type=int, default=200, help="0 skips the 384x512 JPEG case")
+    p.add_argument("--steps", type=int, default=10, help="batches per timed run (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per line; medians are reported")
+    p.add_argument("--large-images", type=int, default=200, help="384x512 JPEGs for the large case; 0 skips it")
     p.add_argument("--large-size", type=int, default=224)
     p.add_argument("--data-dir", default=None, help="demo dataset folder (default data/demo, else a fresh one)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: one per core)")
-    a = p.parse_args(argv)
-    run_bench(a.out, device=a.device, model=a.model, image_size=a.image_size, batch_size=a.batch_size,
-              steps=a.steps, repeats=a.repeats, large_images=a.large_images, large_size=a.large_size,
-              data_dir=a.data_dir, threads=a.threads)
+
+
+def run_from_args(a: argparse.Namespace) -> dict:
+    return run_bench(a.out, device=a.device, model=a.model, image_size=a.image_size, batch_size=a.batch_size,
+                     steps=a.steps, repeats=a.repeats, large_images=a.large_images, large_size=a.large_size,
+                     data_dir=a.data_dir, threads=a.threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    run_from_args(p.parse_args(argv))
     return 0
 
 

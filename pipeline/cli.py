@@ -190,10 +190,18 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("blend", help="blend finished experiments, weights fitted on their out-of-fold predictions")
     add_blend_arguments(p)
     p.set_defaults(func=cmd_blend)
+    # Listed for --help only: main() hands `bench ...` to pipeline.bench before parsing, so that
+    # building this parser (at every Make parse) never imports torch.
+    sub.add_parser("bench", help="throughput of the data path vs the bare model → outputs/bench.json "
+                                 "(python -m pipeline bench --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         args.func(args)

@@ -57,6 +57,10 @@ class DataConfig:
     demo: bool = False
     demo_scale: float = 1.0
     demo_seed: int = 0
+    # Decode once: images decoded and resized a single time into a memory-mapped uint8 file
+    # (pipeline/cache.py). Off or on gives the same numbers, so neither key is in a stage fingerprint.
+    cache: bool = True
+    cache_dir: str | None = None            # default <output_dir>/cache
 
 
 @dataclass

@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 
 from .config import Config
-from .data import ImageDataset, build_transform, class_list, read_test_table, read_train_table
+from .cache import BatchNormalize, decoded_for, make_dataset
+from .data import class_list, read_test_table, read_train_table
 from .ensemble import DEFAULT_TAU_GRID, VOTING_MODES, choose_tau, class_priors, log_loss, logit_adjust, vote
 from .fileio import write_csv_atomic, write_json_atomic, write_text_atomic
 from .folds import assign_folds, fold_class_counts
@@ -150,14 +151,14 @@ def _checkpoint_paths(cfg: Config, fold: int, names: list[str]) -> dict[str, Pat
 
 # ---- predict ---------------------------------------------------------------------------------------
 
-def _predict_images(model, paths, transform, views, cfg: Config, device, per_view: bool):
-    """TTA probabilities for image files: (merged (N, C), per-view (V, N, C) or None)."""
+def _predict_images(model, dataset, normalize, views, cfg: Config, device, per_view: bool):
+    """TTA probabilities for a dataset's images: (merged (N, C), per-view (V, N, C) or None)."""
     loader = torch.utils.data.DataLoader(
-        ImageDataset(paths, None, transform), batch_size=cfg.tta.batch_size,
-        num_workers=cfg.train.num_workers, pin_memory=device.type == "cuda")
+        dataset, batch_size=cfg.tta.batch_size, num_workers=cfg.train.num_workers,
+        pin_memory=device.type == "cuda")
     merged, each = [], []
     for images, _ in loader:
-        images = images.to(device)
+        images = normalize(images.to(device, non_blocking=True))   # uint8 cache batches → floats
         if per_view:
             v, m = predict_tta_with_views(model, images, views, cfg.tta.merge)
             each.append(v.float().cpu())
@@ -198,11 +199,15 @@ def predict_fold(cfg: Config, fold: int, log=print, checkpoints=None) -> Path:
     device = resolve_device(cfg.train.device)
     paths = _checkpoint_paths(cfg, fold, checkpoint_names(cfg, checkpoints))
     views = parse_views(cfg.tta.views)
-    transform = build_transform(cfg.augment, train=False)
+    normalize = BatchNormalize(cfg.augment.mean, cfg.augment.std).to(device)
     table = load_fold_table(cfg)
     rows = np.flatnonzero(table["fold"].to_numpy() == fold)
-    val_paths, labels = table["image"].to_numpy()[rows], table["true_label"].to_numpy()[rows]
+    labels = table["true_label"].to_numpy()[rows]
+    train_paths = table["image"].to_numpy()
     test = read_test_table(cfg)
+    # The training images' cache is the one training built; the test set gets its own.
+    val_set = make_dataset(cfg.augment, train_paths, rows, decoded=decoded_for(cfg, train_paths, log=log))
+    test_set = make_dataset(cfg.augment, test["image"].to_numpy(), decoded=decoded_for(cfg, test["image"], log=log))
     classes, oof_merged, oof_views, test_probs = None, {}, {}, {}
     for name, path in paths.items():
         model, meta = load_trained_model(path, device)
@@ -210,8 +215,8 @@ def predict_fold(cfg: Config, fold: int, log=print, checkpoints=None) -> Path:
             raise ValueError(f"fold {fold}: checkpoint '{name}' ({path}) has classes {meta['classes']}, "
                              f"'{next(iter(paths))}' has {classes}; retrain the fold")
         classes = meta["classes"]
-        oof_merged[name], oof_views[name] = _predict_images(model, val_paths, transform, views, cfg, device, True)
-        test_probs[name], _ = _predict_images(model, test["image"], transform, views, cfg, device, False)
+        oof_merged[name], oof_views[name] = _predict_images(model, val_set, normalize, views, cfg, device, True)
+        test_probs[name], _ = _predict_images(model, test_set, normalize, views, cfg, device, False)
     merged = np.mean(list(oof_merged.values()), axis=0)
     per_view = np.mean(list(oof_views.values()), axis=0)
     y = class_ids(labels, classes, f"{cfg.folds_file} fold {fold}")

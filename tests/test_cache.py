@@ -21,7 +21,7 @@ from PIL import Image
 
 import pipeline.cache as cache_mod
 from pipeline.cache import (BatchNormalize, CachedImageDataset, DeviceFlip, build_cache, cache_key,
-                            cached_transform, decoded_for)
+                            cached_transform, decoded_for, make_dataset)
 from pipeline.config import AugmentConfig
 from pipeline.data import ImageDataset, build_transform, load_rgb
 
@@ -80,8 +80,11 @@ def test_uint8_items_plus_batch_normalize_equal_albumentations_normalize(images,
     ref = A.Normalize(mean=aug.mean, std=aug.std)
     every_value = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)   # (256, 1, 3)
     expected = torch.from_numpy(ref(image=every_value)["image"]).permute(2, 0, 1)[None]
-    got = BatchNormalize(aug.mean, aug.std)(torch.from_numpy(every_value).permute(2, 0, 1)[None].contiguous())
-    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    norm = BatchNormalize(aug.mean, aug.std)
+    chw = norm(torch.from_numpy(every_value).permute(2, 0, 1)[None].contiguous())     # torch ops
+    hwc = norm(torch.from_numpy(every_value)[None])                                   # cv2 LUT (CPU)
+    assert chw.dtype == hwc.dtype == torch.float32
+    assert torch.equal(chw, expected) and torch.equal(hwc, expected)
 
     decoded = build_cache(images, 32, None, tmp_path / "cache")
     u8 = CachedImageDataset(decoded, None, None, cached_transform(aug, False, normalize=False))
@@ -252,6 +255,22 @@ def test_decoded_for_uses_the_config_and_can_be_switched_off(tiny_cfg, images, t
     assert decoded.array.shape == (len(images), 16, 16, 3)
     object.__setattr__(tiny_cfg.data, "cache", False)   # the key config.py is to gain
     assert decoded_for(tiny_cfg, images, log=None) is None
+
+
+def test_make_dataset_with_and_without_cache_gives_the_same_batches(images, tmp_path):
+    aug = AugmentConfig(image_size=24, train=[{"Affine": {"rotate": [-10, 10], "p": 0.7}}])
+    rows, targets = [5, 1, 7, 7], [0, 1, 2, 3]
+    decoded = build_cache(images, 24, None, tmp_path / "cache")
+    norm = BatchNormalize(aug.mean, aug.std)
+    batches = []
+    for cache in (decoded, None):
+        ds = make_dataset(aug, images, rows, targets, train=True, decoded=cache)
+        ds.transform.set_random_seed(3)
+        x, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+        batches.append((norm(x), y))
+    assert torch.equal(batches[0][0], batches[1][0]) and torch.equal(batches[0][1], batches[1][1])
+    with pytest.raises(ValueError, match="cache holds"):
+        make_dataset(aug, images[:3], decoded=decoded)
 
 
 def test_device_flip():

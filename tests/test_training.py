@@ -273,3 +273,20 @@ def test_onecycle_warms_up_then_anneals_per_update(tiny_cfg_dict):
 def test_runs_record_package_versions(tiny_cfg, folds_ready):
     meta = pd.read_json(fit(tiny_cfg, 0, **QUIET).with_suffix(".json"), typ="series")
     assert meta["versions"]["torch"] == torch.__version__.split("+")[0] or meta["versions"]["torch"] == torch.__version__
+
+
+def test_decode_cache_changes_nothing_but_where_pixels_come_from(tiny_cfg_dict, folds_ready, tmp_path):
+    """data.cache on or off: the same metrics, OOF and test probabilities; only 'on' writes cache files."""
+    from pipeline.stages import predict_fold
+
+    runs = {}
+    for cache in (True, False):
+        cfg = _with(tiny_cfg_dict, tmp_path / str(cache), data={"cache": cache})
+        weights = fit(cfg, 0, **QUIET)
+        test_probs = pd.read_csv(predict_fold(cfg, 0, **QUIET))
+        npy = sorted(p.name for p in (tmp_path / str(cache) / "out" / "cache").glob("*.npy"))
+        runs[cache] = (pd.read_csv(weights.parent / "metrics.csv").drop(columns="seconds"),
+                       pd.read_csv(weights.parent / "oof.csv"), test_probs, npy)
+    for on, off in zip(runs[True][:3], runs[False][:3]):
+        pd.testing.assert_frame_equal(on, off)
+    assert len(runs[True][3]) == 2 and runs[False][3] == []   # train + test images; nothing when off
