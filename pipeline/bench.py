@@ -597,14 +597,14 @@ def _table(result: dict) -> str:
              f"({m['torch_threads']} torch threads, {m['cpus']} CPUs, OMP_WAIT_POLICY {m['omp_wait_policy']}), "
              f"median of {m['repeats']}; "
              f"load average (1 min) {m['load_before']} → {m['load_after']}",
-             f"{'phase':<46}{'images/s':>10}{'efficiency':>12}{'expected':>10}{'peak RSS MB':>13}{'+MB':>8}"]
+             f"{'phase':<52}{'images/s':>10}{'efficiency':>12}{'expected':>10}{'peak RSS MB':>13}{'+MB':>8}"]
 
     def row(label, d, rate_key="images_per_s"):
         eff = f"{d['efficiency']:.3f}" if "efficiency" in d else ""
         expected = d.get("efficiency_expected_from_loader")
         expected = f"{expected:.3f}" if expected is not None else ""
         workers = f"  (+workers {d['workers_rss_mb']:.0f})" if "workers_rss_mb" in d else ""
-        lines.append(f"{label:<46}{d[rate_key]:>10.1f}{eff:>12}{expected:>10}{d['peak_rss_mb']:>13.0f}"
+        lines.append(f"{label:<52}{d[rate_key]:>10.1f}{eff:>12}{expected:>10}{d['peak_rss_mb']:>13.0f}"
                      f"{d['peak_rss_delta_mb']:>8.0f}{workers}")
 
     t = result["train"]
