@@ -88,6 +88,10 @@ class AugmentConfig:
     train: list = field(default_factory=lambda: [{"HorizontalFlip": {"p": 0.5}}])
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # Random flips of whole batches on the device (one tensor op instead of one call per image);
+    # use in place of HorizontalFlip/VerticalFlip in `train`. Applied after `train`'s steps.
+    device_hflip: float = 0.0
+    device_vflip: float = 0.0
 
 
 @dataclass
@@ -267,6 +271,8 @@ def _value_checks(cfg: Config) -> list[tuple[str, bool, str]]:
             and all(isinstance(v, int) and v >= 8 for v in cfg.augment.pre_resize_crop)),
          "must be [height, width] in pixels, each at least 8"),
         ("augment.mean", len(cfg.augment.mean) == 3, "must list 3 channel means"),
+        ("augment.device_hflip", 0 <= cfg.augment.device_hflip <= 1, "is a probability in [0, 1]"),
+        ("augment.device_vflip", 0 <= cfg.augment.device_vflip <= 1, "is a probability in [0, 1]"),
         ("augment.std", len(cfg.augment.std) == 3 and all(s > 0 for s in cfg.augment.std),
          "must list 3 positive channel standard deviations"),
         ("tta.batch_size", cfg.tta.batch_size >= 1, "must be at least 1"),

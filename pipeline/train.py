@@ -31,7 +31,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from .config import Config, package_versions, stage_fingerprint
-from .cache import BatchNormalize, DecodedImages, decoded_for, make_dataset
+from .cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset
 from .data import class_list, read_train_table
 from .fileio import atomic_path, write_csv_atomic
 from .folds import training_indices_for_fold
@@ -243,6 +243,8 @@ class StepTools:
     scheduler: object = None          # stepped per update (OneCycle)
     channels_last: bool = False
     normalize: torch.nn.Module | None = None   # uint8 batches (decode cache) → normalised floats on the device
+    flip: DeviceFlip | None = None              # augment.device_hflip / device_vflip
+    flip_generator: torch.Generator | None = None   # reseeded every epoch (reproducible, resumable)
     frozen_backbone: bool = False
     progress_mode: str = "off"       # report.progress: auto | bar | lines | off
     progress_desc: str = ""
@@ -282,6 +284,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch: int, tools
     bar = progress(loader, total=sum(_batch_sizes(loader)), desc=tools.progress_desc, mode=tools.progress_mode)
     for step, (images, targets) in enumerate(bar):
         images, targets = _to_device(images, targets, device, tools.channels_last, tools.normalize)
+        if tools.flip is not None:
+            images = tools.flip(images, tools.flip_generator)
         loss_targets = targets
         if tools.mixup is not None:
             images, loss_targets = tools.mixup(images, targets)
@@ -408,7 +412,9 @@ def _build_run(cfg: Config, data: _FoldData, device: torch.device) -> _Run:
         ema=ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema else None,
         scheduler=scheduler if cfg.train.scheduler == "onecycle" else None,
         channels_last=cfg.train.channels_last,
-        normalize=BatchNormalize(cfg.augment.mean, cfg.augment.std, cfg.train.channels_last).to(device))
+        normalize=BatchNormalize(cfg.augment.mean, cfg.augment.std, cfg.train.channels_last).to(device),
+        flip=DeviceFlip(cfg.augment.device_hflip, cfg.augment.device_vflip)
+        if cfg.augment.device_hflip or cfg.augment.device_vflip else None)
     if cfg.train.compile:
         model = torch.compile(model)
     return _Run(model, optimizer, scheduler, tools, loss_fn)
@@ -490,6 +496,7 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
         frozen = _backbone_frozen(cfg, epoch)
         set_backbone_frozen(run.model, frozen)
         run.tools.frozen_backbone, run.tools.mixup = frozen, _mixup_for(cfg, epoch, len(data.classes))
+        run.tools.flip_generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         run.tools.progress_mode = cfg.report.progress
         run.tools.progress_desc = f"[fold {fold}] epoch {epoch + 1}/{cfg.train.epochs}"
         train_loss = train_one_epoch(run.model, _train_loader(cfg, data, device, epoch, decoded), run.optimizer,

@@ -290,3 +290,36 @@ def test_decode_cache_changes_nothing_but_where_pixels_come_from(tiny_cfg_dict, 
     for on, off in zip(runs[True][:3], runs[False][:3]):
         pd.testing.assert_frame_equal(on, off)
     assert len(runs[True][3]) == 2 and runs[False][3] == []   # train + test images; nothing when off
+
+
+class _Recorder(torch.nn.Module):
+    """A linear model that keeps every input batch it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen, self.fc = [], torch.nn.Linear(3 * 4 * 4, 3)
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.fc(x.flatten(1))
+
+
+def test_device_flips_reach_the_model_as_configured(tiny_cfg_dict, folds_ready, tmp_path):
+    from pipeline.cache import DeviceFlip
+
+    x, y = torch.randn(16, 3, 4, 4), torch.randint(0, 3, (16,))
+    for p_h, p_v, expected in ((1.0, 0.0, x.flip(3)), (0.0, 1.0, x.flip(2)), (0.0, 0.0, x)):
+        model = _Recorder()
+        train_one_epoch(model, DataLoader(TensorDataset(x, y), batch_size=16), torch.optim.SGD(model.parameters(), 0.1),
+                        torch.nn.CrossEntropyLoss(), torch.device("cpu"), 0,
+                        StepTools(flip=DeviceFlip(p_h, p_v) if p_h or p_v else None))
+        assert torch.equal(model.seen[0], expected)
+    # From the config: the keys build the flip, and a half-probability flip changes what is learnt.
+    cfg = _with(tiny_cfg_dict, tmp_path / "f", augment={"device_hflip": 0.5})
+    run = train_mod._build_run(cfg, train_mod._fold_data(cfg, 0), torch.device("cpu"))
+    assert run.tools.flip.p_h == 0.5 and run.tools.flip.p_v == 0.0
+    flipped = load_file(fit(cfg, 0, **QUIET))
+    plain = load_file(fit(_with(tiny_cfg_dict, tmp_path / "p"), 0, **QUIET))
+    assert any(not torch.equal(flipped[k], plain[k]) for k in plain)
+    with pytest.raises(ValueError, match="augment.device_hflip"):
+        _with(tiny_cfg_dict, tmp_path, augment={"device_hflip": 1.5})
