@@ -127,7 +127,7 @@ class TrainConfig:
     ema_decay: float = 0.998
     patience: int | None = None        # early stopping: epochs without improvement of `monitor`
     monitor: str = "f1_macro"
-    num_workers: int = 0
+    num_workers: int | str = "auto"      # auto: 0 on CPU, one per spare core (up to 8) on a GPU
     device: str = "auto"
 
 
@@ -252,7 +252,8 @@ def _value_checks(cfg: Config) -> list[tuple[str, bool, str]]:
         ("loss.label_smoothing", 0 <= cfg.loss.label_smoothing < 1, "must be in [0, 1)"),
         ("loss.focal_gamma", cfg.loss.focal_gamma >= 0, "must be non-negative"),
         ("tune.trials", cfg.tune.trials >= 1, "must be at least 1"),
-        ("train.num_workers", t.num_workers >= 0, "must be non-negative"),
+        ("train.num_workers", t.num_workers == "auto" or (isinstance(t.num_workers, int) and t.num_workers >= 0),
+         "must be 'auto' or a non-negative integer"),
         ("train.warmup_epochs", 0 <= t.warmup_epochs < t.epochs, "must be in [0, train.epochs)"),
         ("train.step_size", t.step_size >= 1, "must be at least 1"),
         ("train.accumulate", t.accumulate >= 1, "must be at least 1"),

@@ -222,16 +222,17 @@ def _train_fold_task(cfg_dict: dict, fold: int, cwd: str) -> dict:
             raise FileNotFoundError(f"worker {host} has no directory {cwd} (the client's working directory): "
                                     "the project, data and output_dir must be on a shared path")
         os.chdir(cwd)
-    if multiprocessing.current_process().daemon and cfg_dict["train"]["num_workers"] > 0:
+    from .train import fit, loader_workers, resolve_device
+
+    workers = loader_workers(cfg_dict["train"]["num_workers"], resolve_device(cfg_dict["train"]["device"]))
+    if multiprocessing.current_process().daemon and workers > 0:
         # Safety net: DataLoader workers cannot start in a daemonic process ("daemonic processes
         # are not allowed to have children"); run_folds normally decides this before submitting.
         remote_print(f"[fold {fold}] daemonic Dask worker on {host}: training with train.num_workers=0")
         cfg_dict = {**cfg_dict, "train": {**cfg_dict["train"], "num_workers": 0}}
     cfg = load_config(None, cfg_dict)
-    if cfg.train.num_workers > 0:
+    if loader_workers(cfg.train.num_workers, resolve_device(cfg.train.device)) > 0:
         _fast_loader_processes()
-
-    from .train import fit
 
     weights = fit(cfg, fold, log=lambda msg: remote_print(f"[{host}] {msg}"))
     return {"host": host, "weights": str(weights), "fingerprint": stage_fingerprint(cfg, "train")}
@@ -372,7 +373,9 @@ def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log, forc
 
         cfg_dict = config_to_dict(cfg)
         facts = client.run(_worker_facts)
-        if cfg.train.num_workers > 0 and any(f["daemon"] for f in facts.values()):
+        # 'auto' starts loader workers only beside a GPU (train.loader_workers).
+        wants_workers = use_gpu if cfg.train.num_workers == "auto" else cfg.train.num_workers > 0
+        if wants_workers and any(f["daemon"] for f in facts.values()):
             log("[parallel] the Dask workers are daemonic processes, which cannot start DataLoader workers: "
                 "training with train.num_workers=0 (start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False "
                 "to keep them)")

@@ -39,7 +39,7 @@ from .folds import assign_folds, fold_class_counts
 from .metrics import classification_metrics
 from .models import load_trained_model, read_sidecar
 from .submission import write_submission
-from .train import load_fold_table, resolve_device
+from .train import load_fold_table, loader_workers, resolve_device
 from .tta import parse_views, predict_tta, predict_tta_with_views
 
 __all__ = ["make_folds", "predict_fold", "ensemble", "score", "fold_probs_frame", "checkpoint_names",
@@ -154,7 +154,7 @@ def _checkpoint_paths(cfg: Config, fold: int, names: list[str]) -> dict[str, Pat
 def _predict_images(model, dataset, normalize, views, cfg: Config, device, per_view: bool):
     """TTA probabilities for a dataset's images: (merged (N, C), per-view (V, N, C) or None)."""
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.tta.batch_size, num_workers=cfg.train.num_workers,
+        dataset, batch_size=cfg.tta.batch_size, num_workers=loader_workers(cfg.train.num_workers, device),
         pin_memory=device.type == "cuda")
     merged, each = [], []
     for images, _ in loader:

@@ -323,3 +323,17 @@ def test_device_flips_reach_the_model_as_configured(tiny_cfg_dict, folds_ready, 
     assert any(not torch.equal(flipped[k], plain[k]) for k in plain)
     with pytest.raises(ValueError, match="augment.device_hflip"):
         _with(tiny_cfg_dict, tmp_path, augment={"device_hflip": 1.5})
+
+
+def test_num_workers_auto_is_zero_on_cpu_and_spare_cores_beside_a_gpu(tiny_cfg_dict, tmp_path, monkeypatch):
+    from pipeline.train import loader_workers
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")   # a device object needs no GPU
+    assert loader_workers("auto", cpu) == 0 and loader_workers(3, cpu) == 3
+    for cores, expected in ((16, 8), (4, 3), (1, 0)):
+        monkeypatch.setattr(train_mod.os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)), raising=False)
+        assert loader_workers("auto", gpu) == expected
+    assert _with(tiny_cfg_dict, tmp_path).train.num_workers == "auto"
+    for bad in ("many", -1):
+        with pytest.raises(ValueError, match="train.num_workers"):
+            _with(tiny_cfg_dict, tmp_path, train={"num_workers": bad})
