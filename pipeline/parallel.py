@@ -373,7 +373,7 @@ def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log, forc
 
         cfg_dict = config_to_dict(cfg)
         facts = client.run(_worker_facts)
-        # 'auto' starts loader workers only beside a GPU (train.loader_workers).
+        # 'auto' starts loader workers only beside a GPU (pipeline.train.loader_workers).
         wants_workers = use_gpu if cfg.train.num_workers == "auto" else cfg.train.num_workers > 0
         if wants_workers and any(f["daemon"] for f in facts.values()):
             log("[parallel] the Dask workers are daemonic processes, which cannot start DataLoader workers: "
