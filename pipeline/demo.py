@@ -34,8 +34,6 @@ from __future__ import annotations
 import colorsys
 import math
 import numbers
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +41,7 @@ import pandas as pd
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from .fileio import replace_dir
+from .fileio import atomic_dir
 
 __all__ = ["make_demo_dataset", "CLASS_NAMES"]
 
@@ -286,17 +284,8 @@ def make_demo_dataset(out_dir: str | Path, seed: int = 0, image_size: int = 32, 
     rng = _rngs(seed)
     test, bases = _split_digits(targets, counts, _test_count(test_per_class, scale), rng["split"])
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by a killed run with our pid; nobody else writes it
-    tmp.mkdir()
-    try:
+    with atomic_dir(target) as tmp:
         _write_train(tmp, images, targets, bases, image_size, group_size, rng["render"])
         _write_test(tmp, images, targets, test, image_size, rng["render"])
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"root": out, "train_csv": out / "train.csv",
             "sample_submission": out / "sample_submission.csv", "test_labels": out / "test_labels.csv"}

@@ -19,7 +19,7 @@ import pandas as pd
 
 __all__ = [
     "atomic_path",
-    "replace_dir",
+    "atomic_dir",
     "write_text_atomic",
     "write_text_if_changed",
     "write_json_atomic",
@@ -73,6 +73,27 @@ def write_csv_atomic(path: str | Path, frame: pd.DataFrame, **to_csv_kwargs) -> 
     to_csv_kwargs.setdefault("index", False)
     with atomic_path(path, suffix=".csv") as tmp:
         frame.to_csv(tmp, **to_csv_kwargs)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh, empty temporary folder beside `path`; on success swap it in for `path`.
+
+    The folder version of `atomic_path`: on an exception the temporary folder is removed
+    and `path` (the previous complete folder, if any) is left untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by a killed run with our pid; nobody else writes it
+    tmp.mkdir()
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def replace_dir(new: Path, out: Path) -> None:

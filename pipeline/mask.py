@@ -70,7 +70,6 @@ import hashlib
 import numbers
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .fileio import replace_dir, write_csv_atomic
+from .fileio import atomic_dir, write_csv_atomic
 
 __all__ = [
     "MaskDataError",
@@ -662,15 +661,6 @@ def make_mask_sample(out_dir: str | Path, n_people: int = 24, seed: int = 0,
     target = out.resolve()
     if target.exists() and not target.is_dir():
         raise ValueError(f"out_dir exists and is not a folder: {out_dir!r}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_dir(target) as tmp:
         _write_sample(tmp, n_people, n_eval, (int(image_size[0]), int(image_size[1])), seed)
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
