@@ -94,7 +94,7 @@ def load_member(cfg: Config, oof_source: str = "auto") -> Member:
     import pandas as pd
 
     from .models import read_sidecar
-    from .stages import PROB_PREFIX
+    from .stages import prob_columns
 
     if oof_source not in OOF_SOURCES:
         raise ValueError(f"--oof: unknown source {oof_source!r}; valid: {', '.join(OOF_SOURCES)}")
@@ -123,7 +123,7 @@ def load_member(cfg: Config, oof_source: str = "auto") -> Member:
     for k, t in enumerate(tests):
         if not t["id"].astype(str).equals(ids.astype(str)):
             raise ValueError(f"experiment '{name}': fold {k}'s test ids differ from fold 0's; rerun its predict stage")
-    cols = [f"{PROB_PREFIX}{c}" for c in classes]
+    cols = prob_columns(classes)
     if not cfg.folds_file.is_file():
         raise FileNotFoundError(f"experiment '{name}': its folds file {cfg.folds_file} is gone; it is needed to "
                                 "check that the experiments share one cross-validation split")
@@ -211,10 +211,10 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     import pandas as pd
 
     from .config import Config
-    from .ensemble import (DEFAULT_TAU_GRID, VOTING_MODES, WEIGHT_OBJECTIVES, choose_tau, class_priors,
-                           fit_weights, logit_adjust, vote, vote_scores)
+    from .ensemble import (VOTING_MODES, WEIGHT_OBJECTIVES, choose_tau, class_priors, fit_weights, logit_adjust,
+                           vote, vote_scores)
     from .fileio import write_csv_atomic, write_json_atomic
-    from .stages import class_ids, fold_probs_frame, metrics_row, write_cv
+    from .stages import class_ids, fold_probs_frame, logit_adjust_settings, metrics_row, write_cv
     from .submission import write_submission
 
     if voting not in VOTING_MODES:
@@ -242,9 +242,7 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     fitted = fit_weights(oof, y, objective)
     w = fitted if weights == "fitted" else uniform
 
-    ens = first.cfg.ensemble
-    adjust = getattr(ens, "logit_adjust", False) if logit_adjust_on is None else logit_adjust_on
-    grid = [float(t) for t in (tau_grid if tau_grid is not None else getattr(ens, "tau_grid", DEFAULT_TAU_GRID))]
+    adjust, grid = logit_adjust_settings(first.cfg, logit_adjust_on, tau_grid)
     prior = class_priors(y, len(classes))
     tau, curve = choose_tau(oof, y, prior, grid, combine=lambda p: vote_scores(p, voting, w))
 

@@ -397,14 +397,14 @@ class DeviceFlip(torch.nn.Module):
         return x
 
 
-# ---- config glue (keys `data.cache`, `data.cache_dir`; defaults until config.py has them) ------
+# ---- config glue (keys `data.cache`, `data.cache_dir`) --------------------------------------------
 
 def cache_enabled(cfg) -> bool:
-    return bool(getattr(cfg.data, "cache", True))
+    return cfg.data.cache
 
 
 def cache_dir_for(cfg) -> Path:
-    return Path(getattr(cfg.data, "cache_dir", None) or Path(cfg.output_dir) / "cache")
+    return Path(cfg.data.cache_dir or Path(cfg.output_dir) / "cache")
 
 
 def decoded_for(cfg, paths: Sequence[str], log: Callable[[str], None] | None = print) -> DecodedImages | None:

@@ -22,6 +22,7 @@ __all__ = [
     "DataError",
     "read_csv_checked",
     "read_train_table",
+    "load_fold_table",
     "read_test_table",
     "class_list",
     "save_classes",
@@ -86,6 +87,22 @@ def read_train_table(cfg: Config) -> pd.DataFrame:
     return pd.DataFrame({"image": images, "label": label, "group": groups.to_numpy(),
                          "stratify": raw[d.stratify_column].to_numpy() if d.stratify_column else label,
                          "true_label": raw[d.true_label_column].to_numpy() if d.true_label_column else label})
+
+
+def load_fold_table(cfg: Config) -> pd.DataFrame:
+    """The train table with each row's fold, checked against the folds file it came from."""
+    table = read_train_table(cfg)
+    path = cfg.folds_file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `make folds` (or `python -m pipeline folds`) first")
+    folds = pd.read_csv(path)
+    same = len(folds) == len(table) and (folds["label"].astype(str).to_numpy()
+                                         == table["label"].astype(str).to_numpy()).all()
+    if not same:
+        raise ValueError(f"{path} does not match {cfg.data.train_csv} (rows or labels differ): "
+                         "the train CSV changed since the folds were made; rerun `make folds`")
+    table["fold"] = folds["fold"].to_numpy()
+    return table
 
 
 def read_test_table(cfg: Config) -> pd.DataFrame:

@@ -37,7 +37,7 @@ from .config import Config
 from .fileio import write_csv_atomic, write_text_atomic
 from .plots import bar_chart, esc, html_page, html_table, new_figure, save_png
 
-__all__ = ["write_eda", "load_folds_table", "class_counts", "fold_class_table", "sampling_table",
+__all__ = ["write_eda", "class_counts", "fold_class_table", "sampling_table",
            "scan_images", "size_mode_table", "average_hash", "hash_distances", "near_duplicate_pairs",
            "NearDuplicates", "cross_fold_duplicates", "EXACT_LIMIT", "MAX_PAIRS"]
 
@@ -54,26 +54,6 @@ _HASH_SIZE = 8
 
 
 # ---- the table ------------------------------------------------------------------------------------
-
-def load_folds_table(cfg: Config) -> pd.DataFrame:
-    """The training rows with columns image (full path), label, group, fold, checked against the folds file."""
-    from .data import read_train_table
-
-    path = cfg.folds_file
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `make folds` first (the EDA needs the train CSV, "
-                                "the images and the folds file; no training)")
-    folds = pd.read_csv(path)
-    table = read_train_table(cfg)
-    same = len(folds) == len(table) and (folds["label"].astype(str).to_numpy()
-                                         == table["label"].astype(str).to_numpy()).all()
-    if not same:
-        raise ValueError(f"{path} does not match {cfg.data.train_csv} (rows or labels differ): "
-                         "the train CSV changed since the folds were made; rerun `make folds`")
-    out = table[["image", "label", "group"]].copy()
-    out["fold"] = folds["fold"].to_numpy().astype(np.int64)
-    return out
-
 
 def _classes(labels) -> list:
     from .data import class_list
@@ -441,7 +421,9 @@ def _img(name: str, alt: str) -> str:
 
 def write_eda(cfg: Config, log=print) -> Path:
     """Write ``outputs/<exp>/eda/index.html`` and its figures and tables; returns the page's path."""
-    table = load_folds_table(cfg)
+    from .data import load_fold_table
+
+    table = load_fold_table(cfg)
     out = cfg.exp_dir / "eda"
     out.mkdir(parents=True, exist_ok=True)
     classes = _classes(table["label"])

@@ -24,17 +24,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix, f1_score
 
 from .config import Config
 from .fileio import write_text_atomic
-from .stages import class_ids
+from .metrics import confusion, per_class_f1
+from .models import read_sidecar
+from .stages import PROB_PREFIX, class_ids, prob_columns
 from .plots import bar_chart, data_uri, esc, heatmap, html_page, html_table, label_axis, new_figure, png_bytes
 
 __all__ = ["write_report", "report_inputs", "report_classes", "learning_curve_figure", "confusion_figure",
            "per_class_f1_figure", "prediction_distribution_table", "headline_metric_columns"]
-
-PROB_PREFIX = "prob_"
 
 
 # ---- inputs ---------------------------------------------------------------------------------------
@@ -62,12 +61,10 @@ def report_inputs(cfg: Config) -> dict[str, Path]:
 
 def report_classes(cfg: Config, oof: pd.DataFrame) -> list:
     """Class names in model order: the fold sidecar's list, else the oof file's prob_ columns."""
-    sidecar = cfg.fold_dir(0) / "weights.json"
-    if sidecar.is_file():
-        try:
-            return list(json.loads(sidecar.read_text())["classes"])
-        except (ValueError, KeyError):
-            pass
+    try:
+        return list(read_sidecar(cfg.fold_dir(0) / "weights.safetensors")["classes"])
+    except (FileNotFoundError, ValueError, KeyError):
+        pass
     return [c[len(PROB_PREFIX):] for c in oof.columns if c.startswith(PROB_PREFIX)]
 
 
@@ -99,8 +96,7 @@ def learning_curve_figure(cfg: Config, fold_metrics: list[pd.DataFrame], classes
     axes = fig.subplots(n, 4, squeeze=False)
     for k, m in enumerate(fold_metrics):
         epoch = m["epoch"].to_numpy() + 1 if "epoch" in m.columns else np.arange(1, len(m) + 1)
-        headline = headline_metric_columns(m, classes)
-        monitor, maximise = _monitor_column(cfg, m, headline)
+        headline, monitor, best = _best_epoch(cfg, m, classes)
         ax_loss, ax_mon, ax_other, ax_lr = axes[k]
         for col, style in (("train_loss", "-"), ("val_loss", "--")):
             if col in m.columns:
@@ -108,9 +104,8 @@ def learning_curve_figure(cfg: Config, fold_metrics: list[pd.DataFrame], classes
         ax_loss.set_ylabel(f"fold {k}", fontsize=11, fontweight="bold")
         ax_loss.set_title("loss" if k == 0 else "", fontsize=10)
         ax_loss.legend(fontsize=7)
-        if monitor is not None and m[monitor].notna().any():
+        if best is not None:
             values = m[monitor].to_numpy(dtype=float)
-            best = int(np.nanargmax(values) if maximise else np.nanargmin(values))
             ax_mon.plot(epoch, values, marker="o", markersize=3, color="C2")
             ax_mon.plot(epoch[best], values[best], marker="*", markersize=12, color="C3",
                         label=f"best {values[best]:.4f} (epoch {epoch[best]})")
@@ -140,15 +135,22 @@ def learning_curve_figure(cfg: Config, fold_metrics: list[pd.DataFrame], classes
     return fig
 
 
+def _best_epoch(cfg: Config, m: pd.DataFrame, classes: list) -> tuple[list[str], str | None, int | None]:
+    """(headline metric columns, the monitored column, the row of its best epoch or None)."""
+    headline = headline_metric_columns(m, classes)
+    monitor, maximise = _monitor_column(cfg, m, headline)
+    if monitor is None or not m[monitor].notna().any():
+        return headline, monitor, None
+    values = m[monitor].to_numpy(dtype=float)
+    return headline, monitor, int(np.nanargmax(values) if maximise else np.nanargmin(values))
+
+
 def _fold_summary(cfg: Config, fold_metrics: list[pd.DataFrame], classes: list) -> pd.DataFrame:
     rows = []
     for k, m in enumerate(fold_metrics):
-        headline = headline_metric_columns(m, classes)
-        monitor, maximise = _monitor_column(cfg, m, headline)
+        headline, monitor, best = _best_epoch(cfg, m, classes)
         row = {"fold": k, "epochs": len(m)}
-        if monitor is not None and m[monitor].notna().any():
-            values = m[monitor].to_numpy(dtype=float)
-            best = int(np.nanargmax(values) if maximise else np.nanargmin(values))
+        if best is not None:
             row["best epoch"] = int(m["epoch"].iloc[best]) + 1 if "epoch" in m.columns else best + 1
             for col in ["val_loss"] + headline:
                 if col in m.columns:
@@ -161,23 +163,23 @@ def _fold_summary(cfg: Config, fold_metrics: list[pd.DataFrame], classes: list) 
 
 # ---- out-of-fold figures --------------------------------------------------------------------------
 
-def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, classes: list, source: str):
+def confusion_figure(y_true: np.ndarray, probs: np.ndarray, classes: list, source: str):
     n = len(classes)
-    cm = confusion_matrix(y_true, y_pred, labels=np.arange(n)).astype(float)
+    cm = confusion(y_true, probs).astype(float)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     side = min(max(5.0, 0.45 * n + 3), 22)
     fig = new_figure(side + 1, side)
     ax = fig.subplots()
-    accuracy = float((y_true == y_pred).mean()) if len(y_true) else float("nan")
+    accuracy = float(np.trace(cm) / cm.sum()) if len(y_true) else float("nan")
     heatmap(fig, ax, norm, classes, classes, xlabel="predicted", ylabel="true", aspect="equal",
             title=f"Out-of-fold confusion matrix, rows normalised\n({source}; accuracy {accuracy:.4f})")
     return fig
 
 
-def per_class_f1_figure(y_true: np.ndarray, y_pred: np.ndarray, classes: list):
+def per_class_f1_figure(y_true: np.ndarray, probs: np.ndarray, classes: list):
     n = len(classes)
-    f1 = f1_score(y_true, y_pred, labels=np.arange(n), average=None, zero_division=0)
+    f1 = per_class_f1(y_true, probs)
     support = np.bincount(y_true, minlength=n)
     fig = new_figure(max(6, 0.5 * n + 2), 4)
     ax = fig.subplots()
@@ -247,7 +249,7 @@ def write_report(cfg: Config, log=print) -> Path:
     oof_path = paths.get("oof_tta", paths["oof"])
     oof = pd.read_csv(oof_path)
     classes = report_classes(cfg, oof)
-    prob_cols = [f"{PROB_PREFIX}{c}" for c in classes]
+    prob_cols = prob_columns(classes)
     missing = [c for c in prob_cols if c not in oof.columns]
     if missing:
         raise ValueError(f"{oof_path}: columns {missing[:5]} missing for classes {classes}; "
@@ -267,12 +269,12 @@ def write_report(cfg: Config, log=print) -> Path:
 
     # Out-of-fold confusion matrix and per-class F1
     y_true = class_ids(oof["label"], classes, str(oof_path))
-    y_pred = oof[prob_cols].to_numpy(dtype=float).argmax(axis=1)
+    probs = oof[prob_cols].to_numpy(dtype=float)
     source = ("TTA-merged, " + cfg.tta.merge) if oof_path.name == "oof_tta.csv" else "no TTA"
-    f1_fig, f1_table = per_class_f1_figure(y_true, y_pred, classes)
+    f1_fig, f1_table = per_class_f1_figure(y_true, probs, classes)
     sections.append(f'<h2 id="oof">Out-of-fold predictions</h2><p class="note">{len(oof)} validation rows '
                     f"from {esc(oof_path.name)} ({esc(source)}).</p>"
-                    + _figure(confusion_figure(y_true, y_pred, classes, source), "out-of-fold confusion matrix",
+                    + _figure(confusion_figure(y_true, probs, classes, source), "out-of-fold confusion matrix",
                               "Each row sums to 1: the share of a true class predicted as each class.")
                     + _figure(f1_fig, "per-class F1") + html_table(f1_table))
 

@@ -32,23 +32,22 @@ import torch
 
 from .config import Config
 from .cache import BatchNormalize, decoded_for, make_dataset
-from .data import class_list, read_test_table, read_train_table
-from .ensemble import DEFAULT_TAU_GRID, VOTING_MODES, choose_tau, class_priors, log_loss, logit_adjust, vote
+from .data import class_list, load_fold_table, read_test_table, read_train_table
+from .ensemble import VOTING_MODES, choose_tau, class_priors, log_loss, logit_adjust, vote
 from .fileio import write_csv_atomic, write_json_atomic, write_text_atomic
 from .folds import assign_folds, fold_class_counts
 from .metrics import classification_metrics
 from .models import load_trained_model, read_sidecar
 from .submission import write_submission
-from .train import load_fold_table, loader_workers, resolve_device
+from .train import loader_workers, resolve_device
 from .tta import parse_views, predict_tta, predict_tta_with_views
 
 __all__ = ["make_folds", "predict_fold", "ensemble", "score", "fold_probs_frame", "checkpoint_names",
            "checkpoint_path", "cv_table", "markdown_table", "write_cv", "metrics_row", "view_columns",
-           "class_ids", "text_table", "DEFAULT_CHECKPOINTS", "CV_COLUMNS"]
+           "class_ids", "text_table", "prob_columns", "logit_adjust_settings", "CV_COLUMNS"]
 
 PROB_PREFIX = "prob_"
 CKPT_PREFIX = "@"
-DEFAULT_CHECKPOINTS = ("best",)
 CV_COLUMNS = ["part", "rows", "f1_macro", "accuracy"]   # the printed / Markdown table
 _CKPT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -80,6 +79,11 @@ def make_folds(cfg: Config, log=print) -> Path:
 
 def _prob_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c.startswith(PROB_PREFIX)]
+
+
+def prob_columns(classes: list) -> list[str]:
+    """The probability columns of `classes`, in class order (``prob_<class>``)."""
+    return [f"{PROB_PREFIX}{c}" for c in classes]
 
 
 def fold_probs_frame(ids, probs: np.ndarray, classes: list) -> pd.DataFrame:
@@ -119,7 +123,7 @@ def view_columns(frame: pd.DataFrame, classes: list, prefix: str = "") -> dict[s
 
 def checkpoint_names(cfg: Config, checkpoints=None) -> list[str]:
     """The checkpoints each fold predicts with (config key ``ensemble.checkpoints``, default [best])."""
-    names = checkpoints if checkpoints is not None else getattr(cfg.ensemble, "checkpoints", DEFAULT_CHECKPOINTS)
+    names = checkpoints if checkpoints is not None else cfg.ensemble.checkpoints
     if isinstance(names, str) or not names:
         raise ValueError(f"ensemble.checkpoints: expected a non-empty list such as [best, last], got {names!r}")
     out: list[str] = []
@@ -292,7 +296,7 @@ def cv_table(oof: pd.DataFrame, classes: list, oof_tta: pd.DataFrame | None = No
     rows.append(metrics_row("out-of-fold, no TTA", y, probs))
     if oof_tta is not None:
         y_tta = class_ids(oof_tta["label"], classes, "oof_tta.csv")
-        tta = oof_tta[[f"{PROB_PREFIX}{c}" for c in classes]].to_numpy()
+        tta = oof_tta[prob_columns(classes)].to_numpy()
         rows.append(metrics_row(f"out-of-fold, TTA ({merge})", y_tta, tta))
         for view, cols in view_columns(oof_tta, classes).items():
             rows.append(metrics_row(f"out-of-fold, view {view}", y_tta, oof_tta[cols].to_numpy()))
@@ -349,9 +353,10 @@ def text_table(frame: pd.DataFrame, columns: list[str], float_format: str = "%.4
 
 # ---- ensemble ----------------------------------------------------------------------------------------
 
-def _logit_adjust_settings(cfg: Config, logit_adjust_on, tau_grid) -> tuple[bool, list[float]]:
-    on = getattr(cfg.ensemble, "logit_adjust", False) if logit_adjust_on is None else logit_adjust_on
-    grid = tau_grid if tau_grid is not None else getattr(cfg.ensemble, "tau_grid", DEFAULT_TAU_GRID)
+def logit_adjust_settings(cfg: Config, logit_adjust_on=None, tau_grid=None) -> tuple[bool, list[float]]:
+    """(apply it?, tau grid): the arguments where given, else ``ensemble.logit_adjust`` / ``ensemble.tau_grid``."""
+    on = cfg.ensemble.logit_adjust if logit_adjust_on is None else logit_adjust_on
+    grid = cfg.ensemble.tau_grid if tau_grid is None else tau_grid
     return bool(on), [float(t) for t in grid]
 
 
@@ -367,11 +372,11 @@ def ensemble(cfg: Config, log=print, logit_adjust_on: bool | None = None, tau_gr
     oof_tta = _oof_tta_table(cfg, oof, log)
     if oof_tta is not None:
         write_csv_atomic(cfg.exp_dir / "oof_tta.csv", oof_tta, float_format="%.7g")
-    adjust, grid = _logit_adjust_settings(cfg, logit_adjust_on, tau_grid)
+    adjust, grid = logit_adjust_settings(cfg, logit_adjust_on, tau_grid)
     base = oof_tta if oof_tta is not None else oof
     y = class_ids(base["label"], classes, "oof.csv")
     prior = class_priors(y, len(classes))
-    tau, curve = choose_tau(base[[f"{PROB_PREFIX}{c}" for c in classes]].to_numpy(), y, prior, grid)
+    tau, curve = choose_tau(base[prob_columns(classes)].to_numpy(), y, prior, grid)
     cv = cv_table(oof, classes, oof_tta, cfg.tta.merge, tau, prior)
     state = "applied to the test probabilities" if adjust else "not applied (ensemble.logit_adjust: false)"
     notes = [f"Logit adjustment p / prior^tau: tau={tau:g} chosen on OOF macro-F1 over "
@@ -387,7 +392,7 @@ def ensemble(cfg: Config, log=print, logit_adjust_on: bool | None = None, tau_gr
     for k, f in enumerate(frames):
         if not f["id"].astype(str).equals(ids.astype(str)):
             raise ValueError(f"fold {k}'s test predictions cover other ids than fold 0's; rerun `make ensemble`")
-    probs = np.stack([f[[f"{PROB_PREFIX}{c}" for c in classes]].to_numpy() for f in frames])
+    probs = np.stack([f[prob_columns(classes)].to_numpy() for f in frames])
     applied_tau = tau if adjust else 0.0
     if applied_tau:
         probs = logit_adjust(probs, prior, applied_tau)
@@ -414,18 +419,17 @@ def score(cfg: Config, log=print) -> pd.DataFrame:
     order = frames[0]["id"].astype(str)
     truth = truth.set_index(truth[cfg.data.id_column].astype(str)).loc[order]
     y = class_ids(truth[cfg.data.target_column], classes, str(cfg.data.test_labels))
-    probs = np.stack([f[[f"{PROB_PREFIX}{c}" for c in classes]].to_numpy() for f in frames])
+    probs = np.stack([f[prob_columns(classes)].to_numpy() for f in frames])
     rows = [{"model": f"fold {k}", **classification_metrics(y, probs[k])} for k in range(len(frames))]
     settings = cfg.exp_dir / "ensemble.json"
-    tau = 0.0
-    if settings.is_file():
-        tau = float(json.loads(settings.read_text()).get("logit_adjust", {}).get("tau", 0.0))
+    adjustment = json.loads(settings.read_text()).get("logit_adjust", {}) if settings.is_file() else {}
+    tau = float(adjustment.get("tau", 0.0))
     for mode in VOTING_MODES:
         onehot = np.eye(len(classes))[vote(probs, mode)]
         chosen = " (submission)" if mode == cfg.ensemble.voting and not tau else ""
         rows.append({"model": f"{mode} vote{chosen}", **classification_metrics(y, onehot)})
     if tau:
-        prior = np.asarray(json.loads(settings.read_text())["logit_adjust"]["prior"])
+        prior = np.asarray(adjustment["prior"])
         onehot = np.eye(len(classes))[vote(logit_adjust(probs, prior, tau), cfg.ensemble.voting)]
         rows.append({"model": f"{cfg.ensemble.voting} vote + logit adjustment tau={tau:g} (submission)",
                      **classification_metrics(y, onehot)})

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from .config import Config, package_versions, stage_fingerprint
 from .cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset
-from .data import class_list, read_train_table
+from .data import class_list, load_fold_table
 from .fileio import atomic_path, write_csv_atomic
 from .folds import training_indices_for_fold
 from .losses import build_loss
@@ -43,7 +43,7 @@ from .progress import progress
 from .tracking import Tracker
 from .sampling import balanced_sample_weights, oversample_indices
 
-__all__ = ["fit", "train_one_epoch", "predict_probs", "resolve_device", "load_fold_table", "StepTools",
+__all__ = ["fit", "train_one_epoch", "predict_probs", "resolve_device", "StepTools",
            "set_backbone_frozen", "NonFiniteLossError"]
 
 
@@ -57,22 +57,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
-
-
-def load_fold_table(cfg: Config) -> pd.DataFrame:
-    """The train table with each row's fold, checked against the folds file it came from."""
-    table = read_train_table(cfg)
-    path = cfg.folds_file
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `make folds` (or `python -m pipeline folds`) first")
-    folds = pd.read_csv(path)
-    same = len(folds) == len(table) and (folds["label"].astype(str).to_numpy()
-                                         == table["label"].astype(str).to_numpy()).all()
-    if not same:
-        raise ValueError(f"{path} does not match {cfg.data.train_csv} (rows or labels differ): "
-                         "the train CSV changed since the folds were made; rerun `make folds`")
-    table["fold"] = folds["fold"].to_numpy()
-    return table
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -514,7 +498,7 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
         run.tools.progress_desc = f"[fold {fold}] epoch {epoch + 1}/{cfg.train.epochs}"
         train_loss = train_one_epoch(run.model, _train_loader(cfg, data, device, epoch, decoded), run.optimizer,
                                      run.loss_fn, device, epoch, run.tools)
-        evaluated = run.tools.ema.module if run.tools.ema is not None else run.model
+        evaluated = evaluated_model(run)
         metrics, probs = _validate(evaluated, val_loader, data.val_targets, run.loss_fn, device, run.tools)
         lr = run.optimizer.param_groups[0]["lr"]
         _step_epoch_scheduler(cfg, run.scheduler, metrics)
