@@ -41,12 +41,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .cache import BatchNormalize, CachedImageDataset, build_cache, cached_transform
+from .cache import BatchNormalize, CachedImageDataset, build_cache, cached_transform, make_dataset
 from .config import AugmentConfig, load_config
-from .data import ImageDataset, build_transform, load_rgb, read_train_table
+from .data import load_rgb, read_train_table
 from .fileio import write_json_atomic
 
-__all__ = ["run_bench", "PeakRSS", "add_arguments", "run_from_args", "main"]
+__all__ = ["run_bench", "PeakRSS", "main"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_AUGMENT = [  # configs/demo.yaml's augment.train, used when that file is not at hand
@@ -145,7 +145,6 @@ class PeakRSS:
         self.peak_mb = self.peak / 2**20
         self.delta_mb = (self.peak - self.start) / 2**20
         self.workers_mb = self._child_peak / 2**20
-        self.exact = self._exact
         return False
 
 
@@ -226,11 +225,12 @@ def _make_loader(dataset, batch_size: int, device, workers: int, shuffle: bool, 
 
 
 def _dataset(kind: str, paths, rows, targets, aug, train: bool, decoded):
-    """kind: 'disk' (ImageDataset: decode + full transform), 'cache' (float items), 'u8' (uint8 items)."""
-    if kind == "disk":
-        ds = ImageDataset(np.asarray(paths)[rows], targets, build_transform(aug, train=train))
+    """kind: 'disk' and 'u8' are what training builds with `data.cache` off and on (`cache.make_dataset`);
+    'cache' is the cache with albumentations' per-image Normalize (float items), for comparison."""
+    if kind == "cache":
+        ds = CachedImageDataset(decoded, rows, targets, cached_transform(aug, train, normalize=True))
     else:
-        ds = CachedImageDataset(decoded, rows, targets, cached_transform(aug, train, normalize=kind == "cache"))
+        ds = make_dataset(aug, paths, rows, targets, train=train, decoded=decoded if kind == "u8" else None)
     ds.transform.set_random_seed(0)
     return ds
 
@@ -539,8 +539,7 @@ def _large_phase(ctx, tmp: Path, n_images: int, size: int, repeats: int, log) ->
     with PeakRSS() as mem_build:
         decoded = build_cache(paths, size, None, tmp / "large_cache")
     build_s = decoded.seconds
-    with PeakRSS() as mem_single:
-        single = build_cache(paths, size, None, tmp / "large_cache_1thread", n_jobs=1)
+    single = build_cache(paths, size, None, tmp / "large_cache_1thread", n_jobs=1)
     times: dict[str, list] = {}
     mems: dict[str, list] = {}
     rows = np.arange(n_images)
@@ -714,8 +713,8 @@ def _run_bench(out_json, device, model, image_size, batch_size, n_images, steps,
     return result
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The bench's command-line options (shared by `python -m pipeline.bench` and the CLI)."""
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="outputs/bench.json", help="result JSON (default: %(default)s)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--model", default="resnet10t", help="timm model name (default: %(default)s)")
@@ -728,17 +727,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="demo dataset folder (default data/demo, else a fresh one)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: one per core)")
 
-
-def run_from_args(a: argparse.Namespace) -> dict:
-    return run_bench(a.out, device=a.device, model=a.model, image_size=a.image_size, batch_size=a.batch_size,
-                     steps=a.steps, repeats=a.repeats, large_images=a.large_images, large_size=a.large_size,
-                     data_dir=a.data_dir, threads=a.threads)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    run_from_args(p.parse_args(argv))
+    a = p.parse_args(argv)
+    run_bench(a.out, device=a.device, model=a.model, image_size=a.image_size, batch_size=a.batch_size,
+              steps=a.steps, repeats=a.repeats, large_images=a.large_images, large_size=a.large_size,
+              data_dir=a.data_dir, threads=a.threads)
     return 0
 
 

@@ -56,7 +56,7 @@ import PIL
 import torch
 
 from .config import AugmentConfig
-from .data import ImageDataset, _user_transforms, build_transform, load_rgb
+from .data import ImageDataset, build_transform, finishing_steps, geometry_steps, load_rgb
 from .fileio import atomic_path
 
 __all__ = [
@@ -74,6 +74,7 @@ __all__ = [
     "cache_dir_for",
     "decoded_for",
     "make_dataset",
+    "usable_cpus",
 ]
 
 CACHE_FORMAT = 1          # bump when the file layout or the geometry code changes
@@ -92,8 +93,7 @@ def resize_method(crop: Sequence[int] | None = None) -> str:
 
 def geometry_transform(size: int, crop: Sequence[int] | None = None) -> A.Compose:
     """The first, deterministic steps of `data.build_transform`: [centre crop] → resize to size x size."""
-    steps = [A.CenterCrop(*crop, pad_if_needed=True)] if crop else []
-    return A.Compose(steps + [A.Resize(size, size)])
+    return A.Compose(geometry_steps(size, crop))
 
 
 def _check_geometry(size, crop) -> tuple[int, tuple[int, int] | None]:
@@ -179,13 +179,13 @@ def _open(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-def _valid(path: Path, n: int, size: int) -> bool:
-    """The file exists and has the expected header (a corrupt or foreign file is rebuilt)."""
+def _open_valid(path: Path, n: int, size: int) -> np.ndarray | None:
+    """The memory map of `path` if it exists with the expected header, else None (then it is rebuilt)."""
     try:
         arr = _open(path)
     except (OSError, ValueError):
-        return False
-    return arr.dtype == np.uint8 and arr.shape == (n, size, size, 3)
+        return None
+    return arr if arr.dtype == np.uint8 and arr.shape == (n, size, size, 3) else None
 
 
 @contextlib.contextmanager
@@ -217,7 +217,7 @@ def _fill(out: np.ndarray, paths: Sequence[str], size: int, crop, n_jobs: int | 
     from joblib import Parallel, delayed
 
     starts = range(0, len(paths), _CHUNK)
-    n_jobs = n_jobs or _cpu_count()
+    n_jobs = n_jobs or usable_cpus()
     if n_jobs == 1 or len(paths) <= _CHUNK:
         geom = geometry_transform(size, crop)
         for s in starts:
@@ -228,7 +228,8 @@ def _fill(out: np.ndarray, paths: Sequence[str], size: int, crop, n_jobs: int | 
         delayed(_decode_chunk)(out, s, paths[s:s + _CHUNK], geometry_transform(size, crop)) for s in starts)
 
 
-def _cpu_count() -> int:
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -263,11 +264,13 @@ def build_cache(paths: Sequence[str], size: int, crop: Sequence[int] | None, cac
     list_tag, key = cache_key(paths, size, crop)
     stem = f"{_PREFIX}{list_tag}-{_geometry_tag(size, crop)}"
     final = cache_dir / f"{stem}-{key}.npy"
-    if _valid(final, len(paths), size):      # fast path: no lock needed to read a finished file
-        return DecodedImages(final, key, size, crop)
+    arr = _open_valid(final, len(paths), size)
+    if arr is not None:                      # fast path: no lock needed to read a finished file
+        return DecodedImages(final, key, size, crop, array=arr)
     with _locked(cache_dir / f".{stem}.lock"):
-        if _valid(final, len(paths), size):  # another process built it while we waited
-            return DecodedImages(final, key, size, crop)
+        arr = _open_valid(final, len(paths), size)
+        if arr is not None:                  # another process built it while we waited
+            return DecodedImages(final, key, size, crop, array=arr)
         for leftover in _matching(cache_dir, rf"\.{re.escape(stem)}-[0-9a-f]{{16}}\.npy\..+\.tmp"):
             _remove_quietly(leftover)   # a killed build's temporary file (we hold the lock)
         tick = time.perf_counter()
@@ -299,10 +302,7 @@ def cached_transform(aug: AugmentConfig, train: bool, normalize: bool = True) ->
     strided copy: ToTensorV2's CHW *view* makes `torch.stack` ~10x slower at 224 px), and
     `BatchNormalize` converts the whole batch on the device in one tensor op.
     """
-    steps = _user_transforms(aug.train, "augment.train") if train else []
-    if normalize:
-        steps += [A.Normalize(mean=aug.mean, std=aug.std), A.ToTensorV2()]
-    return A.Compose(steps)
+    return A.Compose(finishing_steps(aug, train, normalize))
 
 
 class CachedImageDataset(torch.utils.data.Dataset):

@@ -160,15 +160,26 @@ def _user_transforms(specs: list, key: str) -> list:
     return out
 
 
+def geometry_steps(size: int, crop=None) -> list:
+    """The deterministic first steps: [centre crop to `crop` = (h, w)] → resize to size x size.
+
+    The decode cache (pipeline/cache.py) stores images after exactly these steps.
+    """
+    steps = [A.CenterCrop(*crop, pad_if_needed=True)] if crop else []
+    return steps + [A.Resize(size, size)]
+
+
+def finishing_steps(aug: AugmentConfig, train: bool, normalize: bool = True) -> list:
+    """What follows the geometry: (training augmentations) → [normalise → CHW tensor]."""
+    steps = _user_transforms(aug.train, "augment.train") if train else []
+    if normalize:
+        steps += [A.Normalize(mean=aug.mean, std=aug.std), A.ToTensorV2()]
+    return steps
+
+
 def build_transform(aug: AugmentConfig, train: bool) -> A.Compose:
     """Resize → (training augmentations) → normalise → CHW tensor."""
-    size = aug.image_size
-    crop = [A.CenterCrop(*aug.pre_resize_crop, pad_if_needed=True)] if aug.pre_resize_crop else []
-    steps = crop + [A.Resize(size, size)]
-    if train:
-        steps += _user_transforms(aug.train, "augment.train")
-    steps += [A.Normalize(mean=aug.mean, std=aug.std), A.ToTensorV2()]
-    return A.Compose(steps)
+    return A.Compose(geometry_steps(aug.image_size, aug.pre_resize_crop) + finishing_steps(aug, train))
 
 
 class ImageDataset(torch.utils.data.Dataset):

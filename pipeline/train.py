@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from .config import Config, package_versions, stage_fingerprint
-from .cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset
+from .cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset, usable_cpus
 from .data import class_list, load_fold_table
 from .fileio import atomic_path, write_csv_atomic
 from .folds import training_indices_for_fold
@@ -102,8 +101,7 @@ def loader_workers(setting: int | str, device: torch.device) -> int:
         return int(setting)
     if device.type == "cpu":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cores - 1))
+    return max(0, min(8, usable_cpus() - 1))
 
 
 def _loader(dataset, cfg: Config, device, shuffle=False, sampler=None, generator=None, drop_last=False,

@@ -1,5 +1,7 @@
 """The training toolkit: each test proves an option's effect, not merely that it runs."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -331,7 +333,7 @@ def test_num_workers_auto_is_zero_on_cpu_and_spare_cores_beside_a_gpu(tiny_cfg_d
     cpu, gpu = torch.device("cpu"), torch.device("cuda")   # a device object needs no GPU
     assert loader_workers("auto", cpu) == 0 and loader_workers(3, cpu) == 3
     for cores, expected in ((16, 8), (4, 3), (1, 0)):
-        monkeypatch.setattr(train_mod.os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)), raising=False)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)), raising=False)
         assert loader_workers("auto", gpu) == expected
     assert _with(tiny_cfg_dict, tmp_path).train.num_workers == "auto"
     for bad in ("many", -1):
