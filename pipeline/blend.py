@@ -21,7 +21,6 @@ and the blends': uniform vs fitted weights, every voting mode, the logit adjustm
 from __future__ import annotations
 
 import argparse
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +32,7 @@ if TYPE_CHECKING:  # the heavy imports (numpy, pandas, torch via stages) happen 
     from .config import Config
 
 __all__ = ["FoldsMismatchError", "Member", "load_experiment", "load_member", "check_same_folds", "blend",
-           "folds_sha256", "add_arguments", "run_from_args", "OOF_SOURCES", "VOTING_CHOICES", "OBJECTIVES"]
+           "add_arguments", "run_from_args", "OOF_SOURCES", "VOTING_CHOICES", "OBJECTIVES"]
 
 OOF_SOURCES = ("auto", "tta", "plain")
 VOTING_CHOICES = ("soft", "hard", "geometric", "rank")   # = pipeline.ensemble.VOTING_MODES (a test checks)
@@ -59,10 +58,6 @@ class Member:
     test: np.ndarray          # (T, C) mean of the folds' test probabilities
     folds_file: Path
     folds_hash: str
-
-
-def folds_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_experiment(name: str, output_dir: str | Path = "outputs") -> Config:
@@ -91,10 +86,10 @@ def _concat_folds(cfg: Config, file: str) -> pd.DataFrame | None:
 def load_member(cfg: Config, oof_source: str = "auto") -> Member:
     """Read one experiment's OOF and fold test probabilities; check them against its folds file."""
     import numpy as np
-    import pandas as pd
 
+    from .fileio import file_sha256
     from .models import read_sidecar
-    from .stages import prob_columns
+    from .stages import prob_columns, read_test_probs
 
     if oof_source not in OOF_SOURCES:
         raise ValueError(f"--oof: unknown source {oof_source!r}; valid: {', '.join(OOF_SOURCES)}")
@@ -110,27 +105,18 @@ def load_member(cfg: Config, oof_source: str = "auto") -> Member:
         oof, source = _concat_folds(cfg, "oof.csv"), "oof.csv"
     if oof is None:
         raise FileNotFoundError(f"experiment '{name}': some fold of {cfg.exp_dir} has no oof.csv; train every fold")
-    tests = []
-    for k in range(cfg.folds.n_splits):
-        path = cfg.fold_dir(k) / "test_probs.csv"
-        if not path.is_file():
-            raise FileNotFoundError(f"experiment '{name}': {path} is missing; run `make ensemble` for it")
-        fold_classes = read_sidecar(cfg.fold_dir(k) / "weights.safetensors")["classes"]
-        if fold_classes != classes:
-            raise ValueError(f"experiment '{name}': fold {k} has classes {fold_classes}, fold 0 {classes}")
-        tests.append(pd.read_csv(path))
-    ids = tests[0]["id"]
-    for k, t in enumerate(tests):
-        if not t["id"].astype(str).equals(ids.astype(str)):
-            raise ValueError(f"experiment '{name}': fold {k}'s test ids differ from fold 0's; rerun its predict stage")
+    try:
+        ids, tests, _ = read_test_probs(cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        raise type(exc)(f"experiment '{name}': {exc}") from None
     cols = prob_columns(classes)
     if not cfg.folds_file.is_file():
         raise FileNotFoundError(f"experiment '{name}': its folds file {cfg.folds_file} is gone; it is needed to "
                                 "check that the experiments share one cross-validation split")
     member = Member(name=name, cfg=cfg, classes=classes, rows=oof["row"].to_numpy(), folds=oof["fold"].to_numpy(),
                     labels=oof["label"], oof=oof[cols].to_numpy(np.float64), oof_source=source, test_ids=ids,
-                    test=np.mean([t[cols].to_numpy(np.float64) for t in tests], axis=0),
-                    folds_file=cfg.folds_file, folds_hash=folds_sha256(cfg.folds_file))
+                    test=tests.astype(np.float64).mean(axis=0),
+                    folds_file=cfg.folds_file, folds_hash=file_sha256(cfg.folds_file))
     _check_own_folds(member)
     return member
 

@@ -7,6 +7,7 @@ atomic on POSIX file systems, so Make never sees a half-written target as done.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ __all__ = [
     "write_text_if_changed",
     "write_json_atomic",
     "write_csv_atomic",
+    "file_sha256",
 ]
 
 
@@ -45,6 +47,11 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (e.g. the folds file: recorded by training, compared by blending)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

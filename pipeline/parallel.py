@@ -225,14 +225,14 @@ def _train_fold_task(cfg_dict: dict, fold: int, cwd: str) -> dict:
     from .train import fit, loader_workers, resolve_device
 
     workers = loader_workers(cfg_dict["train"]["num_workers"], resolve_device(cfg_dict["train"]["device"]))
-    if multiprocessing.current_process().daemon and workers > 0:
+    if workers > 0 and multiprocessing.current_process().daemon:
         # Safety net: DataLoader workers cannot start in a daemonic process ("daemonic processes
         # are not allowed to have children"); run_folds normally decides this before submitting.
         remote_print(f"[fold {fold}] daemonic Dask worker on {host}: training with train.num_workers=0")
         cfg_dict = {**cfg_dict, "train": {**cfg_dict["train"], "num_workers": 0}}
-    cfg = load_config(None, cfg_dict)
-    if loader_workers(cfg.train.num_workers, resolve_device(cfg.train.device)) > 0:
+    elif workers > 0:
         _fast_loader_processes()
+    cfg = load_config(None, cfg_dict)
 
     weights = fit(cfg, fold, log=lambda msg: remote_print(f"[{host}] {msg}"))
     return {"host": host, "weights": str(weights), "fingerprint": stage_fingerprint(cfg, "train")}
@@ -267,6 +267,15 @@ def _pin_worker_gpu(gpus: list, dask_worker=None) -> str | None:
 
 # ----------------------------------------------------------------------------------------
 
+def _skip_done(cfg: Config, folds: list[int], fingerprint: str, force: bool, results: dict, log) -> list[int]:
+    """Mark folds already trained with `fingerprint` as skipped (unless `force`); return the others."""
+    for k in folds:
+        if not force and fold_is_done(cfg, k, {fingerprint}):
+            results[k] = SKIPPED
+            log(f"[parallel] fold {k}: already trained with this config, skipped")
+    return [k for k in folds if k not in results]
+
+
 def run_folds(cfg: Config, folds: list[int], backend: str | None = None, scheduler=None,
               log: Callable[[str], Any] = print, force: bool = False) -> dict[int, str]:
     """Train `folds`; returns {fold: "done" | "skipped" | "<error>"} and raises if any failed.
@@ -283,13 +292,8 @@ def run_folds(cfg: Config, folds: list[int], backend: str | None = None, schedul
     if backend not in ("local", "dask"):
         raise ConfigError(f"parallel.backend: '{backend}' is not one of: local, dask")
     folds = _check_folds(cfg, folds)
-    fingerprints = {stage_fingerprint(cfg, "train")}
     results: dict[int, str] = {}
-    for k in folds:
-        if not force and fold_is_done(cfg, k, fingerprints):
-            results[k] = SKIPPED
-            log(f"[parallel] fold {k}: already trained with this config, skipped")
-    pending = [k for k in folds if k not in results]
+    pending = _skip_done(cfg, folds, stage_fingerprint(cfg, "train"), force, results, log)
     if pending:
         if backend == "local":
             _run_local(cfg, pending, results, log)
@@ -380,13 +384,8 @@ def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log, forc
                 "training with train.num_workers=0 (start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False "
                 "to keep them)")
             cfg_dict["train"]["num_workers"] = 0
-            effective = load_config(None, cfg_dict)
-            fingerprint = stage_fingerprint(effective, "train")
-            for k in list(folds):
-                if not force and fold_is_done(cfg, k, {fingerprint}):
-                    results[k] = SKIPPED
-                    log(f"[parallel] fold {k}: already trained with this config, skipped")
-            folds = [k for k in folds if k not in results]
+            fingerprint = stage_fingerprint(load_config(None, cfg_dict), "train")
+            folds = _skip_done(cfg, folds, fingerprint, force, results, log)
 
         if not folds:
             return

@@ -44,7 +44,7 @@ from .tta import parse_views, predict_tta, predict_tta_with_views
 
 __all__ = ["make_folds", "predict_fold", "ensemble", "score", "fold_probs_frame", "checkpoint_names",
            "checkpoint_path", "cv_table", "markdown_table", "write_cv", "metrics_row", "view_columns",
-           "class_ids", "text_table", "prob_columns", "logit_adjust_settings", "CV_COLUMNS"]
+           "class_ids", "text_table", "prob_columns", "logit_adjust_settings", "read_test_probs", "CV_COLUMNS"]
 
 PROB_PREFIX = "prob_"
 CKPT_PREFIX = "@"
@@ -259,6 +259,16 @@ def _read_fold_probs(cfg: Config, name: str) -> tuple[list[pd.DataFrame], list]:
     return frames, classes
 
 
+def read_test_probs(cfg: Config) -> tuple[pd.Series, np.ndarray, list]:
+    """Every fold's test_probs.csv: (the test ids, probabilities (folds, ids, classes), classes)."""
+    frames, classes = _read_fold_probs(cfg, "test_probs.csv")
+    ids = frames[0]["id"]
+    for k, f in enumerate(frames):
+        if not f["id"].astype(str).equals(ids.astype(str)):
+            raise ValueError(f"fold {k}'s test predictions cover other ids than fold 0's; rerun `make ensemble`")
+    return ids, np.stack([f[prob_columns(classes)].to_numpy() for f in frames]), classes
+
+
 def _oof_table(cfg: Config) -> tuple[pd.DataFrame, list]:
     frames, classes = _read_fold_probs(cfg, "oof.csv")
     oof = pd.concat(frames).sort_values("row").reset_index(drop=True)
@@ -387,26 +397,21 @@ def ensemble(cfg: Config, log=print, logit_adjust_on: bool | None = None, tau_gr
                      "the fold and 'no TTA' rows are the trainer's oof.csv (best weights).")
     write_cv(cv, cfg.exp_dir, f"Cross-validation: {cfg.experiment}", notes, log)
 
-    frames, _ = _read_fold_probs(cfg, "test_probs.csv")
-    ids = frames[0]["id"]
-    for k, f in enumerate(frames):
-        if not f["id"].astype(str).equals(ids.astype(str)):
-            raise ValueError(f"fold {k}'s test predictions cover other ids than fold 0's; rerun `make ensemble`")
-    probs = np.stack([f[prob_columns(classes)].to_numpy() for f in frames])
+    ids, probs, _ = read_test_probs(cfg)
     applied_tau = tau if adjust else 0.0
     if applied_tau:
         probs = logit_adjust(probs, prior, applied_tau)
     picked = vote(probs, cfg.ensemble.voting)
     labels = [classes[i] for i in picked]
     write_json_atomic(cfg.exp_dir / "ensemble.json", {
-        "voting": cfg.ensemble.voting, "folds": len(frames), "classes": classes,
+        "voting": cfg.ensemble.voting, "folds": len(probs), "classes": classes,
         "checkpoints": checkpoint_names(cfg), "oof_source": "oof_tta.csv" if oof_tta is not None else "oof.csv",
         "logit_adjust": {"applied": adjust, "tau": applied_tau, "chosen_tau": tau, "grid": grid,
                          "prior": prior.round(6).tolist(), "oof_f1_by_tau": [[t, round(f, 6)] for t, f in curve]}})
     out = cfg.exp_dir / "submission.csv"
     write_submission(cfg.data.sample_submission, cfg.data.id_column, cfg.data.target_column, ids, labels, out)
     adj = f", logit adjustment tau={applied_tau:g}" if applied_tau else ""
-    log(f"[ensemble] {cfg.ensemble.voting} voting over {len(frames)} folds{adj} → {out}")
+    log(f"[ensemble] {cfg.ensemble.voting} voting over {len(probs)} folds{adj} → {out}")
     return out
 
 
@@ -415,12 +420,10 @@ def score(cfg: Config, log=print) -> pd.DataFrame:
     if not cfg.data.test_labels:
         raise ValueError("data.test_labels is not set: scoring needs the true test labels")
     truth = pd.read_csv(cfg.data.test_labels)
-    frames, classes = _read_fold_probs(cfg, "test_probs.csv")
-    order = frames[0]["id"].astype(str)
-    truth = truth.set_index(truth[cfg.data.id_column].astype(str)).loc[order]
+    ids, probs, classes = read_test_probs(cfg)
+    truth = truth.set_index(truth[cfg.data.id_column].astype(str)).loc[ids.astype(str)]
     y = class_ids(truth[cfg.data.target_column], classes, str(cfg.data.test_labels))
-    probs = np.stack([f[prob_columns(classes)].to_numpy() for f in frames])
-    rows = [{"model": f"fold {k}", **classification_metrics(y, probs[k])} for k in range(len(frames))]
+    rows = [{"model": f"fold {k}", **classification_metrics(y, probs[k])} for k in range(len(probs))]
     settings = cfg.exp_dir / "ensemble.json"
     adjustment = json.loads(settings.read_text()).get("logit_adjust", {}) if settings.is_file() else {}
     tau = float(adjustment.get("tau", 0.0))

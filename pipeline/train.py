@@ -15,7 +15,6 @@ a resumed fold ends with the same weights as an uninterrupted one on CPU.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import shutil
 import time
@@ -33,7 +32,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from .config import Config, package_versions, stage_fingerprint
 from .cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset, usable_cpus
 from .data import class_list, load_fold_table
-from .fileio import atomic_path, write_csv_atomic
+from .fileio import atomic_path, file_sha256, write_csv_atomic
 from .folds import training_indices_for_fold
 from .losses import build_loss
 from .metrics import MAXIMISE, classification_metrics, confusion, per_class_f1
@@ -533,7 +532,7 @@ def _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint, 
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper: save the plain module's weights
     common = {"model": cfg.model.name, "heads": cfg.model.heads, "classes": data.classes, "fold": fold,
               "fingerprint": fingerprint, "image_size": cfg.augment.image_size, "folds_file": str(cfg.folds_file),
-              "folds_sha256": hashlib.sha256(cfg.folds_file.read_bytes()).hexdigest()}
+              "folds_sha256": file_sha256(cfg.folds_file)}
     # The final epoch's weights (EMA if on) can join the vote beside the best (ensemble.checkpoints).
     save_weights(model, out / "last.safetensors", {**common, "checkpoint": "last"})
     model.load_state_dict(load_weights(out / "state" / "best.safetensors"))
