@@ -32,7 +32,8 @@ from typing import Sequence
 import numpy as np
 from scipy.optimize import minimize
 from scipy.stats import rankdata
-from sklearn.metrics import f1_score
+
+from .metrics import macro_f1
 
 __all__ = ["VOTING_MODES", "soft_vote", "hard_vote", "geometric_vote", "rank_average", "vote", "vote_scores",
            "WEIGHT_OBJECTIVES", "DEFAULT_TAU_GRID", "log_loss", "fit_weights", "class_priors", "logit_adjust",
@@ -209,11 +210,6 @@ def log_loss(probs, y) -> float:
     return float(-np.log(np.maximum(p[np.arange(len(y)), y], _LOG_FLOOR)).mean())
 
 
-def _macro_f1(y: np.ndarray, scores: np.ndarray) -> float:
-    return float(f1_score(y, scores.argmax(axis=1), labels=np.arange(scores.shape[1]), average="macro",
-                          zero_division=0))
-
-
 def fit_weights(probs, y, objective: str = "logloss") -> np.ndarray:
     """Weights (M,) >= 0 summing to 1 for a weighted soft vote of the M members' OOF probabilities.
 
@@ -263,7 +259,7 @@ def fit_weights(probs, y, objective: str = "logloss") -> np.ndarray:
                        options={"maxiter": 500, "ftol": 1e-12})
     else:
         def loss(w):
-            return -_macro_f1(y, np.tensordot(w, p, axes=1))
+            return -macro_f1(y, np.tensordot(w, p, axes=1))
 
         def from_z(z):
             e = np.exp(z - z.max())
@@ -345,6 +341,6 @@ def choose_tau(probs, y, prior, grid: Sequence[float] = DEFAULT_TAU_GRID,
     p = _check_probs(np.asarray(probs, dtype=np.float64)[None] if combine is None else probs)
     y = _check_labels(y, p.shape[1], p.shape[2])
     combine = combine or (lambda q: q[0])
-    curve = [(t, _macro_f1(y, combine(logit_adjust(p, prior, t)))) for t in grid]
+    curve = [(t, macro_f1(y, combine(logit_adjust(p, prior, t)))) for t in grid]
     best = max(f for _, f in curve)
     return next(t for t, f in curve if f >= best - 1e-12), curve

@@ -36,7 +36,7 @@ from .data import class_list, load_fold_table, read_test_table, read_train_table
 from .ensemble import VOTING_MODES, choose_tau, class_priors, log_loss, logit_adjust, vote
 from .fileio import write_csv_atomic, write_json_atomic, write_text_atomic
 from .folds import assign_folds, fold_class_counts
-from .metrics import classification_metrics
+from .metrics import classification_metrics, macro_f1
 from .models import load_trained_model, read_sidecar
 from .submission import write_submission
 from .train import loader_workers, resolve_device
@@ -188,7 +188,7 @@ def _oof_tta_frame(rows, labels, fold: int, classes: list, merged, views, per_vi
 
 
 def _f1(y: np.ndarray, probs: np.ndarray) -> float:
-    return classification_metrics(y, probs)["f1_macro"] if len(y) else float("nan")
+    return macro_f1(y, probs) if len(y) else float("nan")
 
 
 def predict_fold(cfg: Config, fold: int, log=print, checkpoints=None) -> Path:

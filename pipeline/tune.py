@@ -222,17 +222,17 @@ def _redact(url) -> str:
 
 def _oof_f1(cfg: Config, folds: list[int]) -> tuple[float, dict]:
     """Macro-F1 of the concatenated out-of-fold predictions of `folds` (and each fold's own)."""
-    from .metrics import classification_metrics
+    from .metrics import macro_f1
+    from .stages import PROB_PREFIX, class_ids
 
     frames = [pd.read_csv(cfg.fold_dir(k) / "oof.csv", dtype={"label": str}) for k in folds]
     oof = pd.concat(frames, ignore_index=True)
-    prob_cols = [c for c in oof.columns if c.startswith("prob_")]
-    classes = [c[len("prob_"):] for c in prob_cols]
-    index = {c: i for i, c in enumerate(classes)}
+    prob_cols = [c for c in oof.columns if c.startswith(PROB_PREFIX)]
+    classes = [c[len(PROB_PREFIX):] for c in prob_cols]
 
     def score(frame):
-        y = frame["label"].astype(str).map(index).to_numpy()
-        return classification_metrics(y, frame[prob_cols].to_numpy(dtype=np.float64))[OBJECTIVE]
+        y = class_ids(frame["label"], classes, "oof.csv")
+        return macro_f1(y, frame[prob_cols].to_numpy(dtype=np.float64))
 
     return score(oof), {int(k): score(f) for k, f in zip(folds, frames)}
 
