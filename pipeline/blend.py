@@ -198,9 +198,10 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
 
     from .config import Config
     from .ensemble import (VOTING_MODES, WEIGHT_OBJECTIVES, choose_tau, class_priors, fit_weights, logit_adjust,
-                           vote, vote_scores)
+                           vote_scores)
     from .fileio import write_csv_atomic, write_json_atomic
-    from .stages import class_ids, fold_probs_frame, logit_adjust_settings, metrics_row, write_cv
+    from .stages import (class_ids, fold_probs_frame, logit_adjust_record, logit_adjust_settings, metrics_row,
+                         write_cv)
     from .submission import write_submission
 
     if voting not in VOTING_MODES:
@@ -232,12 +233,13 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     prior = class_priors(y, len(classes))
     tau, curve = choose_tau(oof, y, prior, grid, combine=lambda p: vote_scores(p, voting, w))
 
-    adjusted = bool(adjust) and tau > 0   # the submission is the adjusted blend
+    applied_tau = tau if adjust else 0.0
+    adjusted = applied_tau > 0   # the submission is the adjusted blend
+    adjusted_oof = vote_scores(logit_adjust(oof, prior, tau), voting, w)
     rows = [metrics_row(f"{m.name} ({m.oof_source})", y, m.oof) for m in members]
     rows += _blend_rows(oof, y, {"uniform": uniform, "fitted": fitted}, None if adjusted else (voting, weights))
     rows.append(metrics_row(f"blend {voting}, {weights} weights + logit adjustment tau={tau:g}"
-                            f"{' (submission)' if adjusted else ''}", y,
-                            vote_scores(logit_adjust(oof, prior, tau), voting, w)))
+                            f"{' (submission)' if adjusted else ''}", y, adjusted_oof))
     cv = pd.DataFrame(rows)
     out_dir = Path(out) if out is not None else Path(output_dir) / ("blend-" + "-".join(names))
     weight_text = ", ".join(f"{m.name} {x:.3f}" for m, x in zip(members, fitted))
@@ -248,14 +250,13 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
              f"Logit adjustment p / prior^tau: tau={tau:g} chosen on OOF macro-F1; {state}."]
     write_cv(cv, out_dir, f"Blend: {' + '.join(names)}", notes, log)
 
-    applied_tau = tau if adjust else 0.0
-    members_test = logit_adjust(test, prior, applied_tau) if applied_tau else test
-    picked = vote(members_test, voting, w)
-    blended_oof = vote_scores(logit_adjust(oof, prior, applied_tau) if applied_tau else oof, voting, w)
+    members_test = logit_adjust(test, prior, applied_tau) if adjusted else test
+    test_scores = vote_scores(members_test, voting, w)
+    picked = test_scores.argmax(axis=1)   # what `vote` picks: the argmax of its scores
+    blended_oof = adjusted_oof if adjusted else vote_scores(oof, voting, w)
     oof_frame = pd.DataFrame({"row": first.rows, "label": first.labels.to_numpy(), "fold": first.folds})
     oof_frame = pd.concat([oof_frame, fold_probs_frame(first.rows, blended_oof, classes).drop(columns="id")], axis=1)
     write_csv_atomic(out_dir / "oof.csv", oof_frame, float_format="%.7g")
-    test_scores = vote_scores(members_test, voting, w)
     write_csv_atomic(out_dir / "test_probs.csv", fold_probs_frame(first.test_ids, test_scores, classes),
                      float_format="%.7g")
     write_json_atomic(out_dir / "blend.json", {
@@ -263,8 +264,7 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
         "fitted_weights": dict(zip(names, fitted.round(6).tolist())), "weights_kind": weights,
         "objective": objective, "voting": voting, "oof_source": first.oof_source,
         "folds_file": str(first.folds_file), "folds_sha256": first.folds_hash, "classes": classes,
-        "logit_adjust": {"applied": bool(adjust), "tau": applied_tau, "chosen_tau": tau, "grid": grid,
-                         "prior": prior.round(6).tolist(), "oof_f1_by_tau": [[t, round(f, 6)] for t, f in curve]}})
+        "logit_adjust": logit_adjust_record(adjust, applied_tau, tau, grid, prior, curve)})
     d = first.cfg.data
     sub = out_dir / "submission.csv"
     write_submission(d.sample_submission, d.id_column, d.target_column, first.test_ids,

@@ -158,11 +158,9 @@ def vote(probs, mode: str = "soft", weights: Sequence[float] | None = None) -> n
     >>> vote(probs, "hard"), vote(probs, "soft")
     (array([0]), array([1]))
     """
-    if mode not in VOTING_MODES:
-        raise ValueError(f"ensemble.voting: unknown voting mode {mode!r}; valid modes: {', '.join(VOTING_MODES)}")
     if mode == "hard":
         return hard_vote(probs, weights)
-    return _SCORERS[mode](probs, weights).argmax(axis=1).astype(np.int64)
+    return vote_scores(probs, mode, weights).argmax(axis=1).astype(np.int64)
 
 
 def vote_scores(probs, mode: str = "soft", weights: Sequence[float] | None = None) -> np.ndarray:

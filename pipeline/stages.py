@@ -44,7 +44,7 @@ from .tta import parse_views, predict_tta, predict_tta_with_views
 
 __all__ = ["make_folds", "predict_fold", "ensemble", "score", "fold_probs_frame", "checkpoint_names",
            "checkpoint_path", "cv_table", "markdown_table", "write_cv", "metrics_row", "view_columns",
-           "class_ids", "text_table", "prob_columns", "logit_adjust_settings", "read_test_probs", "CV_COLUMNS"]
+           "class_ids", "text_table", "prob_columns", "logit_adjust_settings", "read_test_probs", "logit_adjust_record", "CV_COLUMNS"]
 
 PROB_PREFIX = "prob_"
 CKPT_PREFIX = "@"
@@ -370,6 +370,12 @@ def logit_adjust_settings(cfg: Config, logit_adjust_on=None, tau_grid=None) -> t
     return bool(on), [float(t) for t in grid]
 
 
+def logit_adjust_record(applied: bool, tau: float, chosen_tau: float, grid, prior: np.ndarray, curve) -> dict:
+    """The ``logit_adjust`` entry of ensemble.json / blend.json (`score` reads its tau and prior back)."""
+    return {"applied": bool(applied), "tau": tau, "chosen_tau": chosen_tau, "grid": grid,
+            "prior": prior.round(6).tolist(), "oof_f1_by_tau": [[t, round(f, 6)] for t, f in curve]}
+
+
 def ensemble(cfg: Config, log=print, logit_adjust_on: bool | None = None, tau_grid=None) -> Path:
     """Vote the folds' test probabilities into the submission; report the cross-validation table.
 
@@ -406,8 +412,7 @@ def ensemble(cfg: Config, log=print, logit_adjust_on: bool | None = None, tau_gr
     write_json_atomic(cfg.exp_dir / "ensemble.json", {
         "voting": cfg.ensemble.voting, "folds": len(probs), "classes": classes,
         "checkpoints": checkpoint_names(cfg), "oof_source": "oof_tta.csv" if oof_tta is not None else "oof.csv",
-        "logit_adjust": {"applied": adjust, "tau": applied_tau, "chosen_tau": tau, "grid": grid,
-                         "prior": prior.round(6).tolist(), "oof_f1_by_tau": [[t, round(f, 6)] for t, f in curve]}})
+        "logit_adjust": logit_adjust_record(adjust, applied_tau, tau, grid, prior, curve)})
     out = cfg.exp_dir / "submission.csv"
     write_submission(cfg.data.sample_submission, cfg.data.id_column, cfg.data.target_column, ids, labels, out)
     adj = f", logit adjustment tau={applied_tau:g}" if applied_tau else ""
