@@ -28,6 +28,10 @@ __all__ = [
     "load_config",
     "parse_overrides",
     "config_to_dict",
+    "flatten",
+    "nest",
+    "with_values",
+    "matches",
     "stage_fingerprint",
     "STAGE_KEYS",
     "write_resolved",
@@ -357,7 +361,7 @@ def _build(cls, raw: dict, prefix: str):
 
 
 def _validate(cfg: Config) -> None:
-    flat = _flatten(config_to_dict(cfg))
+    flat = flatten(config_to_dict(cfg))
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise ConfigError(f"{key}: '{flat[key]}' is not one of: {', '.join(allowed)}")
@@ -366,30 +370,48 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: {rule}; got {flat.get(key)!r}")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """`{"train": {"lr": 0.01}}` → `{"train.lr": 0.01}`: the top-level sections only."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict) and not prefix:  # only the top-level sections are flattened
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """Turn `["train.lr=0.01", "model.name=resnet18"]` into a nested dict (values parsed as YAML)."""
+def nest(flat: dict) -> dict:
+    """`{"train.lr": 0.01}` → `{"train": {"lr": 0.01}}` (dotted keys become nested sections)."""
     nested: dict = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key.subkey=value")
-        key, text = item.split("=", 1)
-        value = yaml.safe_load(text) if text != "" else None
+    for key, value in flat.items():
         node = nested
         *parents, leaf = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
     return nested
+
+
+def with_values(base: dict, flat: dict) -> dict:
+    """A copy of the nested config dict `base` with the dotted keys of `flat` set."""
+    return _merge(base, nest(flat))
+
+
+def matches(key: str, prefixes) -> bool:
+    """`key` is one of `prefixes`, or lies under one that ends with '.' (a whole section)."""
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Turn `["train.lr=0.01", "model.name=resnet18"]` into a nested dict (values parsed as YAML)."""
+    flat: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.subkey=value")
+        key, text = item.split("=", 1)
+        flat[key] = yaml.safe_load(text) if text != "" else None
+    return nest(flat)
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -447,10 +469,9 @@ STAGE_KEYS = {
 
 
 def _stage_subset(cfg: Config, stage: str) -> dict:
-    flat = _flatten(config_to_dict(cfg))
+    flat = flatten(config_to_dict(cfg))
     prefixes = STAGE_KEYS[stage]
-    return {k: v for k, v in sorted(flat.items())
-            if any(k == p or (p.endswith(".") and k.startswith(p)) for p in prefixes)}
+    return {k: v for k, v in sorted(flat.items()) if matches(k, prefixes)}
 
 
 def stage_fingerprint(cfg: Config, stage: str) -> str:

@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .config import STAGE_KEYS, Config, ConfigError, config_to_dict, load_config
+from .config import STAGE_KEYS, Config, ConfigError, config_to_dict, flatten, load_config, matches, with_values
 
 __all__ = ["tune", "validate_space", "default_storage", "trials_table", "TUNABLE_PREFIXES"]
 
@@ -68,33 +68,6 @@ SPACE_TYPES = ("float", "int", "categorical")
 _SPEC_KEYS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
               "categorical": {"type", "choices"}}
 OBJECTIVE = "f1_macro"
-
-
-def _flat_keys(d: dict) -> dict:
-    out = {}
-    for section, value in d.items():
-        if isinstance(value, dict):
-            for key, leaf in value.items():
-                out[f"{section}.{key}"] = leaf
-        else:
-            out[section] = value
-    return out
-
-
-def _apply(d: dict, params: dict) -> dict:
-    """A copy of the nested config dict `d` with dotted `params` set."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
-    for key, value in params.items():
-        if "." in key:
-            section, leaf = key.split(".", 1)
-            out[section][leaf] = value
-        else:
-            out[key] = value
-    return out
-
-
-def _is_tunable(key: str) -> bool:
-    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in TUNABLE_PREFIXES)
 
 
 def _number(where: str, spec: dict, name: str, kind: str):
@@ -120,7 +93,7 @@ def validate_space(cfg: Config) -> dict[str, dict]:
         raise ConfigError("tune.space: empty; add at least one key, e.g. "
                           "tune.space: {train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}}")
     base = config_to_dict(cfg)
-    flat = _flat_keys(base)
+    flat = flatten(base)
     out = {}
     for key, spec in space.items():
         where = f"tune.space.{key}"
@@ -128,7 +101,7 @@ def validate_space(cfg: Config) -> dict[str, dict]:
             close = difflib.get_close_matches(str(key), list(flat), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{where}: '{key}' is not a config key.{hint}")
-        if not _is_tunable(key):
+        if not matches(key, TUNABLE_PREFIXES):
             raise ConfigError(f"{where}: '{key}' is not a training key; a trial may change only keys under "
                               + ", ".join(TUNABLE_PREFIXES))
         if not isinstance(spec, dict):
@@ -172,7 +145,7 @@ def validate_space(cfg: Config) -> dict[str, dict]:
             candidates = [low, high]
         for value in candidates:  # every bound and choice must be a valid value of that key
             try:
-                load_config(None, _apply(base, {key: value}))
+                load_config(None, with_values(base, {key: value}))
             except ConfigError as exc:
                 raise ConfigError(f"{where}: value {value!r} is not valid for this config: {exc}") from None
         out[key] = norm
@@ -294,7 +267,7 @@ def tune(cfg: Config, trials: int | None = None, storage=None, out_config: str |
         frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
         number = frozen.system_attrs.get("failed_trial", trial.number)
         out_dir = trials_root / str(number)
-        tcfg = load_config(None, {**_apply(base, params), "output_dir": str(out_dir)})
+        tcfg = load_config(None, {**with_values(base, params), "output_dir": str(out_dir)})
         trial.set_user_attr("output_dir", str(out_dir))
         log(f"[tune] trial {trial.number}: {params}")
         epochs = tcfg.train.epochs
@@ -336,7 +309,7 @@ def tune(cfg: Config, trials: int | None = None, storage=None, out_config: str |
         raise RuntimeError(f"study '{name}' has no completed trial (all pruned or failed): "
                            "widen tune.space, set tune.pruner: none, or add trials")
     best = study.best_trial
-    best_dict = _apply(base, best.params)
+    best_dict = with_values(base, best.params)
     # Train the best config beside the original, on the same folds file (comparable OOF, blendable).
     best_dict["folds"] = dict(best_dict.get("folds") or {}, name=cfg.folds.name or cfg.experiment)
     best_dict["experiment"] = f"{cfg.experiment}-best"
