@@ -23,6 +23,7 @@ __all__ = [
     "read_csv_checked",
     "read_train_table",
     "load_fold_table",
+    "model_classes",
     "read_test_table",
     "class_list",
     "save_classes",
@@ -87,6 +88,11 @@ def read_train_table(cfg: Config) -> pd.DataFrame:
     return pd.DataFrame({"image": images, "label": label, "group": groups.to_numpy(),
                          "stratify": raw[d.stratify_column].to_numpy() if d.stratify_column else label,
                          "true_label": raw[d.true_label_column].to_numpy() if d.true_label_column else label})
+
+
+def model_classes(table: pd.DataFrame) -> list:
+    """The classes a model is trained on: every label and every true label of `read_train_table`'s rows."""
+    return class_list(pd.concat([table["label"], table["true_label"]]))
 
 
 def load_fold_table(cfg: Config) -> pd.DataFrame:

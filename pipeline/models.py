@@ -43,7 +43,9 @@ class MaskHeadsModel(torch.nn.Module):
         super().__init__()
         self.backbone = timm.create_model(name, pretrained=pretrained, num_classes=0, drop_rate=drop_rate)
         width = self.backbone.num_features
-        self.heads = torch.nn.ModuleList([torch.nn.Linear(width, n) for n in (3, 2, 3)])
+        from .mask import _HEADS
+
+        self.heads = torch.nn.ModuleList([torch.nn.Linear(width, n) for _, n in _HEADS])
 
     def get_classifier(self) -> torch.nn.Module:
         return self.heads
@@ -57,8 +59,10 @@ class MaskHeadsModel(torch.nn.Module):
 
 def _timm_model(name: str, heads: str, num_classes: int, pretrained: bool, drop_rate: float) -> torch.nn.Module:
     if heads == "mask":
-        if num_classes != 18:
-            raise ConfigError(f"model.heads: 'mask' needs the 18 mask classes, the data has {num_classes}")
+        from .mask import N_CLASSES
+
+        if num_classes != N_CLASSES:
+            raise ConfigError(f"model.heads: 'mask' needs the {N_CLASSES} mask classes, the data has {num_classes}")
         return MaskHeadsModel(name, pretrained, drop_rate)
     return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
 

@@ -96,16 +96,14 @@ def validate_for_config(cfg, path: str | Path | None = None) -> Path:
     The classes are those the fold models were trained on (fold 0's sidecar), or else the train
     CSV's labels. Raises SubmissionError listing every problem; returns the path when valid.
     """
-    from .data import class_list, read_train_table
+    from .data import model_classes, read_train_table
     from .models import read_sidecar
 
     path = Path(path) if path is not None else cfg.exp_dir / "submission.csv"
-    sidecar = cfg.fold_dir(0) / "weights.json"
-    if sidecar.is_file():
+    try:
         classes = read_sidecar(cfg.fold_dir(0) / "weights.safetensors")["classes"]
-    else:
-        table = read_train_table(cfg)
-        classes = class_list(pd.concat([table["label"], table["true_label"]]))
+    except FileNotFoundError:   # no trained fold (yet): the classes training would use
+        classes = model_classes(read_train_table(cfg))
     problems = validate_submission(path, cfg.data.sample_submission, cfg.data.id_column,
                                    cfg.data.target_column, classes)
     if problems:

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from .config import Config, package_versions, stage_fingerprint
 from .cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset, usable_cpus
-from .data import class_list, load_fold_table
+from .data import load_fold_table, model_classes
 from .fileio import atomic_path, file_sha256, write_csv_atomic
 from .folds import training_indices_for_fold
 from .losses import build_loss
@@ -76,7 +76,7 @@ def _fold_data(cfg: Config, fold: int) -> _FoldData:
     table = load_fold_table(cfg)
     if not 0 <= fold < cfg.folds.n_splits:
         raise ValueError(f"fold {fold} does not exist: folds.n_splits is {cfg.folds.n_splits}")
-    classes = class_list(pd.concat([table["label"], table["true_label"]]))
+    classes = model_classes(table)
     index = {c: i for i, c in enumerate(classes)}
     train_idx, val_idx = training_indices_for_fold(table["fold"].to_numpy(), fold)
     # Train on `label`, score validation on `true_label` (they differ e.g. with a training-only age cut-off).

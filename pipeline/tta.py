@@ -306,10 +306,12 @@ def predict_tta_per_view(model: nn.Module, x: Tensor, views: Sequence[View],
 
     Used to score each view on its own (e.g. on out-of-fold data) and keep only views that help.
     """
-    logits = _view_logits(model, x, views, chunk_views)
-    if logits.element_size() < 4:
-        logits = logits.float()
-    return logits.softmax(-1)
+    return _view_probs(_view_logits(model, x, views, chunk_views))
+
+
+def _view_probs(logits: Tensor) -> Tensor:
+    """Softmax per view, in float32 at least (bf16/fp16 logits would round the probabilities)."""
+    return (logits.float() if logits.element_size() < 4 else logits).softmax(-1)
 
 
 def predict_tta_with_views(model: nn.Module, x: Tensor, views: Sequence[View], merge: str = "mean",
@@ -322,8 +324,5 @@ def predict_tta_with_views(model: nn.Module, x: Tensor, views: Sequence[View], m
     """
     _check_merge(merge)
     logits = _view_logits(model, x, views, chunk_views)
-    merged = merge_view_logits(logits, merge)
-    if logits.element_size() < 4:
-        logits = logits.float()
-    return logits.softmax(-1), merged
+    return _view_probs(logits), merge_view_logits(logits, merge)
 
