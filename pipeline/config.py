@@ -22,6 +22,8 @@ from typing import Any, Union
 
 import yaml
 
+from .progress import PROGRESS_MODES
+
 __all__ = [
     "ConfigError",
     "Config",
@@ -227,15 +229,19 @@ class Config:
         return self.exp_dir / f"fold_{fold}"
 
 
+# Metrics `train.monitor` may name, and whether a higher value is better (pipeline.metrics.MAXIMISE).
+MONITOR_MAXIMISE = {"f1_macro": True, "f1_weighted": True, "accuracy": True, "precision_macro": True,
+                    "recall_macro": True, "roc_auc": True, "loss": False}
+
 CHOICES = {
     "train.optimizer": ("sgd", "momentum", "adam", "adamw", "nadam", "radam", "rmsprop", "lamb", "lion"),
     "train.scheduler": ("none", "step", "cosine", "plateau", "onecycle"),
     "loss.name": ("ce", "focal", "f1", "weighted_ce"),
     "model.heads": ("single", "mask"),
-    "report.progress": ("auto", "bar", "lines", "off"),
+    "report.progress": PROGRESS_MODES,
     "parallel.backend": ("local", "dask"),
     "tune.pruner": ("median", "none"),
-    "train.monitor": ("f1_macro", "f1_weighted", "accuracy", "precision_macro", "recall_macro", "roc_auc", "loss"),
+    "train.monitor": tuple(MONITOR_MAXIMISE),
     "train.amp": ("off", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "sampling.method": ("none", "balanced", "oversample"),

@@ -8,11 +8,12 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_score, recall_score,
                              roc_auc_score)
 
+from .config import MONITOR_MAXIMISE
+
 __all__ = ["classification_metrics", "macro_f1", "per_class_f1", "confusion", "MAXIMISE"]
 
 # Direction of each monitorable metric: the best checkpoint maximises or minimises it.
-MAXIMISE = {"f1_macro": True, "f1_weighted": True, "accuracy": True, "precision_macro": True,
-            "recall_macro": True, "roc_auc": True, "loss": False}
+MAXIMISE = MONITOR_MAXIMISE
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
