@@ -233,18 +233,19 @@ def tune(cfg: Config, trials: int | None = None, storage=None, out_config: str |
 
     from .fileio import write_text_atomic
     from .parallel import fold_is_done
+    from .parallel import _check_folds
     from .train import NonFiniteLossError, fit
 
     space = validate_space(cfg)
     trials = cfg.tune.trials if trials is None else int(trials)
     if trials < 1:
         raise ConfigError(f"tune.trials: must be at least 1; got {trials}")
-    folds = [int(k) for k in cfg.tune.folds]
-    bad = [k for k in folds if not 0 <= k < cfg.folds.n_splits]
-    if not folds or bad:
-        raise ConfigError(f"tune.folds: {cfg.tune.folds} must list folds in 0..{cfg.folds.n_splits - 1}")
-    if not Path(cfg.folds_file).is_file():
-        raise FileNotFoundError(f"{cfg.folds_file} not found: run `make folds` (or `python -m pipeline folds`) first")
+    if not cfg.tune.folds:
+        raise ConfigError(f"tune.folds: must list folds in 0..{cfg.folds.n_splits - 1}")
+    try:
+        folds = _check_folds(cfg, cfg.tune.folds)   # also: the folds file exists
+    except ValueError as exc:
+        raise ConfigError(f"tune.folds: {exc}") from None
 
     url = storage or cfg.tune.storage or default_storage(cfg)
     name = study_name or cfg.tune.study_name or f"{cfg.experiment}-tune"
