@@ -74,12 +74,14 @@ def load_experiment(name: str, output_dir: str | Path = "outputs") -> Config:
 def _concat_folds(cfg: Config, file: str) -> pd.DataFrame | None:
     import pandas as pd
 
+    from .fileio import read_table
+
     frames = []
     for k in range(cfg.folds.n_splits):
         path = cfg.fold_dir(k) / file
         if not path.is_file():
             return None
-        frames.append(pd.read_csv(path))
+        frames.append(read_table(path))
     return pd.concat(frames).sort_values("row").reset_index(drop=True)
 
 
@@ -124,8 +126,8 @@ def load_member(cfg: Config, oof_source: str = "auto") -> Member:
 def _check_own_folds(m: Member) -> None:
     """The OOF rows must sit in the folds the folds file gives them now (it may have been regenerated)."""
     import numpy as np
-    import pandas as pd
 
+    from .fileio import read_table
     from .models import read_sidecar
 
     recorded = {read_sidecar(m.cfg.fold_dir(k) / "weights.safetensors").get("folds_sha256")
@@ -134,7 +136,7 @@ def _check_own_folds(m: Member) -> None:
         raise FoldsMismatchError(f"experiment '{m.name}' was trained on a folds file with sha256 "
                                  f"{sorted(h[:12] for h in recorded)}, but {m.folds_file} now has {m.folds_hash[:12]}: "
                                  "the folds were regenerated after training; retrain it or restore the folds file")
-    table = pd.read_csv(m.folds_file)
+    table = read_table(m.folds_file)
     if len(np.unique(m.rows)) != len(m.rows) or m.rows.min(initial=0) < 0 or m.rows.max(initial=-1) >= len(table):
         raise FoldsMismatchError(f"experiment '{m.name}': its OOF rows do not fit {m.folds_file} ({len(table)} rows)")
     if not np.array_equal(table["fold"].to_numpy()[m.rows], m.folds):
@@ -158,12 +160,12 @@ def check_same_folds(members: list[Member]) -> None:
         if not (np.array_equal(m.rows, first.rows) and np.array_equal(m.folds, first.folds)):
             raise FoldsMismatchError(f"{pair}: their out-of-fold rows or folds differ although both use "
                                      f"{first.folds_file}; rerun the training of the stale one")
-        if not m.labels.astype(str).equals(first.labels.astype(str)):
+        if not m.labels.equals(first.labels):
             raise ValueError(f"{pair}: their out-of-fold rows carry different true labels (data.true_label_column "
                              f"'{first.cfg.data.true_label_column}' vs '{m.cfg.data.true_label_column}'?)")
         if m.classes != first.classes:
             raise ValueError(f"{pair}: classes differ ({first.classes} vs {m.classes})")
-        if not m.test_ids.astype(str).equals(first.test_ids.astype(str)):
+        if not m.test_ids.equals(first.test_ids):
             raise ValueError(f"{pair}: their test predictions cover different ids (sample submissions "
                              f"{first.cfg.data.sample_submission} vs {m.cfg.data.sample_submission})")
 

@@ -308,6 +308,8 @@ class _Checker:
         """Read a CSV; return (frame, present required columns) or (None, set()) after reporting."""
         import pandas as pd
 
+        from .fileio import read_text_csv
+
         p = Path(path)
         if not p.is_file():
             folder = "" if p.parent.is_dir() else f" (its folder {p.parent} does not exist either)"
@@ -319,7 +321,7 @@ class _Checker:
                          f"column(s) {list(columns)} and one row per image. Re-download or regenerate it.")
             return None, set()
         try:
-            frame = pd.read_csv(p)
+            frame = read_text_csv(p)   # exact text: "NA" is a label, "0001" an id, not 1
         except pd.errors.EmptyDataError:
             self.problem(path, None, "empty-csv", f"{what} holds no header (only blank lines); expected "
                          f"column(s) {list(columns)}. Re-download or regenerate it.")

@@ -8,6 +8,7 @@ config names. `ImageDataset` decodes images for a DataLoader.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import albumentations as A
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 
 from .config import AugmentConfig, Config, ConfigError
+from .fileio import read_table, read_text_csv
 
 __all__ = [
     "DataError",
@@ -26,8 +28,6 @@ __all__ = [
     "model_classes",
     "read_test_table",
     "class_list",
-    "save_classes",
-    "load_classes",
     "ImageDataset",
     "build_transform",
     "load_rgb",
@@ -39,12 +39,12 @@ class DataError(ValueError):
 
 
 def read_csv_checked(path: str | Path, required: list[str], what: str) -> pd.DataFrame:
-    """Read a CSV and check it has rows and the configured columns."""
+    """Read a CSV as text (every cell exactly as written) and check it has rows and the configured columns."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} not found: {path} (check the path in the config)")
     try:
-        frame = pd.read_csv(path)
+        frame = read_text_csv(path)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty; expected a header with columns {required}") from None
     missing = [c for c in required if c not in frame.columns]
@@ -68,26 +68,28 @@ def _safe_join(root: Path, rel: str, where: str) -> Path:
 def read_train_table(cfg: Config) -> pd.DataFrame:
     """Return the training rows as columns `image` (full path), `label`, `group`, `stratify`, `true_label`.
 
-    `stratify` is what the folds are stratified on (the label unless data.stratify_column is set);
-    `true_label` is what validation is scored on (the label unless data.true_label_column is set).
+    Every value is the exact text of the train CSV: labels `01` and `1` are two classes, `NA` is
+    a label, a group `000041` keeps its zeros. `stratify` is what the folds are stratified on (the
+    label unless data.stratify_column is set); `true_label` is what validation is scored on (the
+    label unless data.true_label_column is set). `source` is the image path as written in the CSV.
     """
     d = cfg.data
     extra = [c for c in (d.group_column, d.stratify_column, d.true_label_column) if c]
     cols = [d.image_column, d.label_column] + extra
     raw = read_csv_checked(d.train_csv, cols, "train CSV")
-    blank = raw[d.label_column].isna() | (raw[d.label_column].astype(str).str.strip() == "")
+    blank = raw[d.label_column].str.strip() == ""
     if blank.any():
         rows = (np.flatnonzero(blank.to_numpy()) + 2).tolist()[:10]  # +2: header line, 1-based
         raise DataError(f"{d.train_csv}: blank label in column '{d.label_column}' at line(s) {rows}; "
                         "fill or drop those rows")
     root = Path(d.image_root)
-    images = [str(_safe_join(root, str(p), f"{d.train_csv} line {i + 2}"))
-              for i, p in enumerate(raw[d.image_column])]
-    groups = raw[d.group_column].astype(str) if d.group_column else pd.Series(range(len(raw))).astype(str)
-    label = raw[d.label_column].to_numpy()
-    return pd.DataFrame({"image": images, "label": label, "group": groups.to_numpy(),
-                         "stratify": raw[d.stratify_column].to_numpy() if d.stratify_column else label,
-                         "true_label": raw[d.true_label_column].to_numpy() if d.true_label_column else label})
+    images = [str(_safe_join(root, p, f"{d.train_csv} line {i + 2}")) for i, p in enumerate(raw[d.image_column])]
+    groups = raw[d.group_column] if d.group_column else pd.Series(range(len(raw))).astype(str)
+    label = raw[d.label_column].to_numpy(dtype=object)
+    column = lambda name: raw[name].to_numpy(dtype=object) if name else label  # noqa: E731
+    return pd.DataFrame({"image": images, "label": label, "group": groups.to_numpy(dtype=object),
+                         "stratify": column(d.stratify_column), "true_label": column(d.true_label_column),
+                         "source": raw[d.image_column].to_numpy(dtype=object)})
 
 
 def model_classes(table: pd.DataFrame) -> list:
@@ -101,9 +103,9 @@ def load_fold_table(cfg: Config) -> pd.DataFrame:
     path = cfg.folds_file
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `make folds` (or `python -m pipeline folds`) first")
-    folds = pd.read_csv(path)
-    same = len(folds) == len(table) and (folds["label"].astype(str).to_numpy()
-                                         == table["label"].astype(str).to_numpy()).all()
+    folds = read_table(path)
+    same = len(folds) == len(table) and (folds["label"].to_numpy(dtype=object)
+                                         == table["label"].to_numpy(dtype=object)).all()
     if not same:
         raise ValueError(f"{path} does not match {cfg.data.train_csv} (rows or labels differ): "
                          "the train CSV changed since the folds were made; rerun `make folds`")
@@ -118,25 +120,29 @@ def read_test_table(cfg: Config) -> pd.DataFrame:
     sample = read_csv_checked(d.sample_submission, cols, "sample submission")
     root = Path(d.test_root or d.image_root)
     if d.test_path_column:
-        rel = sample[d.test_path_column].astype(str)
+        rel = sample[d.test_path_column]
     else:
         rel = sample[d.id_column].map(lambda i: d.test_image_template.format(id=i))
     images = [str(_safe_join(root, r, f"{d.sample_submission} line {i + 2}")) for i, r in enumerate(rel)]
-    return pd.DataFrame({"id": sample[d.id_column].to_numpy(), "image": images})
+    return pd.DataFrame({"id": sample[d.id_column].to_numpy(dtype=object), "image": images})
 
 
-def class_list(labels) -> list:
-    """Sorted distinct labels as plain Python values (ints stay ints, strings stay strings)."""
-    return [v.item() if hasattr(v, "item") else v for v in sorted(pd.unique(pd.Series(labels)))]
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
 
 
-def save_classes(path: str | Path, classes: list) -> None:
-    from .fileio import write_json_atomic
-    write_json_atomic(path, {"classes": classes})
+def class_list(labels) -> list[str]:
+    """The distinct labels as text, in a stable order: numerically when every label is an integer
+    (`2` before `10`, `01` before `02`), else alphabetically.
 
+    Labels are compared as the exact text of the CSV, so `01` and `1` are different classes.
 
-def load_classes(path: str | Path) -> list:
-    return json.loads(Path(path).read_text())["classes"]
+    >>> class_list(["10", "2", "01", "2"]), class_list(["b", "NA", "a"])
+    (['01', '2', '10'], ['NA', 'a', 'b'])
+    """
+    texts = pd.unique(pd.Series(labels, dtype=object).map(str))
+    if all(_INTEGER.match(t) for t in texts):
+        return sorted(texts, key=lambda t: (int(t), t))
+    return sorted(texts)
 
 
 def load_rgb(path: str) -> np.ndarray:

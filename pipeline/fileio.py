@@ -26,7 +26,14 @@ __all__ = [
     "write_json_atomic",
     "write_csv_atomic",
     "file_sha256",
+    "read_text_csv",
+    "read_table",
+    "TEXT_COLUMNS",
 ]
+
+# Columns of the pipeline's own CSVs (folds file, oof/test probabilities, submission) that hold
+# labels, ids, groups or paths: always read back as the exact text that was written.
+TEXT_COLUMNS = ("id", "label", "true_label", "image", "group", "class")
 
 
 @contextmanager
@@ -52,6 +59,21 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes (e.g. the folds file: recorded by training, compared by blending)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_text_csv(path: str | Path) -> pd.DataFrame:
+    """Every cell as the exact text in the file: no type guessing and no missing values.
+
+    `01` stays `01` (not 1), `true` stays `true`, `1e3` stays `1e3`, and `NA`, `None` and
+    `nan` are text like any other (an empty cell is the empty string).
+    """
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def read_table(path: str | Path, text=TEXT_COLUMNS) -> pd.DataFrame:
+    """One of the pipeline's own CSVs: the `text` columns exactly as written, the others parsed
+    (probabilities as floats, row and fold numbers as integers)."""
+    return pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=False)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

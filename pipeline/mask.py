@@ -344,21 +344,21 @@ def read_relabel_file(path: str | Path, known_ids) -> tuple[dict, dict]:
 
 # --------------------------------------------------------------------------- folders
 
-def _person_photos(folder: Path, where: str) -> dict[str, str]:
+def _person_photos(folder: Path, where: str, skipped: list[Path] | None = None) -> dict[str, str]:
     """{photo stem: file name} of the seven photos in a person's folder.
 
     Hidden files (`._mask1.jpg`, `.DS_Store`) and files that are not images are
-    ignored; a missing photo, two files for one photo, or an image with an unknown
-    name is an error naming the folder.
+    ignored (appended to `skipped`, so the caller can say how many); a missing photo,
+    two files for one photo, or an image with an unknown name is an error naming the folder.
     """
     if not folder.is_dir():
         raise MaskDataError(f"person folder missing: {folder} ({where})")
     found: dict[str, str] = {}
     for name in sorted(os.listdir(folder)):
-        if name.startswith("."):
-            continue
         stem, ext = os.path.splitext(name)
-        if ext.lower() not in IMAGE_EXTENSIONS or not (folder / name).is_file():
+        if name.startswith(".") or ext.lower() not in IMAGE_EXTENSIONS or not (folder / name).is_file():
+            if skipped is not None:
+                skipped.append(folder / name)
             continue
         if stem not in MASK_OF_STEM:
             raise MaskDataError(f"{folder}: unexpected photo {name!r} ({where}); "
@@ -377,7 +377,7 @@ def _person_photos(folder: Path, where: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- the train CSV
 
 def prepare_mask_data(raw_root: str | Path, out_csv: str | Path, age_cutoff: int = TRUE_AGE_CUTOFF,
-                      relabel_file: str | Path | None = None) -> Path:
+                      relabel_file: str | Path | None = None, log=print) -> Path:
     """Write the pipeline's train CSV (one row per image, columns `TRAIN_COLUMNS`) and return its path.
 
     Arguments:
@@ -387,6 +387,7 @@ def prepare_mask_data(raw_root: str | Path, out_csv: str | Path, age_cutoff: int
         age_cutoff: the age from which TRAINING labels (`label`) say ">= 60"; `true_label`
             always uses 60.
         relabel_file: optional CSV `id,field,value` of label corrections (module docstring).
+        log: told how many hidden or non-image files in the person folders were skipped.
 
     Rows follow train.csv's person order, then mask1..mask5, incorrect_mask, normal.
     """
@@ -396,14 +397,14 @@ def prepare_mask_data(raw_root: str | Path, out_csv: str | Path, age_cutoff: int
     person_fixes, photo_fixes = ({}, {}) if relabel_file is None else \
         read_relabel_file(relabel_file, people["id"].tolist())
     train_csv = raw_root / "train" / "train.csv"
-    rows = []
+    rows, skipped = [], []
     for person in people.to_dict("records"):
         pid = person["id"]
         fixes = person_fixes.get(pid, {})
         gender, age = fixes.get("gender", person["gender"]), fixes.get("age", person["age"])
         train_group, true_group = age_group(age, age_cutoff), age_group(age, TRUE_AGE_CUTOFF)
         photos = _person_photos(raw_root / "train" / "images" / person["path"],
-                                f"{train_csv} line {person['line']}, id {pid}")
+                                f"{train_csv} line {person['line']}, id {pid}", skipped)
         for stem in PHOTO_STEMS:
             mask = photo_fixes.get((pid, stem), MASK_OF_STEM[stem])
             rows.append({
@@ -416,12 +417,17 @@ def prepare_mask_data(raw_root: str | Path, out_csv: str | Path, age_cutoff: int
             })
     out_csv = Path(out_csv)
     write_csv_atomic(out_csv, pd.DataFrame(rows, columns=TRAIN_COLUMNS), lineterminator="\n")
+    if skipped:
+        shown = ", ".join(str(p.relative_to(raw_root)) for p in skipped[:3])
+        log(f"[mask] skipped {len(skipped)} hidden or non-image file(s) in the person folders "
+            f"(e.g. {shown}{', ...' if len(skipped) > 3 else ''}); only {'/'.join(IMAGE_EXTENSIONS)} photos are used")
     return out_csv
 
 
 def prepare_from_config(cfg, log=print) -> Path:
     """`prepare_mask_data` with a Config: raw root = data.image_root, output = data.train_csv."""
-    out = prepare_mask_data(cfg.data.image_root, cfg.data.train_csv, cfg.mask.age_cutoff, cfg.mask.relabel_file)
+    out = prepare_mask_data(cfg.data.image_root, cfg.data.train_csv, cfg.mask.age_cutoff, cfg.mask.relabel_file,
+                            log=log)
     table = pd.read_csv(out)
     moved = int((table["label"] != table["true_label"]).sum())
     counts = table["true_label"].value_counts().reindex(range(N_CLASSES), fill_value=0)

@@ -67,8 +67,18 @@ def _timm_model(name: str, heads: str, num_classes: int, pretrained: bool, drop_
     return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
 
 
-def create_model(mcfg: ModelConfig, num_classes: int) -> torch.nn.Module:
-    """A timm model with a fresh `num_classes` head; optional pretrained or local weights."""
+def create_model(mcfg: ModelConfig, num_classes: int, classes: list[str] | None = None) -> torch.nn.Module:
+    """A timm model with a fresh `num_classes` head; optional pretrained or local weights.
+
+    `classes` (the class texts in model order), when given, is checked against what the heads need:
+    the mask heads read output k as the competition's class k, so the classes must be '0'..'17'.
+    """
+    if mcfg.heads == "mask" and classes is not None:
+        from .mask import N_CLASSES
+
+        if list(classes) != [str(c) for c in range(N_CLASSES)]:
+            raise ConfigError(f"model.heads: 'mask' needs the classes '0'..'{N_CLASSES - 1}' (the competition's "
+                              f"class codes) in the label column; the data has {list(classes)[:20]}")
     if not timm.is_model(mcfg.name):
         close = timm.list_models(f"*{mcfg.name.split('_')[0]}*")[:8]
         raise ConfigError(f"model.name: '{mcfg.name}' is not a timm model. Similar: {close or 'none'}; "

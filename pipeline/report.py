@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Config
-from .fileio import write_text_atomic
+from .fileio import read_table, read_text_csv, write_text_atomic
 from .metrics import confusion, per_class_f1
 from .models import read_sidecar
 from .stages import PROB_PREFIX, class_ids, prob_columns
@@ -196,7 +196,7 @@ def per_class_f1_figure(y_true: np.ndarray, probs: np.ndarray, classes: list):
 def _training_labels(cfg: Config, oof: pd.DataFrame) -> pd.Series:
     """The training labels: the folds file's (what the models trained on), else the OOF labels."""
     if cfg.folds_file.is_file():
-        folds = pd.read_csv(cfg.folds_file)
+        folds = read_table(cfg.folds_file)
         if "label" in folds.columns:
             return folds["label"]
     return oof["label"]
@@ -247,7 +247,7 @@ def write_report(cfg: Config, log=print) -> Path:
     """Write ``outputs/<exp>/report.html`` (self-contained); returns its path."""
     paths = report_inputs(cfg)
     oof_path = paths.get("oof_tta", paths["oof"])
-    oof = pd.read_csv(oof_path)
+    oof = read_table(oof_path)
     classes = report_classes(cfg, oof)
     prob_cols = prob_columns(classes)
     missing = [c for c in prob_cols if c not in oof.columns]
@@ -279,7 +279,7 @@ def write_report(cfg: Config, log=print) -> Path:
                     + _figure(f1_fig, "per-class F1") + html_table(f1_table))
 
     # Test distribution
-    sub = pd.read_csv(paths["submission"])
+    sub = read_text_csv(paths["submission"])
     target = cfg.data.target_column
     if target not in sub.columns:
         raise ValueError(f"{paths['submission']}: no column '{target}' (data.target_column); rerun `make ensemble`")

@@ -34,7 +34,7 @@ from .config import Config
 from .cache import BatchNormalize, decoded_for, make_dataset
 from .data import class_list, load_fold_table, read_test_table, read_train_table
 from .ensemble import VOTING_MODES, choose_tau, class_priors, log_loss, logit_adjust, vote
-from .fileio import write_csv_atomic, write_json_atomic, write_text_atomic
+from .fileio import read_table, read_text_csv, write_csv_atomic, write_json_atomic, write_text_atomic
 from .folds import assign_folds, fold_class_counts
 from .metrics import classification_metrics, macro_f1
 from .models import load_trained_model, read_sidecar
@@ -65,13 +65,14 @@ def make_folds(cfg: Config, log=print) -> Path:
     table = read_train_table(cfg)
     groups = table["group"].to_numpy() if cfg.data.group_column else None
     folds = assign_folds(table["stratify"].to_numpy(), cfg.folds.n_splits, cfg.seed, groups=groups)
-    raw = pd.read_csv(cfg.data.train_csv)
-    out = pd.DataFrame({"row": np.arange(len(raw)), "image": raw[cfg.data.image_column],
+    out = pd.DataFrame({"row": np.arange(len(table)), "image": table["source"],
                         "label": table["label"], "group": table["group"], "fold": folds})
     write_csv_atomic(cfg.folds_file, out)
+    scored = cfg.data.true_label_column or cfg.data.label_column
     log(f"[folds] {cfg.folds_file}: {len(out)} rows, {out['group'].nunique()} groups, "
-        f"{cfg.folds.n_splits} folds; validation rows per class and fold:")
-    log(fold_class_counts(table["label"].to_numpy(), folds).to_string())
+        f"{cfg.folds.n_splits} folds; validation rows per class (column '{scored}', which validation "
+        "is scored on) and fold:")
+    log(fold_class_counts(table["true_label"].to_numpy(), folds).to_string())
     if cfg.data.stratify_column:
         log(f"[folds] stratified on '{cfg.data.stratify_column}'")
     return cfg.folds_file
@@ -250,7 +251,7 @@ def _read_fold_probs(cfg: Config, name: str) -> tuple[list[pd.DataFrame], list]:
         path = cfg.fold_dir(k) / name
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run `make train ensemble` (fold {k} is not done)")
-        frame = pd.read_csv(path)
+        frame = read_table(path)
         fold_classes = read_sidecar(cfg.fold_dir(k) / "weights.safetensors")["classes"]
         if classes is not None and fold_classes != classes:
             raise ValueError(f"fold {k} was trained on classes {fold_classes}, fold 0 on {classes}; retrain")
@@ -264,7 +265,7 @@ def read_test_probs(cfg: Config) -> tuple[pd.Series, np.ndarray, list]:
     frames, classes = _read_fold_probs(cfg, "test_probs.csv")
     ids = frames[0]["id"]
     for k, f in enumerate(frames):
-        if not f["id"].astype(str).equals(ids.astype(str)):
+        if not f["id"].equals(ids):
             raise ValueError(f"fold {k}'s test predictions cover other ids than fold 0's; rerun `make ensemble`")
     return ids, np.stack([f[prob_columns(classes)].to_numpy() for f in frames]), classes
 
@@ -284,7 +285,7 @@ def _oof_tta_table(cfg: Config, oof: pd.DataFrame, log=print) -> pd.DataFrame | 
             log(f"[ensemble] {path} is missing (predicted before out-of-fold TTA existed): the CV table "
                 f"has no TTA rows; rerun `python -m pipeline predict --config {cfg.exp_dir / 'config.yaml'}`")
             return None
-        frame = pd.read_csv(path)
+        frame = read_table(path)
         if sorted(frame["row"]) != sorted(oof.loc[oof["fold"] == k, "row"]):
             raise ValueError(f"{path} covers other rows than fold {k}'s oof.csv: it predates the fold's "
                              "training; rerun the predict stage for this fold")
@@ -424,9 +425,9 @@ def score(cfg: Config, log=print) -> pd.DataFrame:
     """Score the submission, each fold alone and every voting mode on the held-back test labels."""
     if not cfg.data.test_labels:
         raise ValueError("data.test_labels is not set: scoring needs the true test labels")
-    truth = pd.read_csv(cfg.data.test_labels)
+    truth = read_text_csv(cfg.data.test_labels)
     ids, probs, classes = read_test_probs(cfg)
-    truth = truth.set_index(truth[cfg.data.id_column].astype(str)).loc[ids.astype(str)]
+    truth = truth.set_index(cfg.data.id_column).loc[ids]
     y = class_ids(truth[cfg.data.target_column], classes, str(cfg.data.test_labels))
     rows = [{"model": f"fold {k}", **classification_metrics(y, probs[k])} for k in range(len(probs))]
     settings = cfg.exp_dir / "ensemble.json"
@@ -441,7 +442,7 @@ def score(cfg: Config, log=print) -> pd.DataFrame:
         onehot = np.eye(len(classes))[vote(logit_adjust(probs, prior, tau), cfg.ensemble.voting)]
         rows.append({"model": f"{cfg.ensemble.voting} vote + logit adjustment tau={tau:g} (submission)",
                      **classification_metrics(y, onehot)})
-    sub = pd.read_csv(cfg.exp_dir / "submission.csv")
+    sub = read_text_csv(cfg.exp_dir / "submission.csv")
     sub_y = class_ids(sub[cfg.data.target_column], classes, "submission.csv")
     rows.append({"model": "submission.csv", **classification_metrics(y, np.eye(len(classes))[sub_y])})
     table = pd.DataFrame(rows)

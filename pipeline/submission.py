@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .fileio import write_csv_atomic
+from .fileio import read_text_csv, write_csv_atomic
 
 __all__ = ["write_submission", "validate_submission", "validate_for_config", "SubmissionError"]
 
@@ -15,20 +15,20 @@ class SubmissionError(ValueError):
     """A submission that the competition would reject."""
 
 
-def _read_text_csv(path: str | Path) -> pd.DataFrame:
-    """Every cell as the exact text in the file ('007' stays '007'; an empty cell is '')."""
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
-
-
 def write_submission(sample_path: str | Path, id_column: str, target_column: str,
                      ids, labels, out_path: str | Path) -> pd.DataFrame:
-    """Fill the sample's target column; keep its columns, ids (as written) and row order untouched."""
-    sample = _read_text_csv(sample_path)
-    parsed = pd.read_csv(sample_path)[id_column].astype(str).to_numpy()  # how the predict stage read them
-    ids = pd.Series(ids).astype(str).to_numpy()
-    if len(ids) != len(sample) or (parsed != ids).any():
-        raise SubmissionError(f"predicted ids do not match {sample_path} row for row; "
-                              "the sample changed after prediction: rerun `make ensemble`")
+    """Fill the sample's target column; keep its columns, ids (as written) and row order untouched.
+
+    `ids` are the predicted rows' ids as text; they must equal the sample's, row for row, or the
+    predictions are of another test set (the sample changed after the predict stage).
+    """
+    sample = read_text_csv(sample_path)
+    ids = pd.Series(ids, dtype=object).to_numpy()
+    if len(ids) != len(sample) or (sample[id_column].to_numpy(dtype=object) != ids).any():
+        raise SubmissionError(f"the test predictions do not cover the ids of {sample_path} row for row: the "
+                              "sample submission changed after the predict stage. `make ensemble` predicts "
+                              "again (it depends on the sample submission); without Make run "
+                              "`python -m pipeline predict` and then `python -m pipeline ensemble`")
     sub = sample.copy()
     sub[target_column] = [str(v) for v in labels]
     write_csv_atomic(out_path, sub)
@@ -51,10 +51,10 @@ def validate_submission(path: str | Path, sample_path: str | Path, id_column: st
         if not Path(p).is_file():
             return [f"{what} {p} does not exist"]
     try:
-        sub = _read_text_csv(path)
+        sub = read_text_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
         return [f"not a readable CSV: {str(exc).splitlines()[0]}"]
-    sample = _read_text_csv(sample_path)
+    sample = read_text_csv(sample_path)
     if list(sub.columns) != list(sample.columns):
         return [f"columns {list(sub.columns)} differ from the sample's {list(sample.columns)} "
                 "(names and order must match)"]

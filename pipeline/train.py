@@ -390,7 +390,7 @@ class _Run:
 
 def _build_run(cfg: Config, data: _FoldData, device: torch.device) -> _Run:
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, len(data.classes)).to(device)
+    model = create_model(cfg.model, len(data.classes), data.classes).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Every parameter joins the optimizer (timm's grouping drops frozen ones), so a backbone

@@ -198,7 +198,9 @@ def _oof_f1(cfg: Config, folds: list[int]) -> tuple[float, dict]:
     from .metrics import macro_f1
     from .stages import PROB_PREFIX, class_ids
 
-    frames = [pd.read_csv(cfg.fold_dir(k) / "oof.csv", dtype={"label": str}) for k in folds]
+    from .fileio import read_table
+
+    frames = [read_table(cfg.fold_dir(k) / "oof.csv") for k in folds]
     oof = pd.concat(frames, ignore_index=True)
     prob_cols = [c for c in oof.columns if c.startswith(PROB_PREFIX)]
     classes = [c[len(PROB_PREFIX):] for c in prob_cols]

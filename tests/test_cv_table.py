@@ -222,8 +222,12 @@ def test_ids_keep_their_text_exactly(tmp_path):
 
     sample = tmp_path / "sample.csv"
     sample.write_text("id,label\n007,x\n010,x\n")
-    write_submission(sample, "id", "label", [7, 10], ["a", "b"], tmp_path / "sub.csv")
+    write_submission(sample, "id", "label", ["007", "010"], ["a", "b"], tmp_path / "sub.csv")
     assert (tmp_path / "sub.csv").read_text() == "id,label\n007,a\n010,b\n"
+    # Predictions made for ids read as numbers (7, 10) belong to other rows: refused, not rewritten.
+    with pytest.raises(SubmissionError, match="do not cover the ids"):
+        write_submission(sample, "id", "label", ["7", "10"], ["a", "b"], tmp_path / "other.csv")
+    assert not (tmp_path / "other.csv").exists()
     (tmp_path / "mangled.csv").write_text("id,label\n7,a\n10,b\n")
     found = validate_submission(tmp_path / "mangled.csv", sample, "id", "label", ["a", "b"])
     assert any("missing" in p for p in found)
