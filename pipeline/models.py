@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 from .config import ConfigError, ModelConfig
 from .fileio import atomic_path, write_json_atomic
 
-__all__ = ["safe_torch_load", "create_model", "save_weights", "load_weights", "read_sidecar", "load_trained_model", "sidecar_path"]
+__all__ = ["safe_torch_load", "create_model", "save_weights", "load_weights", "read_sidecar", "load_trained_model",
+           "sidecar_path", "unwrap"]
 
 
 def safe_torch_load(path: str | Path):
@@ -113,13 +114,23 @@ def _load_backbone_file(model: torch.nn.Module, path: Path) -> None:
     model.load_state_dict(usable, strict=False)
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module behind a `torch.compile` wrapper (which shares its parameters).
+
+    A compiled model's state dict names every tensor `_orig_mod.<name>`; weights and resumable
+    checkpoints are saved and loaded through the plain module, so they fit any model of the
+    architecture, compiled or not.
+    """
+    return getattr(model, "_orig_mod", model)
+
+
 def sidecar_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
 def save_weights(model: torch.nn.Module, path: str | Path, meta: dict) -> None:
     """Write the sidecar, then the weights (the Make target) — both atomically."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     write_json_atomic(sidecar_path(path), meta)
     with atomic_path(path, suffix=".safetensors") as tmp:
         save_file(state, str(tmp), metadata={"model": meta.get("model", "")})

@@ -36,7 +36,7 @@ from .fileio import atomic_path, file_sha256, write_csv_atomic
 from .folds import training_indices_for_fold
 from .losses import build_loss
 from .metrics import MAXIMISE, classification_metrics, confusion, per_class_f1
-from .models import create_model, load_weights, safe_torch_load, save_weights
+from .models import create_model, load_weights, safe_torch_load, save_weights, unwrap
 from .progress import progress
 from .tracking import Tracker
 from .sampling import balanced_sample_weights, oversample_indices
@@ -432,7 +432,7 @@ def _mixup_for(cfg: Config, epoch: int, n_classes: int) -> Mixup | None:
 
 
 def _state_dict(run: _Run) -> dict:
-    state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+    state = {"model": unwrap(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
              "scheduler": run.scheduler.state_dict()}
     if run.tools.ema is not None:
         state["ema"] = run.tools.ema.state_dict()
@@ -442,7 +442,7 @@ def _state_dict(run: _Run) -> dict:
 
 
 def _restore(run: _Run, state: dict) -> None:
-    run.model.load_state_dict(state["model"])
+    unwrap(run.model).load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     if run.tools.ema is not None:
@@ -529,7 +529,7 @@ def _epoch_line(fold, epoch, epochs, train_loss, m, lr, seconds, improved) -> st
 def _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint, normalize) -> Path:
     """Out-of-fold probabilities from the best weights, then the weights themselves (last)."""
     out = cfg.fold_dir(fold)
-    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper: save the plain module's weights
+    model = unwrap(model)  # torch.compile wrapper: predict OOF with the plain module the best weights fit
     common = {"model": cfg.model.name, "heads": cfg.model.heads, "classes": data.classes, "fold": fold,
               "fingerprint": fingerprint, "image_size": cfg.augment.image_size, "folds_file": str(cfg.folds_file),
               "folds_sha256": file_sha256(cfg.folds_file)}

@@ -339,3 +339,29 @@ def test_num_workers_auto_is_zero_on_cpu_and_spare_cores_beside_a_gpu(tiny_cfg_d
     for bad in ("many", -1):
         with pytest.raises(ValueError, match="train.num_workers"):
             _with(tiny_cfg_dict, tmp_path, train={"num_workers": bad})
+
+
+def test_compiled_fold_finishes_with_plain_weights_equal_to_an_uncompiled_run(tiny_cfg_dict, folds_ready, tmp_path,
+                                                                               monkeypatch):
+    """train.compile: true ends with weights that load into the plain model (no `_orig_mod.` keys).
+
+    The real torch.compile wraps the model; only its backend is swapped for "eager" here, because
+    inductor's C++ build of every graph costs about a minute on 2 cores. The wrapper, and so its
+    `_orig_mod.` state-dict keys that broke saving, is the same whatever the backend.
+    """
+    from pipeline.models import load_trained_model
+    from pipeline.stages import predict_fold
+
+    real_compile, compiled = torch.compile, []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(m) or real_compile(m, backend="eager"))
+    cfg = _with(tiny_cfg_dict, tmp_path / "c", train={"compile": True, "epochs": 2})
+    weights = fit(cfg, 0, **QUIET)
+    assert compiled, "the trainer did not compile the model"
+    saved = load_file(weights)
+    assert not any(k.startswith("_orig_mod") for k in saved)
+    plain = load_file(fit(_with(tiny_cfg_dict, tmp_path / "p", train={"epochs": 2}), 0, **QUIET))
+    assert saved.keys() == plain.keys() and all(torch.allclose(saved[k].float(), plain[k].float(), atol=1e-5)
+                                                for k in saved)
+    model, _ = load_trained_model(weights)
+    assert not hasattr(model, "_orig_mod")
+    assert predict_fold(cfg, 0, **QUIET).is_file()
