@@ -427,8 +427,10 @@ def _mixup_for(cfg: Config, epoch: int, n_classes: int) -> Mixup | None:
     if not _mix_enabled(cfg, epoch):
         return None
     t = cfg.train
+    # Mixup mixes plain one-hot targets: loss.label_smoothing is applied once, by the loss
+    # (timm's Mixup would smooth them too, and the loss would then smooth them a second time).
     return Mixup(mixup_alpha=t.mixup_alpha, cutmix_alpha=t.cutmix_alpha, prob=t.mix_prob,
-                 label_smoothing=cfg.loss.label_smoothing, num_classes=n_classes)
+                 label_smoothing=0.0, num_classes=n_classes)
 
 
 def _state_dict(run: _Run) -> dict:

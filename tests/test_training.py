@@ -139,23 +139,41 @@ def test_ema_weights_are_the_ones_evaluated_and_saved(tiny_cfg_dict, folds_ready
     assert all(torch.equal(saved[k], ema[k]) for k in saved)
 
 
-def test_mixup_feeds_soft_targets_to_the_loss_until_its_switch_off_epoch(tiny_cfg_dict, folds_ready, tmp_path,
-                                                                        monkeypatch):
+def _effective_targets(loss_fn, logits, targets):
+    """The target distribution a cross-entropy loss pulls towards: softmax - B * dL/dlogits."""
+    logits = logits.detach().float().requires_grad_()
+    (grad,) = torch.autograd.grad(loss_fn(logits, targets), logits)
+    return (logits.softmax(1) - len(logits) * grad).detach()
+
+
+def test_mixup_targets_are_mixed_one_hots_smoothed_exactly_once(tiny_cfg_dict, folds_ready, tmp_path, monkeypatch):
+    smoothing = 0.1
     cfg = _with(tiny_cfg_dict, tmp_path, train={"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "mix_off_epoch": 1,
-                                                 "epochs": 2, "batch_size": 16})
+                                                 "epochs": 2, "batch_size": 16},
+                loss={"name": "ce", "label_smoothing": smoothing})
     seen = {}
     real = train_mod.train_one_epoch
 
     def spy(model, loader, optimizer, loss_fn, device, epoch, tools):
         def recording(logits, targets):
-            seen.setdefault(epoch, targets.detach().clone())
+            seen.setdefault(epoch, (targets.detach().clone(), _effective_targets(loss_fn, logits, targets)))
             return loss_fn(logits, targets)
         return real(model, loader, optimizer, recording, device, epoch, tools)
 
     monkeypatch.setattr(train_mod, "train_one_epoch", spy)
     fit(cfg, 0, **QUIET)
-    assert seen[0].ndim == 2 and ((seen[0] > 0.01) & (seen[0] < 0.99)).any()  # mixed soft labels
-    assert seen[1].ndim == 1  # switched off: plain class ids
+    mixed, effective = seen[0]
+    n_classes = mixed.shape[1]
+    # What the trainer hands the loss: a mix of two one-hot rows (weights lam and 1 - lam), unsmoothed.
+    assert mixed.ndim == 2 and torch.allclose(mixed.sum(1), torch.ones(len(mixed)))
+    assert ((mixed > 0.01) & (mixed < 0.99)).any()
+    assert ((mixed > 0).sum(1) <= 2).all() and (mixed.min(1).values == 0).all()
+    # What the loss pulls towards: that mix smoothed once, (1 - s) * mix + s / C.
+    assert torch.allclose(effective, (1 - smoothing) * mixed + smoothing / n_classes, atol=1e-5)
+    ids, effective_ids = seen[1]
+    assert ids.ndim == 1  # switched off from epoch 1: plain class ids, smoothed by the loss alone
+    expected = torch.nn.functional.one_hot(ids, n_classes) * (1 - smoothing) + smoothing / n_classes
+    assert torch.allclose(effective_ids, expected, atol=1e-5)
 
 
 def test_early_stopping_stops_after_patience_without_improvement(tiny_cfg_dict, folds_ready, tmp_path, monkeypatch):
