@@ -172,7 +172,7 @@ def check_same_folds(members: list[Member]) -> None:
 
 def _blend_rows(probs: np.ndarray, y: np.ndarray, weights: dict[str, np.ndarray],
                 chosen: tuple[str, str] | None) -> list[dict]:
-    from .ensemble import VOTING_MODES, vote_scores
+    from .ensemble import VOTING_MODES, vote, vote_scores
     from .stages import metrics_row
 
     rows = []
@@ -181,7 +181,7 @@ def _blend_rows(probs: np.ndarray, y: np.ndarray, weights: dict[str, np.ndarray]
             mark = " (submission)" if (mode, kind) == chosen else ""
             not_probs = {"log_loss": float("nan")} if mode in ("hard", "rank") else {}
             rows.append(metrics_row(f"blend {mode}, {kind} weights{mark}", y, vote_scores(probs, mode, w),
-                                    **not_probs))
+                                    vote(probs, mode, w), **not_probs))
     return rows
 
 
@@ -200,7 +200,7 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
 
     from .config import Config
     from .ensemble import (VOTING_MODES, WEIGHT_OBJECTIVES, choose_tau, class_priors, fit_weights, logit_adjust,
-                           vote_scores)
+                           vote, vote_scores)
     from .fileio import write_csv_atomic, write_json_atomic
     from .stages import (class_ids, fold_probs_frame, logit_adjust_record, logit_adjust_settings, metrics_row,
                          write_cv)
@@ -233,15 +233,18 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
 
     adjust, grid = logit_adjust_settings(first.cfg, logit_adjust_on, tau_grid)
     prior = class_priors(y, len(classes))
-    tau, curve = choose_tau(oof, y, prior, grid, combine=lambda p: vote_scores(p, voting, w))
+    decisions = lambda p: np.eye(len(classes))[vote(p, voting, w)]   # noqa: E731  (one-hot: F1 of the vote)
+    tau, curve = choose_tau(oof, y, prior, grid, combine=decisions)
 
     applied_tau = tau if adjust else 0.0
     adjusted = applied_tau > 0   # the submission is the adjusted blend
-    adjusted_oof = vote_scores(logit_adjust(oof, prior, tau), voting, w)
+    adjusted_member_oof = logit_adjust(oof, prior, tau)
+    adjusted_oof = vote_scores(adjusted_member_oof, voting, w)
     rows = [metrics_row(f"{m.name} ({m.oof_source})", y, m.oof) for m in members]
     rows += _blend_rows(oof, y, {"uniform": uniform, "fitted": fitted}, None if adjusted else (voting, weights))
     rows.append(metrics_row(f"blend {voting}, {weights} weights + logit adjustment tau={tau:g}"
-                            f"{' (submission)' if adjusted else ''}", y, adjusted_oof))
+                            f"{' (submission)' if adjusted else ''}", y, adjusted_oof,
+                            vote(adjusted_member_oof, voting, w)))
     cv = pd.DataFrame(rows)
     out_dir = Path(out) if out is not None else Path(output_dir) / ("blend-" + "-".join(names))
     weight_text = ", ".join(f"{m.name} {x:.3f}" for m, x in zip(members, fitted))
@@ -254,7 +257,7 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
 
     members_test = logit_adjust(test, prior, applied_tau) if adjusted else test
     test_scores = vote_scores(members_test, voting, w)
-    picked = test_scores.argmax(axis=1)   # what `vote` picks: the argmax of its scores
+    picked = vote(members_test, voting, w)
     blended_oof = adjusted_oof if adjusted else vote_scores(oof, voting, w)
     oof_frame = pd.DataFrame({"row": first.rows, "label": first.labels.to_numpy(), "fold": first.folds})
     oof_frame = pd.concat([oof_frame, fold_probs_frame(first.rows, blended_oof, classes).drop(columns="id")], axis=1)

@@ -13,7 +13,7 @@ zero) weight the folds; they are normalised, so only their ratios matter.
                AUC-like metrics (its argmax is a rough class choice)      (:func:`rank_average`)
 
 :func:`vote` dispatches on the config key ``ensemble.voting`` and returns class indices;
-:func:`vote_scores` returns the (N, C) scores behind it (one-hot for ``hard``).
+:func:`vote_scores` returns the (N, C) scores behind it (the vote shares for ``hard``).
 
 Fitted weights and the decision rule, on out-of-fold (OOF) probabilities:
 
@@ -35,7 +35,7 @@ from scipy.stats import rankdata
 
 from .metrics import macro_f1
 
-__all__ = ["VOTING_MODES", "soft_vote", "hard_vote", "geometric_vote", "rank_average", "vote", "vote_scores",
+__all__ = ["VOTING_MODES", "soft_vote", "vote_shares", "hard_vote", "geometric_vote", "rank_average", "vote", "vote_scores",
            "WEIGHT_OBJECTIVES", "DEFAULT_TAU_GRID", "log_loss", "fit_weights", "class_priors", "logit_adjust",
            "choose_tau"]
 
@@ -44,6 +44,8 @@ VOTING_MODES = ("soft", "hard", "geometric", "rank")
 # Floor for probabilities before taking logs: one fold's exact 0 must not veto a class outright
 # (and 0 * log 0 would be NaN for a zero-weight fold).
 _LOG_FLOOR = 1e-15
+# Vote shares closer than this are a tie (round-off of summed fold weights, not a real majority).
+_TIE = 1e-9
 
 
 def _check_probs(probs) -> np.ndarray:
@@ -92,6 +94,22 @@ def soft_vote(probs, weights: Sequence[float] | None = None) -> np.ndarray:
     return np.tensordot(_check_weights(weights, p.shape[0]), p, axes=1)
 
 
+def vote_shares(probs, weights: Sequence[float] | None = None) -> np.ndarray:
+    """The share of the (weighted) folds whose argmax is each class: (F, N, C) -> (N, C), rows sum to 1.
+
+    >>> vote_shares([[[0.6, 0.4]], [[0.6, 0.4]], [[0.1, 0.9]], [[0.3, 0.7]]])
+    array([[0.5, 0.5]])
+    """
+    p = _check_probs(probs)
+    n_folds, n_rows, n_classes = p.shape
+    w = _check_weights(weights, n_folds)
+    shares = np.zeros((n_rows, n_classes))
+    picks = p.argmax(axis=2)  # (F, N)
+    for k in range(n_folds):
+        np.add.at(shares, (np.arange(n_rows), picks[k]), w[k])
+    return shares
+
+
 def hard_vote(probs, weights: Sequence[float] | None = None) -> np.ndarray:
     """Majority vote of the folds' argmax classes: (F, N, C) -> (N,) class indices.
 
@@ -103,15 +121,9 @@ def hard_vote(probs, weights: Sequence[float] | None = None) -> np.ndarray:
     array([1])
     """
     p = _check_probs(probs)
-    n_folds, n_rows, n_classes = p.shape
-    # Raw weights (not normalised), so default votes count as exact integers and ties are exact.
-    w = np.ones(n_folds) if weights is None else _check_weights(weights, n_folds) * n_folds
-    counts = np.zeros((n_rows, n_classes))
-    picks = p.argmax(axis=2)  # (F, N)
-    for k in range(n_folds):
-        np.add.at(counts, (np.arange(n_rows), picks[k]), w[k])
-    tied = np.isclose(counts, counts.max(axis=1, keepdims=True), rtol=1e-9, atol=0.0)
-    soft = np.tensordot(_check_weights(weights, n_folds), p, axes=1)
+    shares = vote_shares(p, weights)
+    tied = np.isclose(shares, shares.max(axis=1, keepdims=True), rtol=0.0, atol=_TIE)
+    soft = np.tensordot(_check_weights(weights, p.shape[0]), p, axes=1)
     return np.where(tied, soft, -np.inf).argmax(axis=1).astype(np.int64)
 
 
@@ -164,16 +176,19 @@ def vote(probs, mode: str = "soft", weights: Sequence[float] | None = None) -> n
 
 
 def vote_scores(probs, mode: str = "soft", weights: Sequence[float] | None = None) -> np.ndarray:
-    """The (N, C) scores whose argmax is :func:`vote`'s choice: one-hot rows for ``hard``.
+    """The (N, C) scores of a vote, whose order within a class column is what ROC-AUC scores.
 
-    >>> vote_scores([[[0.6, 0.4]], [[0.6, 0.4]], [[0.0, 1.0]]], "hard")
-    array([[1., 0.]])
+    ``hard``: the vote shares (:func:`vote_shares`); their argmax is :func:`vote`'s choice except on
+    ties, which the hard vote breaks by soft probability. The others: :func:`soft_vote`,
+    :func:`geometric_vote`, :func:`rank_average`, whose argmax is always the vote.
+
+    >>> vote_scores([[[0.6, 0.4]], [[0.6, 0.4]], [[0.0, 1.0]]], "hard").round(3)
+    array([[0.667, 0.333]])
     """
     if mode not in VOTING_MODES:
         raise ValueError(f"ensemble.voting: unknown voting mode {mode!r}; valid modes: {', '.join(VOTING_MODES)}")
     if mode == "hard":
-        p = _check_probs(probs)
-        return np.eye(p.shape[2])[hard_vote(p, weights)]
+        return vote_shares(probs, weights)
     return _SCORERS[mode](probs, weights)
 
 
@@ -322,8 +337,8 @@ def choose_tau(probs, y, prior, grid: Sequence[float] = DEFAULT_TAU_GRID,
                combine=None) -> tuple[float, list[tuple[float, float]]]:
     """The tau of `grid` whose logit adjustment gives the best macro-F1 on (N, C) OOF `probs`.
 
-    With `combine` (e.g. ``lambda p: vote_scores(p, "hard", w)``), `probs` is (M, N, C): every
-    member is adjusted, then combined into (N, C) scores. Returns ``(tau, [(tau, macro_f1), ...])``
+    With `combine` (e.g. ``lambda p: vote_scores(p, "soft", w)``), `probs` is (M, N, C): every
+    member is adjusted, then combined into (N, C) scores whose argmax is the decision. Returns ``(tau, [(tau, macro_f1), ...])``
     over the sorted grid; ties go to the smallest tau, so a flat curve keeps the plain argmax
     (tau = 0 when the grid has it).
 

@@ -2,36 +2,41 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_score, recall_score,
                              roc_auc_score)
 
 from .config import MONITOR_MAXIMISE
 
-__all__ = ["classification_metrics", "macro_f1", "per_class_f1", "confusion", "MAXIMISE"]
+__all__ = ["classification_metrics", "label_metrics", "roc_auc", "macro_f1", "per_class_f1", "confusion", "MAXIMISE"]
 
 # Direction of each monitorable metric: the best checkpoint maximises or minimises it.
 MAXIMISE = MONITOR_MAXIMISE
 
 
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Headline metrics of `argmax(probs)`; every class counts in the macro means.
+def classification_metrics(y_true: np.ndarray, scores: np.ndarray, predicted: np.ndarray | None = None
+                           ) -> dict[str, float]:
+    """Headline metrics: the label metrics of the predictions and the ROC-AUC of `scores` themselves.
 
-    `roc_auc` is one-vs-rest macro AUC, NaN when a class is absent from `y_true`
-    (a tiny validation fold), since AUC is undefined there.
+    `scores` (N, C) are anything whose order within a class column means something: probabilities,
+    a hard vote's shares, rank averages. `predicted` (N,) class indices default to `argmax(scores)`
+    (a hard vote breaks its ties otherwise). Every class counts in the macro means. `roc_auc` is
+    one-vs-rest macro AUC, NaN when a class is absent from `y_true` (a tiny validation fold).
     """
-    y_pred = probs.argmax(axis=1)
-    labels = np.arange(probs.shape[1])
-    common = dict(labels=labels, zero_division=0)
+    scores = np.asarray(scores, dtype=np.float64)
+    predicted = scores.argmax(axis=1) if predicted is None else np.asarray(predicted)
+    return {**label_metrics(y_true, predicted, scores.shape[1]), "roc_auc": roc_auc(y_true, scores)}
+
+
+def label_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
+    """The metrics that need only the predicted labels (accuracy, F1, precision, recall)."""
+    common = dict(labels=np.arange(n_classes), zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "f1_macro": macro_f1(y_true, probs),
+        "f1_macro": float(f1_score(y_true, y_pred, average="macro", **common)),
         "f1_weighted": float(f1_score(y_true, y_pred, average="weighted", **common)),
         "precision_macro": float(precision_score(y_true, y_pred, average="macro", **common)),
         "recall_macro": float(recall_score(y_true, y_pred, average="macro", **common)),
-        "roc_auc": _roc_auc(y_true, probs),
     }
 
 
@@ -41,15 +46,20 @@ def macro_f1(y_true: np.ndarray, probs: np.ndarray) -> float:
                           zero_division=0))
 
 
-def _roc_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
-    if len(np.unique(y_true)) < probs.shape[1]:
+def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """One-vs-rest macro ROC-AUC of the class columns as they are (no renormalisation, so vote shares
+    and ranks are scored by their own order); binary: the AUC of column 1. NaN when a class is absent.
+
+    >>> roc_auc(np.array([0, 1, 2]), np.array([[3, 0, 0], [0, 2, 1], [0, 1, 2]]))
+    1.0
+    """
+    y_true, scores = np.asarray(y_true), np.asarray(scores, dtype=np.float64)
+    n_classes = scores.shape[1]
+    if len(np.unique(y_true)) < n_classes:
         return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        p = probs / probs.sum(axis=1, keepdims=True)
-        if probs.shape[1] == 2:
-            return float(roc_auc_score(y_true, p[:, 1]))
-        return float(roc_auc_score(y_true, p, multi_class="ovr", average="macro", labels=np.arange(probs.shape[1])))
+    if n_classes == 2:
+        return float(roc_auc_score(y_true == 1, scores[:, 1]))
+    return float(np.mean([roc_auc_score(y_true == c, scores[:, c]) for c in range(n_classes)]))
 
 
 def per_class_f1(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:

@@ -33,10 +33,10 @@ import torch
 from .config import Config
 from .cache import BatchNormalize, decoded_for, make_dataset
 from .data import class_list, load_fold_table, read_test_table, read_train_table
-from .ensemble import VOTING_MODES, choose_tau, class_priors, log_loss, logit_adjust, vote
+from .ensemble import VOTING_MODES, choose_tau, class_priors, log_loss, logit_adjust, vote, vote_scores
 from .fileio import read_table, read_text_csv, write_csv_atomic, write_json_atomic, write_text_atomic
 from .folds import assign_folds, fold_class_counts
-from .metrics import classification_metrics, macro_f1
+from .metrics import classification_metrics, label_metrics, macro_f1
 from .models import load_trained_model, read_sidecar
 from .submission import write_submission
 from .train import loader_workers, resolve_device
@@ -238,10 +238,11 @@ def predict_fold(cfg: Config, fold: int, log=print, checkpoints=None) -> Path:
 
 # ---- the cross-validation table --------------------------------------------------------------------
 
-def metrics_row(part: str, y: np.ndarray, probs: np.ndarray, **extra) -> dict:
-    """One CV-table row: the classification metrics of `probs` plus the log-loss."""
+def metrics_row(part: str, y: np.ndarray, probs: np.ndarray, predicted=None, **extra) -> dict:
+    """One CV-table row: the classification metrics of `probs` (decisions `predicted`, default their
+    argmax) plus the log-loss."""
     probs = np.asarray(probs, dtype=np.float64)
-    return {"part": part, "rows": int(len(y)), **classification_metrics(y, probs),
+    return {"part": part, "rows": int(len(y)), **classification_metrics(y, probs, predicted),
             "log_loss": log_loss(probs, y) if len(y) else float("nan"), **extra}
 
 
@@ -421,30 +422,40 @@ def ensemble(cfg: Config, log=print, logit_adjust_on: bool | None = None, tau_gr
     return out
 
 
+def _vote_metrics(y: np.ndarray, probs: np.ndarray, mode: str) -> dict:
+    """The metrics of a vote: its decisions, and ROC-AUC from its scores."""
+    return classification_metrics(y, vote_scores(probs, mode), vote(probs, mode))
+
+
 def score(cfg: Config, log=print) -> pd.DataFrame:
-    """Score the submission, each fold alone and every voting mode on the held-back test labels."""
+    """Score the submission, each fold alone and every voting mode on the held-back test labels.
+
+    Each vote is scored from its own scores (soft/geometric: the averaged probabilities, hard: the
+    vote shares, rank: the rank averages), so ROC-AUC ranks rows by what the vote computed; the
+    submission's row has labels only, so its ROC-AUC is empty.
+    """
     if not cfg.data.test_labels:
         raise ValueError("data.test_labels is not set: scoring needs the true test labels")
-    truth = read_text_csv(cfg.data.test_labels)
     ids, probs, classes = read_test_probs(cfg)
-    truth = truth.set_index(cfg.data.id_column).loc[ids]
-    y = class_ids(truth[cfg.data.target_column], classes, str(cfg.data.test_labels))
+    truth = read_text_csv(cfg.data.test_labels).set_index(cfg.data.id_column)
+    missing = sorted(set(ids) - set(truth.index))
+    if missing:
+        raise ValueError(f"{cfg.data.test_labels}: no true label for {len(missing)} test id(s), e.g. {missing[:5]}")
+    y = class_ids(truth.loc[ids, cfg.data.target_column], classes, str(cfg.data.test_labels))
     rows = [{"model": f"fold {k}", **classification_metrics(y, probs[k])} for k in range(len(probs))]
     settings = cfg.exp_dir / "ensemble.json"
     adjustment = json.loads(settings.read_text()).get("logit_adjust", {}) if settings.is_file() else {}
     tau = float(adjustment.get("tau", 0.0))
     for mode in VOTING_MODES:
-        onehot = np.eye(len(classes))[vote(probs, mode)]
         chosen = " (submission)" if mode == cfg.ensemble.voting and not tau else ""
-        rows.append({"model": f"{mode} vote{chosen}", **classification_metrics(y, onehot)})
+        rows.append({"model": f"{mode} vote{chosen}", **_vote_metrics(y, probs, mode)})
     if tau:
-        prior = np.asarray(adjustment["prior"])
-        onehot = np.eye(len(classes))[vote(logit_adjust(probs, prior, tau), cfg.ensemble.voting)]
+        adjusted = logit_adjust(probs, np.asarray(adjustment["prior"]), tau)
         rows.append({"model": f"{cfg.ensemble.voting} vote + logit adjustment tau={tau:g} (submission)",
-                     **classification_metrics(y, onehot)})
+                     **_vote_metrics(y, adjusted, cfg.ensemble.voting)})
     sub = read_text_csv(cfg.exp_dir / "submission.csv")
     sub_y = class_ids(sub[cfg.data.target_column], classes, "submission.csv")
-    rows.append({"model": "submission.csv", **classification_metrics(y, np.eye(len(classes))[sub_y])})
+    rows.append({"model": "submission.csv", **label_metrics(y, sub_y, len(classes)), "roc_auc": float("nan")})
     table = pd.DataFrame(rows)
     write_csv_atomic(cfg.exp_dir / "score.csv", table)
     log(table.to_string(index=False, float_format="%.4f"))

@@ -140,6 +140,26 @@ def test_logit_adjustment_is_recorded_applied_and_scored(copy_of):
                                                           "f1_macro"]
 
 
+def test_score_ranks_each_vote_by_its_own_scores(copy_of):
+    """ROC-AUC of a vote comes from its scores (mean probabilities, vote shares), never from one-hot labels."""
+    from sklearn.metrics import roc_auc_score
+
+    ensemble(copy_of, **QUIET)
+    table = score(copy_of, **QUIET).set_index("model")
+    classes = _classes(copy_of)
+    folds = [pd.read_csv(copy_of.fold_dir(k) / "test_probs.csv", dtype={"id": str}) for k in range(3)]
+    probs = np.stack([f[[f"prob_{c}" for c in classes]].to_numpy() for f in folds])
+    truth = pd.read_csv(copy_of.data.test_labels, dtype=str).set_index("id").loc[folds[0]["id"], "label"]
+    y = np.array([classes.index(v) for v in truth])
+    soft = probs.mean(axis=0)
+    assert table.loc["soft vote (submission)", "roc_auc"] == pytest.approx(
+        roc_auc_score(y, soft / soft.sum(1, keepdims=True), multi_class="ovr"), abs=1e-9)
+    shares = np.stack([(probs.argmax(axis=2) == c).mean(axis=0) for c in range(len(classes))], axis=1)
+    assert table.loc["hard vote", "roc_auc"] == pytest.approx(roc_auc_score(y, shares, multi_class="ovr"), abs=1e-12)
+    assert np.isnan(table.loc["submission.csv", "roc_auc"])   # labels alone have no ranking
+    assert table.loc["submission.csv", "f1_macro"] == table.loc["soft vote (submission)", "f1_macro"]
+
+
 def test_tta_rows_missing_when_predicted_before_oof_tta(copy_of):
     for k in range(copy_of.folds.n_splits):
         (copy_of.fold_dir(k) / "oof_tta.csv").unlink()

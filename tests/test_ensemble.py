@@ -148,14 +148,22 @@ def test_bad_weights_are_rejected(fn, weights, message):
         fn(np.full((2, 3, 2), 0.5), weights)
 
 
-@pytest.mark.parametrize("mode", VOTING_MODES)
-def test_vote_scores_argmax_is_the_vote(mode):
-    probs = np.random.default_rng(3).dirichlet(np.ones(3), size=(4, 9))
-    scores = vote_scores(probs, mode, weights=(1, 2, 3, 4))
-    assert scores.shape == (9, 3)
-    np.testing.assert_array_equal(scores.argmax(axis=1), vote(probs, mode, weights=(1, 2, 3, 4)))
-    if mode == "hard":
-        assert set(np.unique(scores)) <= {0.0, 1.0} and (scores.sum(axis=1) == 1).all()
+@pytest.mark.parametrize("weights", [None, (1, 2, 3, 4), (1, 1, 2, 2)])
+def test_hard_vote_scores_are_the_vote_shares_and_their_argmax_the_hard_vote(weights):
+    probs = np.random.default_rng(3).dirichlet(np.ones(3), size=(4, 200))
+    scores = vote_scores(probs, "hard", weights)
+    w = np.ones(4) / 4 if weights is None else np.asarray(weights) / sum(weights)
+    expected = np.zeros((200, 3))
+    for k in range(4):                                   # each fold adds its weight to its argmax class
+        expected[np.arange(200), probs[k].argmax(axis=1)] += w[k]
+    np.testing.assert_allclose(scores, expected, atol=1e-12)
+    tied = np.isclose(expected, expected.max(1, keepdims=True)).sum(1) > 1
+    assert tied.any() and not tied.all()
+    picked = vote(probs, "hard", weights)
+    np.testing.assert_array_equal(picked[~tied], scores.argmax(axis=1)[~tied])   # a clear majority wins
+    soft = np.tensordot(w, probs, axes=1)                      # a tie goes to the soft favourite among the tied
+    among = np.where(np.isclose(expected, expected.max(1, keepdims=True)), soft, -1)
+    np.testing.assert_array_equal(picked[tied], among.argmax(axis=1)[tied])
 
 
 # ---- fitted weights ------------------------------------------------------------------------------
