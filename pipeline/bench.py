@@ -43,7 +43,8 @@ import torch
 
 from .cache import BatchNormalize, CachedImageDataset, build_cache, cached_transform, make_dataset
 from .config import AugmentConfig, load_config
-from .data import load_rgb, read_train_table
+from .data import load_rgb
+from .tables import read_train_table
 from .fileio import write_json_atomic
 
 __all__ = ["run_bench", "PeakRSS", "main"]

@@ -169,7 +169,7 @@ class DataReport:
     def raise_if_failed(self) -> "DataReport":
         """Raise `pipeline.data.DataError` with the formatted report if there is any problem."""
         if not self.ok:
-            from .data import DataError
+            from .tables import DataError
             raise DataError(self.format())
         return self
 
@@ -210,7 +210,7 @@ def _inspect_image(path: str) -> _ImageResult:
     except PermissionError as exc:
         return _ImageResult("unreadable", None, str(exc))
     except UnidentifiedImageError:
-        return _ImageResult("not-an-image", None, _first_bytes(path))
+        return _ImageResult("not-an-image", None, _describe_file(path))
     except Image.DecompressionBombError as exc:
         return _ImageResult("too-large", mode, str(exc))
     except Exception as exc:  # noqa: BLE001 -- any decoder error means load_rgb would fail too
@@ -228,13 +228,23 @@ def _inspect_chunk(paths: list[str]) -> list[_ImageResult]:
         ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
-def _first_bytes(path: str) -> str:
+def _describe_file(path: str) -> str:
+    """What a file that is not an image seems to be, without quoting any of its content."""
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(512)
+        size = os.path.getsize(path)
     except OSError:
         return ""
-    return "the file is empty" if not head else f"it starts with bytes {head!r}"
+    if not head:
+        return "the file is empty"
+    if b"\0" not in head:
+        try:
+            head.decode("utf-8") if len(head) < 512 else head[:-3].decode("utf-8")   # [:-3]: a cut character
+            return f"it is a text file of {size} bytes"
+        except UnicodeDecodeError:
+            pass
+    return f"it is {size} bytes of binary data in no image format PIL knows"
 
 
 def _is_high_bit_depth(mode: str | None) -> bool:
@@ -346,7 +356,7 @@ class _Checker:
 
     def _add_ref(self, root: Path, rel, index: int, csv: str, column_desc: str, test: bool) -> str | None:
         """Record an image path from a CSV cell; return its key, or None if blank or escaping its root."""
-        from .data import DataError, _safe_join
+        from .tables import DataError, safe_join
 
         row = _line(index)
         if rel is None or (isinstance(rel, float) and rel != rel) or not str(rel).strip():
@@ -355,12 +365,11 @@ class _Checker:
             return None
         rel = str(rel)
         try:
-            full = _safe_join(root, rel, f"{csv} line {row}")
-        except DataError:
+            full = safe_join(root, rel, f"{column_desc}")
+        except DataError as exc:
             self.problem(csv, row, "path-escapes-root",
-                         f"image path '{rel}' ({column_desc}) leaves the image root {root} (absolute, or "
-                         "with '..'); it was not opened. Write paths relative to the root, or move the "
-                         "images under it and set the root in the config.", image=rel)
+                         f"{exc}. Write paths relative to the root, or move the images under it and set "
+                         "the root in the config.", image=rel)
             return None
         key = os.path.normpath(str(full))
         self.refs.setdefault(key, []).append(_Ref(csv, row, rel, test))

@@ -56,7 +56,7 @@ _HASH_SIZE = 8
 # ---- the table ------------------------------------------------------------------------------------
 
 def _classes(labels) -> list:
-    from .data import class_list
+    from .tables import class_list
     return class_list(labels)
 
 
@@ -421,7 +421,7 @@ def _img(name: str, alt: str) -> str:
 
 def write_eda(cfg: Config, log=print) -> Path:
     """Write ``outputs/<exp>/eda/index.html`` and its figures and tables; returns the page's path."""
-    from .data import load_fold_table
+    from .tables import load_fold_table
 
     table = load_fold_table(cfg)
     out = cfg.exp_dir / "eda"

@@ -32,7 +32,7 @@ import torch
 
 from .config import Config
 from .cache import BatchNormalize, decoded_for, make_dataset
-from .data import class_list, load_fold_table, read_test_table, read_train_table
+from .tables import class_list, load_fold_table, read_test_table, read_train_table
 from .ensemble import VOTING_MODES, choose_tau, class_priors, log_loss, logit_adjust, vote, vote_scores
 from .fileio import read_table, read_text_csv, write_csv_atomic, write_json_atomic, write_text_atomic
 from .folds import assign_folds, fold_class_counts

@@ -96,7 +96,7 @@ def validate_for_config(cfg, path: str | Path | None = None) -> Path:
     The classes are those the fold models were trained on (fold 0's sidecar), or else the train
     CSV's labels. Raises SubmissionError listing every problem; returns the path when valid.
     """
-    from .data import model_classes, read_train_table
+    from .tables import model_classes, read_train_table
     from .models import read_sidecar
 
     path = Path(path) if path is not None else cfg.exp_dir / "submission.csv"

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from .config import Config, package_versions, stage_fingerprint
 from .cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset, usable_cpus
-from .data import load_fold_table, model_classes
+from .tables import load_fold_table, model_classes
 from .fileio import atomic_path, file_sha256, write_csv_atomic
 from .folds import training_indices_for_fold
 from .losses import build_loss

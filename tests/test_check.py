@@ -17,7 +17,7 @@ from PIL import Image, ImageFile
 import pipeline.check as check_module
 from pipeline.check import DataReport, Problem, check_data
 from pipeline.config import load_config
-from pipeline.data import DataError
+from pipeline.tables import DataError
 
 CLASSES = ("cat", "dog")
 

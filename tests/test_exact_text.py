@@ -12,7 +12,7 @@ from PIL import Image
 
 from pipeline.check import check_data
 from pipeline.config import load_config
-from pipeline.data import class_list, read_test_table, read_train_table
+from pipeline.tables import class_list, read_test_table, read_train_table
 from pipeline.fileio import read_text_csv
 from pipeline.stages import ensemble, make_folds, predict_fold
 from pipeline.submission import validate_for_config, validate_submission

@@ -15,7 +15,7 @@ from PIL import Image
 
 import pipeline.mask as mask_module
 from pipeline.config import load_config
-from pipeline.data import read_test_table, read_train_table
+from pipeline.tables import read_test_table, read_train_table
 from pipeline.folds import assign_folds
 from pipeline.mask import (PHOTO_STEMS, TRAIN_COLUMNS, MultiHeadLoss, age_group, decode_class, encode_class,
                            make_mask_sample, multihead_log_probs_18, multihead_to_18, prepare_mask_data,
