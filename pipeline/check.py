@@ -367,9 +367,7 @@ class _Checker:
         try:
             full = safe_join(root, rel, f"{column_desc}")
         except DataError as exc:
-            self.problem(csv, row, "path-escapes-root",
-                         f"{exc}. Write paths relative to the root, or move the images under it and set "
-                         "the root in the config.", image=rel)
+            self.problem(csv, row, "path-escapes-root", f"{exc}.", image=rel)
             return None
         key = os.path.normpath(str(full))
         self.refs.setdefault(key, []).append(_Ref(csv, row, rel, test))

@@ -54,8 +54,8 @@ def safe_join(root: str | Path, rel: str, where: str) -> Path:
     """
     candidate = Path(rel)
     if candidate.is_absolute() or ".." in candidate.parts:
-        raise DataError(f"{where}: image path '{rel}' escapes the data root {root}; "
-                        "use paths relative to the image root")
+        raise DataError(f"{where}: image path '{rel}' escapes the data root {root} (absolute, or with '..'); "
+                        "it was not opened. Use paths relative to the image root")
     path = Path(root) / candidate
     real, real_root = os.path.realpath(path), _real_root(str(root))
     if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):

@@ -350,7 +350,7 @@ def test_a_path_escaping_the_root_is_reported_and_never_opened(tmp_path, monkeyp
     report = _check(cfg)
     first, second = _of(report, "path-escapes-root")
     assert (first.file, first.row, second.row) == (str(root / "train.csv"), 8, 9)
-    assert "not opened" in first.message and "Write paths relative to the root" in first.message
+    assert "not opened" in first.message and "Use paths relative to the image root" in first.message
     assert opened and not any("outside" in p for p in opened)
 
 
