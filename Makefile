@@ -8,8 +8,9 @@
 #
 # How Make knows what is up to date: `python -m pipeline resolve` runs first (at parse time,
 # for pipeline goals) and writes outputs/<exp>/stamps/<stage>.json, each holding only the
-# config keys that stage depends on and rewritten only when they change. Rules depend on
-# their stage's stamp, so a voting change re-votes without retraining.
+# config keys that stage depends on, and stamps/{train,test}_images.json, the images the stages
+# read (path, size, time), each rewritten only when it changes. Rules depend on their stage's
+# stamps, so a voting change re-votes without retraining and a changed test image re-predicts.
 
 SHELL := /bin/bash
 .DELETE_ON_ERROR:
@@ -72,13 +73,16 @@ $(VENV_OK): pyproject.toml
 # ---- stages -------------------------------------------------------------------------------
 data: $(TRAIN_CSV) ## write the embedded demo dataset (demo configs only)
 
+# The data stage also rewrites the image manifests, which resolve wrote before the images existed.
 ifeq ($(DEMO),1)
 $(TRAIN_CSV): $(STAMPS)/data.json | $(VENV_OK)
 	$(call STAGE,demo-data)
+	$(call STAGE,manifest) >/dev/null
 endif
 ifeq ($(MASK),1)
 $(TRAIN_CSV): $(STAMPS)/data.json $(subst $(comma), ,$(MASK_INPUTS)) | $(VENV_OK)
 	$(call STAGE,mask-data)
+	$(call STAGE,manifest) >/dev/null
 endif
 
 check: $(TRAIN_CSV) ## scan the data: every image once, every problem reported together
@@ -91,7 +95,7 @@ $(FOLDS_FILE): $(TRAIN_CSV) $(STAMPS)/folds.json | $(VENV_OK)
 
 train: $(WEIGHTS) ## train every fold (or FOLD=k); a killed fold resumes
 
-$(EXP_DIR)/fold_%/weights.safetensors: $(FOLDS_FILE) $(STAMPS)/train.json | $(VENV_OK)
+$(EXP_DIR)/fold_%/weights.safetensors: $(FOLDS_FILE) $(STAMPS)/train.json $(STAMPS)/train_images.json | $(VENV_OK)
 	$(call PIN_GPU,$*) $(call STAGE,train) --fold $*
 
 retrain: ## retrain FOLD=k from scratch; its old weights are replaced only on success
@@ -107,7 +111,7 @@ tune: $(FOLDS_FILE) ## Optuna search (TRIALS=n STORAGE=url) → configs/<exp>-be
 
 predict: $(TEST_PROBS) ## predict the test set with TTA, one file per fold
 
-$(EXP_DIR)/fold_%/test_probs.csv: $(EXP_DIR)/fold_%/weights.safetensors $(STAMPS)/predict.json
+$(EXP_DIR)/fold_%/test_probs.csv: $(EXP_DIR)/fold_%/weights.safetensors $(STAMPS)/predict.json $(STAMPS)/test_images.json
 	$(call STAGE,predict) --fold $*
 
 ifneq ($(strip $(EXPS)),)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -23,25 +24,52 @@ def _cfg(args):
     return load_config(args.config, args.set)
 
 
+# Values that Make pastes into rules and recipes: plain path characters only, so that no config
+# value can become shell or Make syntax (a `;`, `$`, quote, space or brace would).
+_MAKE_SAFE = re.compile(r"^[A-Za-z0-9_./+,:@%=~-]*$")
+
+
+def _make_variables(cfg) -> dict[str, tuple[str, str]]:
+    """{Make variable: (value, the config key it comes from)} for the Makefile's rules."""
+    people_csv = Path(cfg.data.image_root) / "train" / "train.csv"
+    mask_inputs = ",".join(str(p) for p in (people_csv, cfg.mask.relabel_file) if p and Path(p).is_file())
+    return {"EXP_DIR": (str(cfg.exp_dir), "output_dir / experiment"),
+            "RESOLVED": (str(cfg.exp_dir / "config.yaml"), "output_dir / experiment"),
+            "FOLDS_FILE": (str(cfg.folds_file), "folds.dir / folds.name"),
+            "K": (str(cfg.folds.n_splits), "folds.n_splits"),
+            "TRAIN_CSV": (str(cfg.data.train_csv), "data.train_csv"),
+            "DEMO": (str(int(cfg.data.demo)), "data.demo"),
+            "MASK": (str(int(cfg.mask.enabled)), "mask.enabled"),
+            "MASK_INPUTS": (mask_inputs, "data.image_root / mask.relabel_file"),
+            "SAMPLE_SUBMISSION": (str(cfg.data.sample_submission), "data.sample_submission")}
+
+
 def cmd_resolve(args) -> None:
+    from .manifest import write_manifests
+
     cfg = _cfg(args)
+    variables = _make_variables(cfg) if args.make_vars else {}
+    for name, (value, key) in variables.items():   # before anything is written
+        if not _MAKE_SAFE.match(value):
+            raise ConfigError(f"{key}: {value!r} cannot be used from Make: paths there may hold only letters, "
+                              "digits and _ . / + , : @ % = ~ - (no spaces, quotes, $, ;, braces or other shell "
+                              "syntax); rename the file or folder")
     resolved = write_resolved(cfg)
+    write_manifests(cfg)
     if not args.make_vars:
         print(resolved)
         return
     generated = cfg.data.demo or cfg.mask.enabled
     if not generated and not Path(cfg.data.train_csv).is_file():
         raise ConfigError(f"data.train_csv: {cfg.data.train_csv} does not exist (set data.demo: true for the demo)")
-    people_csv = Path(cfg.data.image_root) / "train" / "train.csv"
-    variables = {"EXP_DIR": cfg.exp_dir, "RESOLVED": resolved, "FOLDS_FILE": cfg.folds_file,
-                 "K": cfg.folds.n_splits, "TRAIN_CSV": cfg.data.train_csv, "DEMO": int(cfg.data.demo),
-                 "MASK": int(cfg.mask.enabled), "MASK_INPUTS": ",".join(
-                     str(p) for p in (people_csv, cfg.mask.relabel_file) if p and Path(p).is_file()),
-                 "SAMPLE_SUBMISSION": cfg.data.sample_submission}
-    for key, value in variables.items():
-        if " " in str(value):
-            raise ConfigError(f"paths with spaces cannot be used from Make: {value}")
-    print(" ".join(f"{k}={v}" for k, v in variables.items()))
+    print(" ".join(f"{name}={value}" for name, (value, _) in variables.items()))
+
+
+def cmd_manifest(args) -> None:
+    from .manifest import write_manifests
+
+    for path in write_manifests(_cfg(args)).values():
+        print(path)
 
 
 def cmd_demo_data(args) -> None:
@@ -150,7 +178,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     stages = [
-        ("resolve", cmd_resolve, "validate the config; save it and the per-stage stamps"),
+        ("resolve", cmd_resolve, "validate the config; save it, the per-stage stamps and the image manifests"),
+        ("manifest", cmd_manifest, "rewrite the image manifests (stamps/*_images.json) if the images changed"),
         ("demo-data", cmd_demo_data, "write the embedded demo dataset (scikit-learn's digits)"),
         ("mask-data", cmd_mask_data, "mask competition: its layout → the pipeline's train CSV"),
         ("check", cmd_check, "scan the CSVs and every image once; report all problems at once"),

@@ -67,6 +67,8 @@ class DataConfig:
     # (pipeline/cache.py). Off or on gives the same numbers, so neither key is in a stage fingerprint.
     cache: bool = True
     cache_dir: str | None = None            # default <output_dir>/cache
+    # How Make notices changed images (pipeline/manifest.py): size + modification time, or also sha256.
+    manifest: str = "stat"
 
 
 @dataclass
@@ -245,6 +247,7 @@ CHOICES = {
     "train.amp": ("off", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "sampling.method": ("none", "balanced", "oversample"),
+    "data.manifest": ("stat", "sha256"),
     "tta.merge": ("mean", "geometric_mean", "max", "logit_mean"),
     "ensemble.voting": ("soft", "hard", "geometric", "rank"),
 }

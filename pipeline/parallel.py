@@ -84,7 +84,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import Config, ConfigError, config_to_dict, load_config, stage_fingerprint
+from .config import Config, ConfigError, config_to_dict, load_config
+from .manifest import train_fingerprint
 
 __all__ = ["run_folds", "device_for_fold", "parse_gpus", "pin_gpu", "fold_is_done", "FoldsFailedError"]
 
@@ -168,11 +169,11 @@ def _sidecar_fingerprint(cfg: Config, fold: int) -> str | None:
 
 
 def fold_is_done(cfg: Config, fold: int, fingerprints: set[str] | None = None) -> bool:
-    """True when the fold's weights exist, were trained with this config's training keys, and
-    are newer than the folds file (the same rule Make applies, so both agree on what is stale:
-    the fingerprint covers config keys, not the contents of the data or the folds)."""
+    """True when the fold's weights exist, were trained with this config's training keys on these
+    training images (`manifest.train_fingerprint`), and are newer than the folds file (the rule
+    Make applies to the folds file, so both agree on what is stale)."""
     found = _sidecar_fingerprint(cfg, fold)
-    wanted = fingerprints if fingerprints is not None else {stage_fingerprint(cfg, "train")}
+    wanted = fingerprints if fingerprints is not None else {train_fingerprint(cfg)}
     if found is None or found not in wanted:
         return False
     folds_file = Path(cfg.folds_file)
@@ -235,7 +236,7 @@ def _train_fold_task(cfg_dict: dict, fold: int, cwd: str) -> dict:
     cfg = load_config(None, cfg_dict)
 
     weights = fit(cfg, fold, log=lambda msg: remote_print(f"[{host}] {msg}"))
-    return {"host": host, "weights": str(weights), "fingerprint": stage_fingerprint(cfg, "train")}
+    return {"host": host, "weights": str(weights), "fingerprint": train_fingerprint(cfg)}
 
 
 def _fast_loader_processes() -> None:
@@ -293,7 +294,7 @@ def run_folds(cfg: Config, folds: list[int], backend: str | None = None, schedul
         raise ConfigError(f"parallel.backend: '{backend}' is not one of: local, dask")
     folds = _check_folds(cfg, folds)
     results: dict[int, str] = {}
-    pending = _skip_done(cfg, folds, stage_fingerprint(cfg, "train"), force, results, log)
+    pending = _skip_done(cfg, folds, train_fingerprint(cfg), force, results, log)
     if pending:
         if backend == "local":
             _run_local(cfg, pending, results, log)
@@ -384,7 +385,7 @@ def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log, forc
                 "training with train.num_workers=0 (start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False "
                 "to keep them)")
             cfg_dict["train"]["num_workers"] = 0
-            fingerprint = stage_fingerprint(load_config(None, cfg_dict), "train")
+            fingerprint = train_fingerprint(load_config(None, cfg_dict))
             folds = _skip_done(cfg, folds, fingerprint, force, results, log)
 
         if not folds:

@@ -29,7 +29,8 @@ from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from .config import Config, package_versions, stage_fingerprint
+from .config import Config, package_versions
+from .manifest import train_fingerprint
 from .cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset, usable_cpus
 from .tables import load_fold_table, model_classes
 from .fileio import atomic_path, file_sha256, write_csv_atomic
@@ -364,7 +365,8 @@ def _load_state(path: Path, fingerprint: str) -> dict | None:
         return None
     state = safe_torch_load(path)
     if state.get("fingerprint") != fingerprint:
-        print(f"[train] {path} was made with a different config; starting this fold afresh")
+        print(f"[train] {path} was made with a different config or other training images; "
+              "starting this fold afresh")
         return None
     return state
 
@@ -467,7 +469,7 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
     """
     device = resolve_device(cfg.train.device)
     data = _fold_data(cfg, fold)
-    out, fingerprint, monitor = cfg.fold_dir(fold), stage_fingerprint(cfg, "train"), cfg.train.monitor
+    out, fingerprint, monitor = cfg.fold_dir(fold), train_fingerprint(cfg), cfg.train.monitor
     state_dir = out / "state"
     run = _build_run(cfg, data, device)
     paths = data.table["image"].to_numpy()

@@ -70,3 +70,48 @@ def test_a_file_that_is_not_an_image_is_described_not_quoted(tmp_path, content, 
     assert said in problem.message
     assert SECRET not in report.format() and "planted" not in report.format()
     assert "\\x" not in report.format() and "b'" not in report.format()
+
+
+def test_a_config_path_with_shell_syntax_never_reaches_a_shell(tmp_path):
+    """A value Make would paste into a rule is refused at parse time, before any recipe runs.
+
+    In a rule `folds/x.csv: <train_csv> ...` a `;` starts the recipe, so the planted path below
+    would run `touch pwned` (brace expansion) if it reached the Makefile: the folder with that
+    literal name exists, with a valid train CSV in it, and `x` exists as a prerequisite.
+    """
+    import shutil
+
+    from tests.conftest import REPO, tiny_config_dict, write_config
+    from tests.test_end_to_end import _make
+
+    root, _ = _dataset(tmp_path)
+    evil_dir = tmp_path / "x;{touch,pwned};#"        # the recipe would run in Make's directory, REPO
+    evil_dir.mkdir()
+    shutil.copy(root / "train.csv", evil_dir / "train.csv")
+    (tmp_path / "x").mkdir()
+    cfg = tiny_config_dict(tmp_path, root)
+    cfg["data"].update(train_csv=str(evil_dir / "train.csv"), demo=False)
+    try:
+        result = _make("folds", config=write_config(tmp_path / "evil.yaml", cfg))
+        assert not (REPO / "pwned").exists()
+    finally:
+        (REPO / "pwned").unlink(missing_ok=True)
+    assert result.returncode != 0
+    assert "data.train_csv" in result.stderr and "cannot be used from Make" in result.stderr
+
+
+def test_sha256_manifests_see_content_that_kept_its_size_and_time(tmp_path):
+    from pipeline.manifest import train_manifest
+
+    root, cfg = _dataset(tmp_path)
+    image = root / "train" / "cat_0.png"
+    stat_cfg = load_config(None, cfg)
+    hash_cfg = load_config(None, {**cfg, "data": {**cfg["data"], "manifest": "sha256"}})
+    before = (train_manifest(stat_cfg), train_manifest(hash_cfg))
+    st = image.stat()
+    data = bytearray(image.read_bytes())
+    data[-20] ^= 0xFF                                   # same size ...
+    image.write_bytes(bytes(data))
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... same time, as `cp -p` would leave it
+    assert train_manifest(stat_cfg) == before[0]          # stat cannot see it (documented)
+    assert train_manifest(hash_cfg) != before[1]

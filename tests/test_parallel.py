@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.config import load_config, stage_fingerprint
+from pipeline.config import load_config
+from pipeline.manifest import train_fingerprint
 from pipeline.parallel import FoldsFailedError, device_for_fold, parse_gpus, pin_gpu, run_folds
 from pipeline.stages import make_folds
 
@@ -118,7 +119,7 @@ def test_stale_folds_are_retrained_and_force_retrains_done_ones(folds_ready, tin
     sidecar = weights.with_suffix(".json")
     sidecar.write_text(json.dumps({"fingerprint": "0123456789abcdef"}))   # another config's weights
     assert run_folds(cfg, [0], backend="local") == {0: "done"}
-    assert json.loads(sidecar.read_text())["fingerprint"] == stage_fingerprint(cfg, "train")
+    assert json.loads(sidecar.read_text())["fingerprint"] == train_fingerprint(cfg)
     assert run_folds(cfg, [0], backend="local") == {0: "skipped"}
 
     made = cfg.folds_file.stat().st_mtime
@@ -137,7 +138,7 @@ def test_daemonic_workers_train_without_loader_processes(client, folds_ready, ti
     assert any("num_workers=0" in line for line in logs)
     meta = json.loads((cfg.fold_dir(0) / "weights.json").read_text())
     zero = _cfg(tiny_cfg_dict, tmp_path / "out", num_workers=0)
-    assert meta["fingerprint"] == stage_fingerprint(zero, "train")
+    assert meta["fingerprint"] == train_fingerprint(zero)
     assert run_folds(cfg, [0], backend="dask", scheduler=client) == {0: "skipped"}
 
 
@@ -150,7 +151,7 @@ def test_own_local_cluster_keeps_dataloader_workers(folds_ready, tiny_cfg_dict, 
     assert not any("num_workers=0" in line for line in logs)
     for k in (1, 2):
         meta = json.loads((cfg.fold_dir(k) / "weights.json").read_text())
-        assert meta["fingerprint"] == stage_fingerprint(cfg, "train")
+        assert meta["fingerprint"] == train_fingerprint(cfg)
 
 
 def test_gpus_without_gpu_workers_is_an_error_not_a_hang(client, folds_ready, tiny_cfg_dict, tmp_path):
