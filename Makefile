@@ -100,7 +100,6 @@ $(EXP_DIR)/fold_%/weights.safetensors: $(FOLDS_FILE) $(STAMPS)/train.json $(STAM
 
 retrain: ## retrain FOLD=k from scratch; its old weights are replaced only on success
 	@test -n "$(FOLD)" || { echo "usage: make retrain FOLD=k" >&2; exit 2; }
-	rm -rf $(EXP_DIR)/fold_$(FOLD)/state
 	$(call STAGE,train) --fold $(FOLD) --force
 
 train-dask: $(FOLDS_FILE) ## train folds on a Dask cluster (SCHEDULER=tcp://host:8786; default: a local one)

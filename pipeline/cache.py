@@ -39,7 +39,6 @@ a whole batch on the device, bit-identical to albumentations' `Normalize`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -47,7 +46,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import albumentations as A
 import cv2
@@ -57,7 +56,7 @@ import torch
 
 from .config import AugmentConfig
 from .data import ImageDataset, build_transform, finishing_steps, geometry_steps, load_rgb
-from .fileio import atomic_path
+from .fileio import atomic_path, locked
 
 __all__ = [
     "CACHE_FORMAT",
@@ -188,22 +187,6 @@ def _open_valid(path: Path, n: int, size: int) -> np.ndarray | None:
     return arr if arr.dtype == np.uint8 and arr.shape == (n, size, size, 3) else None
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (POSIX flock); a no-op where fcntl does not exist."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: builds are still atomic, only not de-duplicated
-        yield
-        return
-    with open(lock_path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _decode_chunk(out: np.ndarray, start: int, paths: Sequence[str], geom: A.Compose) -> None:
     for j, p in enumerate(paths):
         try:
@@ -267,7 +250,7 @@ def build_cache(paths: Sequence[str], size: int, crop: Sequence[int] | None, cac
     arr = _open_valid(final, len(paths), size)
     if arr is not None:                      # fast path: no lock needed to read a finished file
         return DecodedImages(final, key, size, crop, array=arr)
-    with _locked(cache_dir / f".{stem}.lock"):
+    with locked(cache_dir / f".{stem}.lock", f"the decode cache {stem}", log):
         arr = _open_valid(final, len(paths), size)
         if arr is not None:                  # another process built it while we waited
             return DecodedImages(final, key, size, crop, array=arr)

@@ -11,10 +11,13 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pandas as pd
 
@@ -29,6 +32,8 @@ __all__ = [
     "read_text_csv",
     "read_table",
     "TEXT_COLUMNS",
+    "locked",
+    "folder_lock",
 ]
 
 # Columns of the pipeline's own CSVs (folds file, oof/test probabilities, submission) that hold
@@ -145,3 +150,50 @@ def replace_dir(new: Path, out: Path) -> None:
         os.rename(old, out)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- one writer at a time ------------------------------------------------------------------------
+
+@contextmanager
+def locked(lock_path: str | Path, what: str, log: Callable[[str], object] | None = print) -> Iterator[None]:
+    """Run the block while holding an exclusive lock on `lock_path` (POSIX flock).
+
+    A second process asking for the same lock waits for the first to finish, after saying once
+    which process holds it (`what` names the thing, e.g. "fold 0 of outputs/demo"), so two runs
+    of one stage never write the same files at once. The lock file records its holder (pid, host,
+    start time, command); the kernel releases the lock when the holder exits, even when killed,
+    so a stale lock file never blocks. Where fcntl does not exist (Windows) the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:   # pragma: no cover - Windows
+        yield
+        return
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            if log is not None:
+                log(f"[lock] {what} is in use by {holder}; waiting for it to finish "
+                    f"(Ctrl-C stops this run; the other one goes on)")
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                 f"({' '.join(sys.argv)[:200]})\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def folder_lock(folder: str | Path, what: str, log: Callable[[str], object] | None = print):
+    """`locked` on ``<folder>/.lock``: the writer of a folder's files (a fold, an experiment)."""
+    return locked(Path(folder) / ".lock", what, log)

@@ -79,15 +79,17 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import traceback
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 from .config import Config, ConfigError, config_to_dict, load_config
+from .fileio import folder_lock
 from .manifest import train_fingerprint
 
-__all__ = ["run_folds", "device_for_fold", "parse_gpus", "pin_gpu", "fold_is_done", "FoldsFailedError"]
+__all__ = ["run_folds", "train_fold", "device_for_fold", "parse_gpus", "pin_gpu", "fold_is_done", "FoldsFailedError"]
 
 DONE, SKIPPED = "done", "skipped"
 WORKER_WAIT_S = 600  # an external cluster's workers may still be queued batch jobs
@@ -201,7 +203,7 @@ def _error_text(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------------------
 # The task that runs on a Dask worker.
 
-def _train_fold_task(cfg_dict: dict, fold: int, cwd: str) -> dict:
+def _train_fold_task(cfg_dict: dict, fold: int, cwd: str, force: bool = False) -> dict:
     """Train one fold on a Dask worker from a plain-dict config (workers get no Config objects)."""
     import socket
 
@@ -223,7 +225,7 @@ def _train_fold_task(cfg_dict: dict, fold: int, cwd: str) -> dict:
             raise FileNotFoundError(f"worker {host} has no directory {cwd} (the client's working directory): "
                                     "the project, data and output_dir must be on a shared path")
         os.chdir(cwd)
-    from .train import fit, loader_workers, resolve_device
+    from .train import loader_workers, resolve_device
 
     workers = loader_workers(cfg_dict["train"]["num_workers"], resolve_device(cfg_dict["train"]["device"]))
     if workers > 0 and multiprocessing.current_process().daemon:
@@ -235,8 +237,8 @@ def _train_fold_task(cfg_dict: dict, fold: int, cwd: str) -> dict:
         _fast_loader_processes()
     cfg = load_config(None, cfg_dict)
 
-    weights = fit(cfg, fold, log=lambda msg: remote_print(f"[{host}] {msg}"))
-    return {"host": host, "weights": str(weights), "fingerprint": train_fingerprint(cfg)}
+    status = train_fold(cfg, fold, force, log=lambda msg: remote_print(f"[{host}] {msg}"))
+    return {"host": host, "status": status, "fingerprint": train_fingerprint(cfg)}
 
 
 def _fast_loader_processes() -> None:
@@ -268,6 +270,27 @@ def _pin_worker_gpu(gpus: list, dask_worker=None) -> str | None:
 
 # ----------------------------------------------------------------------------------------
 
+def train_fold(cfg: Config, fold: int, force: bool = False, log: Callable[[str], Any] = print,
+               fingerprint: str | None = None) -> str:
+    """Train one fold while holding its folder's lock; returns "done", or "skipped" when already done.
+
+    A second run of the same fold (another terminal, a rerun of `make -j`, a Dask retry) waits for
+    the first, then finds the fold done and skips it: two processes never write one fold's files.
+    With `force` (`make retrain`) the fold's resumable state is dropped and it trains afresh, after
+    any run in progress has finished.
+    """
+    from .train import fit
+
+    with folder_lock(cfg.fold_dir(fold), f"fold {fold} of {cfg.exp_dir}", log):
+        if not force and fold_is_done(cfg, fold, {fingerprint or train_fingerprint(cfg)}):
+            log(f"[parallel] fold {fold}: already trained with this config and these images, skipped")
+            return SKIPPED
+        if force:
+            shutil.rmtree(cfg.fold_dir(fold) / "state", ignore_errors=True)
+        fit(cfg, fold, log=log)
+        return DONE
+
+
 def _skip_done(cfg: Config, folds: list[int], fingerprint: str, force: bool, results: dict, log) -> list[int]:
     """Mark folds already trained with `fingerprint` as skipped (unless `force`); return the others."""
     for k in folds:
@@ -297,7 +320,7 @@ def run_folds(cfg: Config, folds: list[int], backend: str | None = None, schedul
     pending = _skip_done(cfg, folds, train_fingerprint(cfg), force, results, log)
     if pending:
         if backend == "local":
-            _run_local(cfg, pending, results, log)
+            _run_local(cfg, pending, results, log, force)
         else:
             scheduler = scheduler if scheduler is not None else cfg.parallel.scheduler
             _run_dask(cfg, pending, results, scheduler, log, force)
@@ -315,13 +338,10 @@ def run_folds(cfg: Config, folds: list[int], backend: str | None = None, schedul
     return results
 
 
-def _run_local(cfg: Config, folds: list[int], results: dict, log) -> None:
-    from .train import fit
-
+def _run_local(cfg: Config, folds: list[int], results: dict, log, force: bool = False) -> None:
     for k in folds:
         try:
-            fit(cfg, k, log=log)
-            results[k] = DONE
+            results[k] = train_fold(cfg, k, force, log)
         except Exception as exc:  # one broken fold must not stop the others
             results[k] = _error_text(exc)
             log(f"[parallel] fold {k} FAILED: {results[k]}\n{traceback.format_exc()}")
@@ -394,7 +414,7 @@ def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log, forc
         cwd = os.getcwd()
         futures = {}
         for k in folds:
-            future = client.submit(_train_fold_task, cfg_dict, k, cwd, key=f"train-fold-{k}-{run_id}",
+            future = client.submit(_train_fold_task, cfg_dict, k, cwd, force, key=f"train-fold-{k}-{run_id}",
                                    pure=False, resources={"GPU": 1} if use_gpu else None)
             futures[future] = k
         log(f"[parallel] submitted folds {folds} to {len(slots)} worker(s)"
@@ -404,8 +424,8 @@ def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log, forc
             if future.status == "finished":
                 info = future.result()
                 if _sidecar_fingerprint(cfg, k) == info["fingerprint"]:  # the worker's files are visible here
-                    results[k] = DONE
-                    log(f"[parallel] fold {k} done on {info['host']}")
+                    results[k] = info["status"]
+                    log(f"[parallel] fold {k} {info['status']} on {info['host']}")
                 else:
                     results[k] = (f"trained on {info['host']}, but {cfg.fold_dir(k)} is not visible here: "
                                   "output_dir must be a shared path that every worker and this machine see")

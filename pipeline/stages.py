@@ -34,7 +34,8 @@ from .config import Config
 from .cache import BatchNormalize, decoded_for, make_dataset
 from .tables import class_list, load_fold_table, read_test_table, read_train_table
 from .ensemble import VOTING_MODES, choose_tau, class_priors, log_loss, logit_adjust, vote, vote_scores
-from .fileio import read_table, read_text_csv, write_csv_atomic, write_json_atomic, write_text_atomic
+from .fileio import (folder_lock, locked, read_table, read_text_csv, write_csv_atomic, write_json_atomic,
+                     write_text_atomic)
 from .folds import assign_folds, fold_class_counts
 from .metrics import classification_metrics, label_metrics, macro_f1
 from .models import load_trained_model, read_sidecar
@@ -57,6 +58,12 @@ def make_folds(cfg: Config, log=print) -> Path:
 
     The data check runs first, so bad data fails here, before training, with every problem listed.
     """
+    path = cfg.folds_file
+    with locked(path.with_name(f".{path.name}.lock"), f"the folds file {path}", log):
+        return _make_folds(cfg, log)
+
+
+def _make_folds(cfg: Config, log) -> Path:
     from .check import check_data
 
     report = check_data(cfg).raise_if_failed()
@@ -197,10 +204,16 @@ def predict_fold(cfg: Config, fold: int, log=print, checkpoints=None) -> Path:
 
     Each checkpoint in ``ensemble.checkpoints`` (default ``[best]``) predicts; their probabilities are
     averaged. Writes ``fold_<k>/oof_tta.csv`` first, then ``fold_<k>/test_probs.csv`` (the Make target),
-    both atomically. Every view of a batch goes through the model in one forward pass.
+    both atomically, holding the fold's lock (a fold being trained is predicted once it is done).
+    Every view of a batch goes through the model in one forward pass.
     """
     if not 0 <= fold < cfg.folds.n_splits:
         raise ValueError(f"fold {fold} does not exist: folds.n_splits is {cfg.folds.n_splits}")
+    with folder_lock(cfg.fold_dir(fold), f"fold {fold} of {cfg.exp_dir}", log):
+        return _predict_fold(cfg, fold, log, checkpoints)
+
+
+def _predict_fold(cfg: Config, fold: int, log, checkpoints) -> Path:
     device = resolve_device(cfg.train.device)
     paths = _checkpoint_paths(cfg, fold, checkpoint_names(cfg, checkpoints))
     views = parse_views(cfg.tta.views)
@@ -385,6 +398,11 @@ def ensemble(cfg: Config, log=print, logit_adjust_on: bool | None = None, tau_gr
     by the class priors to the power tau before voting, tau chosen on OOF macro-F1 over
     ``ensemble.tau_grid``. The CV table always shows what the chosen tau does to the OOF score.
     """
+    with folder_lock(cfg.exp_dir, f"the experiment folder {cfg.exp_dir}", log):
+        return _ensemble(cfg, log, logit_adjust_on, tau_grid)
+
+
+def _ensemble(cfg: Config, log, logit_adjust_on: bool | None, tau_grid) -> Path:
     oof, classes = _oof_table(cfg)
     write_csv_atomic(cfg.exp_dir / "oof.csv", oof)
     oof_tta = _oof_tta_table(cfg, oof, log)

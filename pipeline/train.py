@@ -481,7 +481,7 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
     if state is not None:
         _restore(run, state)
         history, best, best_epoch, start = state["history"], state["best"], state["best_epoch"], state["epoch"] + 1
-        log(f"[fold {fold}] resuming after epoch {state['epoch']}")
+        log(f"[fold {fold}] resuming after epoch {state['epoch'] + 1}/{cfg.train.epochs}")
     tracker = Tracker(cfg, fold)
     log(f"[fold {fold}] {len(data.train_idx)} train / {len(data.val_idx)} val images, "
         f"{len(data.classes)} classes, {cfg.model.name} on {device}")

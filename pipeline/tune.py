@@ -233,7 +233,7 @@ def tune(cfg: Config, trials: int | None = None, storage=None, out_config: str |
     """
     import optuna
 
-    from .fileio import write_text_atomic
+    from .fileio import folder_lock, write_text_atomic
     from .parallel import fold_is_done
     from .parallel import _check_folds
     from .train import NonFiniteLossError, fit
@@ -285,7 +285,8 @@ def tune(cfg: Config, trials: int | None = None, storage=None, out_config: str |
                         raise optuna.TrialPruned(f"fold {fold} epoch {epoch + 1}: "
                                                  f"val {OBJECTIVE} {metrics[OBJECTIVE]:.4f} below the median")
 
-                fit(tcfg, fold, log=log, on_epoch=on_epoch)
+                with folder_lock(tcfg.fold_dir(fold), f"trial {number} fold {fold}", log):
+                    fit(tcfg, fold, log=log, on_epoch=on_epoch)
         except NonFiniteLossError as exc:
             trial.set_user_attr("diverged", str(exc))
             _drop_checkpoints(tcfg, folds)

@@ -57,7 +57,8 @@ def test_sigkilled_fold_resumes_to_identical_weights_and_metrics(tiny_cfg_dict, 
 
     resumed = _fit_in_subprocess(killed_config)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming after epoch 1" in resumed.stdout
+    assert "resuming after epoch 2/3" in resumed.stdout   # killed after the second epoch line, "epoch 2/3"
+    assert "] epoch 3/3 loss" in resumed.stdout and "] epoch 2/3 loss" not in resumed.stdout
     a = load_file(straight.fold_dir(0) / "weights.safetensors")
     b = load_file(fold_dir / "weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -130,7 +130,7 @@ def test_killed_trial_is_retried_with_its_params_and_resumes_its_folds(tune_dict
     assert rerun.state == optuna.trial.TrialState.COMPLETE
     assert rerun.params == killed.params
     assert rerun.user_attrs["output_dir"] == str(cfg.exp_dir / "trials" / "0")
-    assert any("resuming after epoch 0" in line for line in logs)
+    assert any("resuming after epoch 1/" in line for line in logs)
     assert set(rerun.intermediate_values) == {1}                  # resumed: only epoch 1 was trained
     assert load_config(best_path).train.lr == pytest.approx(rerun.params["train.lr"])
 
