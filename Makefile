@@ -41,7 +41,9 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
     $(info [make] creating the virtual environment first (a few minutes, once))
     $(shell $(MAKE) --no-print-directory $(VENV_OK) >&2)
   endif
-  RESOLVE_OUT := $(shell $(PIPELINE) resolve --config $(CONFIG) $(if $(SET),--set $(SET)) --make-vars)
+  # SET goes to the pipeline as ONE single-quoted word: no shell globbing or brace expansion of
+  # values like [a, b] or {k: v}; the pipeline splits it into key=value overrides itself.
+  RESOLVE_OUT := $(shell $(PIPELINE) resolve --config $(CONFIG) $(if $(SET),--set '$(subst ','\'',$(SET))') --make-vars)
   ifneq ($(.SHELLSTATUS),0)
     $(error the configuration $(CONFIG) is invalid (see the message above))
   endif
@@ -73,16 +75,17 @@ $(VENV_OK): pyproject.toml
 # ---- stages -------------------------------------------------------------------------------
 data: $(TRAIN_CSV) ## write the embedded demo dataset (demo configs only)
 
-# The data stage also rewrites the image manifests, which resolve wrote before the images existed.
+# Once the data exists, resolve again: the image manifests and the check against the real classes
+# were written before the data existed.
 ifeq ($(DEMO),1)
 $(TRAIN_CSV): $(STAMPS)/data.json | $(VENV_OK)
 	$(call STAGE,demo-data)
-	$(call STAGE,manifest) >/dev/null
+	$(call STAGE,resolve) >/dev/null
 endif
 ifeq ($(MASK),1)
 $(TRAIN_CSV): $(STAMPS)/data.json $(subst $(comma), ,$(MASK_INPUTS)) | $(VENV_OK)
 	$(call STAGE,mask-data)
-	$(call STAGE,manifest) >/dev/null
+	$(call STAGE,resolve) >/dev/null
 endif
 
 check: $(TRAIN_CSV) ## scan the data: every image once, every problem reported together

@@ -384,7 +384,7 @@ def _train_phase(ctx, repeats: int, log) -> dict:
 
     from .config import Config, ModelConfig
     from .models import create_model
-    from .train import _optimizer
+    from .train import build_optimizer
 
     device, bs, steps, size = ctx["device"], ctx["batch_size"], ctx["steps"], ctx["image_size"]
     n = steps * bs
@@ -392,9 +392,9 @@ def _train_phase(ctx, repeats: int, log) -> dict:
     net = create_model(ModelConfig(name=ctx["model"]), ctx["n_classes"]).to(device)
     cfg = Config()
     cfg.train.batch_size = bs
-    optimizer = _optimizer(cfg, net)                         # timm AdamW, as the demo trains
+    optimizer = build_optimizer(cfg, net)                         # timm AdamW, as the demo trains
     twin = copy.deepcopy(net)                                # the bare steps' own model and optimizer
-    twin_opt = _optimizer(cfg, twin)
+    twin_opt = build_optimizer(cfg, twin)
     loss_fn = torch.nn.CrossEntropyLoss().to(device)
     normalize = BatchNormalize(ctx["aug"].mean, ctx["aug"].std).to(device)
     x = torch.randn(bs, 3, size, size, device=device)

@@ -46,6 +46,7 @@ def _make_variables(cfg) -> dict[str, tuple[str, str]]:
 
 def cmd_resolve(args) -> None:
     from .manifest import write_manifests
+    from .preflight import preflight
 
     cfg = _cfg(args)
     variables = _make_variables(cfg) if args.make_vars else {}
@@ -54,6 +55,7 @@ def cmd_resolve(args) -> None:
             raise ConfigError(f"{key}: {value!r} cannot be used from Make: paths there may hold only letters, "
                               "digits and _ . / + , : @ % = ~ - (no spaces, quotes, $, ;, braces or other shell "
                               "syntax); rename the file or folder")
+    preflight(cfg)      # build everything the config names (remembered while the config is unchanged)
     resolved = write_resolved(cfg)
     write_manifests(cfg)
     if not args.make_vars:
@@ -63,13 +65,6 @@ def cmd_resolve(args) -> None:
     if not generated and not Path(cfg.data.train_csv).is_file():
         raise ConfigError(f"data.train_csv: {cfg.data.train_csv} does not exist (set data.demo: true for the demo)")
     print(" ".join(f"{name}={value}" for name, (value, _) in variables.items()))
-
-
-def cmd_manifest(args) -> None:
-    from .manifest import write_manifests
-
-    for path in write_manifests(_cfg(args)).values():
-        print(path)
 
 
 def cmd_demo_data(args) -> None:
@@ -179,7 +174,6 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     stages = [
         ("resolve", cmd_resolve, "validate the config; save it, the per-stage stamps and the image manifests"),
-        ("manifest", cmd_manifest, "rewrite the image manifests (stamps/*_images.json) if the images changed"),
         ("demo-data", cmd_demo_data, "write the embedded demo dataset (scikit-learn's digits)"),
         ("mask-data", cmd_mask_data, "mask competition: its layout → the pipeline's train CSV"),
         ("check", cmd_check, "scan the CSVs and every image once; report all problems at once"),

@@ -412,14 +412,38 @@ def matches(key: str, prefixes) -> bool:
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
 
 
+def _rejoin(items: list[str]) -> list[str]:
+    """`key=value` overrides from words split at spaces (by a shell, by Make, or given as one string):
+    a word without '=' continues the value before it.
+
+    >>> _rejoin(["tta.views=[identity,", "hflip]", "train.lr=0.1"])
+    ['tta.views=[identity, hflip]', 'train.lr=0.1']
+    >>> _rejoin(["train.lr=0.1 tta.views=[identity, hflip]"])
+    ['train.lr=0.1', 'tta.views=[identity, hflip]']
+    """
+    out: list[str] = []
+    for item in (word for text in items for word in text.split()):
+        if out and "=" not in item:
+            out[-1] += " " + item
+        else:
+            out.append(item)
+    return out
+
+
 def parse_overrides(items: list[str]) -> dict:
     """Turn `["train.lr=0.01", "model.name=resnet18"]` into a nested dict (values parsed as YAML)."""
     flat: dict = {}
-    for item in items:
+    for item in _rejoin(list(items)):
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key.subkey=value")
         key, text = item.split("=", 1)
-        flat[key] = yaml.safe_load(text) if text != "" else None
+        try:
+            flat[key] = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError as exc:
+            problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({problem}); write a list as "
+                              "[a, b] and a mapping as {key: value}, and quote the whole SET for Make, e.g. "
+                              "SET=\"tta.views=[identity, hflip] train.lr=3e-4\"") from None
     return nest(flat)
 
 

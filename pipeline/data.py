@@ -6,6 +6,9 @@ augment → normalise pipeline of `augment:`.
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import albumentations as A
 import numpy as np
 import torch
@@ -23,7 +26,11 @@ def load_rgb(path: str) -> np.ndarray:
 
 
 def _user_transforms(specs: list, key: str) -> list:
-    """Build albumentations transforms from `[{Name: {param: value}}, ...]`."""
+    """Build albumentations transforms from `[{Name: {param: value}}, ...]`.
+
+    Parameters are checked strictly (albumentations' own `strict=True`): a misspelt one
+    (`Affine: {rotat: 10}`) is an error naming it and the valid ones, never silently dropped.
+    """
     out = []
     for i, spec in enumerate(specs):
         where = f"{key}[{i}]"
@@ -36,10 +43,14 @@ def _user_transforms(specs: list, key: str) -> list:
         if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
             raise ConfigError(f"{where}: '{name}' is not an albumentations transform "
                               "(names are case-sensitive, e.g. HorizontalFlip, Affine, RandomBrightnessContrast)")
+        if params is not None and not isinstance(params, dict):
+            raise ConfigError(f"{where}: the parameters of {name} must be a mapping {{param: value}}, got {params!r}")
         try:
-            out.append(cls(**(params or {})))
+            out.append(cls(**(params or {}), strict=True))
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: invalid parameters for {name}: {exc}") from None
+            valid = ", ".join(p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "strict"))
+            first = re.sub(r"\s*For further information visit \S+", "", " ".join(str(exc).split()))[:300]
+            raise ConfigError(f"{where}: invalid parameters for {name}: {first}. Valid parameters: {valid}") from None
     return out
 
 

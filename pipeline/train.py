@@ -42,8 +42,8 @@ from .progress import progress
 from .tracking import Tracker
 from .sampling import balanced_sample_weights, oversample_indices
 
-__all__ = ["fit", "train_one_epoch", "predict_probs", "resolve_device", "StepTools",
-           "set_backbone_frozen", "NonFiniteLossError"]
+__all__ = ["fit", "train_one_epoch", "predict_probs", "resolve_device", "StepTools", "build_optimizer",
+           "build_scheduler", "set_backbone_frozen", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -157,7 +157,7 @@ def _backbone_frozen(cfg: Config, epoch: int) -> bool:
     return m.freeze_backbone and (m.unfreeze_epoch is None or epoch < m.unfreeze_epoch)
 
 
-def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     """timm's optimizer factory; no weight decay on norms and biases; optional lower backbone rate."""
     t = cfg.train
     if t.backbone_lr is None:
@@ -179,7 +179,7 @@ class _Wrap(torch.nn.Module):
         self.params = params
 
 
-def _scheduler(cfg: Config, optimizer, updates_per_epoch: int):
+def build_scheduler(cfg: Config, optimizer, updates_per_epoch: int):
     t = cfg.train
     epochs = t.epochs - t.warmup_epochs
     if t.scheduler == "plateau":  # stepped on the monitored metric, in its direction
@@ -397,8 +397,8 @@ def _build_run(cfg: Config, data: _FoldData, device: torch.device) -> _Run:
         model = model.to(memory_format=torch.channels_last)
     # Every parameter joins the optimizer (timm's grouping drops frozen ones), so a backbone
     # unfrozen later trains too; frozen parameters get no gradient, so nothing updates them.
-    optimizer = _optimizer(cfg, model)
-    scheduler = _scheduler(cfg, optimizer, _updates_estimate(cfg, data))
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, _updates_estimate(cfg, data))
     counts = np.bincount(data.targets[data.train_idx], minlength=len(data.classes))
     loss_fn = build_loss(cfg.loss, counts).to(device)
     amp_dtype = _amp_dtype(cfg, device)

@@ -1,0 +1,92 @@
+"""Build everything a config names, once and cheaply, before any stage does real work.
+
+The config's own checks (pipeline/config.py) see keys, types and ranges. What only the libraries
+can judge is built here, without data, weights or a GPU: the model (on torch's "meta" device, so
+no memory and no download), every training augmentation with its parameters (albumentations'
+strict mode: a misspelt parameter is an error, not silently dropped), every TTA view, the loss
+with the real number of classes when the train CSV is readable, the optimizer and the schedule.
+An error names the key and says what is allowed, in the first seconds instead of after training.
+
+`resolve` runs it at Make's parse time; the result is remembered in ``stamps/preflight.json``
+(the config and the classes it was checked with), so a `make` with an unchanged config pays
+nothing, and a changed one pays a few seconds of imports once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .config import Config, ConfigError, config_to_dict
+from .fileio import write_text_if_changed
+
+__all__ = ["preflight", "build_everything"]
+
+
+def _classes(cfg: Config) -> list[str] | None:
+    """The classes training would use, or None when the train CSV cannot be read yet (demo, mask)."""
+    from .tables import model_classes, read_train_table
+
+    try:
+        return model_classes(read_train_table(cfg))
+    except (OSError, ValueError):
+        return None
+
+
+def build_everything(cfg: Config, classes: list[str] | None) -> None:
+    """Construct the model, augmentations, TTA views, loss, optimizer and scheduler; raise ConfigError."""
+    import numpy as np
+    import torch
+
+    from .data import build_transform
+    from .losses import build_loss
+    from .models import create_model
+    from .train import build_optimizer, build_scheduler
+    from .tta import parse_views
+
+    n_classes = len(classes) if classes else _default_classes(cfg)
+    build_transform(cfg.augment, train=True)
+    try:
+        parse_views(cfg.tta.views)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    build_loss(cfg.loss, np.ones(n_classes, dtype=np.int64))
+    if cfg.model.pretrained_file and not Path(cfg.model.pretrained_file).is_file():
+        raise ConfigError(f"model.pretrained_file: {cfg.model.pretrained_file} does not exist")
+    model_cfg = cfg.model.__class__(**{**vars(cfg.model), "pretrained": False, "pretrained_file": None})
+    with torch.device("meta"):     # shapes only: no memory, no download
+        model = create_model(model_cfg, n_classes, classes)
+    optimizer = build_optimizer(cfg, model)
+    build_scheduler(cfg, optimizer, updates_per_epoch=1)
+    if cfg.train.amp == "fp16" and cfg.train.device == "cpu":
+        raise ConfigError("train.amp: fp16 needs CUDA, and train.device is 'cpu'; use bf16 or off")
+
+
+def _default_classes(cfg: Config) -> int:
+    if cfg.model.heads == "mask":
+        from .mask import N_CLASSES
+        return N_CLASSES
+    for listed in (cfg.loss.class_weights, cfg.loss.focal_alpha):
+        if isinstance(listed, list):
+            return len(listed)
+    return 2
+
+
+# The sections whose values are built here: a change elsewhere (voting, paths) needs no rebuild.
+_BUILT = ("model", "augment", "tta", "loss", "train")
+
+
+def preflight(cfg: Config) -> bool:
+    """Check `cfg` by building everything it names, unless these sections and these classes passed
+    before; returns True when the full check ran."""
+    classes = _classes(cfg)
+    built = {k: v for k, v in config_to_dict(cfg).items() if k in _BUILT}
+    key = hashlib.sha256(json.dumps([built, classes], sort_keys=True, default=str).encode())
+    stamp = cfg.exp_dir / "stamps" / "preflight.json"
+    record = json.dumps({"checked": key.hexdigest()[:16]}) + "\n"
+    if stamp.is_file() and stamp.read_text() == record:
+        return False
+    build_everything(cfg, classes)
+    write_text_if_changed(stamp, record)
+    return True
