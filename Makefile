@@ -45,7 +45,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   # values like [a, b] or {k: v}; the pipeline splits it into key=value overrides itself.
   RESOLVE_OUT := $(shell $(PIPELINE) resolve --config $(CONFIG) $(if $(SET),--set '$(subst ','\'',$(SET))') --make-vars)
   ifneq ($(.SHELLSTATUS),0)
-    $(error the configuration $(CONFIG) is invalid (see the message above))
+    $(error stopped before any work ($(CONFIG)): see the message above)
   endif
   $(foreach assignment,$(RESOLVE_OUT),$(eval $(assignment)))
   STAMPS := $(EXP_DIR)/stamps

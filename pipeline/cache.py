@@ -39,6 +39,7 @@ a whole batch on the device, bit-identical to albumentations' `Normalize`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -211,6 +212,19 @@ def _fill(out: np.ndarray, paths: Sequence[str], size: int, crop, n_jobs: int | 
         delayed(_decode_chunk)(out, s, paths[s:s + _CHUNK], geometry_transform(size, crop)) for s in starts)
 
 
+def _reserve(path: Path) -> None:
+    """Allocate the whole (sparse) cache file now: a full disk is then an error here, not a SIGBUS
+    that kills the process when a page of the memory map cannot be written."""
+    with open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):   # file systems without fallocate
+                raise
+        except AttributeError:   # pragma: no cover - no posix_fallocate (macOS)
+            pass
+
+
 def usable_cpus() -> int:
     """The cores this process may run on (its affinity mask where the OS has one)."""
     try:
@@ -259,6 +273,7 @@ def build_cache(paths: Sequence[str], size: int, crop: Sequence[int] | None, cac
         tick = time.perf_counter()
         with atomic_path(final, suffix=".npy") as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+            _reserve(tmp)
             try:
                 _fill(out, paths, size, crop, n_jobs)
                 out.flush()

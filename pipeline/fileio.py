@@ -7,6 +7,7 @@ atomic on POSIX file systems, so Make never sees a half-written target as done.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -22,7 +23,9 @@ from typing import Callable, Iterator
 import pandas as pd
 
 __all__ = [
+    "OutputError",
     "atomic_path",
+    "check_writable",
     "atomic_dir",
     "write_text_atomic",
     "write_text_if_changed",
@@ -41,24 +44,108 @@ __all__ = [
 TEXT_COLUMNS = ("id", "label", "true_label", "image", "group", "class")
 
 
+class OutputError(RuntimeError):
+    """An output could not be written (a full disk, a read-only folder); the message names the file,
+    says why and what to do. Whatever was complete before is still there."""
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_READ_ONLY = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST}   # (a file in a folder's place)
+# torch.save reports a failed write as RuntimeError("... file write failed") or "[enforce fail at
+# inline_container.cc...] unexpected pos ...", safetensors as its own error with the OS message:
+# all lose the errno, so their text is matched.
+_FULL_TEXT = ("no space left", "disk quota", "file too large", "file write failed", "inline_container.cc")
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        return True
+    return isinstance(exc, Exception) and any(t in str(exc).lower() for t in _FULL_TEXT)
+
+
+def _free_bytes(folder: Path) -> int | None:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _output_error(exc: BaseException, path: Path, written: int = 0) -> OutputError | None:
+    """The OutputError explaining `exc` while writing `path`, or None when it is another kind of failure."""
+    folder = path.parent
+    if _out_of_space(exc):
+        free = _free_bytes(folder)
+        if isinstance(exc, OSError) and exc.strerror:
+            reason = exc.strerror
+        elif free is not None and free < max(written, 2**20):   # the library lost the errno: look
+            reason = "No space left on device"
+        else:
+            reason = "the write failed, as it does when the disk is full"
+        room = f"{free / 2**20:.1f} MiB free there" if free is not None else "free space unknown"
+        done = f", {written / 2**20:.1f} MiB written when it stopped" if written else ""
+        return OutputError(
+            f"cannot write {path}: {reason} ({room}{done}). Nothing finished was lost: every "
+            "output is replaced only once complete, and a stopped fold resumes from its last completed epoch. "
+            "Free some space (or point output_dir, folds.dir or data.cache_dir at a larger disk) and rerun "
+            "the same command.")
+    if isinstance(exc, OSError) and exc.errno in _READ_ONLY:
+        return OutputError(f"cannot write in {folder}: {exc.strerror}. Make the folder writable, or point the "
+                           "config at a writable one (output_dir, folds.dir, data.cache_dir).")
+    return None
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (/proc), else set and restored."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`.
 
-    On an exception the temporary file is removed and `path` is left untouched,
-    so the previous version of an output survives a failed rerun.
+    On an exception the temporary file is removed and `path` is left untouched, so the previous
+    version of an output survives a failed rerun; a full disk or a read-only folder becomes an
+    `OutputError` saying so. The file gets the permissions a plain `open()` would give it (0666
+    less the umask), not the private 0600 of a temporary file, so collaborators on a shared
+    volume can read the outputs.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    except OSError as exc:
+        raise (_output_error(exc, path) or exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())   # after the write: some writers (safetensors) recreate the file
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
+        written = tmp_path.stat().st_size if tmp_path.exists() else 0
         tmp_path.unlink(missing_ok=True)
+        explained = _output_error(exc, path, written)
+        if explained is not None:
+            raise explained from exc
         raise
+
+
+def check_writable(folder: str | Path) -> None:
+    """Raise OutputError now when `folder` cannot be created or written, before any work starts."""
+    with atomic_path(Path(folder) / ".write-test") as tmp:
+        tmp.write_bytes(b"")
+    (Path(folder) / ".write-test").unlink(missing_ok=True)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -170,7 +257,7 @@ def locked(lock_path: str | Path, what: str, log: Callable[[str], object] | None
         yield
         return
     lock_path = Path(lock_path)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(lock_path.parent)   # a read-only or full folder: one clear line, before any work
     with open(lock_path, "a+") as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -181,11 +268,14 @@ def locked(lock_path: str | Path, what: str, log: Callable[[str], object] | None
                 log(f"[lock] {what} is in use by {holder}; waiting for it to finish "
                     f"(Ctrl-C stops this run; the other one goes on)")
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                 f"({' '.join(sys.argv)[:200]})\n")
-        fh.flush()
+        try:   # who holds it, for the message of a second process (best effort: a full disk must not stop us)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"process {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv)[:200]})\n")
+            fh.flush()
+        except OSError:
+            pass
         try:
             yield
         finally:

@@ -102,7 +102,7 @@ def _load_backbone_file(model: torch.nn.Module, path: Path) -> None:
     if not path.is_file():
         raise ConfigError(f"model.pretrained_file: {path} does not exist")
     if path.suffix == ".safetensors":
-        state = load_file(str(path))
+        state = load_weights(path)
     else:  # .pth/.pt from timm or torchvision: tensors only, never arbitrary objects
         state = safe_torch_load(path)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
@@ -137,7 +137,16 @@ def save_weights(model: torch.nn.Module, path: str | Path, meta: dict) -> None:
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
+    """The tensors of a safetensors file; anything else (a pickle under that name, a cut download)
+    is refused naming the file, without running any of it."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:   # safetensors raises its own error type for a malformed file
+        raise RuntimeError(f"refusing to load {path}: it is not a valid safetensors file ({str(exc).splitlines()[0]}); "
+                           "it may be a pickle renamed to .safetensors, or a damaged copy. Delete it and retrain "
+                           "(or copy the real file again)") from None
 
 
 def read_sidecar(path: str | Path) -> dict:

@@ -86,7 +86,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import Config, ConfigError, config_to_dict, load_config
-from .fileio import folder_lock
+from .fileio import OutputError, folder_lock
 from .manifest import train_fingerprint
 
 __all__ = ["run_folds", "train_fold", "device_for_fold", "parse_gpus", "pin_gpu", "fold_is_done", "FoldsFailedError"]
@@ -326,6 +326,8 @@ def run_folds(cfg: Config, folds: list[int], backend: str | None = None, schedul
             _run_dask(cfg, pending, results, scheduler, log, force)
     results = {k: results[k] for k in folds}
     failed = {k: v for k, v in results.items() if v not in (DONE, SKIPPED)}
+    if failed and len(folds) == 1:
+        raise FoldsFailedError(f"fold {folds[0]}: {failed[folds[0]]}", results)
     if failed:
         lines = "\n".join(f"  fold {k}: {v}" for k, v in failed.items())
         first = next(iter(failed))
@@ -344,7 +346,9 @@ def _run_local(cfg: Config, folds: list[int], results: dict, log, force: bool = 
             results[k] = train_fold(cfg, k, force, log)
         except Exception as exc:  # one broken fold must not stop the others
             results[k] = _error_text(exc)
-            log(f"[parallel] fold {k} FAILED: {results[k]}\n{traceback.format_exc()}")
+            # A problem the message explains (data, config, disk) needs no traceback; a bug does.
+            trace = "" if isinstance(exc, (ValueError, OutputError)) else f"\n{traceback.format_exc()}"
+            log(f"[parallel] fold {k} FAILED: {results[k]}{trace}")
 
 
 def _gpu_slots(client) -> dict[str, float]:

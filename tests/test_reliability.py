@@ -104,7 +104,7 @@ def test_pickle_disguised_as_safetensors_weights_is_refused(tmp_path):
     torch.save(_Evil(marker), fake)  # a pickle under the weights' name
     (tmp_path / "weights.json").write_text('{"model": "test_resnet", "classes": [0, 1]}')
     from pipeline.models import load_trained_model
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match=f"refusing to load {fake}: it is not a valid safetensors file"):
         load_trained_model(fake)
     assert not marker.exists()
 
