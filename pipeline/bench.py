@@ -47,7 +47,7 @@ from .data import load_rgb
 from .tables import read_train_table
 from .fileio import write_json_atomic
 
-__all__ = ["run_bench", "PeakRSS", "main"]
+__all__ = ["run_bench", "judge_efficiency", "PeakRSS", "main", "SPREAD_TOLERANCE"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_AUGMENT = [  # configs/demo.yaml's augment.train, used when that file is not at hand
@@ -579,6 +579,42 @@ def _large_phase(ctx, tmp: Path, n_images: int, size: int, repeats: int, log) ->
     return out
 
 
+# The runs of one line may differ by this share of their median before the line is called noise.
+SPREAD_TOLERANCE = 0.10
+
+
+def judge_efficiency(runs: list[float], load_before: float | None, load_after: float | None,
+                     cpus: int | None, tolerance: float = SPREAD_TOLERANCE) -> dict:
+    """A headline efficiency, or the reason there is none.
+
+    The median of `runs` is a result only when the runs agree (their range is within `tolerance`
+    of the median) and it is not above 1 + `tolerance` (faster than the bare model is impossible:
+    only noise gives that). A median between 1 and 1 + `tolerance` reads "indistinguishable from
+    the bare model". When the runs disagree, the load average says whether other processes ran.
+
+    >>> judge_efficiency([0.95, 0.96, 0.94], 0.1, 0.2, 2)["headline"]
+    '0.950'
+    >>> judge_efficiency([0.31, 1.43, 1.49], 3.9, 4.2, 2)["reliable"]
+    False
+    """
+    median = statistics.median(runs)
+    spread = (max(runs) - min(runs)) / median if median > 0 else float("inf")
+    problems = []
+    if spread > tolerance:
+        problems.append(f"its {len(runs)} runs ranged {min(runs):.2f}-{max(runs):.2f}, a spread of {spread:.0%} "
+                        f"of the median (more than {tolerance:.0%})")
+    if median > 1 + tolerance:
+        problems.append(f"its median {median:.2f} is above 1, which only noise can give")
+    busy = [v for v in (load_before, load_after) if v is not None]
+    load = (f"load average {load_before} before, {load_after} after, on {cpus} CPUs"
+            + (": other processes were running" if cpus and busy and max(busy) > 0.5 * cpus else ""))
+    if problems:
+        return {"reliable": False, "median": round(median, 3), "headline": None,
+                "why": "not a measurement: " + "; ".join(problems) + f" ({load}). Rerun on an idle machine."}
+    headline = f"{median:.3f}" if median <= 1 else f"1.00 (indistinguishable from the bare model; median {median:.3f})"
+    return {"reliable": True, "median": round(median, 3), "headline": headline, "why": load}
+
+
 def _expected_efficiency(result: dict) -> None:
     """Cross-check, robust to load bursts: with the loader in the main process, a step costs the
     bare step plus the loader's time for one batch, so efficiency ~ t_bare / (t_bare + t_loader)."""
@@ -644,8 +680,12 @@ def _table(result: dict) -> str:
                      f"(cache {lg['cache_gb_at_18900_images']:.2f} GB)")
     lines.append("expected = bare / (bare + the loader's own time per batch): the efficiency the loader "
                  "alone allows, less sensitive to load bursts than the measured ratio")
-    lines.append(f"headline: training efficiency {result['training_efficiency']:.3f} (target >= 0.85), "
-                 f"prediction efficiency {result['prediction_efficiency']:.3f} (target >= 0.90), cache warm")
+    for phase, target in (("training", 0.85), ("prediction", 0.90)):
+        judged = result[f"{phase}_headline"]
+        if judged["reliable"]:
+            lines.append(f"headline: {phase} efficiency {judged['headline']} (target >= {target:.2f}), cache warm")
+        else:
+            lines.append(f"headline: {phase} efficiency UNRELIABLE, {judged['why']}")
     return "\n".join(lines)
 
 
@@ -704,9 +744,12 @@ def _run_bench(out_json, device, model, image_size, batch_size, n_images, steps,
         if large_images:
             result["large"] = _large_phase(ctx, tmp, large_images, large_size, repeats, log)
         del ctx, decoded
-    result["training_efficiency"] = result["train"]["cache_u8"]["efficiency"]
-    result["prediction_efficiency"] = result["predict"]["cache_u8"]["efficiency"]
     result["meta"]["load_after"] = _load1()
+    for phase, part in (("training", "train"), ("prediction", "predict")):
+        judged = judge_efficiency(result[part]["cache_u8"]["efficiency_all"], result["meta"]["load_before"],
+                                  result["meta"]["load_after"], result["meta"]["cpus"])
+        result[f"{phase}_headline"] = judged
+        result[f"{phase}_efficiency"] = judged["median"] if judged["reliable"] else None
     result["meta"]["seconds"] = round(time.time() - started, 1)
     log(_table(result))
     write_json_atomic(out_json, result)

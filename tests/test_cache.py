@@ -297,7 +297,22 @@ def test_bench_smoke(tmp_path, demo_dir):
     assert torch.get_num_threads() == threads
     saved = json.loads(out.read_text())
     assert set(saved) == {"meta", "train", "predict", "loader", "large", "training_efficiency",
-                          "prediction_efficiency"}
+                          "prediction_efficiency", "training_headline", "prediction_headline"}
     assert {"bare", "disk", "cache", "cache_u8"} <= set(saved["train"])
     assert saved["train"]["cache_u8"]["images_per_s"] > 0 and "peak_rss_mb" in saved["loader"]["cold_train"]
     assert result["training_efficiency"] == saved["training_efficiency"]
+
+
+def test_bench_headline_is_a_number_only_when_the_runs_agree():
+    from pipeline.bench import judge_efficiency
+
+    quiet = judge_efficiency([0.94, 0.95, 0.955, 0.96, 0.95], 0.2, 0.3, 2)
+    assert quiet["reliable"] and quiet["headline"] == "0.950"
+    busy = judge_efficiency([0.31, 0.8, 1.43, 1.49, 1.2], 3.8, 4.1, 2)     # the busy-machine case of the issue
+    assert not busy["reliable"] and busy["headline"] is None
+    assert "0.31-1.49" in busy["why"] and "load average 3.8 before, 4.1 after, on 2 CPUs" in busy["why"]
+    assert "other processes were running" in busy["why"]
+    above = judge_efficiency([1.42, 1.43, 1.45], 0.1, 0.1, 2)              # agreeing runs, impossible value
+    assert not above["reliable"] and "above 1" in above["why"]
+    near = judge_efficiency([0.99, 1.01, 1.02], 0.1, 0.1, 2)               # within noise of the bare model
+    assert near["reliable"] and near["headline"].startswith("1.00 (indistinguishable")
