@@ -3,12 +3,10 @@ post-hoc logit adjustment on synthetic out-of-fold probabilities."""
 
 from __future__ import annotations
 
-import doctest
 
 import numpy as np
 import pytest
 
-import pipeline.ensemble as ensemble
 from pipeline.ensemble import (VOTING_MODES, WEIGHT_OBJECTIVES, choose_tau, class_priors, fit_weights,
                                geometric_vote, hard_vote, log_loss, logit_adjust, rank_average, soft_vote, vote,
                                vote_scores)
@@ -287,6 +285,3 @@ def test_choose_tau_with_a_hard_vote_of_adjusted_members():
     assert tau > 0
     assert _f1(y, vote_scores(logit_adjust(members, prior, tau), "hard")) > _f1(y, vote_scores(members, "hard"))
 
-
-def test_doctests():
-    assert doctest.testmod(ensemble).failed == 0

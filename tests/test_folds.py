@@ -1,10 +1,8 @@
-import doctest
 
 import numpy as np
 import pandas as pd
 import pytest
 
-import pipeline.folds as folds_module
 from pipeline.folds import assign_folds, fold_class_counts, training_indices_for_fold
 
 
@@ -167,6 +165,3 @@ def test_training_indices_for_fold():
     with pytest.raises(ValueError, match=r"0\.\.2.*got 3"):
         training_indices_for_fold(folds, 3)
 
-
-def test_doctests():
-    assert doctest.testmod(folds_module).failed == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import hashlib
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import pipeline.mask as mask_module
 from pipeline.config import load_config
 from pipeline.tables import read_test_table, read_train_table
 from pipeline.folds import assign_folds
@@ -76,9 +74,6 @@ def row(table: pd.DataFrame, pid: str, stem: str) -> pd.Series:
 
 
 # ----------------------------------------------------------------------------- encoding
-
-def test_doctests():
-    assert doctest.testmod(mask_module).failed == 0
 
 
 def test_encoding_hand_picked_cases():

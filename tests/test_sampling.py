@@ -1,11 +1,9 @@
-import doctest
 import math
 from collections import Counter
 
 import numpy as np
 import pytest
 
-import pipeline.sampling as sampling_module
 from pipeline.folds import assign_folds, training_indices_for_fold
 from pipeline.sampling import SAMPLING_METHODS, balanced_sample_weights, oversample_indices
 
@@ -115,6 +113,3 @@ def test_balanced_weights_drive_weighted_random_sampler():
     for cls in ("a", "b", "c"):
         assert 850 < drawn[cls] < 1150  # about 1000 each, vs 50:12:3 in the data
 
-
-def test_doctests():
-    assert doctest.testmod(sampling_module).failed == 0

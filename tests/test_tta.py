@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import pytest
@@ -308,6 +307,3 @@ def test_real_timm_model_batched_equals_view_by_view():
         logits = torch.stack([model(v.fn(x)) for v in views])
     assert torch.allclose(predict_tta_per_view(model, x, views), logits.softmax(-1), atol=1e-5)
 
-
-def test_doctests():
-    assert doctest.testmod(tta).failed == 0

@@ -1,0 +1,17 @@
+"""Every docstring example in the package runs and gives what it shows."""
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import pipeline
+
+MODULES = sorted(m.name for m in pkgutil.walk_packages(pipeline.__path__, "pipeline.") if m.name != "pipeline.__main__")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
