@@ -79,12 +79,12 @@ def sampling_table(labels, folds, method: str, target_ratio: float, seed: int) -
     """Each fold's training part per class, before and after the sampling the trainer applies.
 
     Columns fold, class, before, after. ``oversample``: `after` counts the rows
-    :func:`pipeline.sampling.oversample_indices` returns (with the trainer's first-epoch seed,
-    ``seed * 1000``; the counts do not depend on the seed, only which rows repeat).
+    :func:`pipeline.sampling.epoch_rows` returns with the trainer's first-epoch seed (the counts
+    do not depend on the seed, only which rows repeat).
     ``balanced``: the expected draws of the weighted sampler, ``n_train / n_classes`` per class
     present. ``none``: unchanged.
     """
-    from .sampling import oversample_indices
+    from .sampling import epoch_rows, epoch_seed
 
     labels = np.asarray(labels)
     folds = np.asarray(folds)
@@ -94,7 +94,7 @@ def sampling_table(labels, folds, method: str, target_ratio: float, seed: int) -
         train = labels[folds != k]
         before = pd.Series(train).value_counts().reindex(classes, fill_value=0)
         if method == "oversample":
-            drawn = train[oversample_indices(train, target_ratio, seed * 1000)]
+            drawn = train[epoch_rows(train, method, target_ratio, epoch_seed(seed, 0))]
             after = pd.Series(drawn).value_counts().reindex(classes, fill_value=0).astype(float)
         elif method == "balanced":
             present = (before > 0).sum()

@@ -26,7 +26,7 @@ import numpy as np
 
 from .folds import _check_labels
 
-__all__ = ["oversample_indices", "balanced_sample_weights", "SAMPLING_METHODS"]
+__all__ = ["oversample_indices", "balanced_sample_weights", "epoch_seed", "epoch_rows", "SAMPLING_METHODS"]
 
 SAMPLING_METHODS = ("none", "balanced", "oversample")
 
@@ -109,3 +109,25 @@ def balanced_sample_weights(labels) -> np.ndarray:
     _, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
     weights = 1.0 / counts[codes].astype(np.float64)
     return weights / counts.shape[0]  # each class sums to 1 / n_classes; all to 1
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's sampling and augmentation: the same (seed, epoch) draws the same rows,
+    so a resumed fold repeats exactly what an uninterrupted one would have drawn."""
+    return seed * 1000 + epoch
+
+
+def epoch_rows(labels, method: str, target_ratio: float, seed: int) -> np.ndarray:
+    """The positions into `labels` (a fold's training rows) that one epoch's dataset holds.
+
+    ``oversample``: :func:`oversample_indices`; ``none`` and ``balanced`` (which resamples through
+    its sampler's weights, not the dataset): every position once.
+
+    >>> epoch_rows(["a", "a", "a", "a", "b"], "oversample", 0.5, seed=0).tolist()
+    [0, 1, 2, 3, 4, 4]
+    """
+    if method not in SAMPLING_METHODS:
+        raise ValueError(f"sampling.method: {method!r} is not one of: {', '.join(SAMPLING_METHODS)}")
+    if method == "oversample":
+        return oversample_indices(labels, target_ratio, seed)
+    return np.arange(len(labels))

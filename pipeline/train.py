@@ -40,9 +40,9 @@ from .metrics import MAXIMISE, classification_metrics, confusion, per_class_f1
 from .models import create_model, load_weights, safe_torch_load, save_weights, unwrap
 from .progress import progress
 from .tracking import Tracker
-from .sampling import balanced_sample_weights, oversample_indices
+from .sampling import balanced_sample_weights, epoch_rows, epoch_seed
 
-__all__ = ["fit", "train_one_epoch", "predict_probs", "resolve_device", "StepTools", "build_optimizer",
+__all__ = ["fit", "fold_data", "FoldData", "training_loader", "train_one_epoch", "predict_probs", "resolve_device", "StepTools", "build_optimizer",
            "build_scheduler", "set_backbone_frozen", "NonFiniteLossError"]
 
 
@@ -61,7 +61,9 @@ def resolve_device(name: str) -> torch.device:
 # ---- data ---------------------------------------------------------------------------------
 
 @dataclass
-class _FoldData:
+class FoldData:
+    """One fold's rows: `targets` are class indices of `label` for training rows and of `true_label`
+    for validation rows (they differ with e.g. a training-only age cut-off)."""
     classes: list
     train_idx: np.ndarray
     val_idx: np.ndarray
@@ -73,7 +75,7 @@ class _FoldData:
         return self.targets[self.val_idx]
 
 
-def _fold_data(cfg: Config, fold: int) -> _FoldData:
+def fold_data(cfg: Config, fold: int) -> FoldData:
     table = load_fold_table(cfg)
     if not 0 <= fold < cfg.folds.n_splits:
         raise ValueError(f"fold {fold} does not exist: folds.n_splits is {cfg.folds.n_splits}")
@@ -83,7 +85,7 @@ def _fold_data(cfg: Config, fold: int) -> _FoldData:
     # Train on `label`, score validation on `true_label` (they differ e.g. with a training-only age cut-off).
     targets = table["label"].map(index).to_numpy().copy()
     targets[val_idx] = table["true_label"].map(index).to_numpy()[val_idx]
-    return _FoldData(classes, train_idx, val_idx, table, targets)
+    return FoldData(classes, train_idx, val_idx, table, targets)
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -115,15 +117,14 @@ def _loader(dataset, cfg: Config, device, shuffle=False, sampler=None, generator
                       persistent_workers=persistent and workers > 0)
 
 
-def _train_loader(cfg: Config, data: _FoldData, device, epoch: int,
-                  decoded: DecodedImages | None = None) -> DataLoader:
-    """The training part of the fold only, oversampled as configured; reseeded every epoch."""
-    seed = cfg.seed * 1000 + epoch
+def training_loader(cfg: Config, data: FoldData, device, epoch: int,
+                    decoded: DecodedImages | None = None) -> DataLoader:
+    """The loader `fit` trains an epoch on: the fold's training rows only (never a validation row),
+    oversampled or class-balanced as configured, reseeded every epoch."""
+    seed = epoch_seed(cfg.seed, epoch)
     gen = torch.Generator().manual_seed(seed)
     labels = data.targets[data.train_idx]
-    rows = data.train_idx
-    if cfg.sampling.method == "oversample":
-        rows = data.train_idx[oversample_indices(labels, cfg.sampling.target_ratio, seed)]
+    rows = data.train_idx[epoch_rows(labels, cfg.sampling.method, cfg.sampling.target_ratio, seed)]
     ds = make_dataset(cfg.augment, data.table["image"].to_numpy(), rows, data.targets[rows], train=True,
                       decoded=decoded)
     ds.transform.set_random_seed(seed)
@@ -371,7 +372,7 @@ def _load_state(path: Path, fingerprint: str) -> dict | None:
     return state
 
 
-def _oof_frame(data: _FoldData, fold: int, probs: np.ndarray) -> pd.DataFrame:
+def _oof_frame(data: FoldData, fold: int, probs: np.ndarray) -> pd.DataFrame:
     rows = data.val_idx
     frame = pd.DataFrame({"row": rows, "label": data.table["true_label"].to_numpy()[rows], "fold": fold})
     for c, name in enumerate(data.classes):
@@ -390,7 +391,7 @@ class _Run:
     loss_fn: torch.nn.Module
 
 
-def _build_run(cfg: Config, data: _FoldData, device: torch.device) -> _Run:
+def _build_run(cfg: Config, data: FoldData, device: torch.device) -> _Run:
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, len(data.classes), data.classes).to(device)
     if cfg.train.channels_last:
@@ -416,11 +417,9 @@ def _build_run(cfg: Config, data: _FoldData, device: torch.device) -> _Run:
     return _Run(model, optimizer, scheduler, tools, loss_fn)
 
 
-def _updates_estimate(cfg: Config, data: _FoldData) -> int:
+def _updates_estimate(cfg: Config, data: FoldData) -> int:
     """Optimizer updates per epoch (OneCycle needs the total in advance)."""
-    n = len(data.train_idx)
-    if cfg.sampling.method == "oversample":
-        n = len(oversample_indices(data.targets[data.train_idx], cfg.sampling.target_ratio, cfg.seed))
+    n = len(epoch_rows(data.targets[data.train_idx], cfg.sampling.method, cfg.sampling.target_ratio, cfg.seed))
     batches = n // cfg.train.batch_size if _mix_enabled(cfg) else math.ceil(n / cfg.train.batch_size)
     return math.ceil(max(batches, 1) / cfg.train.accumulate)
 
@@ -468,7 +467,7 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
     validation metrics (`loss`, `accuracy`, `f1_macro`, ...); it may raise to stop (e.g. Optuna pruning).
     """
     device = resolve_device(cfg.train.device)
-    data = _fold_data(cfg, fold)
+    data = fold_data(cfg, fold)
     out, fingerprint, monitor = cfg.fold_dir(fold), train_fingerprint(cfg), cfg.train.monitor
     state_dir = out / "state"
     run = _build_run(cfg, data, device)
@@ -489,15 +488,15 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
         if cfg.train.patience is not None and epoch - best_epoch > cfg.train.patience:
             log(f"[fold {fold}] early stop: no {monitor} improvement for {cfg.train.patience} epochs")
             break
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout, Mixup: same draws after a resume
+        torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout, Mixup: same draws after a resume
         tick = time.time()
         frozen = _backbone_frozen(cfg, epoch)
         set_backbone_frozen(run.model, frozen)
         run.tools.frozen_backbone, run.tools.mixup = frozen, _mixup_for(cfg, epoch, len(data.classes))
-        run.tools.flip_generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        run.tools.flip_generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
         run.tools.progress_mode = cfg.report.progress
         run.tools.progress_desc = f"[fold {fold}] epoch {epoch + 1}/{cfg.train.epochs}"
-        train_loss = train_one_epoch(run.model, _train_loader(cfg, data, device, epoch, decoded), run.optimizer,
+        train_loss = train_one_epoch(run.model, training_loader(cfg, data, device, epoch, decoded), run.optimizer,
                                      run.loss_fn, device, epoch, run.tools)
         evaluated = evaluated_model(run)
         metrics, probs = _validate(evaluated, val_loader, data.val_targets, run.loss_fn, device, run.tools)

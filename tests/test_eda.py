@@ -17,7 +17,6 @@ from PIL import Image
 
 from pipeline.config import load_config
 from pipeline.eda import (EXACT_LIMIT, near_duplicate_pairs, sampling_table, write_eda)
-from pipeline.sampling import oversample_indices
 from tests.conftest import tiny_config_dict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -122,16 +121,22 @@ def test_per_fold_class_table_equals_the_folds_file(leaked):
 
 
 def test_oversampled_counts_equal_what_the_trainer_draws(leaked):
+    """The EDA's "after oversampling" counts are those of the loader the trainer builds for epoch 0."""
+    import torch
+
+    from pipeline.train import fold_data, training_loader
+
     cfg, _, index, folds, _ = leaked
-    sampling = pd.read_csv(index.parent / "sampling.csv")
+    sampling = pd.read_csv(index.parent / "sampling.csv", dtype={"class": str})
     grew = False
     for k in range(cfg.folds.n_splits):
-        train = folds["label"].to_numpy()[folds["fold"].to_numpy() != k]
-        drawn = train[oversample_indices(train, cfg.sampling.target_ratio, cfg.seed * 1000)]
-        expected = pd.Series(drawn).value_counts()
+        data = fold_data(cfg, k)
+        loader = training_loader(cfg, data, torch.device("cpu"), epoch=0)
+        drawn = pd.Series([data.classes[t] for t in loader.dataset.targets]).value_counts()
         part = sampling[sampling["fold"] == k].set_index("class")
-        assert part["after"].astype(int).to_dict() == expected.to_dict()
-        assert part["before"].to_dict() == pd.Series(train).value_counts().to_dict()
+        assert part["after"].astype(int).to_dict() == drawn.to_dict()
+        before = pd.Series([data.classes[t] for t in data.targets[data.train_idx]]).value_counts()
+        assert part["before"].to_dict() == before.to_dict()
         grew |= bool((part["after"] > part["before"]).any())
     assert grew, "target_ratio 1.0 should add rows somewhere; the test would prove nothing"
 

@@ -4,7 +4,6 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipeline.folds import assign_folds, training_indices_for_fold
 from pipeline.sampling import SAMPLING_METHODS, balanced_sample_weights, oversample_indices
 
 LABELS = np.array(["a"] * 50 + ["b"] * 12 + ["c"] * 3)
@@ -51,19 +50,35 @@ def test_every_original_index_kept_and_only_input_indices():
     assert (counts[LABELS == "a"] == 1).all()
 
 
-def test_oversampling_a_fold_never_touches_validation_rows():
-    rng = np.random.default_rng(0)
-    dataset_labels = rng.choice(["a", "b", "c"], size=300, p=[0.8, 0.15, 0.05])
-    folds = assign_folds(dataset_labels, n_splits=5, seed=0)
-    for fold in range(5):
-        train_idx, val_idx = training_indices_for_fold(folds, fold)
-        local = oversample_indices(dataset_labels[train_idx], 1.0, seed=fold)
-        rows = train_idx[local]  # back to dataset positions
-        assert not np.isin(rows, val_idx).any()
-        assert set(rows.tolist()) == set(train_idx.tolist())
-        assert len(rows) > len(train_idx)  # something was oversampled
-        counts = Counter(dataset_labels[rows].tolist())
-        assert len(set(counts.values())) == 1  # ratio 1.0: all classes equal
+@pytest.mark.parametrize("method", ["oversample", "balanced", "none"])
+def test_the_trainers_loader_draws_training_rows_only(tiny_cfg_dict, tmp_path, method):
+    """The loader `fit` trains on: one epoch's draws are training rows of the fold, never validation rows."""
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.stages import make_folds
+    from pipeline.train import fold_data, training_loader
+
+    cfg = load_config(None, {**tiny_cfg_dict, "output_dir": str(tmp_path / "out"),
+                             "sampling": {"method": method, "target_ratio": 1.0}})
+    make_folds(cfg, log=lambda *_: None)
+    for fold in range(cfg.folds.n_splits):
+        data = fold_data(cfg, fold)
+        loader = training_loader(cfg, data, torch.device("cpu"), epoch=0)   # data.cache off: paths visible
+        row_of = {path: i for i, path in enumerate(data.table["image"])}
+        order = list(loader.sampler)                                  # dataset positions of one epoch
+        drawn = np.array([row_of[loader.dataset.paths[j]] for j in order])
+        assert not np.isin(drawn, data.val_idx).any()                 # validation is never drawn
+        classes = [data.classes.index(v) for v in data.table["label"].to_numpy()[drawn]]
+        assert [int(loader.dataset.targets[j]) for j in order] == classes   # trained on the training labels
+        counts = Counter(classes)
+        if method == "none":
+            assert sorted(drawn.tolist()) == data.train_idx.tolist()    # each training row once
+        elif method == "oversample":
+            assert set(drawn.tolist()) == set(data.train_idx.tolist()) and len(drawn) > len(data.train_idx)
+            assert len(set(counts.values())) == 1                      # ratio 1.0: every class as large as the largest
+        else:
+            assert len(drawn) == len(data.train_idx) and len(counts) == len(data.classes)
 
 
 def test_deterministic_for_a_seed():

@@ -338,7 +338,7 @@ def test_device_flips_reach_the_model_as_configured(tiny_cfg_dict, folds_ready, 
         assert torch.equal(model.seen[0], expected)
     # From the config: the keys build the flip, and a half-probability flip changes what is learnt.
     cfg = _with(tiny_cfg_dict, tmp_path / "f", augment={"device_hflip": 0.5})
-    run = train_mod._build_run(cfg, train_mod._fold_data(cfg, 0), torch.device("cpu"))
+    run = train_mod._build_run(cfg, train_mod.fold_data(cfg, 0), torch.device("cpu"))
     assert run.tools.flip.p_h == 0.5 and run.tools.flip.p_v == 0.0
     flipped = load_file(fit(cfg, 0, **QUIET))
     plain = load_file(fit(_with(tiny_cfg_dict, tmp_path / "p"), 0, **QUIET))
