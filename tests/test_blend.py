@@ -71,16 +71,35 @@ def make_experiment(root, name: str, skill: float, seed: int, folds_name: str = 
     return cfg
 
 
-def test_fitted_weights_favour_the_better_experiment_and_beat_uniform(tmp_path):
-    make_experiment(tmp_path, "good", skill=0.5, seed=1)
-    make_experiment(tmp_path, "weak", skill=0.05, seed=2)
+def _members(root, names):
+    """Each experiment's OOF rows (by row) and mean test probabilities, read back from its files."""
+    oof, test = [], []
+    for name in names:
+        cfg = load_config(root / "outputs" / name / "config.yaml")
+        frames = pd.concat([pd.read_csv(cfg.fold_dir(k) / "oof_tta.csv") for k in range(K)]).sort_values("row")
+        oof.append(frames[[f"prob_{c}" for c in CLASSES]].to_numpy())
+        test.append(np.mean([pd.read_csv(cfg.fold_dir(k) / "test_probs.csv")[[f"prob_{c}" for c in CLASSES]]
+                             .to_numpy() for k in range(K)], axis=0))
+    y = frames["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    return np.stack(oof), np.stack(test), y
+
+
+def test_fitted_weights_are_the_oof_log_loss_optimum_and_make_the_submission(tmp_path):
+    make_experiment(tmp_path, "good", skill=0.3, seed=1)
+    make_experiment(tmp_path, "weak", skill=0.2, seed=2)
     printed = []
     sub = blend(["good", "weak"], output_dir=tmp_path / "outputs", log=printed.append)
     out = tmp_path / "outputs" / "blend-good-weak"
     assert sub == out / "submission.csv"
     info = json.loads((out / "blend.json").read_text())
     w = info["fitted_weights"]
-    assert w["good"] > w["weak"] and sum(w.values()) == pytest.approx(1.0) and min(w.values()) >= 0
+    oof, test, y = _members(tmp_path, ["good", "weak"])
+    true = oof[:, np.arange(len(y)), y] / oof.sum(axis=2)             # brute force over the weight of "good"
+    grid = np.linspace(0, 1, 2001)
+    best = grid[int(np.argmin([-np.log(g * true[0] + (1 - g) * true[1]).mean() for g in grid]))]
+    assert 0.55 < best < 0.95 and w["good"] == pytest.approx(best, abs=1e-3)
+    picked = (w["good"] * test[0] + w["weak"] * test[1]).argmax(axis=1)
+    assert pd.read_csv(sub)["label"].tolist() == [CLASSES[i] for i in picked]
     assert info["folds_sha256"] and info["oof_source"] == "oof_tta.csv"
     cv = pd.read_csv(out / "cv.csv").set_index("part")
     fitted = cv.loc["blend soft, fitted weights (submission)"]

@@ -179,16 +179,39 @@ def _f1(y, probs):
     return classification_metrics(y, probs)["f1_macro"]
 
 
-@pytest.mark.parametrize("objective", WEIGHT_OBJECTIVES)
-def test_fitted_weights_beat_or_equal_uniform_on_the_oof_they_were_fitted_on(objective):
-    probs, y = _oof_members()
-    w = fit_weights(probs, y, objective)
-    assert w.shape == (3,) and (w >= 0).all() and w.sum() == pytest.approx(1.0)
-    assert w[0] == w.max() and w[0] > w[1]              # the clearly better experiment leads
-    uniform = np.full(3, 1 / 3)
-    if objective == "logloss":
-        assert log_loss(soft_vote(probs, w), y) < log_loss(soft_vote(probs, uniform), y)
-    assert _f1(y, soft_vote(probs, w)) >= _f1(y, soft_vote(probs, uniform))
+def _two_member_case(q: float, n: int = 1000):
+    """Binary rows: on a share `q` member A gives the true class 0.9 and member B 0.1; elsewhere the reverse.
+
+    The mixture's log-loss -q log(0.1 + 0.8 w) - (1 - q) log(0.9 - 0.8 w) is smallest at
+    w_A = (q - 0.1) / 0.8 (its derivative is zero there), so the fitted weight is known exactly.
+    """
+    y = np.zeros(n, dtype=np.int64)
+    a_right = np.arange(n) < round(q * n)
+    pa = np.where(a_right, 0.9, 0.1)
+    pb = 1 - pa
+    return np.stack([np.stack([pa, 1 - pa], 1), np.stack([pb, 1 - pb], 1)]), y
+
+
+@pytest.mark.parametrize("q, expected", [(0.7, 0.75), (0.5, 0.5), (0.3, 0.25), (0.95, 1.0)])
+def test_fitted_logloss_weights_are_the_analytic_optimum(q, expected):
+    probs, y = _two_member_case(q)
+    w = fit_weights(probs, y, "logloss")
+    assert w == pytest.approx([expected, 1 - expected], abs=2e-3)   # (q=0.95: the optimum 1.06 is clipped to 1)
+
+
+def test_fitted_f1_weights_find_a_blend_that_uniform_misses():
+    """Member 0 is always right with 0.6, member 1 always wrong with 0.9: the uniform mean follows
+    member 1 (F1 0), and only a weight above 3/4 on member 0 gets every row right."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    right = np.full((300, 3), 0.2)
+    right[np.arange(300), y] = 0.6
+    wrong = np.full((300, 3), 0.05)
+    wrong[np.arange(300), (y + 1) % 3] = 0.9
+    probs = np.stack([right, wrong])
+    assert _f1(y, soft_vote(probs)) == 0.0
+    w = fit_weights(probs, y, "f1")
+    assert w[0] > 0.75 and _f1(y, soft_vote(probs, w)) == 1.0
 
 
 def test_complementary_experiments_get_interior_weights():
@@ -203,11 +226,15 @@ def test_complementary_experiments_get_interior_weights():
     assert log_loss(soft_vote(probs, w), y) < min(log_loss(p, y) for p in probs)
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_fitted_logloss_never_worse_than_uniform(seed):
-    probs, y = _oof_members(n=200, classes=3, skills=(0.2, 0.2), seed=seed)   # two equal experiments
-    w = fit_weights(probs, y)
-    assert log_loss(soft_vote(probs, w), y) <= log_loss(soft_vote(probs, np.full(2, 0.5)), y) + 1e-12
+@pytest.mark.parametrize("seed", range(3))
+def test_fitted_logloss_weights_match_a_brute_force_search(seed):
+    probs, y = _oof_members(n=400, classes=3, skills=(0.2, 0.15), seed=seed)
+    true = probs[:, np.arange(len(y)), y]                              # each member's probability of the truth
+    grid = np.linspace(0, 1, 2001)
+    losses = [-np.log(g * true[0] / probs[0].sum(1) + (1 - g) * true[1] / probs[1].sum(1)).mean() for g in grid]
+    best = grid[int(np.argmin(losses))]
+    assert 0.05 < best < 0.95                                          # an interior optimum: not uniform, not a corner
+    assert fit_weights(probs, y)[0] == pytest.approx(best, abs=1e-3)
 
 
 def test_fit_weights_edge_cases():
