@@ -104,8 +104,7 @@ def test_fitted_weights_are_the_oof_log_loss_optimum_and_make_the_submission(tmp
     cv = pd.read_csv(out / "cv.csv").set_index("part")
     fitted = cv.loc["blend soft, fitted weights (submission)"]
     uniform = cv.loc["blend soft, uniform weights"]
-    assert fitted["log_loss"] <= uniform["log_loss"] + 1e-12      # the objective, on the data it was fitted on
-    assert fitted["f1_macro"] >= uniform["f1_macro"]
+    assert fitted["log_loss"] < uniform["log_loss"]               # the objective, on the data it was fitted on
     assert {"good (oof_tta.csv)", "weak (oof_tta.csv)", "blend hard, uniform weights",
             "blend geometric, fitted weights", "blend rank, uniform weights"} <= set(cv.index)
     assert "blend soft, fitted weights" in (out / "cv.md").read_text()
