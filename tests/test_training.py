@@ -191,14 +191,30 @@ def test_early_stopping_stops_after_patience_without_improvement(tiny_cfg_dict, 
     assert len(pd.read_csv(cfg.fold_dir(0) / "metrics.csv")) == 3  # best at 0, then 2 without improvement
 
 
-def test_minimised_monitor_keeps_the_lowest_loss_epoch(tiny_cfg_dict, folds_ready, tmp_path, monkeypatch):
-    cfg = _with(tiny_cfg_dict, tmp_path, train={"epochs": 3, "monitor": "loss"})
-    losses = iter([0.9, 0.5, 0.7])
+def test_best_checkpoint_is_the_weights_of_the_best_epoch(tiny_cfg_dict, folds_ready, tmp_path, monkeypatch):
+    """monitor: loss (minimised); epoch 1 of 3 has the lowest loss, so its weights are saved.
+
+    With a constant learning rate, epoch 1's weights are exactly the final weights of the same run
+    stopped after 2 epochs (every epoch reseeds from (seed, epoch)).
+    """
     real = train_mod._validate
-    monkeypatch.setattr(train_mod, "_validate", lambda *a: (dict(real(*a)[0], loss=next(losses)), real(*a)[1]))
-    fit(cfg, 0, **QUIET)
-    meta = pd.read_json(cfg.fold_dir(0) / "weights.json", typ="series")
-    assert meta["best"] == 0.5
+    losses = {}
+
+    def validate(*args):
+        metrics, probs = real(*args)
+        value = [0.9, 0.5, 0.7][len(losses.setdefault(id(args[1]), []))]
+        losses[id(args[1])].append(value)
+        return dict(metrics, loss=value), probs
+
+    monkeypatch.setattr(train_mod, "_validate", validate)
+    three = _with(tiny_cfg_dict, tmp_path / "3", train={"epochs": 3, "monitor": "loss", "scheduler": "none"})
+    two = _with(tiny_cfg_dict, tmp_path / "2", train={"epochs": 2, "monitor": "loss", "scheduler": "none"})
+    best = load_file(fit(three, 0, **QUIET))
+    after_epoch_1 = load_file(fit(two, 0, **QUIET).parent / "last.safetensors")
+    final = load_file(three.fold_dir(0) / "last.safetensors")
+    assert all(torch.equal(best[k], after_epoch_1[k]) for k in best)
+    assert any(not torch.equal(best[k], final[k]) for k in best)      # not simply the last epoch
+    assert pd.read_json(three.fold_dir(0) / "weights.json", typ="series")["best"] == 0.5
 
 
 def test_metrics_csv_has_every_metric_and_per_class_f1(tiny_cfg, folds_ready):
@@ -385,3 +401,33 @@ def test_compiled_fold_finishes_with_plain_weights_equal_to_an_uncompiled_run(ti
     model, _ = load_trained_model(weights)
     assert not hasattr(model, "_orig_mod")
     assert predict_fold(cfg, 0, **QUIET).is_file()
+
+
+def test_trains_on_label_and_validates_on_true_label(tiny_cfg_dict, tmp_path, demo_dir, monkeypatch):
+    """data.true_label_column: the loader hands out `label`, validation (metrics, confusion, OOF) uses `true_label`."""
+    train = pd.read_csv(demo_dir / "train.csv", dtype=str)
+    classes = sorted(train["label"].unique())
+    moved = np.arange(len(train)) % 5 == 0                                # every fifth row: another true class
+    train["true_label"] = np.where(moved, [classes[(classes.index(v) + 1) % len(classes)] for v in train["label"]],
+                                   train["label"])
+    csv = tmp_path / "train.csv"
+    train.to_csv(csv, index=False)
+    raw = dict(tiny_cfg_dict, output_dir=str(tmp_path / "out"), folds={**tiny_cfg_dict["folds"], "dir": str(tmp_path)})
+    raw["data"] = dict(raw["data"], train_csv=str(csv), true_label_column="true_label", demo=False)
+    cfg = load_config(None, raw)
+    make_folds(cfg, **QUIET)
+    seen = []
+    real = train_mod.train_one_epoch
+    monkeypatch.setattr(train_mod, "train_one_epoch", lambda model, loader, *a: seen.append(loader) or real(model, loader, *a))
+    fit(cfg, 0, **QUIET)
+    data = train_mod.fold_data(cfg, 0)
+    index = {c: i for i, c in enumerate(data.classes)}
+    drawn = seen[0].dataset.indices                                          # table rows of epoch 0
+    assert not np.isin(drawn, data.val_idx).any() and moved[drawn].any()
+    assert seen[0].dataset.targets.tolist() == [index[v] for v in train["label"].to_numpy()[drawn]]
+    oof = pd.read_csv(cfg.fold_dir(0) / "oof.csv", dtype={"label": str})
+    assert oof["label"].tolist() == train["true_label"].to_numpy()[oof["row"]].tolist()
+    assert (oof["label"] != train["label"].to_numpy()[oof["row"]]).any()   # the moved rows are validated as moved
+    confusion = pd.read_csv(cfg.fold_dir(0) / "confusion.csv", index_col=0, dtype={"true": str})
+    truth = pd.Series(train["true_label"].to_numpy()[oof["row"]]).value_counts()
+    assert confusion.sum(axis=1).to_dict() == {c: int(truth.get(c, 0)) for c in confusion.index}
