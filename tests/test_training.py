@@ -309,8 +309,13 @@ def test_onecycle_warms_up_then_anneals_per_update(tiny_cfg_dict):
 
 
 def test_runs_record_package_versions(tiny_cfg, folds_ready):
+    """Every fold's sidecar names the installed version of each package that decides its numbers."""
+    import platform
+    from importlib import metadata
+
     meta = pd.read_json(fit(tiny_cfg, 0, **QUIET).with_suffix(".json"), typ="series")
-    assert meta["versions"]["torch"] == torch.__version__.split("+")[0] or meta["versions"]["torch"] == torch.__version__
+    packages = ["torch", "torchvision", "timm", "albumentations", "numpy", "scikit-learn", "pandas", "pillow"]
+    assert meta["versions"] == {"python": platform.python_version(), **{p: metadata.version(p) for p in packages}}
 
 
 def test_decode_cache_changes_nothing_but_where_pixels_come_from(tiny_cfg_dict, folds_ready, tmp_path):

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -69,11 +70,20 @@ def test_study_resumes_and_writes_a_loadable_best_config(tune_cfg, tmp_path):
     again = tune(tune_cfg, trials=2, out_config=best_path)        # nothing left to do
     assert len(again.trials) == 2
 
+    from sklearn.metrics import f1_score
+
     for trial in study.trials:
-        assert 0.0 <= trial.value <= 1.0
-        assert set(trial.intermediate_values) == {0}              # reported after the epoch (pruning hook)
         fold = tune_cfg.exp_dir / "trials" / str(trial.number) / tune_cfg.experiment / "fold_0"
         assert (fold / "weights.safetensors").is_file()
+        oof = pd.read_csv(fold / "oof.csv", dtype={"label": str})       # the objective, recomputed from the files
+        probs = oof.filter(like="prob_")
+        predicted = probs.columns[probs.to_numpy().argmax(axis=1)].str[len("prob_"):]
+        expected = f1_score(oof["label"], predicted, labels=[c[len("prob_"):] for c in probs.columns],
+                            average="macro", zero_division=0)
+        assert trial.value == pytest.approx(expected, abs=1e-12)
+        assert set(trial.intermediate_values) == {0}              # reported after the epoch (pruning hook)
+        metrics = pd.read_csv(fold / "metrics.csv")
+        assert trial.intermediate_values[0] == pytest.approx(metrics["val_f1_macro"].iloc[0])
     assert not tune_cfg.fold_dir(0).exists()                      # the real run's files are untouched
 
     best = load_config(best_path)
