@@ -111,7 +111,10 @@ def test_hidden_files_are_skipped_and_mixed_extensions_found(tmp_path):
     exts = {"000001": {"mask1": ".JPG", "mask2": ".jpeg", "incorrect_mask": ".png", "normal": ".PNG"}}
     junk = [("000001", "._mask1.jpg"), ("000001", "._normal.png"), ("000001", ".DS_Store"),
             ("000002", "notes.txt")]
-    table = prepared(write_layout(tmp_path, PEOPLE, exts=exts, junk=junk))
+    said = []
+    table = prepared(write_layout(tmp_path, PEOPLE, exts=exts, junk=junk), log=said.append)
+    assert len(said) == 1 and said[0].startswith("[mask] skipped 4 hidden or non-image file(s)")
+    assert "._mask1.jpg" in said[0]
     images = table.loc[table["group"] == "000001", "image"].tolist()
     assert [Path(p).name for p in images] == ["mask1.JPG", "mask2.jpeg", "mask3.jpg", "mask4.jpg", "mask5.jpg",
                                               "incorrect_mask.png", "normal.PNG"]
@@ -350,3 +353,25 @@ def test_mask_config_loads_and_reads_the_prepared_sample(sample, sample_table, t
     assert len(train) == 24 * 7 and all(Path(p).is_file() for p in train["image"])
     test = read_test_table(cfg)
     assert len(test) == 6 and all(Path(p).is_file() for p in test["image"])
+
+
+def test_the_folds_table_counts_the_labels_validation_is_scored_on(sample, tmp_path):
+    """With a training-only age cut-off, the printed per-fold table counts true labels, and says so."""
+    from pipeline.stages import make_folds
+
+    train_csv = prepare_mask_data(sample, tmp_path / "pipeline_train.csv", age_cutoff=45)
+    table = pd.read_csv(train_csv)
+    assert (table["label"] != table["true_label"]).any()
+    cfg = load_config(REPO / "configs" / "mask.yaml", [
+        f"data.train_csv={train_csv}", f"data.image_root={sample}", f"output_dir={tmp_path / 'out'}",
+        f"data.sample_submission={sample / 'eval/info.csv'}", f"folds.dir={tmp_path / 'folds'}"])
+    printed = []
+    make_folds(cfg, log=printed.append)
+    header = next(line for line in printed if "validation rows per class" in line)
+    assert "column 'true_label', which validation is scored on" in header
+    counts = printed[printed.index(header) + 1]
+    folds = pd.read_csv(cfg.folds_file)
+    expected = pd.crosstab(table["true_label"], folds["fold"])
+    for cls, row in expected.iterrows():
+        line = next(x for x in counts.splitlines() if x.split()[0] == str(cls))
+        assert [int(v) for v in line.split()[1:-1]] == row.tolist()
