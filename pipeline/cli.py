@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config, write_resolved
+from pipeline.config import ConfigError, load_config, write_resolved
 
 __all__ = ["main"]
 
@@ -45,8 +45,8 @@ def _make_variables(cfg) -> dict[str, tuple[str, str]]:
 
 
 def cmd_resolve(args) -> None:
-    from .manifest import write_manifests
-    from .preflight import preflight
+    from pipeline.data.manifest import write_manifests
+    from pipeline.tools.preflight import preflight
 
     cfg = _cfg(args)
     variables = _make_variables(cfg) if args.make_vars else {}
@@ -68,7 +68,7 @@ def cmd_resolve(args) -> None:
 
 
 def cmd_demo_data(args) -> None:
-    from .demo import make_demo_dataset
+    from pipeline.competitions.demo import make_demo_dataset
     cfg = _cfg(args)
     if not cfg.data.demo:
         raise ConfigError("data.demo is false: this config uses your own data, there is no demo to write")
@@ -78,7 +78,7 @@ def cmd_demo_data(args) -> None:
 
 
 def cmd_mask_data(args) -> None:
-    from .mask import make_mask_sample, prepare_from_config
+    from pipeline.competitions.mask import make_mask_sample, prepare_from_config
     cfg = _cfg(args)
     if not cfg.mask.enabled:
         raise ConfigError("mask.enabled is false: this config does not use the mask competition's layout")
@@ -89,13 +89,13 @@ def cmd_mask_data(args) -> None:
 
 
 def cmd_check(args) -> None:
-    from .check import check_data
+    from pipeline.data.check import check_data
     report = check_data(_cfg(args), n_jobs=args.jobs).raise_if_failed()
     print(report.format())
 
 
 def cmd_folds(args) -> None:
-    from .stages import make_folds
+    from pipeline.stages import make_folds
     make_folds(_cfg(args))
 
 
@@ -115,7 +115,7 @@ def _share_cores_with_make_jobs() -> None:
 
 
 def cmd_train(args) -> None:
-    from .parallel import parse_gpus, pin_gpu, run_folds
+    from pipeline.train.parallel import parse_gpus, pin_gpu, run_folds
     _share_cores_with_make_jobs()
     cfg = _cfg(args)
     folds = args.fold if args.fold is not None else list(range(cfg.folds.n_splits))
@@ -127,45 +127,45 @@ def cmd_train(args) -> None:
 
 
 def cmd_tune(args) -> None:
-    from .tune import tune
+    from pipeline.tools.tune import tune
     tune(_cfg(args), trials=args.trials, storage=args.storage, out_config=args.out, study_name=args.study_name)
 
 
 def cmd_predict(args) -> None:
-    from .stages import predict_fold
+    from pipeline.stages import predict_fold
     cfg = _cfg(args)
     for fold in args.fold if args.fold is not None else range(cfg.folds.n_splits):
         predict_fold(cfg, fold)
 
 
 def cmd_eda(args) -> None:
-    from .eda import write_eda
+    from pipeline.report.eda import write_eda
     write_eda(_cfg(args))
 
 
 def cmd_report(args) -> None:
-    from .report import write_report
+    from pipeline.report.run_report import write_report
     write_report(_cfg(args))
 
 
 def cmd_ensemble(args) -> None:
-    from .stages import ensemble
+    from pipeline.stages import ensemble
     ensemble(_cfg(args))
 
 
 def cmd_score(args) -> None:
-    from .stages import score
+    from pipeline.stages import score
     score(_cfg(args))
 
 
 def cmd_validate(args) -> None:
-    from .submission import validate_for_config
+    from pipeline.predict.submission import validate_for_config
     cfg = _cfg(args)
     print(f"{validate_for_config(cfg, args.submission)}: valid against {cfg.data.sample_submission}")
 
 
 def cmd_blend(args) -> None:
-    from .blend import run_from_args
+    from pipeline.predict.blend import run_from_args
     run_from_args(args)
 
 
@@ -209,11 +209,11 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--make-vars", action="store_true", help="print the variables the Makefile needs")
         if name == "validate":
             p.add_argument("submission", nargs="?", help="CSV to check (default: the experiment's submission)")
-    from .blend import add_arguments as add_blend_arguments
+    from pipeline.predict.blend import add_arguments as add_blend_arguments
     p = sub.add_parser("blend", help="blend finished experiments, weights fitted on their out-of-fold predictions")
     add_blend_arguments(p)
     p.set_defaults(func=cmd_blend)
-    # Listed for --help only: main() hands `bench ...` to pipeline.bench before parsing, so that
+    # Listed for --help only: main() hands `bench ...` to pipeline.tools.bench before parsing, so that
     # building this parser (at every Make parse) never imports torch.
     sub.add_parser("bench", help="throughput of the data path vs the bare model → outputs/bench.json "
                                  "(python -m pipeline bench --help)")
@@ -223,7 +223,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
-        from .bench import main as bench_main
+        from pipeline.tools.bench import main as bench_main
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     try:

@@ -22,7 +22,7 @@ from typing import Any, Union
 
 import yaml
 
-from .progress import PROGRESS_MODES
+from pipeline.progress import PROGRESS_MODES
 
 __all__ = [
     "ConfigError",
@@ -530,7 +530,7 @@ def package_versions() -> dict[str, str]:
 
 def write_resolved(cfg: Config) -> Path:
     """Save the resolved config and one stamp per stage, each rewritten only on a real change."""
-    from .fileio import write_text_if_changed
+    from pipeline.fileio import write_text_if_changed
 
     exp_dir = cfg.exp_dir
     resolved = exp_dir / "config.yaml"

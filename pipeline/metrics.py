@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_score, recall_score,
                              roc_auc_score)
 
-from .config import MONITOR_MAXIMISE
+from pipeline.config import MONITOR_MAXIMISE
 
 __all__ = ["classification_metrics", "label_metrics", "roc_auc", "macro_f1", "per_class_f1", "confusion", "MAXIMISE"]
 

@@ -8,7 +8,7 @@
                                             submission.csv (the target, written last)
     score     submission + true labels    → score.csv (and a printed table)
 
-Blending several experiments (fitted weights) is :mod:`pipeline.blend`.
+Blending several experiments (fitted weights) is :mod:`pipeline.predict.blend`.
 
 ``fold_<k>/oof_tta.csv`` holds the fold's validation rows, one per line::
 
@@ -30,18 +30,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import Config
-from .cache import BatchNormalize, decoded_for, make_dataset
-from .tables import class_list, load_fold_table, read_test_table, read_train_table
-from .ensemble import VOTING_MODES, choose_tau, class_priors, log_loss, logit_adjust, vote, vote_scores
-from .fileio import (folder_lock, locked, read_table, read_text_csv, write_csv_atomic, write_json_atomic,
+from pipeline.config import Config
+from pipeline.data.cache import BatchNormalize, decoded_for, make_dataset
+from pipeline.data.tables import class_list, load_fold_table, read_test_table, read_train_table
+from pipeline.predict.voting import VOTING_MODES, choose_tau, class_priors, log_loss, logit_adjust, vote, vote_scores
+from pipeline.fileio import (folder_lock, locked, read_table, read_text_csv, write_csv_atomic, write_json_atomic,
                      write_text_atomic)
-from .folds import assign_folds, fold_class_counts
-from .metrics import classification_metrics, label_metrics, macro_f1
-from .models import load_trained_model, read_sidecar
-from .submission import write_submission
-from .train import loader_workers, resolve_device
-from .tta import parse_views, predict_tta, predict_tta_with_views
+from pipeline.data.folds import assign_folds, fold_class_counts
+from pipeline.metrics import classification_metrics, label_metrics, macro_f1
+from pipeline.train.models import load_trained_model, read_sidecar
+from pipeline.predict.submission import write_submission
+from pipeline.train.loop import loader_workers, resolve_device
+from pipeline.predict.tta import parse_views, predict_tta, predict_tta_with_views
 
 __all__ = ["make_folds", "predict_fold", "ensemble", "score", "fold_probs_frame", "checkpoint_names",
            "checkpoint_path", "cv_table", "markdown_table", "write_cv", "metrics_row", "view_columns",
@@ -64,7 +64,7 @@ def make_folds(cfg: Config, log=print) -> Path:
 
 
 def _make_folds(cfg: Config, log) -> Path:
-    from .check import check_data
+    from pipeline.data.check import check_data
 
     report = check_data(cfg).raise_if_failed()
     if report.warnings:

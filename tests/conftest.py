@@ -36,7 +36,7 @@ def tiny_config_dict(root: Path, data_dir: Path) -> dict:
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """A tiny demo dataset, made once per test session (scale 0.05: a handful of images per class)."""
-    from pipeline.demo import make_demo_dataset
+    from pipeline.competitions.demo import make_demo_dataset
 
     out = tmp_path_factory.mktemp("demo") / "data"
     make_demo_dataset(out, seed=0, scale=0.05, test_per_class=3)

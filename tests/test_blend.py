@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.blend import FoldsMismatchError, add_arguments, blend, run_from_args
+from pipeline.predict.blend import FoldsMismatchError, add_arguments, blend, run_from_args
 from pipeline.config import load_config, write_resolved
 from pipeline.fileio import write_json_atomic
-from pipeline.submission import validate_submission
+from pipeline.predict.submission import validate_submission
 
 CLASSES = ["cat", "dog", "fox"]
 N_ROWS, N_TEST, K = 90, 12, 3
@@ -185,11 +185,11 @@ def test_the_command_line_module_stays_light_and_in_step_with_the_ensemble_modul
     import subprocess
     import sys
 
-    from pipeline import blend as blend_mod
-    from pipeline.ensemble import VOTING_MODES, WEIGHT_OBJECTIVES
+    from pipeline.predict import blend as blend_mod
+    from pipeline.predict.voting import VOTING_MODES, WEIGHT_OBJECTIVES
 
     assert blend_mod.VOTING_CHOICES == VOTING_MODES and blend_mod.OBJECTIVES == WEIGHT_OBJECTIVES
-    code = "import sys, pipeline.blend; print(sorted(m for m in ('torch', 'pandas', 'scipy') if m in sys.modules))"
+    code = "import sys, pipeline.predict.blend; print(sorted(m for m in ('torch', 'pandas', 'scipy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"   # Make runs `python -m pipeline` at parse time: the parser must not load torch
 

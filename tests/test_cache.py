@@ -19,11 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
-import pipeline.cache as cache_mod
-from pipeline.cache import (BatchNormalize, CachedImageDataset, DeviceFlip, build_cache, cache_key,
+import pipeline.data.cache as cache_mod
+from pipeline.data.cache import (BatchNormalize, CachedImageDataset, DeviceFlip, build_cache, cache_key,
                             cached_transform, decoded_for, make_dataset)
 from pipeline.config import AugmentConfig
-from pipeline.data import ImageDataset, build_transform, load_rgb
+from pipeline.data.transforms import ImageDataset, build_transform, load_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -198,7 +198,7 @@ def test_an_undecodable_or_missing_image_is_named_and_leaves_no_file(images, tmp
 KILLED_BUILD = """
 import sys, time
 from pathlib import Path
-import pipeline.cache as c
+import pipeline.data.cache as c
 real = c._decode_chunk
 def slow(out, start, paths, geom):
     real(out, start, paths, geom)
@@ -288,7 +288,7 @@ def test_device_flip():
 @pytest.mark.slow
 def test_bench_smoke(tmp_path, demo_dir):
     """Not a timing test: a tiny run writes the JSON with every section."""
-    from pipeline.bench import run_bench
+    from pipeline.tools.bench import run_bench
 
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
@@ -304,7 +304,7 @@ def test_bench_smoke(tmp_path, demo_dir):
 
 
 def test_bench_headline_is_a_number_only_when_the_runs_agree():
-    from pipeline.bench import judge_efficiency
+    from pipeline.tools.bench import judge_efficiency
 
     quiet = judge_efficiency([0.94, 0.95, 0.955, 0.96, 0.95], 0.2, 0.3, 2)
     assert quiet["reliable"] and quiet["headline"] == "0.950"

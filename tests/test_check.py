@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-import pipeline.check as check_module
-from pipeline.check import DataReport, Problem, check_data
+import pipeline.data.check as check_module
+from pipeline.data.check import DataReport, Problem, check_data
 from pipeline.config import load_config
-from pipeline.tables import DataError
+from pipeline.data.tables import DataError
 
 CLASSES = ("cat", "dog")
 
@@ -118,7 +118,7 @@ def test_mask_competition_layout_is_clean(tmp_path):
     """The mask sample: ids carry the extension, person groups, stratified on a per-person column."""
     import yaml
 
-    from pipeline.mask import make_mask_sample, prepare_mask_data
+    from pipeline.competitions.mask import make_mask_sample, prepare_mask_data
     from tests.conftest import REPO
 
     data = make_mask_sample(tmp_path / "mask", image_size=(48, 64))
@@ -420,14 +420,14 @@ def test_grouped_class_with_fewer_groups_and_a_group_with_two_labels(tmp_path):
 
 
 def test_fold_assignment_errors_become_problems(tmp_path, monkeypatch):
-    import pipeline.folds
+    import pipeline.data.folds
 
     root, cfg = _dataset(tmp_path, grouped=True)
 
     def refuse(*args, **kwargs):
         raise ValueError("the grouped split left fold(s) [2] without validation rows")
 
-    monkeypatch.setattr(pipeline.folds, "assign_folds", refuse)
+    monkeypatch.setattr(pipeline.data.folds, "assign_folds", refuse)
     [p] = _of(_check(cfg), "folds-failed")
     assert p.file == str(root / "train.csv") and "fold(s) [2]" in p.message
 

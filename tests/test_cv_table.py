@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.models import load_trained_model, save_weights
+from pipeline.train.models import load_trained_model, save_weights
 from pipeline.stages import checkpoint_path, ensemble, make_folds, predict_fold, score
-from pipeline.submission import SubmissionError, validate_for_config, validate_submission
-from pipeline.train import fit
+from pipeline.predict.submission import SubmissionError, validate_for_config, validate_submission
+from pipeline.train.loop import fit
 from tests.conftest import tiny_config_dict
 
 QUIET = dict(log=lambda *_: None)
@@ -238,7 +238,7 @@ def test_validator_accepts_the_pipelines_submission_and_lists_every_problem(copy
 
 
 def test_ids_keep_their_text_exactly(tmp_path):
-    from pipeline.submission import write_submission
+    from pipeline.predict.submission import write_submission
 
     sample = tmp_path / "sample.csv"
     sample.write_text("id,label\n007,x\n010,x\n")

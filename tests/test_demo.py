@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from pipeline.demo import CLASS_NAMES, _class_group_counts, make_demo_dataset
+from pipeline.competitions.demo import CLASS_NAMES, _class_group_counts, make_demo_dataset
 
 SMALL = dict(scale=0.1, image_size=16)  # ~60 groups, 30 test images: well under a second
 
@@ -127,7 +127,7 @@ def test_failed_run_leaves_existing_folder_untouched(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("killed mid-write")
 
-    monkeypatch.setattr("pipeline.demo._write_test", boom)
+    monkeypatch.setattr("pipeline.competitions.demo._write_test", boom)
     with pytest.raises(RuntimeError):
         make_demo_dataset(out, seed=1, **SMALL)
     assert (out / "train.csv").read_bytes() == before

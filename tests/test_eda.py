@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import load_config
-from pipeline.eda import (EXACT_LIMIT, near_duplicate_pairs, sampling_table, write_eda)
+from pipeline.report.eda import (EXACT_LIMIT, near_duplicate_pairs, sampling_table, write_eda)
 from tests.conftest import tiny_config_dict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -124,7 +124,7 @@ def test_oversampled_counts_equal_what_the_trainer_draws(leaked):
     """The EDA's "after oversampling" counts are those of the loader the trainer builds for epoch 0."""
     import torch
 
-    from pipeline.train import fold_data, training_loader
+    from pipeline.train.loop import fold_data, training_loader
 
     cfg, _, index, folds, _ = leaked
     sampling = pd.read_csv(index.parent / "sampling.csv", dtype={"class": str})

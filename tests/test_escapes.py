@@ -7,7 +7,7 @@ import os
 import pytest
 
 from pipeline.config import load_config
-from pipeline.tables import DataError, read_test_table, read_train_table
+from pipeline.data.tables import DataError, read_test_table, read_train_table
 from tests.test_check import _check, _dataset, _of
 
 SECRET = "root:$6$planted-secret-hash:19000:0:99999:7:::"
@@ -101,7 +101,7 @@ def test_a_config_path_with_shell_syntax_never_reaches_a_shell(tmp_path):
 
 
 def test_sha256_manifests_see_content_that_kept_its_size_and_time(tmp_path):
-    from pipeline.manifest import train_manifest
+    from pipeline.data.manifest import train_manifest
 
     root, cfg = _dataset(tmp_path)
     image = root / "train" / "cat_0.png"

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.check import check_data
+from pipeline.data.check import check_data
 from pipeline.config import load_config
-from pipeline.tables import class_list, read_test_table, read_train_table
+from pipeline.data.tables import class_list, read_test_table, read_train_table
 from pipeline.fileio import read_text_csv
 from pipeline.stages import ensemble, make_folds, predict_fold
-from pipeline.submission import validate_for_config, validate_submission
-from pipeline.train import fit
+from pipeline.predict.submission import validate_for_config, validate_submission
+from pipeline.train.loop import fit
 
 QUIET = dict(log=lambda *_: None)
 # Every one of these is a different class, written back exactly as here.

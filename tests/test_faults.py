@@ -108,7 +108,7 @@ def test_a_read_only_fold_folder_stops_training_before_the_first_epoch(tiny_cfg_
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_outputs_get_the_permissions_of_a_plain_open(tmp_path, umask, mode):
-    from pipeline.models import save_weights
+    from pipeline.train.models import save_weights
 
     old = os.umask(umask)
     try:

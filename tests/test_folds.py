@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.folds import assign_folds, fold_class_counts, training_indices_for_fold
+from pipeline.data.folds import assign_folds, fold_class_counts, training_indices_for_fold
 
 
 def _imbalanced_labels(n=200, seed=0):

@@ -13,7 +13,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from timm.loss import SoftTargetCrossEntropy
 
 from pipeline.config import CHOICES, ConfigError, LossConfig
-from pipeline.losses import LOSS_NAMES, FocalLoss, SoftF1Loss, build_loss
+from pipeline.train.losses import LOSS_NAMES, FocalLoss, SoftF1Loss, build_loss
 
 COUNTS = np.array([6, 3, 1])          # training rows per class: imbalanced, 3 classes
 

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipeline.config import load_config
-from pipeline.tables import read_test_table, read_train_table
-from pipeline.folds import assign_folds
-from pipeline.mask import (PHOTO_STEMS, TRAIN_COLUMNS, MultiHeadLoss, age_group, decode_class, encode_class,
+from pipeline.data.tables import read_test_table, read_train_table
+from pipeline.data.folds import assign_folds
+from pipeline.competitions.mask import (PHOTO_STEMS, TRAIN_COLUMNS, MultiHeadLoss, age_group, decode_class, encode_class,
                            make_mask_sample, multihead_log_probs_18, multihead_to_18, prepare_mask_data,
                            split_targets_18)
 

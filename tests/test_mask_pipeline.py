@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from pipeline.config import load_config
-from pipeline.models import create_model, load_trained_model
+from pipeline.train.models import create_model, load_trained_model
 from tests.conftest import REPO, write_config
 from tests.test_end_to_end import _make, soft_vote_labels
 

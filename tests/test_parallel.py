@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.config import load_config
-from pipeline.manifest import train_fingerprint
-from pipeline.parallel import FoldsFailedError, device_for_fold, parse_gpus, pin_gpu, run_folds
+from pipeline.data.manifest import train_fingerprint
+from pipeline.train.parallel import FoldsFailedError, device_for_fold, parse_gpus, pin_gpu, run_folds
 from pipeline.stages import make_folds
 
 distributed = pytest.importorskip("distributed")

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from pipeline.config import ConfigError, load_config, parse_overrides
-from pipeline.preflight import preflight
+from pipeline.tools.preflight import preflight
 from tests.conftest import write_config
 from tests.test_end_to_end import _make
 
@@ -42,7 +42,7 @@ def test_resolve_refuses_what_only_the_libraries_can_judge(tiny_cfg_dict, tmp_pa
 
 def test_a_valid_config_is_checked_once_then_remembered(tiny_cfg, monkeypatch):
     assert preflight(tiny_cfg) is True
-    import pipeline.preflight as pf
+    import pipeline.tools.preflight as pf
     monkeypatch.setattr(pf, "build_everything", lambda *a: pytest.fail("rebuilt an unchanged config"))
     assert preflight(tiny_cfg) is False
     changed = load_config(None, {**_plain(tiny_cfg), "tta": {"views": ["identity", "vflip"]}})

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from pipeline.config import load_config
 from pipeline.stages import make_folds
-from pipeline.train import NonFiniteLossError, fit
+from pipeline.train.loop import NonFiniteLossError, fit
 from tests.conftest import REPO, write_config
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def _fit_in_subprocess(config, kill_after_epoch=None):
     script = textwrap.dedent(f"""
         import os, signal
         from pipeline.config import load_config
-        from pipeline.train import fit
+        from pipeline.train.loop import fit
         def die(epoch, metrics):
             if epoch == {kill_after_epoch!r}:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -91,7 +91,7 @@ def test_planted_pickle_as_pretrained_file_is_refused(tiny_cfg_dict, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "weights.pth"
     torch.save(_Evil(marker), evil)
-    from pipeline.models import create_model
+    from pipeline.train.models import create_model
     cfg = load_config(None, dict(tiny_cfg_dict, model={"name": "test_resnet", "pretrained_file": str(evil)}))
     with pytest.raises(RuntimeError, match="refusing to load"):
         create_model(cfg.model, 10)
@@ -103,7 +103,7 @@ def test_pickle_disguised_as_safetensors_weights_is_refused(tmp_path):
     fake = tmp_path / "weights.safetensors"
     torch.save(_Evil(marker), fake)  # a pickle under the weights' name
     (tmp_path / "weights.json").write_text('{"model": "test_resnet", "classes": [0, 1]}')
-    from pipeline.models import load_trained_model
+    from pipeline.train.models import load_trained_model
     with pytest.raises(RuntimeError, match=f"refusing to load {fake}: it is not a valid safetensors file"):
         load_trained_model(fake)
     assert not marker.exists()
@@ -112,7 +112,7 @@ def test_pickle_disguised_as_safetensors_weights_is_refused(tmp_path):
 def test_nan_loss_stops_the_fold_naming_epoch_and_step_and_keeps_checkpoint(tiny_cfg_dict, tmp_path, monkeypatch):
     cfg = load_config(None, _cfg(tiny_cfg_dict, tmp_path, epochs=2))
     make_folds(cfg, log=lambda *_: None)
-    import pipeline.train as train_mod
+    import pipeline.train.loop as train_mod
     real = train_mod.train_one_epoch
 
     def poisoned(model, loader, optimizer, loss_fn, device, epoch, *args, **kwargs):

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import load_config, write_resolved
-from pipeline.report import (headline_metric_columns, learning_curve_figure, prediction_distribution_table,
+from pipeline.report.run_report import (headline_metric_columns, learning_curve_figure, prediction_distribution_table,
                              report_inputs, write_report)
 from tests.conftest import tiny_config_dict
 
@@ -39,7 +39,8 @@ def run(tmp_path_factory, demo_dir):
     """
     import torch
 
-    from pipeline import stages, train
+    from pipeline import stages
+    from pipeline.train import loop as train
 
     root = tmp_path_factory.mktemp("report")
     cfg = load_config(None, tiny_config_dict(root, demo_dir))
@@ -99,7 +100,7 @@ def test_report_renders_in_headless_chromium_with_every_figure_loaded(chromium, 
 
 def test_the_render_check_catches_broken_and_external_images(chromium, tmp_path):
     """The check the report test relies on: a corrupt image and a network image both count as not loaded."""
-    from pipeline.plots import data_uri, html_page, new_figure, png_bytes
+    from pipeline.report.plots import data_uri, html_page, new_figure, png_bytes
 
     fig = new_figure(2, 2)
     fig.subplots().plot([0, 1], [1, 0])

@@ -4,7 +4,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipeline.sampling import SAMPLING_METHODS, balanced_sample_weights, oversample_indices
+from pipeline.data.sampling import SAMPLING_METHODS, balanced_sample_weights, oversample_indices
 
 LABELS = np.array(["a"] * 50 + ["b"] * 12 + ["c"] * 3)
 
@@ -57,7 +57,7 @@ def test_the_trainers_loader_draws_training_rows_only(tiny_cfg_dict, tmp_path, m
 
     from pipeline.config import load_config
     from pipeline.stages import make_folds
-    from pipeline.train import fold_data, training_loader
+    from pipeline.train.loop import fold_data, training_loader
 
     cfg = load_config(None, {**tiny_cfg_dict, "output_dir": str(tmp_path / "out"),
                              "sampling": {"method": method, "target_ratio": 1.0}})

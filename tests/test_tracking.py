@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import ConfigError, load_config
 from pipeline.stages import make_folds
-from pipeline.train import fit
+from pipeline.train.loop import fit
 
 
 def test_mlflow_receives_each_epochs_metrics(tiny_cfg_dict, monkeypatch):
@@ -29,7 +29,7 @@ def test_mlflow_receives_each_epochs_metrics(tiny_cfg_dict, monkeypatch):
 
 def test_enabled_backend_without_its_package_names_the_key_and_the_fix(tiny_cfg_dict, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import fails as if not installed
-    from pipeline.tracking import Tracker
+    from pipeline.train.tracking import Tracker
     cfg = load_config(None, dict(tiny_cfg_dict, report={"wandb": True}))
     with pytest.raises(ConfigError, match=r"report.wandb is on but 'wandb' is not installed.*\[tracking\]"):
         Tracker(cfg, 0)

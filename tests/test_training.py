@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, TensorDataset
 
-import pipeline.train as train_mod
+import pipeline.train.loop as train_mod
 from pipeline.config import load_config
-from pipeline.models import create_model
+from pipeline.train.models import create_model
 from pipeline.stages import make_folds
-from pipeline.train import StepTools, build_optimizer, build_scheduler, _step_epoch_scheduler, fit, train_one_epoch
+from pipeline.train.loop import StepTools, build_optimizer, build_scheduler, _step_epoch_scheduler, fit, train_one_epoch
 
 QUIET = dict(log=lambda *_: None)
 
@@ -348,7 +348,7 @@ class _Recorder(torch.nn.Module):
 
 
 def test_device_flips_reach_the_model_as_configured(tiny_cfg_dict, folds_ready, tmp_path):
-    from pipeline.cache import DeviceFlip
+    from pipeline.data.cache import DeviceFlip
 
     x, y = torch.randn(16, 3, 4, 4), torch.randint(0, 3, (16,))
     for p_h, p_v, expected in ((1.0, 0.0, x.flip(3)), (0.0, 1.0, x.flip(2)), (0.0, 0.0, x)):
@@ -369,7 +369,7 @@ def test_device_flips_reach_the_model_as_configured(tiny_cfg_dict, folds_ready, 
 
 
 def test_num_workers_auto_is_zero_on_cpu_and_spare_cores_beside_a_gpu(tiny_cfg_dict, tmp_path, monkeypatch):
-    from pipeline.train import loader_workers
+    from pipeline.train.loop import loader_workers
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")   # a device object needs no GPU
     assert loader_workers("auto", cpu) == 0 and loader_workers(3, cpu) == 3
@@ -390,7 +390,7 @@ def test_compiled_fold_finishes_with_plain_weights_equal_to_an_uncompiled_run(ti
     inductor's C++ build of every graph costs about a minute on 2 cores. The wrapper, and so its
     `_orig_mod.` state-dict keys that broke saving, is the same whatever the backend.
     """
-    from pipeline.models import load_trained_model
+    from pipeline.train.models import load_trained_model
     from pipeline.stages import predict_fold
 
     real_compile, compiled = torch.compile, []

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-import pipeline.tta as tta
-from pipeline.tta import (MERGE_MODES, merge_view_logits, parse_views, predict_tta, predict_tta_per_view,
+import pipeline.predict.tta as tta
+from pipeline.predict.tta import (MERGE_MODES, merge_view_logits, parse_views, predict_tta, predict_tta_per_view,
                          predict_tta_with_views)
 
 ALL_VIEWS = ["hflip", "vflip", "rot90", "rot180", "rot270", "scale_0.9", "scale_1.1",

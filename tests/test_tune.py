@@ -17,7 +17,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.stages import make_folds
 
 optuna = pytest.importorskip("optuna")
-from pipeline.tune import tune, validate_space  # noqa: E402
+from pipeline.tools.tune import tune, validate_space  # noqa: E402
 
 # Optuna marks heartbeats (the resume of killed trials) experimental.
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -99,7 +99,7 @@ KILLED_RUN = """
 import os, sys
 import optuna
 from pipeline.config import load_config
-from pipeline.tune import tune
+from pipeline.tools.tune import tune
 
 def kill_after_first_epoch(msg):
     print(msg, flush=True)

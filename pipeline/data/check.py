@@ -12,14 +12,14 @@ epoch 3. ``check_data(cfg)`` reads what the config points at and returns a
   blank image paths, the same image listed twice, a path escaping the image root
   (``../x.png``, absolute: reported and never opened).
 * **Folds**: a class with fewer rows (groups, when grouped) than ``folds.n_splits``, a
-  group carrying two labels, and finally :func:`pipeline.folds.assign_folds` itself, so
+  group carrying two labels, and finally :func:`pipeline.data.folds.assign_folds` itself, so
   a passing check means the folds stage will pass.
 * **Test rows**: blank or duplicate ids, ids with no image; with a
   ``data.test_image_template``, images in the test folder that no id refers to
   (a warning) and a template that matches none of the ids.
 * **Images**, each referenced file decoded once: missing, not a file, unreadable,
   not an image (random bytes), truncated or corrupt, too large; pixel modes that
-  :func:`pipeline.data.load_rgb` converts safely (L, LA, 1, P, PA, RGBA, CMYK, ...: a
+  :func:`pipeline.data.transforms.load_rgb` converts safely (L, LA, 1, P, PA, RGBA, CMYK, ...: a
   warning per mode saying how many) or wrongly (16-bit ``I;16``/``I``, float ``F``: a
   problem per image); multi-frame files and EXIF orientation tags (warnings).
 
@@ -63,7 +63,7 @@ from typing import NamedTuple
 from joblib import Parallel, delayed, effective_n_jobs
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-# Heavy imports (pandas, scikit-learn via pipeline.folds, torch via pipeline.data) happen
+# Heavy imports (pandas, scikit-learn via pipeline.data.folds, torch via pipeline.data.transforms) happen
 # inside the functions that need them: worker processes import this module to run
 # `_inspect_chunk`, and must not spend seconds importing torch.
 
@@ -167,9 +167,9 @@ class DataReport:
         return "\n".join(lines)
 
     def raise_if_failed(self) -> "DataReport":
-        """Raise `pipeline.data.DataError` with the formatted report if there is any problem."""
+        """Raise `pipeline.data.transforms.DataError` with the formatted report if there is any problem."""
         if not self.ok:
-            from .tables import DataError
+            from pipeline.data.tables import DataError
             raise DataError(self.format())
         return self
 
@@ -282,7 +282,7 @@ def _line(index: int) -> int:
 
 
 def _blank_mask(series):
-    """True where a CSV cell is empty, NaN or only spaces (as pipeline.data treats labels)."""
+    """True where a CSV cell is empty, NaN or only spaces (as pipeline.data.transforms treats labels)."""
     return (series.isna() | (series.astype(str).str.strip() == "")).to_numpy()
 
 
@@ -318,7 +318,7 @@ class _Checker:
         """Read a CSV; return (frame, present required columns) or (None, set()) after reporting."""
         import pandas as pd
 
-        from .fileio import read_text_csv
+        from pipeline.fileio import read_text_csv
 
         p = Path(path)
         if not p.is_file():
@@ -356,7 +356,7 @@ class _Checker:
 
     def _add_ref(self, root: Path, rel, index: int, csv: str, column_desc: str, test: bool) -> str | None:
         """Record an image path from a CSV cell; return its key, or None if blank or escaping its root."""
-        from .tables import DataError, safe_join
+        from pipeline.data.tables import DataError, safe_join
 
         row = _line(index)
         if rel is None or (isinstance(rel, float) and rel != rel) or not str(rel).strip():
@@ -483,7 +483,7 @@ class _Checker:
         # least k rows). With groups, run the real assignment (StratifiedGroupKFold's greedy split can
         # still leave a fold empty): a passing check then means a passing folds stage. It costs
         # ~0.5 s for 500 groups, ~2 s for the mask competition's 2700.
-        from .folds import assign_folds
+        from pipeline.data.folds import assign_folds
         try:
             assign_folds(labels.to_numpy(), k, self.cfg.seed,
                          groups=groups.to_numpy())
@@ -719,7 +719,7 @@ def check_data(cfg, n_jobs: int = -1) -> DataReport:
     -------
     DataReport
         `ok` is True when there is no problem; `format()` is the readable report,
-        `raise_if_failed()` raises `pipeline.data.DataError` carrying it.
+        `raise_if_failed()` raises `pipeline.data.transforms.DataError` carrying it.
 
     Nothing is written. See the module docstring for the checks and their cost.
     """

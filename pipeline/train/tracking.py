@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import math
 
-from .config import Config, ConfigError, config_to_dict
+from pipeline.config import Config, ConfigError, config_to_dict
 
 __all__ = ["Tracker"]
 

@@ -15,8 +15,8 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import ConfigError, ModelConfig
-from .fileio import atomic_path, write_json_atomic
+from pipeline.config import ConfigError, ModelConfig
+from pipeline.fileio import atomic_path, write_json_atomic
 
 __all__ = ["safe_torch_load", "create_model", "save_weights", "load_weights", "read_sidecar", "load_trained_model",
            "sidecar_path", "unwrap"]
@@ -44,7 +44,7 @@ class MaskHeadsModel(torch.nn.Module):
         super().__init__()
         self.backbone = timm.create_model(name, pretrained=pretrained, num_classes=0, drop_rate=drop_rate)
         width = self.backbone.num_features
-        from .mask import _HEADS
+        from pipeline.competitions.mask import _HEADS
 
         self.heads = torch.nn.ModuleList([torch.nn.Linear(width, n) for _, n in _HEADS])
 
@@ -52,7 +52,7 @@ class MaskHeadsModel(torch.nn.Module):
         return self.heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .mask import multihead_log_probs_18
+        from pipeline.competitions.mask import multihead_log_probs_18
 
         features = self.backbone(x)
         return multihead_log_probs_18(*(head(features) for head in self.heads))
@@ -60,7 +60,7 @@ class MaskHeadsModel(torch.nn.Module):
 
 def _timm_model(name: str, heads: str, num_classes: int, pretrained: bool, drop_rate: float) -> torch.nn.Module:
     if heads == "mask":
-        from .mask import N_CLASSES
+        from pipeline.competitions.mask import N_CLASSES
 
         if num_classes != N_CLASSES:
             raise ConfigError(f"model.heads: 'mask' needs the {N_CLASSES} mask classes, the data has {num_classes}")
@@ -75,7 +75,7 @@ def create_model(mcfg: ModelConfig, num_classes: int, classes: list[str] | None 
     the mask heads read output k as the competition's class k, so the classes must be '0'..'17'.
     """
     if mcfg.heads == "mask" and classes is not None:
-        from .mask import N_CLASSES
+        from pipeline.competitions.mask import N_CLASSES
 
         if list(classes) != [str(c) for c in range(N_CLASSES)]:
             raise ConfigError(f"model.heads: 'mask' needs the classes '0'..'{N_CLASSES - 1}' (the competition's "

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
-from .config import ConfigError, LossConfig
+from pipeline.config import ConfigError, LossConfig
 
 __all__ = ["build_loss", "FocalLoss", "SoftF1Loss", "LOSS_NAMES"]
 

@@ -55,9 +55,9 @@ import numpy as np
 import PIL
 import torch
 
-from .config import AugmentConfig
-from .data import ImageDataset, build_transform, finishing_steps, geometry_steps, load_rgb
-from .fileio import atomic_path, locked
+from pipeline.config import AugmentConfig
+from pipeline.data.transforms import ImageDataset, build_transform, finishing_steps, geometry_steps, load_rgb
+from pipeline.fileio import atomic_path, locked
 
 __all__ = [
     "CACHE_FORMAT",

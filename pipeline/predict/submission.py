@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .fileio import read_text_csv, write_csv_atomic
+from pipeline.fileio import read_text_csv, write_csv_atomic
 
 __all__ = ["write_submission", "validate_submission", "validate_for_config", "SubmissionError"]
 
@@ -96,8 +96,8 @@ def validate_for_config(cfg, path: str | Path | None = None) -> Path:
     The classes are those the fold models were trained on (fold 0's sidecar), or else the train
     CSV's labels. Raises SubmissionError listing every problem; returns the path when valid.
     """
-    from .tables import model_classes, read_train_table
-    from .models import read_sidecar
+    from pipeline.data.tables import model_classes, read_train_table
+    from pipeline.train.models import read_sidecar
 
     path = Path(path) if path is not None else cfg.exp_dir / "submission.csv"
     try:

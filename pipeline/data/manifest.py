@@ -25,8 +25,8 @@ import json
 import os
 from pathlib import Path
 
-from .config import Config, stage_fingerprint
-from .fileio import write_text_if_changed
+from pipeline.config import Config, stage_fingerprint
+from pipeline.fileio import write_text_if_changed
 
 __all__ = ["image_entries", "train_manifest", "test_manifest", "write_manifests", "manifest_digest",
            "train_fingerprint", "MANIFESTS"]
@@ -64,7 +64,7 @@ def _unreadable(exc: Exception) -> dict:
 
 def train_manifest(cfg: Config) -> dict:
     """The training images as the stages will read them (`tables.read_train_table`)."""
-    from .tables import read_train_table
+    from pipeline.data.tables import read_train_table
 
     try:
         table = read_train_table(cfg)
@@ -75,7 +75,7 @@ def train_manifest(cfg: Config) -> dict:
 
 def test_manifest(cfg: Config) -> dict:
     """The sample submission's ids in order and each id's image (`tables.read_test_table`)."""
-    from .tables import read_test_table
+    from pipeline.data.tables import read_test_table
 
     try:
         test = read_test_table(cfg)

@@ -22,7 +22,7 @@ DataLoader workers cannot be paired (the workers would prefetch during the bare 
 are compared with a whole bare run of the same repeat. Variant order rotates between repeats.
 The 1-minute load average before and after is recorded with the result.
 
-    python -m pipeline.bench [--device cuda] [--out outputs/bench.json] [--repeats 5]
+    python -m pipeline.tools.bench [--device cuda] [--out outputs/bench.json] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -41,15 +41,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .cache import BatchNormalize, CachedImageDataset, build_cache, cached_transform, make_dataset
-from .config import AugmentConfig, load_config
-from .data import load_rgb
-from .tables import read_train_table
-from .fileio import write_json_atomic
+from pipeline.data.cache import BatchNormalize, CachedImageDataset, build_cache, cached_transform, make_dataset
+from pipeline.config import AugmentConfig, load_config
+from pipeline.data.transforms import load_rgb
+from pipeline.data.tables import read_train_table
+from pipeline.fileio import write_json_atomic
 
 __all__ = ["run_bench", "judge_efficiency", "PeakRSS", "main", "SPREAD_TOLERANCE"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO_AUGMENT = [  # configs/demo.yaml's augment.train, used when that file is not at hand
     {"Affine": {"translate_px": [-2, 2], "scale": [0.9, 1.1], "rotate": [-10, 10], "p": 0.7}},
     {"RandomBrightnessContrast": {"p": 0.3}},
@@ -189,7 +189,7 @@ def _demo_augment(image_size: int) -> AugmentConfig:
 def _demo_table(data_dir: Path | None, tmp: Path, log) -> tuple[list[str], np.ndarray]:
     """(image paths, integer labels) of the demo's training set (data/demo, else a fresh copy)."""
     import pandas as pd
-    from .demo import make_demo_dataset
+    from pipeline.competitions.demo import make_demo_dataset
 
     if data_dir is None:
         data_dir = REPO / "data" / "demo"
@@ -206,7 +206,7 @@ def _demo_table(data_dir: Path | None, tmp: Path, log) -> tuple[list[str], np.nd
 
 def _training_rows(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """`n` rows drawn like a fold's training loader: oversampled (ratio 0.5, as the demo), then shuffled."""
-    from .sampling import oversample_indices
+    from pipeline.data.sampling import oversample_indices
 
     rows = oversample_indices(labels, 0.5, seed)
     rng = np.random.default_rng(seed)
@@ -217,7 +217,7 @@ def _training_rows(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 
 def _make_loader(dataset, batch_size: int, device, workers: int, shuffle: bool, seed: int = 0):
-    from .train import _seed_worker
+    from pipeline.train.loop import _seed_worker
 
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
@@ -256,7 +256,7 @@ def _bare_train(model, optimizer, loss_fn, x, y, steps: int, device) -> float:
 def _pipeline_train(model, optimizer, loss_fn, loader, device, normalize=None) -> float:
     """Seconds for one `train.train_one_epoch` over `loader` (the real training loop; uint8
     batches are normalised by `StepTools.normalize`, as `train.fit` does with the cache)."""
-    from .train import StepTools, train_one_epoch
+    from pipeline.train.loop import StepTools, train_one_epoch
 
     _sync(device)
     tick = time.perf_counter()
@@ -277,7 +277,7 @@ def _bare_predict(model, x, n_batches: int, device) -> float:
 
 
 def _pipeline_predict(model, loader, views, device, normalize) -> float:
-    from .tta import predict_tta
+    from pipeline.predict.tta import predict_tta
 
     model.eval()
     _sync(device)
@@ -382,9 +382,9 @@ def _rotated(names, r: int) -> list:
 def _train_phase(ctx, repeats: int, log) -> dict:
     import copy
 
-    from .config import Config, ModelConfig
-    from .models import create_model
-    from .train import build_optimizer
+    from pipeline.config import Config, ModelConfig
+    from pipeline.train.models import create_model
+    from pipeline.train.loop import build_optimizer
 
     device, bs, steps, size = ctx["device"], ctx["batch_size"], ctx["steps"], ctx["image_size"]
     n = steps * bs
@@ -440,7 +440,7 @@ def _train_phase(ctx, repeats: int, log) -> dict:
 
 
 def _predict_phase(ctx, repeats: int, log) -> dict:
-    from .tta import parse_views
+    from pipeline.predict.tta import parse_views
 
     device, bs, size = ctx["device"], ctx["batch_size"], ctx["image_size"]
     net = ctx["net"]
@@ -521,7 +521,7 @@ def _write_large_images(folder: Path, n: int, width: int = 384, height: int = 51
 
 
 def _large_phase(ctx, tmp: Path, n_images: int, size: int, repeats: int, log) -> dict:
-    from .cache import geometry_transform
+    from pipeline.data.cache import geometry_transform
 
     device, bs = ctx["device"], ctx["batch_size"]
     paths = _write_large_images(tmp / "large", n_images)

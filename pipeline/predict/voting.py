@@ -33,7 +33,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.stats import rankdata
 
-from .metrics import macro_f1
+from pipeline.metrics import macro_f1
 
 __all__ = ["VOTING_MODES", "soft_vote", "vote_shares", "hard_vote", "geometric_vote", "rank_average", "vote", "vote_scores",
            "WEIGHT_OBJECTIVES", "DEFAULT_TAU_GRID", "log_loss", "fit_weights", "class_priors", "logit_adjust",

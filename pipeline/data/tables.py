@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import Config
-from .fileio import read_table, read_text_csv
+from pipeline.config import Config
+from pipeline.fileio import read_table, read_text_csv
 
 __all__ = ["DataError", "read_csv_checked", "safe_join", "read_train_table", "load_fold_table", "model_classes",
            "read_test_table", "class_list"]

@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .config import Config
-from .fileio import write_csv_atomic, write_text_atomic
-from .plots import bar_chart, esc, html_page, html_table, new_figure, save_png
+from pipeline.config import Config
+from pipeline.fileio import write_csv_atomic, write_text_atomic
+from pipeline.report.plots import bar_chart, esc, html_page, html_table, new_figure, save_png
 
 __all__ = ["write_eda", "class_counts", "fold_class_table", "sampling_table",
            "scan_images", "size_mode_table", "average_hash", "hash_distances", "near_duplicate_pairs",
@@ -56,7 +56,7 @@ _HASH_SIZE = 8
 # ---- the table ------------------------------------------------------------------------------------
 
 def _classes(labels) -> list:
-    from .tables import class_list
+    from pipeline.data.tables import class_list
     return class_list(labels)
 
 
@@ -71,7 +71,7 @@ def class_counts(labels, classes: list | None = None) -> pd.DataFrame:
 
 def fold_class_table(table: pd.DataFrame) -> pd.DataFrame:
     """Validation images per class (rows, sorted) and fold (columns fold_0 .. fold_{K-1}, total)."""
-    from .folds import fold_class_counts
+    from pipeline.data.folds import fold_class_counts
     return fold_class_counts(table["label"].to_numpy(), table["fold"].to_numpy())
 
 
@@ -79,12 +79,12 @@ def sampling_table(labels, folds, method: str, target_ratio: float, seed: int) -
     """Each fold's training part per class, before and after the sampling the trainer applies.
 
     Columns fold, class, before, after. ``oversample``: `after` counts the rows
-    :func:`pipeline.sampling.epoch_rows` returns with the trainer's first-epoch seed (the counts
+    :func:`pipeline.data.sampling.epoch_rows` returns with the trainer's first-epoch seed (the counts
     do not depend on the seed, only which rows repeat).
     ``balanced``: the expected draws of the weighted sampler, ``n_train / n_classes`` per class
     present. ``none``: unchanged.
     """
-    from .sampling import epoch_rows, epoch_seed
+    from pipeline.data.sampling import epoch_rows, epoch_seed
 
     labels = np.asarray(labels)
     folds = np.asarray(folds)
@@ -125,7 +125,7 @@ def scan_images(paths, mode: str = "off", hashes: bool = True) -> pd.DataFrame:
 
     Unreadable images get ok=False, mode "unreadable" and no hash (they are never near duplicates).
     """
-    from .progress import progress
+    from pipeline.progress import progress
 
     paths = list(paths)
     widths = np.zeros(len(paths), dtype=np.int64)
@@ -421,7 +421,7 @@ def _img(name: str, alt: str) -> str:
 
 def write_eda(cfg: Config, log=print) -> Path:
     """Write ``outputs/<exp>/eda/index.html`` and its figures and tables; returns the page's path."""
-    from .tables import load_fold_table
+    from pipeline.data.tables import load_fold_table
 
     table = load_fold_table(cfg)
     out = cfg.exp_dir / "eda"

@@ -29,14 +29,14 @@ if TYPE_CHECKING:  # the heavy imports (numpy, pandas, torch via stages) happen 
     import numpy as np  # `add_arguments` keeps `python -m pipeline` (run by Make at parse time) fast
     import pandas as pd
 
-    from .config import Config
+    from pipeline.config import Config
 
 __all__ = ["FoldsMismatchError", "Member", "load_experiment", "load_member", "check_same_folds", "blend",
            "add_arguments", "run_from_args", "OOF_SOURCES", "VOTING_CHOICES", "OBJECTIVES"]
 
 OOF_SOURCES = ("auto", "tta", "plain")
-VOTING_CHOICES = ("soft", "hard", "geometric", "rank")   # = pipeline.ensemble.VOTING_MODES (a test checks)
-OBJECTIVES = ("logloss", "f1")                           # = pipeline.ensemble.WEIGHT_OBJECTIVES
+VOTING_CHOICES = ("soft", "hard", "geometric", "rank")   # = pipeline.predict.voting.VOTING_MODES (a test checks)
+OBJECTIVES = ("logloss", "f1")                           # = pipeline.predict.voting.WEIGHT_OBJECTIVES
 
 
 class FoldsMismatchError(ValueError):
@@ -62,7 +62,7 @@ class Member:
 
 def load_experiment(name: str, output_dir: str | Path = "outputs") -> Config:
     """The resolved config an experiment ran with (``<output_dir>/<name>/config.yaml``)."""
-    from .config import load_config
+    from pipeline.config import load_config
 
     path = Path(output_dir) / name / "config.yaml"
     if not path.is_file():
@@ -74,7 +74,7 @@ def load_experiment(name: str, output_dir: str | Path = "outputs") -> Config:
 def _concat_folds(cfg: Config, file: str) -> pd.DataFrame | None:
     import pandas as pd
 
-    from .fileio import read_table
+    from pipeline.fileio import read_table
 
     frames = []
     for k in range(cfg.folds.n_splits):
@@ -89,9 +89,9 @@ def load_member(cfg: Config, oof_source: str = "auto") -> Member:
     """Read one experiment's OOF and fold test probabilities; check them against its folds file."""
     import numpy as np
 
-    from .fileio import file_sha256
-    from .models import read_sidecar
-    from .stages import prob_columns, read_test_probs
+    from pipeline.fileio import file_sha256
+    from pipeline.train.models import read_sidecar
+    from pipeline.stages import prob_columns, read_test_probs
 
     if oof_source not in OOF_SOURCES:
         raise ValueError(f"--oof: unknown source {oof_source!r}; valid: {', '.join(OOF_SOURCES)}")
@@ -127,8 +127,8 @@ def _check_own_folds(m: Member) -> None:
     """The OOF rows must sit in the folds the folds file gives them now (it may have been regenerated)."""
     import numpy as np
 
-    from .fileio import read_table
-    from .models import read_sidecar
+    from pipeline.fileio import read_table
+    from pipeline.train.models import read_sidecar
 
     recorded = {read_sidecar(m.cfg.fold_dir(k) / "weights.safetensors").get("folds_sha256")
                 for k in range(m.cfg.folds.n_splits)} - {None}
@@ -172,8 +172,8 @@ def check_same_folds(members: list[Member]) -> None:
 
 def _blend_rows(probs: np.ndarray, y: np.ndarray, weights: dict[str, np.ndarray],
                 chosen: tuple[str, str] | None) -> list[dict]:
-    from .ensemble import VOTING_MODES, vote, vote_scores
-    from .stages import metrics_row
+    from pipeline.predict.voting import VOTING_MODES, vote, vote_scores
+    from pipeline.stages import metrics_row
 
     rows = []
     for mode in VOTING_MODES:
@@ -191,20 +191,20 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     """Blend experiments (names under `output_dir`, or configs) into one submission; returns its path.
 
     `weights`: ``fitted`` (on the OOF probabilities, by `objective`: ``logloss`` or ``f1``; see
-    :func:`pipeline.ensemble.fit_weights`) or ``uniform``. `voting` combines the members (any of
-    :data:`pipeline.ensemble.VOTING_MODES`, weighted). Logit adjustment (default: the first
+    :func:`pipeline.predict.voting.fit_weights`) or ``uniform``. `voting` combines the members (any of
+    :data:`pipeline.predict.voting.VOTING_MODES`, weighted). Logit adjustment (default: the first
     experiment's ``ensemble.logit_adjust`` / ``ensemble.tau_grid``) chooses tau on the blended OOF.
     """
     import numpy as np
     import pandas as pd
 
-    from .config import Config
-    from .ensemble import (VOTING_MODES, WEIGHT_OBJECTIVES, choose_tau, class_priors, fit_weights, logit_adjust,
+    from pipeline.config import Config
+    from pipeline.predict.voting import (VOTING_MODES, WEIGHT_OBJECTIVES, choose_tau, class_priors, fit_weights, logit_adjust,
                            vote, vote_scores)
-    from .fileio import write_csv_atomic, write_json_atomic
-    from .stages import (class_ids, fold_probs_frame, logit_adjust_record, logit_adjust_settings, metrics_row,
+    from pipeline.fileio import write_csv_atomic, write_json_atomic
+    from pipeline.stages import (class_ids, fold_probs_frame, logit_adjust_record, logit_adjust_settings, metrics_row,
                          write_cv)
-    from .submission import write_submission
+    from pipeline.predict.submission import write_submission
 
     if voting not in VOTING_MODES:
         raise ValueError(f"--voting: unknown mode {voting!r}; valid: {', '.join(VOTING_MODES)}")

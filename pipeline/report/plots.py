@@ -1,4 +1,4 @@
-"""Figure and HTML helpers shared by the EDA page (:mod:`pipeline.eda`) and the report (:mod:`pipeline.report`).
+"""Figure and HTML helpers shared by the EDA page (:mod:`pipeline.report.eda`) and the report (:mod:`pipeline.report.run_report`).
 
 matplotlib is used through its object API on the Agg canvas: no pyplot, no global backend
 switch, no display needed, and nothing shared between figures, so drawing is safe headless,
@@ -24,7 +24,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .fileio import atomic_path
+from pipeline.fileio import atomic_path
 
 __all__ = ["new_figure", "png_bytes", "save_png", "data_uri", "bar_chart", "heatmap", "label_axis",
            "esc", "html_table", "html_page", "IMAGE_CHECK_SCRIPT", "DPI"]

@@ -24,7 +24,7 @@ import numbers
 
 import numpy as np
 
-from .folds import _check_labels
+from pipeline.data.folds import _check_labels
 
 __all__ = ["oversample_indices", "balanced_sample_weights", "epoch_seed", "epoch_rows", "SAMPLING_METHODS"]
 

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import Config
-from .fileio import read_table, read_text_csv, write_text_atomic
-from .metrics import confusion, per_class_f1
-from .models import read_sidecar
-from .stages import PROB_PREFIX, class_ids, prob_columns
-from .plots import bar_chart, data_uri, esc, heatmap, html_page, html_table, label_axis, new_figure, png_bytes
+from pipeline.config import Config
+from pipeline.fileio import read_table, read_text_csv, write_text_atomic
+from pipeline.metrics import confusion, per_class_f1
+from pipeline.train.models import read_sidecar
+from pipeline.stages import PROB_PREFIX, class_ids, prob_columns
+from pipeline.report.plots import bar_chart, data_uri, esc, heatmap, html_page, html_table, label_axis, new_figure, png_bytes
 
 __all__ = ["write_report", "report_inputs", "report_classes", "learning_curve_figure", "confusion_figure",
            "per_class_f1_figure", "prediction_distribution_table", "headline_metric_columns"]
@@ -79,7 +79,7 @@ def headline_metric_columns(metrics: pd.DataFrame, classes: list) -> list[str]:
 
 
 def _monitor_column(cfg: Config, metrics: pd.DataFrame, headline: list[str]) -> tuple[str | None, bool]:
-    from .metrics import MAXIMISE
+    from pipeline.metrics import MAXIMISE
 
     monitor = cfg.train.monitor
     column = "val_loss" if monitor == "loss" else f"val_{monitor}"

@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .config import STAGE_KEYS, Config, ConfigError, config_to_dict, flatten, load_config, matches, with_values
+from pipeline.config import STAGE_KEYS, Config, ConfigError, config_to_dict, flatten, load_config, matches, with_values
 
 __all__ = ["tune", "validate_space", "default_storage", "trials_table", "TUNABLE_PREFIXES"]
 
@@ -195,10 +195,10 @@ def _redact(url) -> str:
 
 def _oof_f1(cfg: Config, folds: list[int]) -> tuple[float, dict]:
     """Macro-F1 of the concatenated out-of-fold predictions of `folds` (and each fold's own)."""
-    from .metrics import macro_f1
-    from .stages import PROB_PREFIX, class_ids
+    from pipeline.metrics import macro_f1
+    from pipeline.stages import PROB_PREFIX, class_ids
 
-    from .fileio import read_table
+    from pipeline.fileio import read_table
 
     frames = [read_table(cfg.fold_dir(k) / "oof.csv") for k in folds]
     oof = pd.concat(frames, ignore_index=True)
@@ -233,10 +233,10 @@ def tune(cfg: Config, trials: int | None = None, storage=None, out_config: str |
     """
     import optuna
 
-    from .fileio import folder_lock, write_text_atomic
-    from .parallel import fold_is_done
-    from .parallel import _check_folds
-    from .train import NonFiniteLossError, fit
+    from pipeline.fileio import folder_lock, write_text_atomic
+    from pipeline.train.parallel import fold_is_done
+    from pipeline.train.parallel import _check_folds
+    from pipeline.train.loop import NonFiniteLossError, fit
 
     space = validate_space(cfg)
     trials = cfg.tune.trials if trials is None else int(trials)

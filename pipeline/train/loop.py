@@ -29,18 +29,18 @@ from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from .config import Config, package_versions
-from .manifest import train_fingerprint
-from .cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset, usable_cpus
-from .tables import load_fold_table, model_classes
-from .fileio import atomic_path, file_sha256, write_csv_atomic
-from .folds import training_indices_for_fold
-from .losses import build_loss
-from .metrics import MAXIMISE, classification_metrics, confusion, per_class_f1
-from .models import create_model, load_weights, safe_torch_load, save_weights, unwrap
-from .progress import progress
-from .tracking import Tracker
-from .sampling import balanced_sample_weights, epoch_rows, epoch_seed
+from pipeline.config import Config, package_versions
+from pipeline.data.manifest import train_fingerprint
+from pipeline.data.cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset, usable_cpus
+from pipeline.data.tables import load_fold_table, model_classes
+from pipeline.fileio import atomic_path, file_sha256, write_csv_atomic
+from pipeline.data.folds import training_indices_for_fold
+from pipeline.train.losses import build_loss
+from pipeline.metrics import MAXIMISE, classification_metrics, confusion, per_class_f1
+from pipeline.train.models import create_model, load_weights, safe_torch_load, save_weights, unwrap
+from pipeline.progress import progress
+from pipeline.train.tracking import Tracker
+from pipeline.data.sampling import balanced_sample_weights, epoch_rows, epoch_seed
 
 __all__ = ["fit", "fold_data", "FoldData", "training_loader", "train_one_epoch", "predict_probs", "resolve_device", "StepTools", "build_optimizer",
            "build_scheduler", "set_backbone_frozen", "NonFiniteLossError"]

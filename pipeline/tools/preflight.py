@@ -18,15 +18,15 @@ import hashlib
 import json
 from pathlib import Path
 
-from .config import Config, ConfigError, config_to_dict
-from .fileio import write_text_if_changed
+from pipeline.config import Config, ConfigError, config_to_dict
+from pipeline.fileio import write_text_if_changed
 
 __all__ = ["preflight", "build_everything"]
 
 
 def _classes(cfg: Config) -> list[str] | None:
     """The classes training would use, or None when the train CSV cannot be read yet (demo, mask)."""
-    from .tables import model_classes, read_train_table
+    from pipeline.data.tables import model_classes, read_train_table
 
     try:
         return model_classes(read_train_table(cfg))
@@ -39,11 +39,11 @@ def build_everything(cfg: Config, classes: list[str] | None) -> None:
     import numpy as np
     import torch
 
-    from .data import build_transform
-    from .losses import build_loss
-    from .models import create_model
-    from .train import build_optimizer, build_scheduler
-    from .tta import parse_views
+    from pipeline.data.transforms import build_transform
+    from pipeline.train.losses import build_loss
+    from pipeline.train.models import create_model
+    from pipeline.train.loop import build_optimizer, build_scheduler
+    from pipeline.predict.tta import parse_views
 
     n_classes = len(classes) if classes else _default_classes(cfg)
     build_transform(cfg.augment, train=True)
@@ -65,7 +65,7 @@ def build_everything(cfg: Config, classes: list[str] | None) -> None:
 
 def _default_classes(cfg: Config) -> int:
     if cfg.model.heads == "mask":
-        from .mask import N_CLASSES
+        from pipeline.competitions.mask import N_CLASSES
         return N_CLASSES
     for listed in (cfg.loss.class_weights, cfg.loss.focal_alpha):
         if isinstance(listed, list):

@@ -41,7 +41,7 @@ import pandas as pd
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from .fileio import atomic_dir
+from pipeline.fileio import atomic_dir
 
 __all__ = ["make_demo_dataset", "CLASS_NAMES"]
 

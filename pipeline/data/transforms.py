@@ -1,4 +1,4 @@
-"""Images → datasets, and the albumentations pipelines (the tables are `pipeline.tables`).
+"""Images → datasets, and the albumentations pipelines (the tables are `pipeline.data.tables`).
 
 `ImageDataset` decodes images for a DataLoader; `build_transform` is the resize →
 augment → normalise pipeline of `augment:`.
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import AugmentConfig, ConfigError
+from pipeline.config import AugmentConfig, ConfigError
 
 __all__ = ["ImageDataset", "build_transform", "geometry_steps", "finishing_steps", "load_rgb"]
 

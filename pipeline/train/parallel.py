@@ -85,9 +85,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import Config, ConfigError, config_to_dict, load_config
-from .fileio import OutputError, folder_lock
-from .manifest import train_fingerprint
+from pipeline.config import Config, ConfigError, config_to_dict, load_config
+from pipeline.fileio import OutputError, folder_lock
+from pipeline.data.manifest import train_fingerprint
 
 __all__ = ["run_folds", "train_fold", "device_for_fold", "parse_gpus", "pin_gpu", "fold_is_done", "FoldsFailedError"]
 
@@ -225,7 +225,7 @@ def _train_fold_task(cfg_dict: dict, fold: int, cwd: str, force: bool = False) -
             raise FileNotFoundError(f"worker {host} has no directory {cwd} (the client's working directory): "
                                     "the project, data and output_dir must be on a shared path")
         os.chdir(cwd)
-    from .train import loader_workers, resolve_device
+    from pipeline.train.loop import loader_workers, resolve_device
 
     workers = loader_workers(cfg_dict["train"]["num_workers"], resolve_device(cfg_dict["train"]["device"]))
     if workers > 0 and multiprocessing.current_process().daemon:
@@ -254,7 +254,7 @@ def _fast_loader_processes() -> None:
         return
     if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover - Windows
         return
-    multiprocessing.set_forkserver_preload(["torch", "pipeline.train"])
+    multiprocessing.set_forkserver_preload(["torch", "pipeline.train.loop"])
     multiprocessing.set_start_method("forkserver", force=True)
 
 
@@ -279,7 +279,7 @@ def train_fold(cfg: Config, fold: int, force: bool = False, log: Callable[[str],
     With `force` (`make retrain`) the fold's resumable state is dropped and it trains afresh, after
     any run in progress has finished.
     """
-    from .train import fit
+    from pipeline.train.loop import fit
 
     with folder_lock(cfg.fold_dir(fold), f"fold {fold} of {cfg.exp_dir}", log):
         if not force and fold_is_done(cfg, fold, {fingerprint or train_fingerprint(cfg)}):
@@ -402,7 +402,7 @@ def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log, forc
 
         cfg_dict = config_to_dict(cfg)
         facts = client.run(_worker_facts)
-        # 'auto' starts loader workers only beside a GPU (pipeline.train.loader_workers).
+        # 'auto' starts loader workers only beside a GPU (pipeline.train.loop.loader_workers).
         wants_workers = use_gpu if cfg.train.num_workers == "auto" else cfg.train.num_workers > 0
         if wants_workers and any(f["daemon"] for f in facts.values()):
             log("[parallel] the Dask workers are daemonic processes, which cannot start DataLoader workers: "

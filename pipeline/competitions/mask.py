@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .fileio import atomic_dir, write_csv_atomic
+from pipeline.fileio import atomic_dir, write_csv_atomic
 
 __all__ = [
     "MaskDataError",

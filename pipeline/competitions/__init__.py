@@ -1,0 +1,1 @@
+"""What one competition needs (its layout, heads, synthetic sample), and the embedded demo."""

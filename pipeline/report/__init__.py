@@ -1,0 +1,1 @@
+"""What a person looks at: EDA pages, the run report, plots."""

@@ -1,0 +1,1 @@
+"""Development and tuning tools: preflight checks, Optuna search, the benchmark."""

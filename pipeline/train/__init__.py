@@ -1,0 +1,1 @@
+"""Training one fold: the loop, models, losses, tracking, and running folds in parallel."""
