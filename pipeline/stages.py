@@ -40,7 +40,7 @@ from pipeline.data.folds import assign_folds, fold_class_counts
 from pipeline.metrics import classification_metrics, label_metrics, macro_f1
 from pipeline.train.models import load_trained_model, read_sidecar
 from pipeline.predict.submission import write_submission
-from pipeline.train.loop import loader_workers, resolve_device
+from pipeline.device import loader_workers, resolve_device
 from pipeline.predict.tta import parse_views, predict_tta, predict_tta_with_views
 
 __all__ = ["make_folds", "predict_fold", "ensemble", "score", "fold_probs_frame", "checkpoint_names",

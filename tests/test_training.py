@@ -369,7 +369,7 @@ def test_device_flips_reach_the_model_as_configured(tiny_cfg_dict, folds_ready, 
 
 
 def test_num_workers_auto_is_zero_on_cpu_and_spare_cores_beside_a_gpu(tiny_cfg_dict, tmp_path, monkeypatch):
-    from pipeline.train.loop import loader_workers
+    from pipeline.device import loader_workers
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")   # a device object needs no GPU
     assert loader_workers("auto", cpu) == 0 and loader_workers(3, cpu) == 3

@@ -57,6 +57,7 @@ import torch
 
 from pipeline.config import AugmentConfig
 from pipeline.data.transforms import ImageDataset, build_transform, finishing_steps, geometry_steps, load_rgb
+from pipeline.device import usable_cpus
 from pipeline.fileio import atomic_path, locked
 
 __all__ = [
@@ -74,7 +75,6 @@ __all__ = [
     "cache_dir_for",
     "decoded_for",
     "make_dataset",
-    "usable_cpus",
 ]
 
 CACHE_FORMAT = 1          # bump when the file layout or the geometry code changes
@@ -223,14 +223,6 @@ def _reserve(path: Path) -> None:
                 raise
         except AttributeError:   # pragma: no cover - no posix_fallocate (macOS)
             pass
-
-
-def usable_cpus() -> int:
-    """The cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _matching(folder: Path, pattern: str) -> list[Path]:

@@ -217,12 +217,12 @@ def _training_rows(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 
 def _make_loader(dataset, batch_size: int, device, workers: int, shuffle: bool, seed: int = 0):
-    from pipeline.train.loop import _seed_worker
+    from pipeline.device import seed_worker
 
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed),
-        worker_init_fn=_seed_worker if workers else None, persistent_workers=False)
+        worker_init_fn=seed_worker if workers else None, persistent_workers=False)
 
 
 def _dataset(kind: str, paths, rows, targets, aug, train: bool, decoded):

@@ -30,8 +30,9 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from pipeline.config import Config, package_versions
+from pipeline.device import loader_workers, resolve_device, seed_worker
 from pipeline.data.manifest import train_fingerprint
-from pipeline.data.cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset, usable_cpus
+from pipeline.data.cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset
 from pipeline.data.tables import load_fold_table, model_classes
 from pipeline.fileio import atomic_path, file_sha256, write_csv_atomic
 from pipeline.data.folds import training_indices_for_fold
@@ -42,20 +43,12 @@ from pipeline.progress import progress
 from pipeline.train.tracking import Tracker
 from pipeline.data.sampling import balanced_sample_weights, epoch_rows, epoch_seed
 
-__all__ = ["fit", "fold_data", "FoldData", "training_loader", "train_one_epoch", "predict_probs", "resolve_device", "StepTools", "build_optimizer",
+__all__ = ["fit", "fold_data", "FoldData", "training_loader", "train_one_epoch", "predict_probs", "StepTools", "build_optimizer",
            "build_scheduler", "set_backbone_frozen", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -88,24 +81,6 @@ def fold_data(cfg: Config, fold: int) -> FoldData:
     return FoldData(classes, train_idx, val_idx, table, targets)
 
 
-def _seed_worker(worker_id: int) -> None:
-    # albumentations' Compose keeps its own RNG, copied as-is into every worker:
-    # reseed it per worker or all workers would draw the same augmentations.
-    info = torch.utils.data.get_worker_info()
-    info.dataset.transform.set_random_seed(info.seed % 2**32)
-
-
-def loader_workers(setting: int | str, device: torch.device) -> int:
-    """`train.num_workers` as a number. 'auto': 0 on the CPU, where the same cores run the model
-    (`make bench`: one worker there cut training throughput by 25% on 2 cores); on a GPU one
-    worker per spare core, up to 8, so decoding and augmenting overlap the GPU's work."""
-    if setting != "auto":
-        return int(setting)
-    if device.type == "cpu":
-        return 0
-    return max(0, min(8, usable_cpus() - 1))
-
-
 def _loader(dataset, cfg: Config, device, shuffle=False, sampler=None, generator=None, drop_last=False,
             persistent=False):
     # The training loader is rebuilt every epoch (fresh seeds), so only the validation loader,
@@ -113,7 +88,7 @@ def _loader(dataset, cfg: Config, device, shuffle=False, sampler=None, generator
     workers = loader_workers(cfg.train.num_workers, device)
     return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle, sampler=sampler,
                       num_workers=workers, pin_memory=device.type == "cuda", generator=generator,
-                      worker_init_fn=_seed_worker if workers else None, drop_last=drop_last,
+                      worker_init_fn=seed_worker if workers else None, drop_last=drop_last,
                       persistent_workers=persistent and workers > 0)
 
 

@@ -225,7 +225,7 @@ def _train_fold_task(cfg_dict: dict, fold: int, cwd: str, force: bool = False) -
             raise FileNotFoundError(f"worker {host} has no directory {cwd} (the client's working directory): "
                                     "the project, data and output_dir must be on a shared path")
         os.chdir(cwd)
-    from pipeline.train.loop import loader_workers, resolve_device
+    from pipeline.device import loader_workers, resolve_device
 
     workers = loader_workers(cfg_dict["train"]["num_workers"], resolve_device(cfg_dict["train"]["device"]))
     if workers > 0 and multiprocessing.current_process().daemon:
@@ -402,7 +402,7 @@ def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log, forc
 
         cfg_dict = config_to_dict(cfg)
         facts = client.run(_worker_facts)
-        # 'auto' starts loader workers only beside a GPU (pipeline.train.loop.loader_workers).
+        # 'auto' starts loader workers only beside a GPU (pipeline.device.loader_workers).
         wants_workers = use_gpu if cfg.train.num_workers == "auto" else cfg.train.num_workers > 0
         if wants_workers and any(f["daemon"] for f in facts.values()):
             log("[parallel] the Dask workers are daemonic processes, which cannot start DataLoader workers: "
