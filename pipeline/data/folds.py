@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-__all__ = ["assign_folds", "fold_class_counts", "training_indices_for_fold"]
+__all__ = ["assign_folds", "fold_class_counts", "training_indices_for_fold", "check_labels"]
 
 # How many offending rows or groups an error message lists before "...".
 _MAX_LISTED = 10
@@ -68,7 +68,7 @@ def _as_1d(values, name: str) -> np.ndarray:
     return array
 
 
-def _check_labels(labels, name: str = "labels") -> np.ndarray:
+def check_labels(labels, name: str = "labels") -> np.ndarray:
     """Validate class labels: 1-D, non-empty, no missing values, one comparable type.
 
     Returns the labels as a 1-D numpy array (unchanged values).
@@ -174,7 +174,7 @@ def assign_folds(labels, n_splits: int, seed: int, groups=None) -> np.ndarray:
     if n_splits < 2:
         raise ValueError(f"n_splits must be at least 2 (one fold to validate, at least one to "
                          f"train), got n_splits={n_splits}; set folds.n_splits to 2 or more.")
-    labels = _check_labels(labels)
+    labels = check_labels(labels)
     n_rows = labels.shape[0]
     if groups is not None:
         groups = _as_1d(groups, "groups")
@@ -236,7 +236,7 @@ def fold_class_counts(labels, folds) -> pd.DataFrame:
     a           1       1      2
     b           1       1      2
     """
-    labels = _check_labels(labels)
+    labels = check_labels(labels)
     folds = _check_folds(folds)
     if folds.shape[0] != labels.shape[0]:
         raise ValueError(f"labels and folds must have the same length (one fold per row), "

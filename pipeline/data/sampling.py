@@ -24,7 +24,7 @@ import numbers
 
 import numpy as np
 
-from pipeline.data.folds import _check_labels
+from pipeline.data.folds import check_labels
 
 __all__ = ["oversample_indices", "balanced_sample_weights", "epoch_seed", "epoch_rows", "SAMPLING_METHODS"]
 
@@ -82,7 +82,7 @@ def oversample_indices(labels, target_ratio: float, seed: int) -> np.ndarray:
     [0, 1, 2, 3, 4, 4]
     """
     target_ratio = _check_target_ratio(target_ratio)
-    labels = _check_labels(labels, "labels (the training rows of the fold)")
+    labels = check_labels(labels, "labels (the training rows of the fold)")
     classes, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
     target = _target_count(target_ratio, int(counts.max()))
     rng = np.random.default_rng(seed)
@@ -105,7 +105,7 @@ def balanced_sample_weights(labels) -> np.ndarray:
     >>> balanced_sample_weights(["a", "a", "a", "b"]).tolist()
     [0.16666666666666666, 0.16666666666666666, 0.16666666666666666, 0.5]
     """
-    labels = _check_labels(labels, "labels (the training rows of the fold)")
+    labels = check_labels(labels, "labels (the training rows of the fold)")
     _, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
     weights = 1.0 / counts[codes].astype(np.float64)
     return weights / counts.shape[0]  # each class sums to 1 / n_classes; all to 1

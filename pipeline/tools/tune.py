@@ -235,7 +235,7 @@ def tune(cfg: Config, trials: int | None = None, storage=None, out_config: str |
 
     from pipeline.fileio import folder_lock, write_text_atomic
     from pipeline.train.parallel import fold_is_done
-    from pipeline.train.parallel import _check_folds
+    from pipeline.train.parallel import check_fold_list
     from pipeline.train.loop import NonFiniteLossError, fit
 
     space = validate_space(cfg)
@@ -245,7 +245,7 @@ def tune(cfg: Config, trials: int | None = None, storage=None, out_config: str |
     if not cfg.tune.folds:
         raise ConfigError(f"tune.folds: must list folds in 0..{cfg.folds.n_splits - 1}")
     try:
-        folds = _check_folds(cfg, cfg.tune.folds)   # also: the folds file exists
+        folds = check_fold_list(cfg, cfg.tune.folds)   # also: the folds file exists
     except ValueError as exc:
         raise ConfigError(f"tune.folds: {exc}") from None
 

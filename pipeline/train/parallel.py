@@ -89,7 +89,7 @@ from pipeline.config import Config, ConfigError, config_to_dict, load_config
 from pipeline.fileio import OutputError, folder_lock
 from pipeline.data.manifest import train_fingerprint
 
-__all__ = ["run_folds", "train_fold", "device_for_fold", "parse_gpus", "pin_gpu", "fold_is_done", "FoldsFailedError"]
+__all__ = ["run_folds", "train_fold", "check_fold_list", "device_for_fold", "parse_gpus", "pin_gpu", "fold_is_done", "FoldsFailedError"]
 
 DONE, SKIPPED = "done", "skipped"
 WORKER_WAIT_S = 600  # an external cluster's workers may still be queued batch jobs
@@ -183,7 +183,9 @@ def fold_is_done(cfg: Config, fold: int, fingerprints: set[str] | None = None) -
     return not folds_file.is_file() or weights.stat().st_mtime >= folds_file.stat().st_mtime
 
 
-def _check_folds(cfg: Config, folds) -> list[int]:
+def check_fold_list(cfg: Config, folds) -> list[int]:
+    """`folds` as integers, each an existing fold, none twice, with the folds file present (ValueError,
+    FileNotFoundError otherwise): what `run_folds` and `make tune`'s `tune.folds` accept."""
     folds = [int(k) for k in folds]
     bad = [k for k in folds if not 0 <= k < cfg.folds.n_splits]
     if bad:
@@ -315,7 +317,7 @@ def run_folds(cfg: Config, folds: list[int], backend: str | None = None, schedul
     backend = backend or cfg.parallel.backend
     if backend not in ("local", "dask"):
         raise ConfigError(f"parallel.backend: '{backend}' is not one of: local, dask")
-    folds = _check_folds(cfg, folds)
+    folds = check_fold_list(cfg, folds)
     results: dict[int, str] = {}
     pending = _skip_done(cfg, folds, train_fingerprint(cfg), force, results, log)
     if pending:
