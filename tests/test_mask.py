@@ -15,9 +15,9 @@ from PIL import Image
 from pipeline.config import load_config
 from pipeline.data.tables import read_test_table, read_train_table
 from pipeline.data.folds import assign_folds
-from pipeline.competitions.mask import (PHOTO_STEMS, TRAIN_COLUMNS, MultiHeadLoss, age_group, decode_class, encode_class,
-                           make_mask_sample, multihead_log_probs_18, multihead_to_18, prepare_mask_data,
-                           split_targets_18)
+from pipeline.competitions.mask import make_mask_sample, prepare_mask_data
+from pipeline.competitions.mask.heads import multihead_log_probs_18, multihead_to_18
+from pipeline.competitions.mask.labels import PHOTO_STEMS, TRAIN_COLUMNS, age_group, decode_class, encode_class
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = (96, 128)  # width, height: a quarter of the real 384x512
@@ -313,28 +313,14 @@ def test_multihead_probabilities_follow_the_class_encoding():
         multihead_to_18(m, a, a)
 
 
-def test_split_targets_inverts_the_encoding():
-    targets = torch.arange(18)
-    mask, gender, age = split_targets_18(targets)
-    assert [(int(x), int(y), int(z)) for x, y, z in zip(mask, gender, age)] == [decode_class(c) for c in range(18)]
-    with pytest.raises(ValueError):
-        split_targets_18(torch.tensor([18]))
-
-
-def test_multihead_loss_is_the_weighted_sum_of_three_cross_entropies():
+def test_cross_entropy_on_the_18_log_probabilities_is_the_sum_of_the_heads_cross_entropies():
+    """What the trainer relies on: plain cross-entropy on the three-head model's outputs trains each head."""
     torch.manual_seed(1)
     heads = (torch.randn(6, 3), torch.randn(6, 2), torch.randn(6, 3))
     targets = torch.tensor([0, 7, 17, 3, 11, 14])
-    tm, tg, ta = split_targets_18(targets)
-    ce = [F.cross_entropy(h, t) for h, t in zip(heads, (tm, tg, ta))]
-    weighted = MultiHeadLoss(weights=(1.0, 0.5, 2.0))
-    expected = ce[0] + 0.5 * ce[1] + 2.0 * ce[2]
-    assert torch.allclose(weighted(heads, targets), expected)
-    assert torch.allclose(weighted(dict(zip(("mask", "gender", "age"), heads)), (tm, tg, ta)), expected)
-    # with unit weights: plain cross-entropy on the 18 log-probabilities
-    assert torch.allclose(MultiHeadLoss()(heads, targets), F.cross_entropy(multihead_log_probs_18(*heads), targets))
-    with pytest.raises(ValueError, match="lacks head"):
-        weighted({"mask": heads[0]}, targets)
+    parts = [torch.tensor([decode_class(int(c))[h] for c in targets]) for h in range(3)]
+    expected = sum(F.cross_entropy(h, t) for h, t in zip(heads, parts))
+    assert torch.allclose(F.cross_entropy(multihead_log_probs_18(*heads), targets), expected, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- config

@@ -65,7 +65,7 @@ def build_everything(cfg: Config, classes: list[str] | None) -> None:
 
 def _default_classes(cfg: Config) -> int:
     if cfg.model.heads == "mask":
-        from pipeline.competitions.mask import N_CLASSES
+        from pipeline.competitions.mask.labels import N_CLASSES
         return N_CLASSES
     for listed in (cfg.loss.class_weights, cfg.loss.focal_alpha):
         if isinstance(listed, list):

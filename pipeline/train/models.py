@@ -15,6 +15,8 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.competitions.mask.heads import MaskHeadsModel
+from pipeline.competitions.mask.labels import N_CLASSES
 from pipeline.config import ConfigError, ModelConfig
 from pipeline.fileio import atomic_path, write_json_atomic
 
@@ -32,36 +34,8 @@ def safe_torch_load(path: str | Path):
                            "If it is your own checkpoint from an old version, delete it.") from None
 
 
-class MaskHeadsModel(torch.nn.Module):
-    """One timm backbone with three heads (mask 3, gender 2, age 3) for the 18 mask classes.
-
-    Its outputs are the 18 classes' log-probabilities (the product of the three heads'
-    softmaxes), so losses, TTA and voting treat it like any 18-class model, and plain
-    cross-entropy on them is the sum of the three heads' cross-entropies.
-    """
-
-    def __init__(self, name: str, pretrained: bool = False, drop_rate: float = 0.0):
-        super().__init__()
-        self.backbone = timm.create_model(name, pretrained=pretrained, num_classes=0, drop_rate=drop_rate)
-        width = self.backbone.num_features
-        from pipeline.competitions.mask import _HEADS
-
-        self.heads = torch.nn.ModuleList([torch.nn.Linear(width, n) for _, n in _HEADS])
-
-    def get_classifier(self) -> torch.nn.Module:
-        return self.heads
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from pipeline.competitions.mask import multihead_log_probs_18
-
-        features = self.backbone(x)
-        return multihead_log_probs_18(*(head(features) for head in self.heads))
-
-
 def _timm_model(name: str, heads: str, num_classes: int, pretrained: bool, drop_rate: float) -> torch.nn.Module:
     if heads == "mask":
-        from pipeline.competitions.mask import N_CLASSES
-
         if num_classes != N_CLASSES:
             raise ConfigError(f"model.heads: 'mask' needs the {N_CLASSES} mask classes, the data has {num_classes}")
         return MaskHeadsModel(name, pretrained, drop_rate)
@@ -75,8 +49,6 @@ def create_model(mcfg: ModelConfig, num_classes: int, classes: list[str] | None 
     the mask heads read output k as the competition's class k, so the classes must be '0'..'17'.
     """
     if mcfg.heads == "mask" and classes is not None:
-        from pipeline.competitions.mask import N_CLASSES
-
         if list(classes) != [str(c) for c in range(N_CLASSES)]:
             raise ConfigError(f"model.heads: 'mask' needs the classes '0'..'{N_CLASSES - 1}' (the competition's "
                               f"class codes) in the label column; the data has {list(classes)[:20]}")
