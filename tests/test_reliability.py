@@ -12,16 +12,16 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.config import load_config
-from pipeline.stages import make_folds
+from pipeline.data.fold_file import make_folds
 from pipeline.train.loop import NonFiniteLossError, fit
 from tests.conftest import REPO, write_config
 
 pytestmark = pytest.mark.slow
 
 
-def _cfg(tiny_cfg_dict, root, epochs=3):
+def _cfg(tiny_cfg_dict, root, epochs=3, **train):
     d = dict(tiny_cfg_dict, output_dir=str(root / "outputs"))
-    d["train"] = dict(d["train"], epochs=epochs)
+    d["train"] = dict(d["train"], epochs=epochs, **train)
     return d
 
 
@@ -40,9 +40,11 @@ def _fit_in_subprocess(config, kill_after_epoch=None):
     return subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, env=env)
 
 
-def test_sigkilled_fold_resumes_to_identical_weights_and_metrics(tiny_cfg_dict, tmp_path):
-    straight_config = write_config(tmp_path / "a.yaml", _cfg(tiny_cfg_dict, tmp_path / "a"))
-    killed_config = write_config(tmp_path / "b.yaml", _cfg(tiny_cfg_dict, tmp_path / "b"))
+# Mixup/CutMix draw from numpy's global RNG (timm): it must be reseeded per epoch like torch's.
+@pytest.mark.parametrize("train", [{}, {"mixup_alpha": 0.4, "cutmix_alpha": 1.0}], ids=["plain", "mixup"])
+def test_sigkilled_fold_resumes_to_identical_weights_and_metrics(tiny_cfg_dict, tmp_path, train):
+    straight_config = write_config(tmp_path / "a.yaml", _cfg(tiny_cfg_dict, tmp_path / "a", **train))
+    killed_config = write_config(tmp_path / "b.yaml", _cfg(tiny_cfg_dict, tmp_path / "b", **train))
     straight, killed = load_config(straight_config), load_config(killed_config)
     make_folds(straight, log=lambda *_: None)
     assert _fit_in_subprocess(straight_config).returncode == 0

@@ -463,7 +463,9 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
         if cfg.train.patience is not None and epoch - best_epoch > cfg.train.patience:
             log(f"[fold {fold}] early stop: no {monitor} improvement for {cfg.train.patience} epochs")
             break
-        torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout, Mixup: same draws after a resume
+        # Dropout (torch) and timm's Mixup/CutMix (numpy's global RNG): the same draws after a resume.
+        torch.manual_seed(epoch_seed(cfg.seed, epoch))
+        np.random.seed(epoch_seed(cfg.seed, epoch) % 2**32)
         tick = time.time()
         frozen = _backbone_frozen(cfg, epoch)
         set_backbone_frozen(run.model, frozen)
