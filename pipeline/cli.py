@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from pathlib import Path
 
-from pipeline.config import ConfigError, load_config, write_resolved
+from pipeline import stages
+from pipeline.config import load_config
 
 __all__ = ["main"]
 
@@ -24,149 +23,83 @@ def _cfg(args):
     return load_config(args.config, args.set)
 
 
-# Values that Make pastes into rules and recipes: plain path characters only, so that no config
-# value can become shell or Make syntax (a `;`, `$`, quote, space or brace would).
-_MAKE_SAFE = re.compile(r"^[A-Za-z0-9_./+,:@%=~-]*$")
-
-
-def _make_variables(cfg) -> dict[str, tuple[str, str]]:
-    """{Make variable: (value, the config key it comes from)} for the Makefile's rules."""
-    people_csv = Path(cfg.data.image_root) / "train" / "train.csv"
-    mask_inputs = ",".join(str(p) for p in (people_csv, cfg.mask.relabel_file) if p and Path(p).is_file())
-    return {"EXP_DIR": (str(cfg.exp_dir), "output_dir / experiment"),
-            "RESOLVED": (str(cfg.exp_dir / "config.yaml"), "output_dir / experiment"),
-            "FOLDS_FILE": (str(cfg.folds_file), "folds.dir / folds.name"),
-            "K": (str(cfg.folds.n_splits), "folds.n_splits"),
-            "TRAIN_CSV": (str(cfg.data.train_csv), "data.train_csv"),
-            "DEMO": (str(int(cfg.data.demo)), "data.demo"),
-            "MASK": (str(int(cfg.mask.enabled)), "mask.enabled"),
-            "MASK_INPUTS": (mask_inputs, "data.image_root / mask.relabel_file"),
-            "SAMPLE_SUBMISSION": (str(cfg.data.sample_submission), "data.sample_submission")}
-
-
 def cmd_resolve(args) -> None:
-    from pipeline.data.manifest import write_manifests
-    from pipeline.tools.preflight import preflight
-
-    cfg = _cfg(args)
-    variables = _make_variables(cfg) if args.make_vars else {}
-    for name, (value, key) in variables.items():   # before anything is written
-        if not _MAKE_SAFE.match(value):
-            raise ConfigError(f"{key}: {value!r} cannot be used from Make: paths there may hold only letters, "
-                              "digits and _ . / + , : @ % = ~ - (no spaces, quotes, $, ;, braces or other shell "
-                              "syntax); rename the file or folder")
-    preflight(cfg)      # build everything the config names (remembered while the config is unchanged)
-    resolved = write_resolved(cfg)
-    write_manifests(cfg)
-    if not args.make_vars:
-        print(resolved)
-        return
-    generated = cfg.data.demo or cfg.mask.enabled
-    if not generated and not Path(cfg.data.train_csv).is_file():
-        raise ConfigError(f"data.train_csv: {cfg.data.train_csv} does not exist (set data.demo: true for the demo)")
-    print(" ".join(f"{name}={value}" for name, (value, _) in variables.items()))
+    variables = stages.resolve(_cfg(args), make_vars=args.make_vars)
+    print(" ".join(f"{k}={v}" for k, v in variables.items()) if args.make_vars else variables["RESOLVED"])
 
 
 def cmd_demo_data(args) -> None:
-    from pipeline.competitions.demo import make_demo_dataset
-    cfg = _cfg(args)
-    if not cfg.data.demo:
-        raise ConfigError("data.demo is false: this config uses your own data, there is no demo to write")
-    paths = make_demo_dataset(cfg.data.image_root, seed=cfg.data.demo_seed, scale=cfg.data.demo_scale,
-                              image_size=max(cfg.augment.image_size, 32))
-    print(f"[data] demo dataset written to {paths['root']}")
+    stages.demo_data(_cfg(args))
 
 
 def cmd_mask_data(args) -> None:
-    from pipeline.competitions.mask import make_mask_sample, prepare_from_config
-    cfg = _cfg(args)
-    if not cfg.mask.enabled:
-        raise ConfigError("mask.enabled is false: this config does not use the mask competition's layout")
-    if cfg.mask.sample and not (Path(cfg.data.image_root) / "train" / "train.csv").is_file():
-        make_mask_sample(cfg.data.image_root, seed=cfg.data.demo_seed)
-        print(f"[mask] synthetic sample written to {cfg.data.image_root}")
-    prepare_from_config(cfg)
+    stages.mask_data(_cfg(args))
 
 
 def cmd_check(args) -> None:
-    from pipeline.data.check import check_data
-    report = check_data(_cfg(args), n_jobs=args.jobs).raise_if_failed()
-    print(report.format())
+    stages.check(_cfg(args), n_jobs=args.jobs)
 
 
 def cmd_folds(args) -> None:
-    from pipeline.stages import make_folds
-    make_folds(_cfg(args))
-
-
-def _share_cores_with_make_jobs() -> None:
-    """Under `make -jN`, N training processes share the machine: give each its share of the cores.
-
-    Without this each process starts one thread per core and N of them thrash the CPU.
-    """
-    import os
-    import re
-
-    import torch
-
-    jobs = re.search(r"(?:^|\s)-j\s*(\d+)", os.environ.get("MAKEFLAGS", ""))
-    if jobs and int(jobs.group(1)) > 1 and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(jobs.group(1))))
+    stages.folds(_cfg(args))
 
 
 def cmd_train(args) -> None:
-    from pipeline.train.parallel import parse_gpus, pin_gpu, run_folds
-    _share_cores_with_make_jobs()
-    cfg = _cfg(args)
-    folds = args.fold if args.fold is not None else list(range(cfg.folds.n_splits))
-    backend = args.backend or cfg.parallel.backend
-    gpus = parse_gpus(args.gpus) or cfg.parallel.gpus
-    if gpus and backend == "local" and len(folds) == 1:
-        pin_gpu(folds[0], gpus)  # before anything initialises CUDA
-    run_folds(cfg, folds, backend=backend, scheduler=args.scheduler or cfg.parallel.scheduler, force=args.force)
+    stages.train(_cfg(args), args.fold, backend=args.backend, scheduler=args.scheduler, gpus=args.gpus,
+                 force=args.force)
 
 
 def cmd_tune(args) -> None:
-    from pipeline.tools.tune import tune
-    tune(_cfg(args), trials=args.trials, storage=args.storage, out_config=args.out, study_name=args.study_name)
+    stages.tune(_cfg(args), trials=args.trials, storage=args.storage, out_config=args.out, study_name=args.study_name)
 
 
 def cmd_predict(args) -> None:
-    from pipeline.stages import predict_fold
-    cfg = _cfg(args)
-    for fold in args.fold if args.fold is not None else range(cfg.folds.n_splits):
-        predict_fold(cfg, fold)
+    stages.predict(_cfg(args), args.fold)
 
 
 def cmd_eda(args) -> None:
-    from pipeline.report.eda import write_eda
-    write_eda(_cfg(args))
+    stages.eda(_cfg(args))
 
 
 def cmd_report(args) -> None:
-    from pipeline.report.run_report import write_report
-    write_report(_cfg(args))
+    stages.report(_cfg(args))
 
 
 def cmd_ensemble(args) -> None:
-    from pipeline.stages import ensemble
-    ensemble(_cfg(args))
+    stages.ensemble(_cfg(args))
 
 
 def cmd_score(args) -> None:
-    from pipeline.stages import score
-    score(_cfg(args))
+    stages.score(_cfg(args))
 
 
 def cmd_validate(args) -> None:
-    from pipeline.predict.submission import validate_for_config
     cfg = _cfg(args)
-    print(f"{validate_for_config(cfg, args.submission)}: valid against {cfg.data.sample_submission}")
+    print(f"{stages.validate(cfg, args.submission)}: valid against {cfg.data.sample_submission}")
 
 
 def cmd_blend(args) -> None:
-    from pipeline.predict.blend import run_from_args
-    run_from_args(args)
+    stages.blend(args.experiments, output_dir=args.output_dir, out=args.out, oof_source=args.oof_source,
+                 voting=args.voting, weights=args.weights, objective=args.objective,
+                 logit_adjust_on=args.logit_adjust)
+
+
+def _blend_arguments(p: argparse.ArgumentParser) -> None:
+    from pipeline.predict.blend import OBJECTIVES, OOF_SOURCES, VOTING_CHOICES   # a light module: choices only
+
+    p.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names (folders under --output-dir)")
+    p.add_argument("--output-dir", default="outputs", help="where the experiments live (default: %(default)s)")
+    p.add_argument("--out", default=None, help="output folder (default: <output-dir>/blend-<a>-<b>...)")
+    p.add_argument("--oof", dest="oof_source", choices=OOF_SOURCES, default="auto",
+                   help="OOF probabilities to fit on: tta (oof_tta.csv), plain (oof.csv), auto (tta where all have it)")
+    p.add_argument("--voting", choices=VOTING_CHOICES, default="soft", help="how members combine (default: soft)")
+    p.add_argument("--weights", choices=("fitted", "uniform"), default="fitted", help="default: fitted")
+    p.add_argument("--objective", choices=OBJECTIVES, default="logloss",
+                   help="what the fitted weights optimise on OOF (default: logloss)")
+    adj = p.add_mutually_exclusive_group()
+    adj.add_argument("--logit-adjust", dest="logit_adjust", action="store_true", default=None,
+                     help="apply the OOF-chosen logit adjustment (default: the first experiment's ensemble.logit_adjust)")
+    adj.add_argument("--no-logit-adjust", dest="logit_adjust", action="store_false")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -209,9 +142,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--make-vars", action="store_true", help="print the variables the Makefile needs")
         if name == "validate":
             p.add_argument("submission", nargs="?", help="CSV to check (default: the experiment's submission)")
-    from pipeline.predict.blend import add_arguments as add_blend_arguments
     p = sub.add_parser("blend", help="blend finished experiments, weights fitted on their out-of-fold predictions")
-    add_blend_arguments(p)
+    _blend_arguments(p)
     p.set_defaults(func=cmd_blend)
     # Listed for --help only: main() hands `bench ...` to pipeline.tools.bench before parsing, so that
     # building this parser (at every Make parse) never imports torch.

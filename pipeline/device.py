@@ -6,7 +6,7 @@ import os
 
 import torch
 
-__all__ = ["resolve_device", "loader_workers", "seed_worker", "usable_cpus"]
+__all__ = ["resolve_device", "loader_workers", "seed_worker", "usable_cpus", "share_cores_with_make_jobs"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,3 +42,15 @@ def seed_worker(worker_id: int) -> None:
     # reseed it per worker or all workers would draw the same augmentations.
     info = torch.utils.data.get_worker_info()
     info.dataset.transform.set_random_seed(info.seed % 2**32)
+
+
+def share_cores_with_make_jobs() -> None:
+    """Under `make -jN`, N training processes share the machine: give each its share of the cores.
+
+    Without this each process starts one thread per core and N of them thrash the CPU.
+    """
+    import re
+
+    jobs = re.search(r"(?:^|\s)-j\s*(\d+)", os.environ.get("MAKEFLAGS", ""))
+    if jobs and int(jobs.group(1)) > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(jobs.group(1))))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.predict.blend import FoldsMismatchError, add_arguments, blend, run_from_args
+from pipeline.predict.blend import FoldsMismatchError, blend
 from pipeline.config import load_config, write_resolved
 from pipeline.fileio import write_json_atomic
 from pipeline.predict.submission import validate_submission
@@ -189,18 +188,19 @@ def test_the_command_line_module_stays_light_and_in_step_with_the_ensemble_modul
     from pipeline.predict.voting import VOTING_MODES, WEIGHT_OBJECTIVES
 
     assert blend_mod.VOTING_CHOICES == VOTING_MODES and blend_mod.OBJECTIVES == WEIGHT_OBJECTIVES
-    code = "import sys, pipeline.predict.blend; print(sorted(m for m in ('torch', 'pandas', 'scipy') if m in sys.modules))"
+    code = ("import sys, pipeline.cli; pipeline.cli._parser(); "
+            "print(sorted(m for m in ('torch', 'pandas', 'scipy', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"   # Make runs `python -m pipeline` at parse time: the parser must not load torch
 
 
-def test_command_line_arguments(tmp_path):
+def test_command_line_arguments(tmp_path, capsys):
+    from pipeline.cli import _parser, main
+
     make_experiment(tmp_path, "a", 0.4, 1)
     make_experiment(tmp_path, "b", 0.3, 2)
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["a", "b", "--output-dir", str(tmp_path / "outputs"), "--objective", "f1",
-                              "--no-logit-adjust"])
-    assert args.logit_adjust is False and parser.parse_args(["a", "b"]).logit_adjust is None
-    path = run_from_args(args)
-    assert json.loads((path.parent / "blend.json").read_text())["objective"] == "f1"
+    args = _parser().parse_args(["blend", "a", "b", "--no-logit-adjust"])
+    assert args.logit_adjust is False and _parser().parse_args(["blend", "a", "b"]).logit_adjust is None
+    assert main(["blend", "a", "b", "--output-dir", str(tmp_path / "outputs"), "--objective", "f1"]) == 0
+    blended = json.loads((tmp_path / "outputs" / "blend-a-b" / "blend.json").read_text())
+    assert blended["objective"] == "f1"

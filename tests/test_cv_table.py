@@ -14,7 +14,10 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.train.models import load_trained_model, save_weights
-from pipeline.stages import checkpoint_path, ensemble, make_folds, predict_fold, score
+from pipeline.data.fold_file import make_folds
+from pipeline.predict.ensemble import ensemble
+from pipeline.predict.fold import checkpoint_path, predict_fold
+from pipeline.predict.score import score
 from pipeline.predict.submission import SubmissionError, validate_for_config, validate_submission
 from pipeline.train.loop import fit
 from tests.conftest import tiny_config_dict

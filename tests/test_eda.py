@@ -26,7 +26,7 @@ FIGURES = ["class_distribution.png", "fold_classes.png", "sampling.png", "group_
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, demo_dir):
     """The tiny demo plus a planted duplicate of row 0, with folds made by the pipeline."""
-    from pipeline.stages import make_folds
+    from pipeline.data.fold_file import make_folds
 
     root = tmp_path_factory.mktemp("eda")
     data = root / "data"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.predict.voting import (VOTING_MODES, WEIGHT_OBJECTIVES, choose_tau, class_priors, fit_weights,
+from pipeline.predict.voting import (VOTING_MODES, choose_tau, class_priors, fit_weights,
                                geometric_vote, hard_vote, log_loss, logit_adjust, rank_average, soft_vote, vote,
                                vote_scores)
 from pipeline.metrics import classification_metrics

@@ -6,7 +6,6 @@ write each back exactly as the train CSV and the sample submission spell it.
 """
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
@@ -14,7 +13,9 @@ from pipeline.data.check import check_data
 from pipeline.config import load_config
 from pipeline.data.tables import class_list, read_test_table, read_train_table
 from pipeline.fileio import read_text_csv
-from pipeline.stages import ensemble, make_folds, predict_fold
+from pipeline.data.fold_file import make_folds
+from pipeline.predict.ensemble import ensemble
+from pipeline.predict.fold import predict_fold
 from pipeline.predict.submission import validate_for_config, validate_submission
 from pipeline.train.loop import fit
 

@@ -17,7 +17,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.fileio import OutputError, write_csv_atomic, write_json_atomic, write_text_atomic
-from pipeline.stages import make_folds
+from pipeline.data.fold_file import make_folds
 from tests.conftest import REPO, write_config
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.config import write_resolved
 from pipeline.fileio import atomic_path, write_text_if_changed
-from pipeline.stages import make_folds
+from pipeline.data.fold_file import make_folds
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.fileio import locked
-from pipeline.stages import make_folds
+from pipeline.data.fold_file import make_folds
 from tests.conftest import REPO, write_config
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -343,7 +342,7 @@ def test_mask_config_loads_and_reads_the_prepared_sample(sample, sample_table, t
 
 def test_the_folds_table_counts_the_labels_validation_is_scored_on(sample, tmp_path):
     """With a training-only age cut-off, the printed per-fold table counts true labels, and says so."""
-    from pipeline.stages import make_folds
+    from pipeline.data.fold_file import make_folds
 
     train_csv = prepare_mask_data(sample, tmp_path / "pipeline_train.csv", age_cutoff=45)
     table = pd.read_csv(train_csv)

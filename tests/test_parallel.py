@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from pipeline.config import load_config
 from pipeline.data.manifest import train_fingerprint
 from pipeline.train.parallel import FoldsFailedError, device_for_fold, parse_gpus, pin_gpu, run_folds
-from pipeline.stages import make_folds
+from pipeline.data.fold_file import make_folds
 
 distributed = pytest.importorskip("distributed")
 

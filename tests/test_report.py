@@ -49,10 +49,10 @@ def run(tmp_path_factory, demo_dir):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        stages.make_folds(cfg, log=quiet)
+        stages.folds(cfg, log=quiet)
         for k in range(cfg.folds.n_splits):
             train.fit(cfg, k, log=quiet)
-            stages.predict_fold(cfg, k, log=quiet)
+            stages.predict(cfg, [k], log=quiet)
         stages.ensemble(cfg, log=quiet)
     finally:
         torch.set_num_threads(threads)

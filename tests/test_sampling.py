@@ -56,7 +56,7 @@ def test_the_trainers_loader_draws_training_rows_only(tiny_cfg_dict, tmp_path, m
     import torch
 
     from pipeline.config import load_config
-    from pipeline.stages import make_folds
+    from pipeline.data.fold_file import make_folds
     from pipeline.train.loop import fold_data, training_loader
 
     cfg = load_config(None, {**tiny_cfg_dict, "output_dir": str(tmp_path / "out"),

@@ -6,7 +6,7 @@ import types
 import pytest
 
 from pipeline.config import ConfigError, load_config
-from pipeline.stages import make_folds
+from pipeline.data.fold_file import make_folds
 from pipeline.train.loop import fit
 
 

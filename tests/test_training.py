@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import pipeline.train.loop as train_mod
 from pipeline.config import load_config
 from pipeline.train.models import create_model
-from pipeline.stages import make_folds
+from pipeline.data.fold_file import make_folds
 from pipeline.train.loop import StepTools, build_optimizer, build_scheduler, _step_epoch_scheduler, fit, train_one_epoch
 
 QUIET = dict(log=lambda *_: None)
@@ -320,7 +320,7 @@ def test_runs_record_package_versions(tiny_cfg, folds_ready):
 
 def test_decode_cache_changes_nothing_but_where_pixels_come_from(tiny_cfg_dict, folds_ready, tmp_path):
     """data.cache on or off: the same metrics, OOF and test probabilities; only 'on' writes cache files."""
-    from pipeline.stages import predict_fold
+    from pipeline.predict.fold import predict_fold
 
     runs = {}
     for cache in (True, False):
@@ -391,7 +391,7 @@ def test_compiled_fold_finishes_with_plain_weights_equal_to_an_uncompiled_run(ti
     `_orig_mod.` state-dict keys that broke saving, is the same whatever the backend.
     """
     from pipeline.train.models import load_trained_model
-    from pipeline.stages import predict_fold
+    from pipeline.predict.fold import predict_fold
 
     real_compile, compiled = torch.compile, []
     monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(m) or real_compile(m, backend="eager"))

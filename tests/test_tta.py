@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-import pipeline.predict.tta as tta
 from pipeline.predict.tta import (MERGE_MODES, merge_view_logits, parse_views, predict_tta, predict_tta_per_view,
                          predict_tta_with_views)
 

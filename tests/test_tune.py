@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from pipeline.config import ConfigError, load_config
-from pipeline.stages import make_folds
+from pipeline.data.fold_file import make_folds
 
 optuna = pytest.importorskip("optuna")
 from pipeline.tools.tune import tune, validate_space  # noqa: E402

@@ -20,19 +20,18 @@ and the blends': uniform vs fitted weights, every voting mode, the logit adjustm
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the heavy imports (numpy, pandas, torch via stages) happen when a blend runs, so that
-    import numpy as np  # `add_arguments` keeps `python -m pipeline` (run by Make at parse time) fast
+    import numpy as np  # the CLI reads this module's choices while `python -m pipeline` (run by Make at parse time) starts
     import pandas as pd
 
     from pipeline.config import Config
 
 __all__ = ["FoldsMismatchError", "Member", "load_experiment", "load_member", "check_same_folds", "blend",
-           "add_arguments", "run_from_args", "OOF_SOURCES", "VOTING_CHOICES", "OBJECTIVES"]
+           "OOF_SOURCES", "VOTING_CHOICES", "OBJECTIVES"]
 
 OOF_SOURCES = ("auto", "tta", "plain")
 VOTING_CHOICES = ("soft", "hard", "geometric", "rank")   # = pipeline.predict.voting.VOTING_MODES (a test checks)
@@ -91,7 +90,7 @@ def load_member(cfg: Config, oof_source: str = "auto") -> Member:
 
     from pipeline.fileio import file_sha256
     from pipeline.train.models import read_sidecar
-    from pipeline.stages import prob_columns, read_test_probs
+    from pipeline.predict.probs import prob_columns, read_test_probs
 
     if oof_source not in OOF_SOURCES:
         raise ValueError(f"--oof: unknown source {oof_source!r}; valid: {', '.join(OOF_SOURCES)}")
@@ -173,7 +172,7 @@ def check_same_folds(members: list[Member]) -> None:
 def _blend_rows(probs: np.ndarray, y: np.ndarray, weights: dict[str, np.ndarray],
                 chosen: tuple[str, str] | None) -> list[dict]:
     from pipeline.predict.voting import VOTING_MODES, vote, vote_scores
-    from pipeline.stages import metrics_row
+    from pipeline.predict.cv_table import metrics_row
 
     rows = []
     for mode in VOTING_MODES:
@@ -202,8 +201,9 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     from pipeline.predict.voting import (VOTING_MODES, WEIGHT_OBJECTIVES, choose_tau, class_priors, fit_weights, logit_adjust,
                            vote, vote_scores)
     from pipeline.fileio import write_csv_atomic, write_json_atomic
-    from pipeline.stages import (class_ids, fold_probs_frame, logit_adjust_record, logit_adjust_settings, metrics_row,
-                         write_cv)
+    from pipeline.predict.cv_table import metrics_row, write_cv
+    from pipeline.predict.ensemble import logit_adjust_record, logit_adjust_settings
+    from pipeline.predict.probs import class_ids, fold_probs_frame
     from pipeline.predict.submission import write_submission
 
     if voting not in VOTING_MODES:
@@ -278,26 +278,3 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
         f"{f', logit adjustment tau={applied_tau:g}' if applied_tau else ''} → {sub}")
     return sub
 
-
-# ---- command line (wired into pipeline.cli as `python -m pipeline blend`) ------------------------------
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names (folders under --output-dir)")
-    p.add_argument("--output-dir", default="outputs", help="where the experiments live (default: %(default)s)")
-    p.add_argument("--out", default=None, help="output folder (default: <output-dir>/blend-<a>-<b>...)")
-    p.add_argument("--oof", dest="oof_source", choices=OOF_SOURCES, default="auto",
-                   help="OOF probabilities to fit on: tta (oof_tta.csv), plain (oof.csv), auto (tta where all have it)")
-    p.add_argument("--voting", choices=VOTING_CHOICES, default="soft", help="how members combine (default: soft)")
-    p.add_argument("--weights", choices=("fitted", "uniform"), default="fitted", help="default: fitted")
-    p.add_argument("--objective", choices=OBJECTIVES, default="logloss",
-                   help="what the fitted weights optimise on OOF (default: logloss)")
-    adj = p.add_mutually_exclusive_group()
-    adj.add_argument("--logit-adjust", dest="logit_adjust", action="store_true", default=None,
-                     help="apply the OOF-chosen logit adjustment (default: the first experiment's ensemble.logit_adjust)")
-    adj.add_argument("--no-logit-adjust", dest="logit_adjust", action="store_false")
-
-
-def run_from_args(args: argparse.Namespace) -> Path:
-    return blend(args.experiments, output_dir=args.output_dir, out=args.out, oof_source=args.oof_source,
-                 voting=args.voting, weights=args.weights, objective=args.objective,
-                 logit_adjust_on=args.logit_adjust)

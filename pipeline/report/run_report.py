@@ -29,7 +29,7 @@ from pipeline.config import Config
 from pipeline.fileio import read_table, read_text_csv, write_text_atomic
 from pipeline.metrics import confusion, per_class_f1
 from pipeline.train.models import read_sidecar
-from pipeline.stages import PROB_PREFIX, class_ids, prob_columns
+from pipeline.predict.probs import PROB_PREFIX, class_ids, prob_columns
 from pipeline.report.plots import bar_chart, data_uri, esc, heatmap, html_page, html_table, label_axis, new_figure, png_bytes
 
 __all__ = ["write_report", "report_inputs", "report_classes", "learning_curve_figure", "confusion_figure",

@@ -196,7 +196,7 @@ def _redact(url) -> str:
 def _oof_f1(cfg: Config, folds: list[int]) -> tuple[float, dict]:
     """Macro-F1 of the concatenated out-of-fold predictions of `folds` (and each fold's own)."""
     from pipeline.metrics import macro_f1
-    from pipeline.stages import PROB_PREFIX, class_ids
+    from pipeline.predict.probs import PROB_PREFIX, class_ids
 
     from pipeline.fileio import read_table
 

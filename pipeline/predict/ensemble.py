@@ -1,0 +1,106 @@
+"""The ensemble stage: every fold's out-of-fold and test probabilities → the CV table and the submission."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Config
+from pipeline.fileio import folder_lock, read_table, write_csv_atomic, write_json_atomic
+from pipeline.predict.cv_table import cv_table, write_cv
+from pipeline.predict.fold import checkpoint_names
+from pipeline.predict.probs import CKPT_PREFIX, class_ids, prob_columns, read_fold_probs, read_test_probs, view_columns
+from pipeline.predict.submission import write_submission
+from pipeline.predict.voting import choose_tau, class_priors, logit_adjust, vote
+
+__all__ = ["ensemble", "logit_adjust_settings", "logit_adjust_record"]
+
+
+def _oof_table(cfg: Config) -> tuple[pd.DataFrame, list]:
+    frames, classes = read_fold_probs(cfg, "oof.csv")
+    oof = pd.concat(frames).sort_values("row").reset_index(drop=True)
+    return oof, classes
+
+
+def _oof_tta_table(cfg: Config, oof: pd.DataFrame, log=print) -> pd.DataFrame | None:
+    """Every fold's oof_tta.csv, row-sorted; None (with a note) when a fold predates OOF TTA."""
+    frames = []
+    for k in range(cfg.folds.n_splits):
+        path = cfg.fold_dir(k) / "oof_tta.csv"
+        if not path.is_file():
+            log(f"[ensemble] {path} is missing (predicted before out-of-fold TTA existed): the CV table "
+                f"has no TTA rows; rerun `python -m pipeline predict --config {cfg.exp_dir / 'config.yaml'}`")
+            return None
+        frame = read_table(path)
+        if sorted(frame["row"]) != sorted(oof.loc[oof["fold"] == k, "row"]):
+            raise ValueError(f"{path} covers other rows than fold {k}'s oof.csv: it predates the fold's "
+                             "training; rerun the predict stage for this fold")
+        weights = cfg.fold_dir(k) / "weights.safetensors"
+        if weights.is_file() and path.stat().st_mtime < weights.stat().st_mtime:
+            log(f"[ensemble] warning: {path} is older than {weights}; rerun predict for fold {k}")
+        frames.append(frame)
+    return pd.concat(frames).sort_values("row").reset_index(drop=True)
+
+
+def logit_adjust_settings(cfg: Config, logit_adjust_on=None, tau_grid=None) -> tuple[bool, list[float]]:
+    """(apply it?, tau grid): the arguments where given, else ``ensemble.logit_adjust`` / ``ensemble.tau_grid``."""
+    on = cfg.ensemble.logit_adjust if logit_adjust_on is None else logit_adjust_on
+    grid = cfg.ensemble.tau_grid if tau_grid is None else tau_grid
+    return bool(on), [float(t) for t in grid]
+
+
+def logit_adjust_record(applied: bool, tau: float, chosen_tau: float, grid, prior: np.ndarray, curve) -> dict:
+    """The ``logit_adjust`` entry of ensemble.json / blend.json (`score` reads its tau and prior back)."""
+    return {"applied": bool(applied), "tau": tau, "chosen_tau": chosen_tau, "grid": grid,
+            "prior": prior.round(6).tolist(), "oof_f1_by_tau": [[t, round(f, 6)] for t, f in curve]}
+
+
+def ensemble(cfg: Config, log=print, logit_adjust_on: bool | None = None, tau_grid=None) -> Path:
+    """Vote the folds' test probabilities into the submission; report the cross-validation table.
+
+    With ``ensemble.logit_adjust`` (or `logit_adjust_on`), every fold's test probabilities are divided
+    by the class priors to the power tau before voting, tau chosen on OOF macro-F1 over
+    ``ensemble.tau_grid``. The CV table always shows what the chosen tau does to the OOF score.
+    """
+    with folder_lock(cfg.exp_dir, f"the experiment folder {cfg.exp_dir}", log):
+        return _ensemble(cfg, log, logit_adjust_on, tau_grid)
+
+
+def _ensemble(cfg: Config, log, logit_adjust_on: bool | None, tau_grid) -> Path:
+    oof, classes = _oof_table(cfg)
+    write_csv_atomic(cfg.exp_dir / "oof.csv", oof)
+    oof_tta = _oof_tta_table(cfg, oof, log)
+    if oof_tta is not None:
+        write_csv_atomic(cfg.exp_dir / "oof_tta.csv", oof_tta, float_format="%.7g")
+    adjust, grid = logit_adjust_settings(cfg, logit_adjust_on, tau_grid)
+    base = oof_tta if oof_tta is not None else oof
+    y = class_ids(base["label"], classes, "oof.csv")
+    prior = class_priors(y, len(classes))
+    tau, curve = choose_tau(base[prob_columns(classes)].to_numpy(), y, prior, grid)
+    cv = cv_table(oof, classes, oof_tta, cfg.tta.merge, tau, prior)
+    state = "applied to the test probabilities" if adjust else "not applied (ensemble.logit_adjust: false)"
+    notes = [f"Logit adjustment p / prior^tau: tau={tau:g} chosen on OOF macro-F1 over "
+             f"[{', '.join(f'{t:g}' for t in grid)}]; {state}."]
+    ckpts = list(view_columns(oof_tta, classes, CKPT_PREFIX)) if oof_tta is not None else []
+    if ckpts:
+        notes.append(f"The TTA, view and logit-adjustment rows average the checkpoints ({', '.join(ckpts)}); "
+                     "the fold and 'no TTA' rows are the trainer's oof.csv (best weights).")
+    write_cv(cv, cfg.exp_dir, f"Cross-validation: {cfg.experiment}", notes, log)
+
+    ids, probs, _ = read_test_probs(cfg)
+    applied_tau = tau if adjust else 0.0
+    if applied_tau:
+        probs = logit_adjust(probs, prior, applied_tau)
+    picked = vote(probs, cfg.ensemble.voting)
+    labels = [classes[i] for i in picked]
+    write_json_atomic(cfg.exp_dir / "ensemble.json", {
+        "voting": cfg.ensemble.voting, "folds": len(probs), "classes": classes,
+        "checkpoints": checkpoint_names(cfg), "oof_source": "oof_tta.csv" if oof_tta is not None else "oof.csv",
+        "logit_adjust": logit_adjust_record(adjust, applied_tau, tau, grid, prior, curve)})
+    out = cfg.exp_dir / "submission.csv"
+    write_submission(cfg.data.sample_submission, cfg.data.id_column, cfg.data.target_column, ids, labels, out)
+    adj = f", logit adjustment tau={applied_tau:g}" if applied_tau else ""
+    log(f"[ensemble] {cfg.ensemble.voting} voting over {len(probs)} folds{adj} → {out}")
+    return out
