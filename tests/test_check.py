@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-import pipeline.data.check as check_module
+import pipeline.data.image_check as image_check
 from pipeline.data.check import DataReport, Problem, check_data
 from pipeline.config import load_config
 from pipeline.data.tables import DataError
@@ -109,7 +109,7 @@ def test_clean_dataset_is_ok_and_nothing_is_written(tmp_path):
 def test_demo_dataset_is_clean_serial_and_parallel(tiny_cfg, monkeypatch):
     serial = check_data(tiny_cfg, n_jobs=1)
     assert serial.ok and not serial.warnings, serial.format()
-    monkeypatch.setattr(check_module, "_SERIAL_BELOW", 0)  # force worker processes on a small set
+    monkeypatch.setattr(image_check, "_SERIAL_BELOW", 0)  # force worker processes on a small set
     parallel = check_data(tiny_cfg, n_jobs=2)
     assert parallel.ok and parallel.images_checked == serial.images_checked > 0
 
@@ -154,7 +154,7 @@ def test_broken_demo_copy_reports_each_break_with_its_line_serial_and_parallel(t
     before = _snapshot(tmp_path)
 
     serial = _check(tiny_cfg_dict, n_jobs=1)
-    monkeypatch.setattr(check_module, "_SERIAL_BELOW", 0)
+    monkeypatch.setattr(image_check, "_SERIAL_BELOW", 0)
     parallel = _check(tiny_cfg_dict, n_jobs=2)
     assert _snapshot(tmp_path) == before
     assert serial.problems == parallel.problems and serial.warnings == parallel.warnings
@@ -480,7 +480,7 @@ def test_a_worker_killed_by_a_decoder_crash_is_reported(tmp_path, monkeypatch):
     def crash(paths):  # a closure: joblib pickles it by value into the worker, where it dies
         os._exit(3)
 
-    monkeypatch.setattr(check_module, "_SERIAL_BELOW", 0)
-    monkeypatch.setattr(check_module, "_inspect_chunk", crash)
+    monkeypatch.setattr(image_check, "_SERIAL_BELOW", 0)
+    monkeypatch.setattr(image_check, "inspect_chunk", crash)
     [p] = _of(_check(cfg, n_jobs=2), "checker-crashed")
     assert "crashes the image decoder" in p.message

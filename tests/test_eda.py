@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from pipeline.config import load_config
-from pipeline.report.eda import (EXACT_LIMIT, near_duplicate_pairs, sampling_table, write_eda)
+from pipeline.report.eda import sampling_table, write_eda
+from pipeline.report.near_duplicates import EXACT_LIMIT, near_duplicate_pairs
 from tests.conftest import tiny_config_dict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -124,7 +125,8 @@ def test_oversampled_counts_equal_what_the_trainer_draws(leaked):
     """The EDA's "after oversampling" counts are those of the loader the trainer builds for epoch 0."""
     import torch
 
-    from pipeline.train.loop import fold_data, training_loader
+    from pipeline.train.loop import training_loader
+    from pipeline.train.selection import fold_data
 
     cfg, _, index, folds, _ = leaked
     sampling = pd.read_csv(index.parent / "sampling.csv", dtype={"class": str})

@@ -57,7 +57,8 @@ def test_the_trainers_loader_draws_training_rows_only(tiny_cfg_dict, tmp_path, m
 
     from pipeline.config import load_config
     from pipeline.data.fold_file import make_folds
-    from pipeline.train.loop import fold_data, training_loader
+    from pipeline.train.loop import training_loader
+    from pipeline.train.selection import fold_data
 
     cfg = load_config(None, {**tiny_cfg_dict, "output_dir": str(tmp_path / "out"),
                              "sampling": {"method": method, "target_ratio": 1.0}})

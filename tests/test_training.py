@@ -14,7 +14,9 @@ import pipeline.train.loop as train_mod
 from pipeline.config import load_config
 from pipeline.train.models import create_model
 from pipeline.data.fold_file import make_folds
-from pipeline.train.loop import StepTools, build_optimizer, build_scheduler, _step_epoch_scheduler, fit, train_one_epoch
+from pipeline.train.selection import fold_data
+from pipeline.train.loop import StepTools, fit, train_one_epoch
+from pipeline.train.optim import build_optimizer, build_scheduler, step_epoch_scheduler
 
 QUIET = dict(log=lambda *_: None)
 
@@ -50,7 +52,7 @@ def _lrs_under(cfg, metric_values):
     sched = build_scheduler(cfg, opt, updates_per_epoch=1)
     lrs = []
     for value in metric_values:
-        _step_epoch_scheduler(cfg, sched, {cfg.train.monitor: value})
+        step_epoch_scheduler(cfg, sched, {cfg.train.monitor: value})
         lrs.append(opt.param_groups[0]["lr"])
     return lrs
 
@@ -359,7 +361,7 @@ def test_device_flips_reach_the_model_as_configured(tiny_cfg_dict, folds_ready, 
         assert torch.equal(model.seen[0], expected)
     # From the config: the keys build the flip, and a half-probability flip changes what is learnt.
     cfg = _with(tiny_cfg_dict, tmp_path / "f", augment={"device_hflip": 0.5})
-    run = train_mod._build_run(cfg, train_mod.fold_data(cfg, 0), torch.device("cpu"))
+    run = train_mod._build_run(cfg, fold_data(cfg, 0), torch.device("cpu"))
     assert run.tools.flip.p_h == 0.5 and run.tools.flip.p_v == 0.0
     flipped = load_file(fit(cfg, 0, **QUIET))
     plain = load_file(fit(_with(tiny_cfg_dict, tmp_path / "p"), 0, **QUIET))
@@ -425,7 +427,7 @@ def test_trains_on_label_and_validates_on_true_label(tiny_cfg_dict, tmp_path, de
     real = train_mod.train_one_epoch
     monkeypatch.setattr(train_mod, "train_one_epoch", lambda model, loader, *a: seen.append(loader) or real(model, loader, *a))
     fit(cfg, 0, **QUIET)
-    data = train_mod.fold_data(cfg, 0)
+    data = fold_data(cfg, 0)
     index = {c: i for i, c in enumerate(data.classes)}
     drawn = seen[0].dataset.indices                                          # table rows of epoch 0
     assert not np.isin(drawn, data.val_idx).any() and moved[drawn].any()

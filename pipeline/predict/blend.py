@@ -197,32 +197,16 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     import numpy as np
     import pandas as pd
 
-    from pipeline.config import Config
-    from pipeline.predict.voting import (VOTING_MODES, WEIGHT_OBJECTIVES, choose_tau, class_priors, fit_weights, logit_adjust,
-                           vote, vote_scores)
-    from pipeline.fileio import write_csv_atomic, write_json_atomic
+    from pipeline.fileio import write_json_atomic
     from pipeline.predict.cv_table import metrics_row, write_cv
     from pipeline.predict.ensemble import logit_adjust_record, logit_adjust_settings
-    from pipeline.predict.probs import class_ids, fold_probs_frame
+    from pipeline.predict.probs import class_ids
     from pipeline.predict.submission import write_submission
+    from pipeline.predict.voting import choose_tau, class_priors, fit_weights, logit_adjust, vote, vote_scores
 
-    if voting not in VOTING_MODES:
-        raise ValueError(f"--voting: unknown mode {voting!r}; valid: {', '.join(VOTING_MODES)}")
-    if weights not in ("fitted", "uniform"):
-        raise ValueError(f"--weights: {weights!r} is not 'fitted' or 'uniform'")
-    if objective not in WEIGHT_OBJECTIVES:
-        raise ValueError(f"--objective: {objective!r} is not one of {', '.join(WEIGHT_OBJECTIVES)}")
-    cfgs = [e if isinstance(e, Config) else load_experiment(e, output_dir) for e in experiments]
-    names = [c.experiment for c in cfgs]
-    if len(cfgs) < 2 or len(set(names)) != len(names):
-        raise ValueError(f"a blend needs two or more different experiments, got {names}")
-    members = [load_member(c, oof_source) for c in cfgs]
-    sources = {m.oof_source for m in members}
-    if len(sources) > 1:  # auto fell back for some: compare like with like
-        log("[blend] not every experiment has oof_tta.csv; using oof.csv (no TTA) for all")
-        members = [load_member(c, "plain") for c in cfgs]
-    check_same_folds(members)
-    first = members[0]
+    _check_choices(voting, weights, objective)
+    members = _load_members(experiments, output_dir, oof_source, log)
+    first, names = members[0], [m.name for m in members]
     classes = first.classes
     y = class_ids(first.labels, classes, f"{first.name} OOF labels")
     oof = np.stack([m.oof for m in members])
@@ -256,14 +240,9 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     write_cv(cv, out_dir, f"Blend: {' + '.join(names)}", notes, log)
 
     members_test = logit_adjust(test, prior, applied_tau) if adjusted else test
-    test_scores = vote_scores(members_test, voting, w)
-    picked = vote(members_test, voting, w)
     blended_oof = adjusted_oof if adjusted else vote_scores(oof, voting, w)
-    oof_frame = pd.DataFrame({"row": first.rows, "label": first.labels.to_numpy(), "fold": first.folds})
-    oof_frame = pd.concat([oof_frame, fold_probs_frame(first.rows, blended_oof, classes).drop(columns="id")], axis=1)
-    write_csv_atomic(out_dir / "oof.csv", oof_frame, float_format="%.7g")
-    write_csv_atomic(out_dir / "test_probs.csv", fold_probs_frame(first.test_ids, test_scores, classes),
-                     float_format="%.7g")
+    _write_probs(out_dir, first, blended_oof, vote_scores(members_test, voting, w))
+    picked = vote(members_test, voting, w)
     write_json_atomic(out_dir / "blend.json", {
         "experiments": names, "weights": dict(zip(names, w.round(6).tolist())),
         "fitted_weights": dict(zip(names, fitted.round(6).tolist())), "weights_kind": weights,
@@ -278,3 +257,44 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
         f"{f', logit adjustment tau={applied_tau:g}' if applied_tau else ''} → {sub}")
     return sub
 
+
+def _check_choices(voting: str, weights: str, objective: str) -> None:
+    from pipeline.predict.voting import VOTING_MODES, WEIGHT_OBJECTIVES
+
+    if voting not in VOTING_MODES:
+        raise ValueError(f"--voting: unknown mode {voting!r}; valid: {', '.join(VOTING_MODES)}")
+    if weights not in ("fitted", "uniform"):
+        raise ValueError(f"--weights: {weights!r} is not 'fitted' or 'uniform'")
+    if objective not in WEIGHT_OBJECTIVES:
+        raise ValueError(f"--objective: {objective!r} is not one of {', '.join(WEIGHT_OBJECTIVES)}")
+
+
+def _load_members(experiments: list, output_dir, oof_source: str, log) -> list:
+    """Each experiment's OOF and test probabilities, from the same OOF source, on the same folds."""
+    from pipeline.config import Config
+
+    cfgs = [e if isinstance(e, Config) else load_experiment(e, output_dir) for e in experiments]
+    names = [c.experiment for c in cfgs]
+    if len(cfgs) < 2 or len(set(names)) != len(names):
+        raise ValueError(f"a blend needs two or more different experiments, got {names}")
+    members = [load_member(c, oof_source) for c in cfgs]
+    if len({m.oof_source for m in members}) > 1:  # auto fell back for some: compare like with like
+        log("[blend] not every experiment has oof_tta.csv; using oof.csv (no TTA) for all")
+        members = [load_member(c, "plain") for c in cfgs]
+    check_same_folds(members)
+    return members
+
+
+def _write_probs(out_dir: Path, first, blended_oof, test_scores) -> None:
+    """The blend's oof.csv and test_probs.csv, read like an experiment's (so a blend can be blended)."""
+    import pandas as pd
+
+    from pipeline.fileio import write_csv_atomic
+    from pipeline.predict.probs import fold_probs_frame
+
+    classes = first.classes
+    oof_frame = pd.DataFrame({"row": first.rows, "label": first.labels.to_numpy(), "fold": first.folds})
+    oof_frame = pd.concat([oof_frame, fold_probs_frame(first.rows, blended_oof, classes).drop(columns="id")], axis=1)
+    write_csv_atomic(out_dir / "oof.csv", oof_frame, float_format="%.7g")
+    write_csv_atomic(out_dir / "test_probs.csv", fold_probs_frame(first.test_ids, test_scores, classes),
+                     float_format="%.7g")

@@ -29,335 +29,29 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from pipeline.data.cache import BatchNormalize, CachedImageDataset, build_cache, cached_transform, make_dataset
-from pipeline.config import AugmentConfig, load_config
+from pipeline.config import AugmentConfig
+from pipeline.data.cache import BatchNormalize, build_cache
 from pipeline.data.transforms import load_rgb
-from pipeline.data.tables import read_train_table
 from pipeline.fileio import write_json_atomic
+from pipeline.tools.measure import (SPREAD_TOLERANCE, Paired, PeakRSS, judge_efficiency, load1, measure, median_of,
+                                    reset_hwm, rotated, summary, torch_threads)
+from pipeline.tools.workloads import (bare_predict, bare_train, bench_dataset, demo_augment, demo_table,
+                                      loader_only, make_loader, pipeline_predict, pipeline_train, training_rows,
+                                      write_large_images)
 
 __all__ = ["run_bench", "judge_efficiency", "PeakRSS", "main", "SPREAD_TOLERANCE"]
 
-REPO = Path(__file__).resolve().parents[2]
-DEMO_AUGMENT = [  # configs/demo.yaml's augment.train, used when that file is not at hand
-    {"Affine": {"translate_px": [-2, 2], "scale": [0.9, 1.1], "rotate": [-10, 10], "p": 0.7}},
-    {"RandomBrightnessContrast": {"p": 0.3}},
-]
 DEMO_VIEWS = ["identity", "scale_0.9", "scale_1.1"]
 MASK_COMPETITION_IMAGES = 18_900   # 2700 people x 7 photos: for the per-epoch extrapolation
-
-
-# ---- measuring ----------------------------------------------------------------------------------
-
-def _rss() -> int:
-    import psutil
-    return psutil.Process().memory_info().rss
-
-
-def _read_hwm() -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_hwm() -> bool:
-    """Linux: writing 5 to /proc/self/clear_refs resets the peak-RSS mark (VmHWM, ru_maxrss)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return _read_hwm() is not None
-    except OSError:
-        return False
-
-
-class PeakRSS:
-    """Peak resident memory of a phase: this process exactly, DataLoader workers sampled.
-
-    Why not ru_maxrss deltas: ru_maxrss is a lifetime high-water mark, so a phase that needs
-    less than an earlier one shows 0, and RUSAGE_CHILDREN is the max of finished children,
-    not the sum of a phase's live workers. Instead:
-
-    * this process: on Linux the high-water mark is reset at the start of the phase
-      (`/proc/self/clear_refs` = 5) and VmHWM read at its end: exact, no overhead. Where that
-      is not possible, a thread samples RSS every `interval` seconds (can miss short spikes).
-    * workers (`children=True`): a thread sums the RSS of all child processes every `interval`
-      seconds. Pages shared with the parent (forked model, memory-mapped cache) count once per
-      process, so this overstates the real cost of workers.
-
-    `peak_mb` is the absolute peak of this process, `delta_mb` the peak minus the RSS at the
-    start of the phase (what the phase added), `workers_mb` the sampled peak sum over workers.
-    """
-
-    def __init__(self, children: bool = False, interval: float = 0.01):
-        self.children, self.interval = children, interval
-
-    def __enter__(self):
-        import psutil
-        self._proc = psutil.Process()
-        self.start = _rss()
-        self._exact = _reset_hwm()
-        self._main_peak, self._child_peak = self.start, 0
-        self._stop = threading.Event()
-        self._thread = None
-        if self.children or not self._exact:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        import psutil
-        while not self._stop.is_set():
-            try:
-                self._main_peak = max(self._main_peak, self._proc.memory_info().rss)
-                if self.children:
-                    total = 0
-                    for child in self._proc.children(recursive=True):
-                        try:
-                            total += child.memory_info().rss
-                        except psutil.Error:
-                            pass
-                    self._child_peak = max(self._child_peak, total)
-            except psutil.Error:
-                pass
-            self._stop.wait(self.interval)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        peak = _read_hwm() if self._exact else None
-        self.peak = max(peak or 0, self._main_peak)
-        self.peak_mb = self.peak / 2**20
-        self.delta_mb = (self.peak - self.start) / 2**20
-        self.workers_mb = self._child_peak / 2**20
-        return False
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextmanager
-def _threads(n: int | None):
-    """Temporarily set torch's intra-op thread count (None: leave it)."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def _load1() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
-# ---- data ---------------------------------------------------------------------------------------
-
-def _demo_augment(image_size: int) -> AugmentConfig:
-    demo = REPO / "configs" / "demo.yaml"
-    if demo.is_file():
-        aug = load_config(demo).augment
-        aug.image_size = image_size
-        return aug
-    return AugmentConfig(image_size=image_size, train=DEMO_AUGMENT)
-
-
-def _demo_table(data_dir: Path | None, tmp: Path, log) -> tuple[list[str], np.ndarray]:
-    """(image paths, integer labels) of the demo's training set (data/demo, else a fresh copy)."""
-    import pandas as pd
-    from pipeline.competitions.demo import make_demo_dataset
-
-    if data_dir is None:
-        data_dir = REPO / "data" / "demo"
-        if not (data_dir / "train.csv").is_file():
-            log(f"[bench] writing the demo dataset to {tmp / 'demo'}")
-            data_dir = make_demo_dataset(tmp / "demo", seed=0)["root"]
-    demo_yaml = REPO / "configs" / "demo.yaml"
-    cfg = load_config(demo_yaml if demo_yaml.is_file() else None,
-                      {"data": {"train_csv": str(Path(data_dir) / "train.csv"), "image_root": str(data_dir)}})
-    table = read_train_table(cfg)
-    labels = pd.factorize(table["label"], sort=True)[0]
-    return table["image"].tolist(), labels
-
-
-def _training_rows(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """`n` rows drawn like a fold's training loader: oversampled (ratio 0.5, as the demo), then shuffled."""
-    from pipeline.data.sampling import oversample_indices
-
-    rows = oversample_indices(labels, 0.5, seed)
-    rng = np.random.default_rng(seed)
-    rows = rng.permutation(rows)
-    if len(rows) < n:
-        rows = np.resize(rows, n)
-    return rows[:n]
-
-
-def _make_loader(dataset, batch_size: int, device, workers: int, shuffle: bool, seed: int = 0):
-    from pipeline.device import seed_worker
-
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed),
-        worker_init_fn=seed_worker if workers else None, persistent_workers=False)
-
-
-def _dataset(kind: str, paths, rows, targets, aug, train: bool, decoded):
-    """kind: 'disk' and 'u8' are what training builds with `data.cache` off and on (`cache.make_dataset`);
-    'cache' is the cache with albumentations' per-image Normalize (float items), for comparison."""
-    if kind == "cache":
-        ds = CachedImageDataset(decoded, rows, targets, cached_transform(aug, train, normalize=True))
-    else:
-        ds = make_dataset(aug, paths, rows, targets, train=train, decoded=decoded if kind == "u8" else None)
-    ds.transform.set_random_seed(0)
-    return ds
-
-
-# ---- the phases ---------------------------------------------------------------------------------
-
-def _bare_train(model, optimizer, loss_fn, x, y, steps: int, device) -> float:
-    """Seconds for `steps` forward+backward+step on in-memory tensors."""
-    model.train()
-    _sync(device)
-    tick = time.perf_counter()
-    for _ in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        loss.item()
-    _sync(device)
-    return time.perf_counter() - tick
-
-
-def _pipeline_train(model, optimizer, loss_fn, loader, device, normalize=None) -> float:
-    """Seconds for one `train.train_one_epoch` over `loader` (the real training loop; uint8
-    batches are normalised by `StepTools.normalize`, as `train.fit` does with the cache)."""
-    from pipeline.train.loop import StepTools, train_one_epoch
-
-    _sync(device)
-    tick = time.perf_counter()
-    train_one_epoch(model, loader, optimizer, loss_fn, device, 0, StepTools(normalize=normalize))
-    _sync(device)
-    return time.perf_counter() - tick
-
-
-def _bare_predict(model, x, n_batches: int, device) -> float:
-    model.eval()
-    _sync(device)
-    tick = time.perf_counter()
-    with torch.inference_mode():
-        for _ in range(n_batches):
-            model(x)
-    _sync(device)
-    return time.perf_counter() - tick
-
-
-def _pipeline_predict(model, loader, views, device, normalize) -> float:
-    from pipeline.predict.tta import predict_tta
-
-    model.eval()
-    _sync(device)
-    tick = time.perf_counter()
-    out = [predict_tta(model, normalize(images.to(device, non_blocking=True)), views, "mean").float().cpu()
-           for images, _ in loader]
-    torch.cat(out)
-    _sync(device)
-    return time.perf_counter() - tick
-
-
-def _loader_only(loader, device, normalize) -> float:
-    """Seconds to get every batch of `loader` onto `device`, normalised (uint8 batches: by `normalize`)."""
-    tick = time.perf_counter()
-    for images, _ in loader:
-        normalize(images.to(device, non_blocking=True))
-    _sync(device)
-    return time.perf_counter() - tick
-
-
-def _median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def _measure(fn: Callable[[], float], children: bool = False) -> tuple[float, PeakRSS]:
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    with PeakRSS(children=children) as mem:
-        seconds = fn()
-    mem.gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
-    return seconds, mem
-
-
-def _summary(seconds: list[float], mems: list[PeakRSS], n: int, extra: dict | None = None) -> dict:
-    rates = [n / s for s in seconds]
-    out = {"images_per_s": round(_median(rates), 1), "images_per_s_all": [round(r, 1) for r in rates],
-           "seconds_median": round(_median(seconds), 4),
-           "peak_rss_mb": round(max(m.peak_mb for m in mems), 1),
-           "peak_rss_delta_mb": round(max(m.delta_mb for m in mems), 1)}
-    if any(m.workers_mb for m in mems):
-        out["workers_rss_mb"] = round(max(m.workers_mb for m in mems), 1)
-    if any(m.gpu_mb for m in mems):
-        out["gpu_peak_mb"] = round(max(m.gpu_mb for m in mems), 1)
-    out.update(extra or {})
-    return out
-
-
-class _Paired:
-    """A DataLoader that runs one bare step (timed apart) before handing out each batch.
-
-    Wrapped around a main-process loader (num_workers=0), every pipeline step then runs right
-    after a bare step on in-memory tensors, so both see the same load from other processes:
-    the ratio of their sums is the efficiency, robust to load bursts that last seconds.
-    Pipeline time = the loop's total time - `bare_seconds`. (With workers the loader would
-    prefetch during the bare steps, so worker variants are compared unpaired.)
-    """
-
-    def __init__(self, loader, bare_step: Callable[[], None], device):
-        self.loader, self.bare_step, self.device = loader, bare_step, device
-        self.bare_seconds = 0.0
-
-    def __getattr__(self, name):          # sampler, batch_size, drop_last, dataset, ...
-        return getattr(self.loader, name)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for batch in self.loader:
-            # The batch was fetched before the bare step, so undo nothing: the fetch stays in
-            # the pipeline's time; only the bare step's own time is moved to bare_seconds.
-            _sync(self.device)
-            tick = time.perf_counter()
-            self.bare_step()
-            _sync(self.device)
-            self.bare_seconds += time.perf_counter() - tick
-            yield batch
-
 
 TRAIN_VARIANTS = {
     # name: (dataset kind, DataLoader workers, torch threads during the run (None: unchanged))
@@ -374,17 +68,14 @@ LOADER_VARIANTS = {  # name: (kind, train transform?)
 }
 
 
-def _rotated(names, r: int) -> list:
-    names = list(names)
-    return names[r % len(names):] + names[:r % len(names)]
-
+# ---- the phases ---------------------------------------------------------------------------------
 
 def _train_phase(ctx, repeats: int, log) -> dict:
     import copy
 
     from pipeline.config import Config, ModelConfig
     from pipeline.train.models import create_model
-    from pipeline.train.loop import build_optimizer
+    from pipeline.train.optim import build_optimizer
 
     device, bs, steps, size = ctx["device"], ctx["batch_size"], ctx["steps"], ctx["image_size"]
     n = steps * bs
@@ -399,26 +90,26 @@ def _train_phase(ctx, repeats: int, log) -> dict:
     normalize = BatchNormalize(ctx["aug"].mean, ctx["aug"].std).to(device)
     x = torch.randn(bs, 3, size, size, device=device)
     y = torch.randint(0, ctx["n_classes"], (bs,), device=device)
-    rows = _training_rows(ctx["labels"], n)
+    rows = training_rows(ctx["labels"], n)
     targets = ctx["labels"][rows]
-    _bare_train(net, optimizer, loss_fn, x, y, 3, device)   # warm-up: allocator, kernels, optimizer state
-    _bare_train(twin, twin_opt, loss_fn, x, y, 3, device)
-    twin_step = lambda: _bare_train(twin, twin_opt, loss_fn, x, y, 1, device)  # noqa: E731
+    bare_train(net, optimizer, loss_fn, x, y, 3, device)   # warm-up: allocator, kernels, optimizer state
+    bare_train(twin, twin_opt, loss_fn, x, y, 3, device)
+    twin_step = lambda: bare_train(twin, twin_opt, loss_fn, x, y, 1, device)  # noqa: E731
     times: dict[str, list] = {"bare": []}
     mems: dict[str, list] = {"bare": []}
     effs: dict[str, list] = {}
     for r in range(repeats):
-        s, m = _measure(lambda: _bare_train(net, optimizer, loss_fn, x, y, steps, device))
+        s, m = measure(lambda: bare_train(net, optimizer, loss_fn, x, y, steps, device))
         times["bare"].append(s)
         mems["bare"].append(m)
-        for name in _rotated(TRAIN_VARIANTS, r):
+        for name in rotated(TRAIN_VARIANTS, r):
             kind, workers, threads = TRAIN_VARIANTS[name]
-            ds = _dataset(kind, ctx["paths"], rows, targets, ctx["aug"], True, ctx["decoded"])
-            loader = _make_loader(ds, bs, device, workers, shuffle=True, seed=r)
+            ds = bench_dataset(kind, ctx["paths"], rows, targets, ctx["aug"], True, ctx["decoded"])
+            loader = make_loader(ds, bs, device, workers, shuffle=True, seed=r)
             if workers == 0:
-                loader = _Paired(loader, twin_step, device)
-            with _threads(threads):
-                s, m = _measure(lambda: _pipeline_train(net, optimizer, loss_fn, loader, device,
+                loader = Paired(loader, twin_step, device)
+            with torch_threads(threads):
+                s, m = measure(lambda: pipeline_train(net, optimizer, loss_fn, loader, device,
                                                         normalize if kind == "u8" else None),
                                 children=workers > 0)
             if workers == 0:
@@ -428,12 +119,12 @@ def _train_phase(ctx, repeats: int, log) -> dict:
                 effs.setdefault(name, []).append(times["bare"][-1] / s)
             times.setdefault(name, []).append(s)
             mems.setdefault(name, []).append(m)
-        log(f"[bench] train repeat {r + 1}/{repeats} (load {_load1()}): " + ", ".join(
+        log(f"[bench] train repeat {r + 1}/{repeats} (load {load1()}): " + ", ".join(
             f"{k} {n / v[-1]:.0f}/s" for k, v in times.items()))
-    out = {"bare": _summary(times["bare"], mems["bare"], n)}
+    out = {"bare": summary(times["bare"], mems["bare"], n)}
     for name, (kind, workers, threads) in TRAIN_VARIANTS.items():
-        out[name] = _summary(times[name], mems[name], n, {
-            "efficiency": round(_median(effs[name]), 3), "efficiency_all": [round(e, 3) for e in effs[name]],
+        out[name] = summary(times[name], mems[name], n, {
+            "efficiency": round(median_of(effs[name]), 3), "efficiency_all": [round(e, 3) for e in effs[name]],
             "paired": workers == 0, "workers": workers, "torch_threads": threads or torch.get_num_threads()})
     ctx["net"] = net
     return out
@@ -451,80 +142,63 @@ def _predict_phase(ctx, repeats: int, log) -> dict:
     x = torch.randn(len(views) * bs, 3, size, size, device=device)     # bare: the same V*B batches
     images = torch.randn(bs, 3, size, size, device=device)
     norm = BatchNormalize(ctx["aug"].mean, ctx["aug"].std).to(device)
-    _bare_predict(net, x, 2, device)
-    bare_step = lambda: _bare_predict(net, x, 1, device)  # noqa: E731
+    bare_predict(net, x, 2, device)
+    bare_step = lambda: bare_predict(net, x, 1, device)  # noqa: E731
     times: dict[str, list] = {"bare": []}
     mems: dict[str, list] = {"bare": []}
     effs: dict[str, list] = {}
     for r in range(repeats):
-        s, m = _measure(lambda: _bare_predict(net, x, n_batches, device))
+        s, m = measure(lambda: bare_predict(net, x, n_batches, device))
         times["bare"].append(s)
         mems["bare"].append(m)
-        for name in _rotated(PREDICT_VARIANTS, r):
+        for name in rotated(PREDICT_VARIANTS, r):
             kind = PREDICT_VARIANTS[name]
             if kind == "memory":   # TTA on batches already in memory: the views' own cost, no loader
                 loader = [(images, None)] * n_batches
             else:
-                ds = _dataset(kind, ctx["paths"], rows, None, ctx["aug"], False, ctx["decoded"])
-                loader = _make_loader(ds, bs, device, 0, shuffle=False)
-            loader = _Paired(loader, bare_step, device)
-            s, m = _measure(lambda: _pipeline_predict(net, loader, views, device, norm))
+                ds = bench_dataset(kind, ctx["paths"], rows, None, ctx["aug"], False, ctx["decoded"])
+                loader = make_loader(ds, bs, device, 0, shuffle=False)
+            loader = Paired(loader, bare_step, device)
+            s, m = measure(lambda: pipeline_predict(net, loader, views, device, norm))
             s -= loader.bare_seconds
             effs.setdefault(name, []).append(loader.bare_seconds / s)
             times.setdefault(name, []).append(s)
             mems.setdefault(name, []).append(m)
-        log(f"[bench] predict repeat {r + 1}/{repeats} (load {_load1()}): " + ", ".join(
+        log(f"[bench] predict repeat {r + 1}/{repeats} (load {load1()}): " + ", ".join(
             f"{k} {n * len(views) / v[-1]:.0f} views/s" for k, v in times.items()))
     nv = n * len(views)     # forward passes: images x views
-    out = {"views": [v.name for v in views], "bare": _summary(times["bare"], mems["bare"], nv)}
+    out = {"views": [v.name for v in views], "bare": summary(times["bare"], mems["bare"], nv)}
     for name in PREDICT_VARIANTS:
-        out[name] = _summary(times[name], mems[name], nv, {
-            "efficiency": round(_median(effs[name]), 3), "efficiency_all": [round(e, 3) for e in effs[name]],
-            "paired": True, "images_only_per_s": round(_median([n / s for s in times[name]]), 1)})
+        out[name] = summary(times[name], mems[name], nv, {
+            "efficiency": round(median_of(effs[name]), 3), "efficiency_all": [round(e, 3) for e in effs[name]],
+            "paired": True, "images_only_per_s": round(median_of([n / s for s in times[name]]), 1)})
     return out
 
 
 def _loader_phase(ctx, repeats: int, log) -> dict:
     device, bs = ctx["device"], ctx["batch_size"]
     n = ctx["steps"] * bs
-    rows = _training_rows(ctx["labels"], n)
+    rows = training_rows(ctx["labels"], n)
     norm = BatchNormalize(ctx["aug"].mean, ctx["aug"].std).to(device)
     times: dict[str, list] = {}
     mems: dict[str, list] = {}
     for r in range(repeats):
         for name, (kind, train) in LOADER_VARIANTS.items():
-            ds = _dataset(kind, ctx["paths"], rows, ctx["labels"][rows], ctx["aug"], train, ctx["decoded"])
-            loader = _make_loader(ds, bs, device, 0, shuffle=train, seed=r)
-            s, m = _measure(lambda: _loader_only(loader, device, norm))
+            ds = bench_dataset(kind, ctx["paths"], rows, ctx["labels"][rows], ctx["aug"], train, ctx["decoded"])
+            loader = make_loader(ds, bs, device, 0, shuffle=train, seed=r)
+            s, m = measure(lambda: loader_only(loader, device, norm))
             times.setdefault(name, []).append(s)
             mems.setdefault(name, []).append(m)
-    out = {name: _summary(times[name], mems[name], n) for name in LOADER_VARIANTS}
+    out = {name: summary(times[name], mems[name], n) for name in LOADER_VARIANTS}
     out["cache_build"] = ctx["cache_build"]
     return out
-
-
-def _write_large_images(folder: Path, n: int, width: int = 384, height: int = 512, seed: int = 0) -> list[str]:
-    """Photo-like JPEGs: smooth random colour fields plus sensor-like noise (quality 90)."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        base = Image.fromarray(rng.integers(0, 256, (height // 32, width // 32, 3), dtype=np.uint8))
-        smooth = np.asarray(base.resize((width, height), Image.BICUBIC), dtype=np.float32)
-        pixels = np.clip(smooth + rng.normal(0, 6, smooth.shape), 0, 255).astype(np.uint8)
-        path = folder / f"photo_{i:04d}.jpg"
-        Image.fromarray(pixels).save(path, quality=90)
-        paths.append(str(path))
-    return paths
 
 
 def _large_phase(ctx, tmp: Path, n_images: int, size: int, repeats: int, log) -> dict:
     from pipeline.data.cache import geometry_transform
 
     device, bs = ctx["device"], ctx["batch_size"]
-    paths = _write_large_images(tmp / "large", n_images)
+    paths = write_large_images(tmp / "large", n_images)
     aug = AugmentConfig(image_size=size, train=[])
     geom = geometry_transform(size)
     decode_ms, resize_ms = [], []
@@ -547,12 +221,12 @@ def _large_phase(ctx, tmp: Path, n_images: int, size: int, repeats: int, log) ->
     norm = BatchNormalize(aug.mean, aug.std).to(device)
     for _ in range(repeats):
         for name, kind in (("cold", "disk"), ("warm", "cache"), ("warm_u8", "u8")):
-            ds = _dataset(kind, paths, rows, None, aug, False, decoded)
-            loader = _make_loader(ds, bs, device, 0, shuffle=False)
-            s, m = _measure(lambda: _loader_only(loader, device, norm))
+            ds = bench_dataset(kind, paths, rows, None, aug, False, decoded)
+            loader = make_loader(ds, bs, device, 0, shuffle=False)
+            s, m = measure(lambda: loader_only(loader, device, norm))
             times.setdefault(name, []).append(s)
             mems.setdefault(name, []).append(m)
-    loaders = {name: _summary(times[name], mems[name], n_images) for name in times}
+    loaders = {name: summary(times[name], mems[name], n_images) for name in times}
     cold_ms = 1e3 / loaders["cold"]["images_per_s"]
     # On a CPU device at 224 px the batch normalisation is memory-bound torch work and per-image
     # Normalize (cv2 LUT) can be faster; count the cache's saving with the better of the two.
@@ -562,8 +236,8 @@ def _large_phase(ctx, tmp: Path, n_images: int, size: int, repeats: int, log) ->
         "images": n_images, "source": "384x512 (w x h) JPEG, quality 90, smooth colour fields + noise",
         "file_kb_mean": round(sum(os.path.getsize(p) for p in paths) / n_images / 1024, 1),
         "size": size,
-        "decode_ms_per_image": round(_median(decode_ms), 3),
-        "resize_ms_per_image": round(_median(resize_ms), 3),
+        "decode_ms_per_image": round(median_of(decode_ms), 3),
+        "resize_ms_per_image": round(median_of(resize_ms), 3),
         "cache_build_s": round(build_s, 3),
         "cache_build_s_1thread": round(single.seconds, 3),
         "cache_build_peak_rss_delta_mb": round(mem_build.delta_mb, 1),
@@ -579,42 +253,6 @@ def _large_phase(ctx, tmp: Path, n_images: int, size: int, repeats: int, log) ->
     return out
 
 
-# The runs of one line may differ by this share of their median before the line is called noise.
-SPREAD_TOLERANCE = 0.10
-
-
-def judge_efficiency(runs: list[float], load_before: float | None, load_after: float | None,
-                     cpus: int | None, tolerance: float = SPREAD_TOLERANCE) -> dict:
-    """A headline efficiency, or the reason there is none.
-
-    The median of `runs` is a result only when the runs agree (their range is within `tolerance`
-    of the median) and it is not above 1 + `tolerance` (faster than the bare model is impossible:
-    only noise gives that). A median between 1 and 1 + `tolerance` reads "indistinguishable from
-    the bare model". When the runs disagree, the load average says whether other processes ran.
-
-    >>> judge_efficiency([0.95, 0.96, 0.94], 0.1, 0.2, 2)["headline"]
-    '0.950'
-    >>> judge_efficiency([0.31, 1.43, 1.49], 3.9, 4.2, 2)["reliable"]
-    False
-    """
-    median = statistics.median(runs)
-    spread = (max(runs) - min(runs)) / median if median > 0 else float("inf")
-    problems = []
-    if spread > tolerance:
-        problems.append(f"its {len(runs)} runs ranged {min(runs):.2f}-{max(runs):.2f}, a spread of {spread:.0%} "
-                        f"of the median (more than {tolerance:.0%})")
-    if median > 1 + tolerance:
-        problems.append(f"its median {median:.2f} is above 1, which only noise can give")
-    busy = [v for v in (load_before, load_after) if v is not None]
-    load = (f"load average {load_before} before, {load_after} after, on {cpus} CPUs"
-            + (": other processes were running" if cpus and busy and max(busy) > 0.5 * cpus else ""))
-    if problems:
-        return {"reliable": False, "median": round(median, 3), "headline": None,
-                "why": "not a measurement: " + "; ".join(problems) + f" ({load}). Rerun on an idle machine."}
-    headline = f"{median:.3f}" if median <= 1 else f"1.00 (indistinguishable from the bare model; median {median:.3f})"
-    return {"reliable": True, "median": round(median, 3), "headline": headline, "why": load}
-
-
 def _expected_efficiency(result: dict) -> None:
     """Cross-check, robust to load bursts: with the loader in the main process, a step costs the
     bare step plus the loader's time for one batch, so efficiency ~ t_bare / (t_bare + t_loader)."""
@@ -627,6 +265,7 @@ def _expected_efficiency(result: dict) -> None:
 # ---- the report ---------------------------------------------------------------------------------
 
 def _table(result: dict) -> str:
+    """The result as the table `make bench` prints: one line per measured variant, then the headlines."""
     m = result["meta"]
     lines = [f"bench: {m['model']} {m['image_size']}x{m['image_size']}, batch {m['batch_size']}, "
              f"{m['steps']} batches ({m['images']} images) per run, on {m['device']} "
@@ -668,16 +307,7 @@ def _table(result: dict) -> str:
     cb = lo["cache_build"]
     lines.append(f"cache build (demo, {cb['images']} images at {m['image_size']}px): {cb['seconds']:.2f}s, "
                  f"{cb['mb']:.1f} MB on disk; reuse check {cb['reuse_ms']:.1f} ms")
-    lg = result.get("large")
-    if lg:
-        lines.append(f"large: {lg['images']} JPEGs 384x512 → {lg['size']}: decode {lg['decode_ms_per_image']:.2f} ms + "
-                     f"resize {lg['resize_ms_per_image']:.2f} ms per image; loader cold "
-                     f"{lg['loader']['cold']['images_per_s']:.0f}/s, warm {lg['loader']['warm_u8']['images_per_s']:.0f}/s "
-                     f"(uint8) / {lg['loader']['warm']['images_per_s']:.0f}/s (normalised); cache build "
-                     f"{lg['cache_build_s']:.2f}s ({lg['cache_build_s_1thread']:.2f}s on 1 thread), {lg['cache_mb']:.0f} MB")
-        lines.append(f"large: the cache saves {lg['saved_ms_per_image']:.2f} ms per image per epoch = "
-                     f"{lg['saved_s_per_epoch_at_18900_images']:.0f} s per epoch at 18,900 images "
-                     f"(cache {lg['cache_gb_at_18900_images']:.2f} GB)")
+    lines.extend(_large_lines(result.get("large")))
     lines.append("expected = bare / (bare + the loader's own time per batch): the efficiency the loader "
                  "alone allows, less sensitive to load bursts than the measured ratio")
     for phase, target in (("training", 0.85), ("prediction", 0.90)):
@@ -687,6 +317,20 @@ def _table(result: dict) -> str:
         else:
             lines.append(f"headline: {phase} efficiency UNRELIABLE, {judged['why']}")
     return "\n".join(lines)
+
+
+def _large_lines(lg: dict | None) -> list[str]:
+    """The table's two lines on the large-image case (none when it was skipped)."""
+    if not lg:
+        return []
+    return [f"large: {lg['images']} JPEGs 384x512 → {lg['size']}: decode {lg['decode_ms_per_image']:.2f} ms + "
+            f"resize {lg['resize_ms_per_image']:.2f} ms per image; loader cold "
+            f"{lg['loader']['cold']['images_per_s']:.0f}/s, warm {lg['loader']['warm_u8']['images_per_s']:.0f}/s "
+            f"(uint8) / {lg['loader']['warm']['images_per_s']:.0f}/s (normalised); cache build "
+            f"{lg['cache_build_s']:.2f}s ({lg['cache_build_s_1thread']:.2f}s on 1 thread), {lg['cache_mb']:.0f} MB",
+            f"large: the cache saves {lg['saved_ms_per_image']:.2f} ms per image per epoch = "
+            f"{lg['saved_s_per_epoch_at_18900_images']:.0f} s per epoch at 18,900 images "
+            f"(cache {lg['cache_gb_at_18900_images']:.2f} GB)"]
 
 
 def run_bench(out_json: str | Path = "outputs/bench.json", device: str = "cpu", model: str = "resnet10t",
@@ -701,7 +345,7 @@ def run_bench(out_json: str | Path = "outputs/bench.json", device: str = "cpu", 
     OpenMP's wait policy cannot change after torch is imported: set OMP_WAIT_POLICY in the
     environment to compare (it is recorded in the result).
     """
-    with _threads(threads):   # restored afterwards: the caller's thread count is left as it was
+    with torch_threads(threads):   # restored afterwards: the caller's thread count is left as it was
         return _run_bench(Path(out_json), device, model, image_size, batch_size, n_images, steps, repeats,
                           large_images, large_size, data_dir, log)
 
@@ -713,12 +357,12 @@ def _run_bench(out_json, device, model, image_size, batch_size, n_images, steps,
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("bench: device 'cuda' requested but CUDA is not available")
-    load_before = _load1()
+    load_before = load1()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
         tmp = Path(tmp_name)
-        paths, labels = _demo_table(Path(data_dir) if data_dir else None, tmp, log)
-        aug = _demo_augment(image_size)
+        paths, labels = demo_table(Path(data_dir) if data_dir else None, tmp, log)
+        aug = demo_augment(image_size)
         tick = time.perf_counter()
         decoded = build_cache(paths, image_size, aug.pre_resize_crop, tmp / "cache")
         build_s = time.perf_counter() - tick
@@ -736,7 +380,7 @@ def _run_bench(out_json, device, model, image_size, batch_size, n_images, steps,
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: OpenMP default)"),
             "torch": torch.__version__, "augment_train": aug.train, "load_before": load_before,
-            "peak_rss_method": "VmHWM reset per phase" if _reset_hwm() else "sampled RSS"}}
+            "peak_rss_method": "VmHWM reset per phase" if reset_hwm() else "sampled RSS"}}
         result["train"] = _train_phase(ctx, repeats, log)
         result["predict"] = _predict_phase(ctx, repeats, log)
         result["loader"] = _loader_phase(ctx, repeats, log)
@@ -744,7 +388,7 @@ def _run_bench(out_json, device, model, image_size, batch_size, n_images, steps,
         if large_images:
             result["large"] = _large_phase(ctx, tmp, large_images, large_size, repeats, log)
         del ctx, decoded
-    result["meta"]["load_after"] = _load1()
+    result["meta"]["load_after"] = load1()
     for phase, part in (("training", "train"), ("prediction", "predict")):
         judged = judge_efficiency(result[part]["cache_u8"]["efficiency_all"], result["meta"]["load_before"],
                                   result["meta"]["load_after"], result["meta"]["cpus"])

@@ -42,7 +42,7 @@ def build_everything(cfg: Config, classes: list[str] | None) -> None:
     from pipeline.data.transforms import build_transform
     from pipeline.train.losses import build_loss
     from pipeline.train.models import create_model
-    from pipeline.train.loop import build_optimizer, build_scheduler
+    from pipeline.train.optim import build_optimizer, build_scheduler
     from pipeline.predict.tta import parse_views
 
     n_classes = len(classes) if classes else _default_classes(cfg)

@@ -233,35 +233,66 @@ def tune(cfg: Config, trials: int | None = None, storage=None, out_config: str |
     """
     import optuna
 
-    from pipeline.fileio import folder_lock, write_text_atomic
-    from pipeline.train.parallel import fold_is_done
-    from pipeline.train.parallel import check_fold_list
-    from pipeline.train.loop import NonFiniteLossError, fit
-
     space = validate_space(cfg)
     trials = cfg.tune.trials if trials is None else int(trials)
+    folds = _tune_folds(cfg, trials)
+    url = storage or cfg.tune.storage or default_storage(cfg)
+    name = study_name or cfg.tune.study_name or f"{cfg.experiment}-tune"
+    study = _open_study(cfg, url, name)
+    finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    finished = len(study.get_trials(deepcopy=False, states=finished_states))
+    base = config_to_dict(cfg)
+    remaining = max(0, trials - finished)
+    log(f"[tune] study '{name}' in {_redact(url)}: {finished} finished trial(s), running {remaining} more "
+        f"(folds {folds}, objective: out-of-fold {OBJECTIVE})")
+    if remaining:
+        study.optimize(_objective(study, cfg, space, folds, base, log), n_trials=remaining, gc_after_trial=True,
+                       catch=(ConfigError,),
+                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished_states)])
+    table = trials_table(study)
+    with pd.option_context("display.width", 200, "display.max_columns", None):
+        log(table.to_string(index=False) if not table.empty else "(no trials)")
+    _write_best(cfg, study, base, folds, f"Optuna study '{name}' ({_redact(url)})", out_config, log)
+    return study
+
+
+def _tune_folds(cfg: Config, trials: int) -> list[int]:
+    """`tune.folds`, checked (and the folds file exists), before any trial starts."""
+    from pipeline.train.parallel import check_fold_list
+
     if trials < 1:
         raise ConfigError(f"tune.trials: must be at least 1; got {trials}")
     if not cfg.tune.folds:
         raise ConfigError(f"tune.folds: must list folds in 0..{cfg.folds.n_splits - 1}")
     try:
-        folds = check_fold_list(cfg, cfg.tune.folds)   # also: the folds file exists
+        return check_fold_list(cfg, cfg.tune.folds)
     except ValueError as exc:
         raise ConfigError(f"tune.folds: {exc}") from None
 
-    url = storage or cfg.tune.storage or default_storage(cfg)
-    name = study_name or cfg.tune.study_name or f"{cfg.experiment}-tune"
+
+def _open_study(cfg: Config, url, name: str):
+    """Create or load the maximising study, with a sampler seeded for this session."""
+    import optuna
+
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
               if cfg.tune.pruner == "median" else optuna.pruners.NopPruner())
     study = optuna.create_study(storage=_make_storage(url), study_name=name, direction="maximize",
                                 pruner=pruner, load_if_exists=True)
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise ConfigError(f"tune.study_name: study '{name}' in {_redact(url)} is not a maximising study")
-    finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    finished = len(study.get_trials(deepcopy=False, states=finished_states))
     # A different seed per session: a resumed search does not redraw the first session's values.
     study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.trials))
-    base = config_to_dict(cfg)
+    return study
+
+
+def _objective(study, cfg: Config, space: dict, folds: list[int], base: dict, log):
+    """The trial function: train `folds` with the drawn values (pruned on the way), return the OOF score."""
+    import optuna
+
+    from pipeline.fileio import folder_lock
+    from pipeline.train.loop import NonFiniteLossError, fit
+    from pipeline.train.parallel import fold_is_done
+
     trials_root = cfg.exp_dir / "trials"
 
     def objective(trial) -> float:
@@ -298,19 +329,17 @@ def tune(cfg: Config, trials: int | None = None, storage=None, out_config: str |
         trial.set_user_attr("fold_" + OBJECTIVE, {str(k): v for k, v in per_fold.items()})
         return value
 
-    remaining = max(0, trials - finished)
-    log(f"[tune] study '{name}' in {_redact(url)}: {finished} finished trial(s), running {remaining} more "
-        f"(folds {folds}, objective: out-of-fold {OBJECTIVE})")
-    if remaining:
-        study.optimize(objective, n_trials=remaining, gc_after_trial=True, catch=(ConfigError,),
-                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished_states)])
+    return objective
 
-    table = trials_table(study)
-    with pd.option_context("display.width", 200, "display.max_columns", None):
-        log(table.to_string(index=False) if not table.empty else "(no trials)")
-    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not completed:
-        raise RuntimeError(f"study '{name}' has no completed trial (all pruned or failed): "
+
+def _write_best(cfg: Config, study, base: dict, folds: list[int], source: str, out_config, log) -> Path:
+    """The best trial as a config (experiment `<exp>-best`, same folds file) that must load."""
+    import optuna
+
+    from pipeline.fileio import write_text_atomic
+
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        raise RuntimeError(f"study '{study.study_name}' has no completed trial (all pruned or failed): "
                            "widen tune.space, set tune.pruner: none, or add trials")
     best = study.best_trial
     best_dict = with_values(base, best.params)
@@ -319,12 +348,12 @@ def tune(cfg: Config, trials: int | None = None, storage=None, out_config: str |
     best_dict["experiment"] = f"{cfg.experiment}-best"
     load_config(None, best_dict)  # the written config must load
     out = Path(out_config) if out_config is not None else Path("configs") / f"{cfg.experiment}-best.yaml"
-    header = (f"# Best trial {best.number} of Optuna study '{name}' ({_redact(url)}):\n"
+    header = (f"# Best trial {best.number} of {source}:\n"
               f"# out-of-fold {OBJECTIVE} {best.value:.6f} on folds {folds}.\n"
               f"# Tuned values: {best.params}\n")
     write_text_atomic(out, header + yaml.safe_dump(best_dict, sort_keys=False))
     log(f"[tune] best trial {best.number}: {OBJECTIVE} {best.value:.4f} {best.params} → {out}")
-    return study
+    return out
 
 
 def _drop_checkpoints(cfg: Config, folds: list[int]) -> None:

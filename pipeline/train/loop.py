@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 import torch
 from timm.data import Mixup
-from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
@@ -33,53 +32,24 @@ from pipeline.config import Config, package_versions
 from pipeline.device import loader_workers, resolve_device, seed_worker
 from pipeline.data.manifest import train_fingerprint
 from pipeline.data.cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset
-from pipeline.data.tables import load_fold_table, model_classes
 from pipeline.fileio import atomic_path, file_sha256, write_csv_atomic
-from pipeline.data.folds import training_indices_for_fold
 from pipeline.train.losses import build_loss
-from pipeline.metrics import MAXIMISE, classification_metrics, confusion, per_class_f1
+from pipeline.metrics import classification_metrics, confusion, per_class_f1
 from pipeline.train.models import create_model, load_weights, safe_torch_load, save_weights, unwrap
 from pipeline.progress import progress
+from pipeline.train.optim import build_optimizer, build_scheduler, step_epoch_scheduler
+from pipeline.train.selection import FoldData, fold_data, is_better, oof_frame
 from pipeline.train.tracking import Tracker
 from pipeline.data.sampling import balanced_sample_weights, epoch_rows, epoch_seed
 
-__all__ = ["fit", "fold_data", "FoldData", "training_loader", "train_one_epoch", "predict_probs", "StepTools", "build_optimizer",
-           "build_scheduler", "set_backbone_frozen", "NonFiniteLossError"]
+__all__ = ["fit", "training_loader", "train_one_epoch", "predict_probs", "StepTools", "set_backbone_frozen", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-# ---- data ---------------------------------------------------------------------------------
-
-@dataclass
-class FoldData:
-    """One fold's rows: `targets` are class indices of `label` for training rows and of `true_label`
-    for validation rows (they differ with e.g. a training-only age cut-off)."""
-    classes: list
-    train_idx: np.ndarray
-    val_idx: np.ndarray
-    table: pd.DataFrame
-    targets: np.ndarray
-
-    @property
-    def val_targets(self) -> np.ndarray:
-        return self.targets[self.val_idx]
-
-
-def fold_data(cfg: Config, fold: int) -> FoldData:
-    table = load_fold_table(cfg)
-    if not 0 <= fold < cfg.folds.n_splits:
-        raise ValueError(f"fold {fold} does not exist: folds.n_splits is {cfg.folds.n_splits}")
-    classes = model_classes(table)
-    index = {c: i for i, c in enumerate(classes)}
-    train_idx, val_idx = training_indices_for_fold(table["fold"].to_numpy(), fold)
-    # Train on `label`, score validation on `true_label` (they differ e.g. with a training-only age cut-off).
-    targets = table["label"].map(index).to_numpy().copy()
-    targets[val_idx] = table["true_label"].map(index).to_numpy()[val_idx]
-    return FoldData(classes, train_idx, val_idx, table, targets)
-
+# ---- data ----------------------------------------------------------------------------------
 
 def _loader(dataset, cfg: Config, device, shuffle=False, sampler=None, generator=None, drop_last=False,
             persistent=False):
@@ -131,59 +101,6 @@ def _freeze_norm_stats(model: torch.nn.Module) -> None:
 def _backbone_frozen(cfg: Config, epoch: int) -> bool:
     m = cfg.model
     return m.freeze_backbone and (m.unfreeze_epoch is None or epoch < m.unfreeze_epoch)
-
-
-def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """timm's optimizer factory; no weight decay on norms and biases; optional lower backbone rate."""
-    t = cfg.train
-    if t.backbone_lr is None:
-        params = model
-    else:
-        head_ids = {id(p) for p in model.get_classifier().parameters()}
-        head = torch.nn.ParameterList([p for p in model.parameters() if id(p) in head_ids])
-        body = torch.nn.ParameterList([p for p in model.parameters() if id(p) not in head_ids])
-        params = ([dict(g, lr=t.lr) for g in param_groups_weight_decay(_Wrap(head), t.weight_decay)]
-                  + [dict(g, lr=t.backbone_lr) for g in param_groups_weight_decay(_Wrap(body), t.weight_decay)])
-    return create_optimizer_v2(params, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
-
-
-class _Wrap(torch.nn.Module):
-    """Lets timm's weight-decay grouping (which wants a module) see a list of parameters."""
-
-    def __init__(self, params: torch.nn.ParameterList):
-        super().__init__()
-        self.params = params
-
-
-def build_scheduler(cfg: Config, optimizer, updates_per_epoch: int):
-    t = cfg.train
-    epochs = t.epochs - t.warmup_epochs
-    if t.scheduler == "plateau":  # stepped on the monitored metric, in its direction
-        mode = "max" if MAXIMISE[t.monitor] else "min"
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=t.gamma,
-                                                          patience=t.plateau_patience)
-    if t.scheduler == "onecycle":  # stepped per optimizer update; has its own warmup
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                                                   total_steps=t.epochs * updates_per_epoch)
-    if t.scheduler == "step":
-        main = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.step_size, gamma=t.gamma)
-    elif t.scheduler == "cosine":
-        main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
-    else:
-        main = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    if t.warmup_epochs == 0:
-        return main
-    warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=t.warmup_epochs)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, main], milestones=[t.warmup_epochs])
-
-
-def _step_epoch_scheduler(cfg: Config, scheduler, metrics: dict) -> None:
-    if cfg.train.scheduler == "onecycle":
-        return  # stepped per update
-    if cfg.train.scheduler == "plateau":
-        scheduler.step(metrics[cfg.train.monitor])
-    else:
-        scheduler.step()
 
 
 def _mix_enabled(cfg: Config, epoch: int = 0) -> bool:
@@ -322,12 +239,6 @@ def _validate(model, loader, targets, loss_fn, device, tools: StepTools) -> tupl
     return {"loss": loss, **classification_metrics(targets, probs)}, probs
 
 
-def _is_better(value: float, best: float | None, monitor: str) -> bool:
-    if best is None or math.isnan(best):
-        return not math.isnan(value)
-    return value > best if MAXIMISE[monitor] else value < best
-
-
 # ---- checkpoints --------------------------------------------------------------------------
 
 def _save_state(path: Path, **state) -> None:
@@ -345,14 +256,6 @@ def _load_state(path: Path, fingerprint: str) -> dict | None:
               "starting this fold afresh")
         return None
     return state
-
-
-def _oof_frame(data: FoldData, fold: int, probs: np.ndarray) -> pd.DataFrame:
-    rows = data.val_idx
-    frame = pd.DataFrame({"row": rows, "label": data.table["true_label"].to_numpy()[rows], "fold": fold})
-    for c, name in enumerate(data.classes):
-        frame[f"prob_{name}"] = probs[:, c]
-    return frame
 
 
 # ---- one fold -----------------------------------------------------------------------------
@@ -478,10 +381,10 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
         evaluated = evaluated_model(run)
         metrics, probs = _validate(evaluated, val_loader, data.val_targets, run.loss_fn, device, run.tools)
         lr = run.optimizer.param_groups[0]["lr"]
-        _step_epoch_scheduler(cfg, run.scheduler, metrics)
+        step_epoch_scheduler(cfg, run.scheduler, metrics)
         history.append(_metrics_row(epoch, train_loss, metrics, lr, time.time() - tick, data.classes,
                                     data.val_targets, probs))
-        improved = _is_better(metrics[monitor], best, monitor)
+        improved = is_better(metrics[monitor], best, monitor)
         if improved:
             best, best_epoch = metrics[monitor], epoch
             save_weights(evaluated, state_dir / "best.safetensors", {"epoch": epoch})
@@ -517,7 +420,7 @@ def _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint, 
     save_weights(model, out / "last.safetensors", {**common, "checkpoint": "last"})
     model.load_state_dict(load_weights(out / "state" / "best.safetensors"))
     probs, _ = predict_probs(model, val_loader, device, cfg.train.channels_last, normalize)
-    write_csv_atomic(out / "oof.csv", _oof_frame(data, fold, probs))
+    write_csv_atomic(out / "oof.csv", oof_frame(data, fold, probs))
     cm = pd.DataFrame(confusion(data.val_targets, probs), index=data.classes, columns=data.classes)
     write_csv_atomic(out / "confusion.csv", cm.rename_axis("true"), index=True)
     meta = {**common, "checkpoint": "best", "monitor": cfg.train.monitor, "best": best,

@@ -1,77 +1,11 @@
-"""Training several folds at once: in this process, on a Dask cluster, or one GPU per Make job.
+"""Training several folds at once: in this process (`parallel.backend: local`), on a Dask cluster
+(`parallel.backend: dask`: one task per fold, a `GPU` resource per fold when workers advertise one), or
+one GPU per Make job (`device_for_fold`).
 
-Three ways to train folds in parallel, all writing exactly the files `train.fit` writes:
-
-1. **Make** (one machine, one fold per GPU)::
-
-       make -j4 train GPUS=0,1,2,3
-
-   Every Make job trains one fold in its own process; `device_for_fold(fold, gpus)`
-   picks its GPU round-robin and the CLI sets `CUDA_VISIBLE_DEVICES` to it before
-   torch initialises CUDA, so each process sees exactly one GPU (as `cuda:0`).
-
-2. **Dask** (`parallel.backend: dask`): `run_folds(cfg, folds)` submits one task per
-   fold to a `dask.distributed` cluster. With `parallel.scheduler` unset it starts a
-   `LocalCluster` on this machine (one worker per GPU of `parallel.gpus`, or per visible
-   GPU, else one single-threaded worker per fold up to the CPU count); with
-   `parallel.scheduler: tcp://host:8786` it uses that running cluster. Workers that
-   advertise a `GPU` resource get one fold each at a time (`resources={"GPU": 1}`).
-
-3. **Sequential** (`parallel.backend: local`): the same bookkeeping in this process.
-
-Whatever the backend, a fold whose `weights.safetensors` exists and whose sidecar
-fingerprint matches the config is skipped; a failing fold is reported with its number
-and error while the others go on; `run_folds` raises at the end naming the failed
-folds and how to retry one (`make train FOLD=k`). A fold killed mid-way resumes from
-its last epoch when it is run again (Dask also reruns a task whose worker died).
-
-Shared storage
---------------
-Workers read the data and the folds file and write `output_dir/<experiment>/fold_<k>/`
-*on their own machine*. On several machines, `output_dir`, `folds.dir` and the data
-paths must therefore be on a shared file system mounted at the same path everywhere
-(NFS, Lustre, GPFS...). Relative paths are resolved against this process's working
-directory, which each task enters on its worker (so start workers on machines that
-mount the project at the same path). A fold whose weights a worker wrote but this
-process cannot see is reported as failed with that explanation.
-
-Clusters: SLURM / PBS with dask-jobqueue
-----------------------------------------
-`pip install dask-jobqueue`, then, in a Python session on the login node (one job =
-one worker process = one GPU)::
-
-    from dask_jobqueue import SLURMCluster        # or PBSCluster, LSFCluster, SGECluster
-    cluster = SLURMCluster(
-        cores=8, memory="32GB", processes=1,      # one worker (one fold at a time) per job
-        walltime="04:00:00",
-        job_extra_directives=["--gres=gpu:1"],    # PBS: resource_spec="select=1:ngpus=1"
-        worker_extra_args=["--resources", "GPU=1"],
-        job_script_prologue=["cd /shared/project"],   # same working directory as the client
-    )
-    cluster.scale(jobs=4)                         # four GPUs, four folds at a time
-    print(cluster.scheduler_address)              # tcp://10.0.0.5:8786
-
-and put that address in the config (`parallel.backend: dask`,
-`parallel.scheduler: tcp://10.0.0.5:8786`) or pass it on the command line.
-
-By hand, on each GPU machine, one worker per GPU (each pinned to its GPU)::
-
-    dask scheduler                                # once, prints tcp://host:8786
-    CUDA_VISIBLE_DEVICES=0 dask worker tcp://host:8786 --nworkers 1 --nthreads 1 --resources GPU=1
-    CUDA_VISIBLE_DEVICES=1 dask worker tcp://host:8786 --nworkers 1 --nthreads 1 --resources GPU=1
-
-DataLoader workers inside Dask workers
---------------------------------------
-Dask starts its worker processes as *daemonic* processes by default, and a daemonic
-process may not have children: a PyTorch `DataLoader` with `num_workers > 0` then fails
-with "AssertionError: daemonic processes are not allowed to have children". The
-`LocalCluster` started here turns that off (`distributed.worker.daemon: False`), so the
-config's `train.num_workers` is used as is. On another cluster, `run_folds` asks the
-workers; if they are daemonic it trains with `train.num_workers=0` and says so. To keep
-loader processes there (they matter for GPU throughput), start the workers with
-`DASK_DISTRIBUTED__WORKER__DAEMON=False dask worker ...`. Note that `train.num_workers`
-is part of the training fingerprint: loader workers reseed augmentations per worker,
-so 0 and 4 loader processes give (equally valid) different weights.
+Whatever the backend, a fold whose `weights.safetensors` exists with a matching fingerprint is skipped,
+a failing fold is reported with its number while the others go on, and `run_folds` raises at the end
+naming the failed folds. How to run it on several machines (shared storage, SLURM/PBS, DataLoader
+workers inside Dask workers) is in the README, "Scale".
 """
 
 from __future__ import annotations
@@ -359,95 +293,111 @@ def _gpu_slots(client) -> dict[str, float]:
 
 
 def _run_dask(cfg: Config, folds: list[int], results: dict, scheduler, log, force: bool = False) -> None:
-    import dask
-    from distributed import Client, LocalCluster, as_completed
-
-    own_cluster = own_client = None
-    gpus = parse_gpus(cfg.parallel.gpus)
+    owned: list = []   # the client and cluster started here, closed at the end
     try:
-        if isinstance(scheduler, Client):
-            client = scheduler
-        elif scheduler is None:
-            if gpus is None and cfg.train.device != "cpu":
-                gpus = _visible_gpus()
-            n = len(gpus) if gpus else max(1, min(len(folds), os.cpu_count() or 1))
-            threads = max(1, (os.cpu_count() or 1) // n)  # torch intra-op threads per worker
-            # Non-daemonic worker processes may start DataLoader workers (module docstring).
-            with dask.config.set({"distributed.worker.daemon": False}):
-                own_cluster = LocalCluster(
-                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                    resources={"GPU": 1} if gpus else None,
-                    env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
-            client = own_client = Client(own_cluster)
-            if gpus:
-                client.run(_pin_worker_gpu, gpus)
-            log(f"[parallel] started a local Dask cluster: {n} worker(s)"
-                + (f", GPUs {gpus}" if gpus else f", {threads} thread(s) each"))
-        else:
-            address = getattr(scheduler, "scheduler_address", scheduler)
-            client = own_client = Client(address)
-            log(f"[parallel] connected to the Dask scheduler at {address}")
-
-        if not client.scheduler_info(n_workers=-1)["workers"]:
-            log(f"[parallel] waiting up to {WORKER_WAIT_S} s for a Dask worker to join (queued batch jobs?)")
-            try:
-                client.wait_for_workers(1, timeout=WORKER_WAIT_S)
-            except TimeoutError:
-                raise RuntimeError(f"no Dask worker joined the scheduler within {WORKER_WAIT_S} s: start some "
-                                   "(`dask worker <scheduler> --nworkers 1 --resources GPU=1`)") from None
-        slots = _gpu_slots(client)
-        use_gpu = any(v >= 1 for v in slots.values())
-        if gpus and not use_gpu:
-            raise ConfigError("parallel.gpus is set but no worker of the Dask cluster advertises a GPU "
-                              "resource, so GPU tasks would wait forever: start the workers with "
-                              "`--resources GPU=1` (one worker per GPU)")
-
+        client, gpus = _dask_client(cfg, folds, scheduler, owned, log)
+        use_gpu = _check_workers(client, gpus, log)
         cfg_dict = config_to_dict(cfg)
-        facts = client.run(_worker_facts)
-        # 'auto' starts loader workers only beside a GPU (pipeline.device.loader_workers).
-        wants_workers = use_gpu if cfg.train.num_workers == "auto" else cfg.train.num_workers > 0
-        if wants_workers and any(f["daemon"] for f in facts.values()):
+        if _loader_workers_impossible(cfg, client, use_gpu):
             log("[parallel] the Dask workers are daemonic processes, which cannot start DataLoader workers: "
                 "training with train.num_workers=0 (start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False "
                 "to keep them)")
             cfg_dict["train"]["num_workers"] = 0
             fingerprint = train_fingerprint(load_config(None, cfg_dict))
             folds = _skip_done(cfg, folds, fingerprint, force, results, log)
-
-        if not folds:
-            return
-        run_id = uuid.uuid4().hex[:8]
-        cwd = os.getcwd()
-        futures = {}
-        for k in folds:
-            future = client.submit(_train_fold_task, cfg_dict, k, cwd, force, key=f"train-fold-{k}-{run_id}",
-                                   pure=False, resources={"GPU": 1} if use_gpu else None)
-            futures[future] = k
-        log(f"[parallel] submitted folds {folds} to {len(slots)} worker(s)"
-            + (" (one GPU each)" if use_gpu else ""))
-        for future in as_completed(list(futures)):
-            k = futures[future]
-            if future.status == "finished":
-                info = future.result()
-                if _sidecar_fingerprint(cfg, k) == info["fingerprint"]:  # the worker's files are visible here
-                    results[k] = info["status"]
-                    log(f"[parallel] fold {k} {info['status']} on {info['host']}")
-                else:
-                    results[k] = (f"trained on {info['host']}, but {cfg.fold_dir(k)} is not visible here: "
-                                  "output_dir must be a shared path that every worker and this machine see")
-                    log(f"[parallel] fold {k} FAILED: {results[k]}")
-            else:
-                try:
-                    exc, tb = future.exception(), future.traceback()
-                except Exception as lost:  # cancelled, or the scheduler forgot it
-                    exc, tb = lost, None
-                results[k] = _error_text(exc)
-                log(f"[parallel] fold {k} FAILED: {results[k]}\n{''.join(traceback.format_tb(tb)) if tb else ''}")
+        if folds:
+            _submit_and_collect(cfg, cfg_dict, folds, client, use_gpu, force, results, log)
     finally:
-        if own_client is not None:
-            own_client.close()
-        if own_cluster is not None:
-            own_cluster.close()
+        for thing in reversed(owned):
+            thing.close()
+
+
+def _dask_client(cfg: Config, folds: list[int], scheduler, owned: list, log):
+    """The client to submit to (given, started on a new local cluster, or connected to an address)."""
+    from distributed import Client
+
+    gpus = parse_gpus(cfg.parallel.gpus)
+    if isinstance(scheduler, Client):
+        return scheduler, gpus
+    if scheduler is not None:
+        address = getattr(scheduler, "scheduler_address", scheduler)
+        owned.append(Client(address))
+        log(f"[parallel] connected to the Dask scheduler at {address}")
+        return owned[-1], gpus
+    import dask
+    from distributed import LocalCluster
+
+    if gpus is None and cfg.train.device != "cpu":
+        gpus = _visible_gpus()
+    n = len(gpus) if gpus else max(1, min(len(folds), os.cpu_count() or 1))
+    threads = max(1, (os.cpu_count() or 1) // n)  # torch intra-op threads per worker
+    # Non-daemonic worker processes may start DataLoader workers (README, "Scale").
+    with dask.config.set({"distributed.worker.daemon": False}):
+        owned.append(LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+            resources={"GPU": 1} if gpus else None,
+            env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}))
+    owned.append(Client(owned[-1]))
+    client = owned[-1]
+    if gpus:
+        client.run(_pin_worker_gpu, gpus)
+    log(f"[parallel] started a local Dask cluster: {n} worker(s)"
+        + (f", GPUs {gpus}" if gpus else f", {threads} thread(s) each"))
+    return client, gpus
+
+
+def _check_workers(client, gpus, log) -> bool:
+    """Wait for a worker if none has joined; whether folds get one GPU each (workers advertise GPU)."""
+    if not client.scheduler_info(n_workers=-1)["workers"]:
+        log(f"[parallel] waiting up to {WORKER_WAIT_S} s for a Dask worker to join (queued batch jobs?)")
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except TimeoutError:
+            raise RuntimeError(f"no Dask worker joined the scheduler within {WORKER_WAIT_S} s: start some "
+                               "(`dask worker <scheduler> --nworkers 1 --resources GPU=1`)") from None
+    use_gpu = any(v >= 1 for v in _gpu_slots(client).values())
+    if gpus and not use_gpu:
+        raise ConfigError("parallel.gpus is set but no worker of the Dask cluster advertises a GPU "
+                          "resource, so GPU tasks would wait forever: start the workers with "
+                          "`--resources GPU=1` (one worker per GPU)")
+    return use_gpu
+
+
+def _loader_workers_impossible(cfg: Config, client, use_gpu: bool) -> bool:
+    """The config wants DataLoader workers but the Dask workers are daemonic (they cannot have children)."""
+    # 'auto' starts loader workers only beside a GPU (pipeline.device.loader_workers).
+    wants_workers = use_gpu if cfg.train.num_workers == "auto" else cfg.train.num_workers > 0
+    return wants_workers and any(f["daemon"] for f in client.run(_worker_facts).values())
+
+
+def _submit_and_collect(cfg: Config, cfg_dict: dict, folds: list[int], client, use_gpu: bool, force: bool,
+                        results: dict, log) -> None:
+    """One task per fold; each result checked against the files this machine sees."""
+    from distributed import as_completed
+
+    run_id, cwd = uuid.uuid4().hex[:8], os.getcwd()
+    futures = {client.submit(_train_fold_task, cfg_dict, k, cwd, force, key=f"train-fold-{k}-{run_id}",
+                             pure=False, resources={"GPU": 1} if use_gpu else None): k for k in folds}
+    log(f"[parallel] submitted folds {folds} to {len(_gpu_slots(client))} worker(s)"
+        + (" (one GPU each)" if use_gpu else ""))
+    for future in as_completed(list(futures)):
+        k = futures[future]
+        if future.status == "finished":
+            info = future.result()
+            if _sidecar_fingerprint(cfg, k) == info["fingerprint"]:  # the worker's files are visible here
+                results[k] = info["status"]
+                log(f"[parallel] fold {k} {info['status']} on {info['host']}")
+            else:
+                results[k] = (f"trained on {info['host']}, but {cfg.fold_dir(k)} is not visible here: "
+                              "output_dir must be a shared path that every worker and this machine see")
+                log(f"[parallel] fold {k} FAILED: {results[k]}")
+        else:
+            try:
+                exc, tb = future.exception(), future.traceback()
+            except Exception as lost:  # cancelled, or the scheduler forgot it
+                exc, tb = lost, None
+            results[k] = _error_text(exc)
+            log(f"[parallel] fold {k} FAILED: {results[k]}\n{''.join(traceback.format_tb(tb)) if tb else ''}")
 
 
 def _visible_gpus() -> list | None:
