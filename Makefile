@@ -58,7 +58,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
 endif
 
-.PHONY: help venv data check folds train retrain train-dask tune predict ensemble score validate eda report blend test bench clean
+.PHONY: help venv data check folds train retrain train-dask tune predict ensemble score validate eda report blend test bench mutation clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -152,8 +152,24 @@ BENCH_ARGS ?=
 bench: | $(VENV_OK) ## training/prediction efficiency vs the bare model → outputs/bench.json (DEVICE=cuda)
 	$(PIPELINE) bench --out $(OUTPUT_DIR)/bench.json $(if $(DEVICE),--device $(DEVICE)) $(BENCH_ARGS)
 
-test: $(VENV_OK) ## run the test suite
+test: $(VENV_OK) ## the layer contract (pyproject.toml), unused names, then the test suite
+	$(VENV)/bin/lint-imports
+	$(PY) -m pyflakes pipeline tests
 	$(PY) -m pytest
+
+# The functions that decide the answer: folds, sampling, a fold's split and kept epoch, TTA merging,
+# voting, logit adjustment, blending and the submission. Not part of `make test` (about 40 min on 2 cores).
+MUTANTS := $(addsuffix __mutmut_*,\
+  pipeline.data.folds.x_assign_folds pipeline.data.folds.x_training_indices_for_fold pipeline.data.folds.x__check_groups \
+  pipeline.data.sampling.x_* pipeline.train.selection.x_* \
+  pipeline.predict.tta.x_merge_view_logits pipeline.predict.tta.x_predict_tta pipeline.predict.tta.x_predict_tta_with_views \
+  pipeline.predict.tta.x__view_logits pipeline.predict.tta.x__view_probs pipeline.predict.tta.x__hflip pipeline.predict.tta.x__vflip \
+  pipeline.predict.voting.x_* pipeline.predict.blend.x__blend_rows pipeline.predict.blend.x_check_same_folds \
+  pipeline.predict.blend.x__concat_folds pipeline.predict.submission.x_write_submission \
+  pipeline.predict.submission.x_validate_submission)
+mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow) → outputs/mutation.json
+	$(VENV)/bin/mutmut run --max-children 2 $(foreach m,$(MUTANTS),'$(m)')
+	$(PY) -m pipeline.tools.mutation_score --out $(OUTPUT_DIR)/mutation.json $(foreach m,$(MUTANTS),'$(m)')
 
 clean: ## remove outputs/ and folds/ (keeps the virtual environment)
 	rm -rf outputs/* folds/*.csv data/demo data/mask_sample
