@@ -204,3 +204,30 @@ def test_command_line_arguments(tmp_path, capsys):
     assert main(["blend", "a", "b", "--output-dir", str(tmp_path / "outputs"), "--objective", "f1"]) == 0
     blended = json.loads((tmp_path / "outputs" / "blend-a-b" / "blend.json").read_text())
     assert blended["objective"] == "f1"
+
+
+def test_every_blend_row_scores_the_weighted_vote_it_names(tmp_path):
+    """Each CV row 'blend <mode>, <kind> weights' holds the F1/accuracy of that vote with those weights;
+    log loss only where the vote gives probabilities (soft, geometric)."""
+    from pipeline.metrics import macro_f1
+    from pipeline.predict.voting import VOTING_MODES, vote
+
+    make_experiment(tmp_path, "good", skill=0.3, seed=1)
+    make_experiment(tmp_path, "weak", skill=0.2, seed=2)
+    blend(["good", "weak"], output_dir=tmp_path / "outputs", **QUIET)
+    out = tmp_path / "outputs" / "blend-good-weak"
+    fitted = json.loads((out / "blend.json").read_text())["fitted_weights"]
+    oof, _, y = _members(tmp_path, ["good", "weak"])
+    weights = {"fitted": np.array([fitted["good"], fitted["weak"]]), "uniform": np.array([0.5, 0.5])}
+    assert not np.allclose(weights["fitted"], weights["uniform"], atol=0.05)   # the two kinds differ here
+    cv = pd.read_csv(out / "cv.csv")
+    cv["part"] = cv["part"].str.replace(" (submission)", "", regex=False)
+    cv = cv.set_index("part")
+    for mode in VOTING_MODES:
+        for kind, w in weights.items():
+            row = cv.loc[f"blend {mode}, {kind} weights"]
+            picked = vote(oof, mode, w)
+            one_hot = np.eye(len(CLASSES))[picked]
+            assert row["f1_macro"] == pytest.approx(macro_f1(y, one_hot), abs=1e-9), (mode, kind)
+            assert row["accuracy"] == pytest.approx((picked == y).mean(), abs=1e-9), (mode, kind)
+            assert np.isnan(row["log_loss"]) == (mode in ("hard", "rank")), (mode, kind)
