@@ -58,7 +58,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
 endif
 
-.PHONY: help venv data check folds train retrain train-dask tune predict ensemble score validate eda report blend test bench mutation clean
+.PHONY: help venv data check folds train retrain train-dask tune predict ensemble score validate eda report blend test bench mutation docs docs-run clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -170,6 +170,12 @@ MUTANTS := $(addsuffix __mutmut_*,\
 mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow) → outputs/mutation.json
 	$(VENV)/bin/mutmut run --max-children 2 $(foreach m,$(MUTANTS),'$(m)')
 	$(PY) -m pipeline.tools.mutation_score --out $(OUTPUT_DIR)/mutation.json $(foreach m,$(MUTANTS),'$(m)')
+
+docs: | $(VENV_OK) ## rewrite the README's generated tables from docs/figures/
+	$(PY) -m pipeline.tools.docs
+
+docs-run: | $(VENV_OK) ## measure the README's figures from scratch (demo + bench, ~13 min), then make docs
+	$(PY) -m pipeline.tools.docs --run
 
 clean: ## remove outputs/ and folds/ (keeps the virtual environment)
 	rm -rf outputs/* folds/*.csv data/demo data/mask_sample

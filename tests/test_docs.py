@@ -1,0 +1,38 @@
+"""The README's figures are exactly what `make docs` writes from the run files in docs/figures/."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pipeline.tools.docs import FIGURES, render_blocks, rewrite_readme
+from tests.conftest import REPO
+
+
+def test_the_readme_holds_what_make_docs_writes_from_the_committed_run():
+    readme = (REPO / "README.md").read_text()
+    blocks = render_blocks(REPO / FIGURES)
+    assert rewrite_readme(readme, blocks) == readme, "the README's figures drifted: run `make docs`"
+    for name in ("run", "score", "cv", "bench"):
+        assert f"<!-- docs:{name} -->\n{blocks[name]}<!-- /docs -->" in readme
+
+
+def test_the_figures_are_those_of_the_run_files(tmp_path):
+    """Change a number in a run file and the README block changes with it (nothing is typed by hand)."""
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    for name in ("run.json", "bench.json", "cv.csv"):
+        (figures / name).write_bytes((REPO / FIGURES / name).read_bytes())
+    score = pd.DataFrame({"model": ["fold 0", "fold 1", "hard vote", "soft vote (submission)", "submission.csv"],
+                          "f1_macro": [0.80, 0.90, 0.85, 0.875, 0.875], "accuracy": [0.81, 0.91, 0.86, 0.88, 0.88]})
+    score.to_csv(figures / "score.csv", index=False)
+    block = render_blocks(figures)["score"]
+    assert "| fold 0 … fold 1 alone | 0.800 – 0.900 | 0.810 – 0.910 |" in block
+    assert "| **soft vote (submission)** | **0.875** | **0.880** |" in block
+    assert "| hard vote | 0.850 | 0.860 |" in block
+    assert "0.025 below the best fold's and 0.075 above the worst fold's" in block
+
+
+def test_a_readme_block_without_a_generator_is_an_error():
+    with pytest.raises(ValueError, match=r"README blocks with no generator: \['typo'\]"):
+        rewrite_readme("<!-- docs:typo -->\nx\n<!-- /docs -->\n", {"run": ""})
