@@ -1,6 +1,6 @@
 """Typed, validated experiment configuration.
 
-One YAML file per experiment (`configs/*.yaml`) is read into nested dataclasses.
+One YAML file per experiment (`configs/*.yaml`) is read into nested pydantic models.
 Unknown keys, wrong types and impossible values are errors that name the key,
 raised before any work starts. Command-line overrides use dotted keys
 (`train.lr=0.01`). The resolved configuration is saved with the run, and each
@@ -8,19 +8,17 @@ stage gets a *stamp*: a file holding only the keys that stage depends on,
 rewritten only when they change, so Make reruns exactly what a change affects.
 """
 
-from __future__ import annotations
-
-import dataclasses
 import difflib
 import hashlib
 import json
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from pipeline.progress import PROGRESS_MODES
 
@@ -44,8 +42,51 @@ class ConfigError(ValueError):
     """A configuration value a user can fix: the message names the key."""
 
 
-@dataclass
-class DataConfig:
+class _Broken(ValueError):
+    """A section's rule that does not hold: the key (within the section), the rule, the value."""
+
+    def __init__(self, key: str, rule: str, value: Any):
+        super().__init__(f"{key}: {rule}")
+        self.key, self.rule, self.value = key, rule, value
+
+
+def _yaml_float(value: Any) -> Any:
+    """PyYAML (YAML 1.1) reads `3e-4` as a string; users mean a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+# A float that also takes an int (1 -> 1.0) or a number written as a string; never a bool.
+Float = Annotated[float, BeforeValidator(_yaml_float)]
+
+# Metrics `train.monitor` may name, and whether a higher value is better (pipeline.metrics.MAXIMISE).
+MONITOR_MAXIMISE = {"f1_macro": True, "f1_weighted": True, "accuracy": True, "precision_macro": True,
+                    "recall_macro": True, "roc_auc": True, "loss": False}
+
+
+class _Section(BaseModel):
+    """The config and each of its sections."""
+    # strict: no bool for an int, no "5" for an int, no 1 for a bool (Float takes ints and numeric strings);
+    # assignment in code (cfg.train.batch_size = 32) is not re-validated, as with plain attributes.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=False)
+
+    def _rules(self) -> list[tuple[str, bool, str]]:
+        """(key, holds, rule) for what types and Field bounds cannot say (rules across keys, list shapes)."""
+        return []
+
+    @model_validator(mode="after")
+    def _check_rules(self):
+        for key, holds, rule in self._rules():
+            if not holds:
+                raise _Broken(key, rule, getattr(self, key))
+        return self
+
+
+class DataConfig(_Section):
     train_csv: str = "data/demo/train.csv"
     image_root: str = "data/demo"
     image_column: str = "image"
@@ -61,162 +102,192 @@ class DataConfig:
     test_root: str | None = None
     test_labels: str | None = None
     demo: bool = False
-    demo_scale: float = 1.0
+    demo_scale: Float = Field(1.0, gt=0, le=1)   # 1.0 uses every digit
     demo_seed: int = 0
     # Decode once: images decoded and resized a single time into a memory-mapped uint8 file
     # (pipeline/cache.py). Off or on gives the same numbers, so neither key is in a stage fingerprint.
     cache: bool = True
     cache_dir: str | None = None            # default <output_dir>/cache
     # How Make notices changed images (pipeline/manifest.py): size + modification time, or also sha256.
-    manifest: str = "stat"
+    manifest: Literal["stat", "sha256"] = "stat"
+
+    def _rules(self):
+        return [("test_image_template", (self.test_image_template is None) != (self.test_path_column is None),
+                 "set exactly one of data.test_image_template and data.test_path_column")]
 
 
-@dataclass
-class FoldsConfig:
-    n_splits: int = 5
+class FoldsConfig(_Section):
+    n_splits: int = Field(5, ge=2)
     name: str | None = None
     dir: str = "folds"
 
 
-@dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     name: str = "resnet10t"
     pretrained: bool = False
     pretrained_file: str | None = None
-    drop_rate: float = 0.0
-    heads: str = "single"              # single | mask (one backbone, heads mask 3 x gender 2 x age 3)
+    drop_rate: Float = 0.0
+    heads: Literal["single", "mask"] = "single"   # mask: one backbone, heads mask 3 x gender 2 x age 3
     freeze_backbone: bool = False      # train only the classifier head (feature extraction)
     unfreeze_epoch: int | None = None  # then fine-tune everything from this epoch on
 
 
-@dataclass
-class AugmentConfig:
-    image_size: int = 32
+class AugmentConfig(_Section):
+    image_size: int = Field(32, ge=8)      # pixels
     pre_resize_crop: list | None = None   # [h, w] centre crop before the resize (train and eval)
-    train: list = field(default_factory=lambda: [{"HorizontalFlip": {"p": 0.5}}])
-    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    train: list = [{"HorizontalFlip": {"p": 0.5}}]   # pydantic copies mutable defaults per instance
+    mean: list = [0.485, 0.456, 0.406]
+    std: list = [0.229, 0.224, 0.225]
     # Random flips of whole batches on the device (one tensor op instead of one call per image);
     # use in place of HorizontalFlip/VerticalFlip in `train`. Applied after `train`'s steps.
-    device_hflip: float = 0.0
-    device_vflip: float = 0.0
+    device_hflip: Float = Field(0.0, ge=0, le=1)
+    device_vflip: Float = Field(0.0, ge=0, le=1)
+
+    def _rules(self):
+        crop = self.pre_resize_crop
+        return [("pre_resize_crop", crop is None or (len(crop) == 2 and all(isinstance(v, int) and v >= 8
+                                                                            for v in crop)),
+                 "must be [height, width] in pixels, each at least 8"),
+                ("mean", len(self.mean) == 3, "must list 3 channel means"),
+                ("std", len(self.std) == 3 and all(s > 0 for s in self.std),
+                 "must list 3 positive channel standard deviations")]
 
 
-@dataclass
-class SamplingConfig:
-    method: str = "none"
-    target_ratio: float = 0.5
+class SamplingConfig(_Section):
+    method: Literal["none", "balanced", "oversample"] = "none"
+    target_ratio: Float = Field(0.5, gt=0, le=1)
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    scheduler: str = "cosine"
-    step_size: int = 3
-    gamma: float = 0.1
-    warmup_epochs: int = 0
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: Float = Field(1e-3, gt=0)
+    weight_decay: Float = Field(1e-4, ge=0)
+    optimizer: Literal["sgd", "momentum", "adam", "adamw", "nadam", "radam", "rmsprop", "lamb", "lion"] = "adamw"
+    momentum: Float = 0.9
+    scheduler: Literal["none", "step", "cosine", "plateau", "onecycle"] = "cosine"
+    step_size: int = Field(3, ge=1)
+    gamma: Float = 0.1
+    warmup_epochs: int = Field(0, ge=0)   # and below `epochs`
     plateau_patience: int = 2
-    backbone_lr: float | None = None   # lower rate for the pretrained backbone; the head uses `lr`
-    accumulate: int = 1                # gradient accumulation: updates of an N-times larger batch
-    grad_clip: float | None = None     # max gradient norm
-    amp: str = "off"                   # off | bf16 | fp16 (fp16 on CUDA only)
+    backbone_lr: Float | None = Field(None, gt=0)   # lower rate for the pretrained backbone; the head uses `lr`
+    accumulate: int = Field(1, ge=1)      # gradient accumulation: updates of an N-times larger batch
+    grad_clip: Float | None = Field(None, gt=0)     # max gradient norm
+    amp: Literal["off", "bf16", "fp16"] = "off"      # fp16 on CUDA only
     channels_last: bool = False
     compile: bool = False              # torch.compile the model
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    mix_prob: float = 1.0
+    mixup_alpha: Float = Field(0.0, ge=0)
+    cutmix_alpha: Float = Field(0.0, ge=0)
+    mix_prob: Float = Field(1.0, ge=0, le=1)
     mix_off_epoch: int | None = None   # switch Mixup/CutMix off from this epoch on
     ema: bool = False                  # validate and save an exponential moving average of the weights
-    ema_decay: float = 0.998
-    patience: int | None = None        # early stopping: epochs without improvement of `monitor`
-    monitor: str = "f1_macro"
-    num_workers: int | str = "auto"      # auto: 0 on CPU, one per spare core (up to 8) on a GPU
-    device: str = "auto"
+    ema_decay: Float = Field(0.998, gt=0, lt=1)
+    patience: int | None = Field(None, ge=1)   # early stopping: epochs without improvement of `monitor`
+    monitor: Literal[tuple(MONITOR_MAXIMISE)] = "f1_macro"
+    num_workers: int | str = "auto"    # auto: 0 on CPU, one per spare core (up to 8) on a GPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def _rules(self):
+        w = self.num_workers
+        return [("num_workers", w == "auto" or (isinstance(w, int) and w >= 0),
+                 "must be 'auto' or a non-negative integer"),
+                ("warmup_epochs", self.warmup_epochs < self.epochs, "must be in [0, train.epochs)"),
+                ("batch_size", not (self.mixup_alpha or self.cutmix_alpha) or self.batch_size % 2 == 0,
+                 "must be even when Mixup/CutMix is on (they pair images within a batch)")]
 
 
-@dataclass
-class LossConfig:
-    name: str = "ce"
+class LossConfig(_Section):
+    name: Literal["ce", "focal", "f1", "weighted_ce"] = "ce"
     mix: dict | None = None            # e.g. {ce: 0.7, f1: 0.3}; overrides `name`
-    label_smoothing: float = 0.0
-    focal_gamma: float = 2.0
+    label_smoothing: Float = Field(0.0, ge=0, lt=1)
+    focal_gamma: Float = Field(2.0, ge=0)
     focal_alpha: list | None = None    # per-class alpha for focal loss
     class_weights: str | list | None = None   # "balanced" (from class frequencies) or a list
 
 
-@dataclass
-class TTAConfig:
-    views: list = field(default_factory=lambda: ["identity", "hflip"])
-    merge: str = "mean"
-    batch_size: int = 256
+class TTAConfig(_Section):
+    views: list = ["identity", "hflip"]
+    merge: Literal["mean", "geometric_mean", "max", "logit_mean"] = "mean"
+    batch_size: int = Field(256, ge=1)
 
 
-@dataclass
-class EnsembleConfig:
-    voting: str = "soft"
-    checkpoints: list = field(default_factory=lambda: ["best"])   # best | last: each joins the vote
+class EnsembleConfig(_Section):
+    voting: Literal["soft", "hard", "geometric", "rank"] = "soft"
+    checkpoints: list = ["best"]       # best | last: each joins the vote
     logit_adjust: bool = False         # p / prior^tau, tau chosen on out-of-fold macro-F1
-    tau_grid: list = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
+    tau_grid: list = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+
+    def _rules(self):
+        names = [str(n) for n in self.checkpoints]
+        return [("checkpoints", names and len(set(names)) == len(names) and set(names) <= {"best", "last"},
+                 "must be a non-empty list of distinct checkpoints from: best, last"),
+                ("tau_grid", self.tau_grid and all(isinstance(t, (int, float)) and not isinstance(t, bool)
+                                                   and 0 <= t < float("inf") for t in self.tau_grid),
+                 "must be a non-empty list of numbers >= 0")]
 
 
-@dataclass
-class ReportConfig:
+class ReportConfig(_Section):
     samples_per_class: int = 8
     near_duplicate_distance: int = 4   # max Hamming distance of 64-bit average hashes
-    progress: str = "auto"             # auto | bar | lines | off
+    progress: Literal[PROGRESS_MODES] = "auto"
     tensorboard: bool = False
     wandb: bool = False
     mlflow: bool = False
 
 
-@dataclass
-class MaskConfig:
+class MaskConfig(_Section):
     enabled: bool = False              # build data.train_csv from the competition's layout
     sample: bool = False               # write the synthetic sample first when the raw data is absent
     age_cutoff: int = 60               # training labels only; validation is scored on true labels
     relabel_file: str | None = None    # CSV: id, field, value
 
 
-@dataclass
-class ParallelConfig:
-    backend: str = "local"             # local | dask
+class ParallelConfig(_Section):
+    backend: Literal["local", "dask"] = "local"
     scheduler: str | None = None       # tcp://host:8786; None starts nothing (local processes)
     gpus: list | None = None           # device ids for round-robin fold placement
 
 
-@dataclass
-class TuneConfig:
-    trials: int = 20
+class TuneConfig(_Section):
+    trials: int = Field(20, ge=1)
     storage: str | None = None         # default: sqlite:///<output_dir>/<experiment>/tune.db
     study_name: str | None = None
-    folds: list = field(default_factory=lambda: [0])
-    space: dict = field(default_factory=dict)
-    pruner: str = "median"
+    folds: list = [0]
+    space: dict = {}
+    pruner: Literal["median", "none"] = "median"
 
 
-@dataclass
-class Config:
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+class Config(_Section):
     experiment: str = "demo"
     seed: int = 42
     output_dir: str = "outputs"
-    data: DataConfig = field(default_factory=DataConfig)
-    folds: FoldsConfig = field(default_factory=FoldsConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    tta: TTAConfig = field(default_factory=TTAConfig)
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
-    mask: MaskConfig = field(default_factory=MaskConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    folds: FoldsConfig = Field(default_factory=FoldsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tta: TTAConfig = Field(default_factory=TTAConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    mask: MaskConfig = Field(default_factory=MaskConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_section(cls, v, info):
+        """`train:` with nothing under it keeps the defaults."""
+        return {} if v is None and _is_section(cls.model_fields[info.field_name].annotation) else v
+
+    def _rules(self):
+        return [("experiment", self.experiment.replace("-", "").replace("_", "").isalnum(),
+                 "must be letters, digits, '-' or '_' (it names a folder)")]
 
     # Derived locations: one place decides where every stage reads and writes.
     @property
@@ -231,152 +302,76 @@ class Config:
         return self.exp_dir / f"fold_{fold}"
 
 
-# Metrics `train.monitor` may name, and whether a higher value is better (pipeline.metrics.MAXIMISE).
-MONITOR_MAXIMISE = {"f1_macro": True, "f1_weighted": True, "accuracy": True, "precision_macro": True,
-                    "recall_macro": True, "roc_auc": True, "loss": False}
-
-CHOICES = {
-    "train.optimizer": ("sgd", "momentum", "adam", "adamw", "nadam", "radam", "rmsprop", "lamb", "lion"),
-    "train.scheduler": ("none", "step", "cosine", "plateau", "onecycle"),
-    "loss.name": ("ce", "focal", "f1", "weighted_ce"),
-    "model.heads": ("single", "mask"),
-    "report.progress": PROGRESS_MODES,
-    "parallel.backend": ("local", "dask"),
-    "tune.pruner": ("median", "none"),
-    "train.monitor": tuple(MONITOR_MAXIMISE),
-    "train.amp": ("off", "bf16", "fp16"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "sampling.method": ("none", "balanced", "oversample"),
-    "data.manifest": ("stat", "sha256"),
-    "tta.merge": ("mean", "geometric_mean", "max", "logit_mean"),
-    "ensemble.voting": ("soft", "hard", "geometric", "rank"),
-}
-
-
-def _value_checks(cfg: Config) -> list[tuple[str, bool, str]]:
-    """(key, holds, rule) for every range rule; a failing rule becomes a ConfigError."""
-    t = cfg.train
-    return [
-        ("folds.n_splits", cfg.folds.n_splits >= 2, "must be at least 2"),
-        ("train.epochs", t.epochs >= 1, "must be at least 1"),
-        ("train.batch_size", t.batch_size >= 1, "must be at least 1"),
-        ("train.lr", t.lr > 0, "must be positive"),
-        ("train.weight_decay", t.weight_decay >= 0, "must be non-negative"),
-        ("loss.label_smoothing", 0 <= cfg.loss.label_smoothing < 1, "must be in [0, 1)"),
-        ("loss.focal_gamma", cfg.loss.focal_gamma >= 0, "must be non-negative"),
-        ("tune.trials", cfg.tune.trials >= 1, "must be at least 1"),
-        ("train.num_workers", t.num_workers == "auto" or (isinstance(t.num_workers, int) and t.num_workers >= 0),
-         "must be 'auto' or a non-negative integer"),
-        ("train.warmup_epochs", 0 <= t.warmup_epochs < t.epochs, "must be in [0, train.epochs)"),
-        ("train.step_size", t.step_size >= 1, "must be at least 1"),
-        ("train.accumulate", t.accumulate >= 1, "must be at least 1"),
-        ("train.backbone_lr", t.backbone_lr is None or t.backbone_lr > 0, "must be positive"),
-        ("train.grad_clip", t.grad_clip is None or t.grad_clip > 0, "must be positive"),
-        ("train.ema_decay", 0 < t.ema_decay < 1, "must be in (0, 1)"),
-        ("train.patience", t.patience is None or t.patience >= 1, "must be at least 1"),
-        ("train.mix_prob", 0 <= t.mix_prob <= 1, "must be in [0, 1]"),
-        ("train.mixup_alpha", t.mixup_alpha >= 0 and t.cutmix_alpha >= 0, "mixup/cutmix alphas must be >= 0"),
-        ("train.batch_size", not (t.mixup_alpha or t.cutmix_alpha) or t.batch_size % 2 == 0,
-         "must be even when Mixup/CutMix is on (they pair images within a batch)"),
-        ("sampling.target_ratio", 0 < cfg.sampling.target_ratio <= 1, "must be in (0, 1]"),
-        ("augment.image_size", cfg.augment.image_size >= 8, "must be at least 8 pixels"),
-        ("augment.pre_resize_crop", cfg.augment.pre_resize_crop is None or (
-            len(cfg.augment.pre_resize_crop) == 2
-            and all(isinstance(v, int) and v >= 8 for v in cfg.augment.pre_resize_crop)),
-         "must be [height, width] in pixels, each at least 8"),
-        ("augment.mean", len(cfg.augment.mean) == 3, "must list 3 channel means"),
-        ("augment.device_hflip", 0 <= cfg.augment.device_hflip <= 1, "is a probability in [0, 1]"),
-        ("augment.device_vflip", 0 <= cfg.augment.device_vflip <= 1, "is a probability in [0, 1]"),
-        ("augment.std", len(cfg.augment.std) == 3 and all(s > 0 for s in cfg.augment.std),
-         "must list 3 positive channel standard deviations"),
-        ("tta.batch_size", cfg.tta.batch_size >= 1, "must be at least 1"),
-        ("ensemble.checkpoints", len(cfg.ensemble.checkpoints) >= 1
-         and len(set(map(str, cfg.ensemble.checkpoints))) == len(cfg.ensemble.checkpoints)
-         and all(str(n) in ("best", "last") for n in cfg.ensemble.checkpoints),
-         "must be a non-empty list of distinct checkpoints from: best, last"),
-        ("ensemble.tau_grid", len(cfg.ensemble.tau_grid) >= 1 and all(
-            isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t < float("inf")
-            for t in cfg.ensemble.tau_grid), "must be a non-empty list of numbers >= 0"),
-        ("data.demo_scale", 0 < cfg.data.demo_scale <= 1, "must be in (0, 1] (1.0 uses every digit)"),
-        ("data.test_image_template",
-         (cfg.data.test_image_template is None) != (cfg.data.test_path_column is None),
-         "set exactly one of data.test_image_template and data.test_path_column"),
-        ("experiment", cfg.experiment.replace("-", "").replace("_", "").isalnum(),
-         "must be letters, digits, '-' or '_' (it names a folder)"),
-    ]
+# The keys with a fixed set of values, and those values: {"loss.name": ("ce", "focal", ...), ...}.
+CHOICES = {f"{section}.{key}": typing.get_args(field.annotation)
+           for section, outer in Config.model_fields.items() if _is_section(outer.annotation)
+           for key, field in outer.annotation.model_fields.items() if typing.get_origin(field.annotation) is Literal}
 
 
 # ----------------------------------------------------------------------------------------
-# Building dataclasses from plain dicts, with type checks that name the key.
+# pydantic's errors as one line per key: the dotted key, what is wrong, the value given.
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _check_type(key: str, value: Any, tp) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for member in (a for a in args if a is not type(None)):
-            try:
-                return _check_type(key, value, member)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise ConfigError(f"{key}: expected one of {[_type_name(a) for a in args]}, got {value!r}")
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:  # PyYAML (YAML 1.1) reads `3e-4` as a string; users mean a number
-            return float(value)
-        except ValueError:
-            pass
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r} ({type(value).__name__})")
-        return value
-    if tp is list or origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
-        return value
-    if tp in (int, float, str, bool):
-        if isinstance(value, bool) and tp is not bool:
-            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} (bool)")
-        if not isinstance(value, tp):
-            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
-        return value
-    raise AssertionError(f"unsupported annotation {tp} for {key}")
+_TYPE_WORDS = {int: "int", float: "float", str: "str", bool: "bool", list: "a list", dict: "a mapping",
+               type(None): "null"}
 
 
-def _build(cls, raw: dict, prefix: str):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown key '{prefix}{key}'.{hint} Allowed keys here: {', '.join(names)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value or {}, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _check_type(f"{prefix}{key}", value, tp)
-    return cls(**kwargs)
+def _expected(tp: Any) -> str:
+    """`str | list | None` -> 'str, a list or null' (`Float` is a float)."""
+    members = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+    words = [_TYPE_WORDS.get(typing.get_args(m)[0] if typing.get_origin(m) is Annotated else m, str(m))
+             for m in members]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
-def _validate(cfg: Config) -> None:
-    flat = flatten(config_to_dict(cfg))
-    for key, allowed in CHOICES.items():
-        if flat[key] not in allowed:
-            raise ConfigError(f"{key}: '{flat[key]}' is not one of: {', '.join(allowed)}")
-    for key, holds, rule in _value_checks(cfg):
-        if not holds:
-            raise ConfigError(f"{key}: {rule}; got {flat.get(key)!r}")
+def _range(field: FieldInfo) -> str:
+    """A field's bounds as a rule: 'must be positive', 'must be at least 2', 'must be in [0, 1)'."""
+    b = {k: getattr(m, k) for m in field.metadata for k in ("gt", "ge", "lt", "le") if hasattr(m, k)}
+    lo = f"[{b['ge']}" if "ge" in b else f"({b['gt']}" if "gt" in b else "(-inf"
+    hi = f"{b['le']}]" if "le" in b else f"{b['lt']})" if "lt" in b else ""
+    if hi:
+        return f"must be in {lo}, {hi}"
+    named = {"(0": "must be positive", "[0": "must be non-negative"}
+    return named.get(lo) or f"must be {'at least' if lo[0] == '[' else 'greater than'} {lo[1:]}"
+
+
+def _problem(err: dict) -> tuple[str, str]:
+    """(dotted key, one line saying what is wrong) for one of pydantic's errors."""
+    model, keys, field = Config, [], None
+    for part in err["loc"]:               # down the sections; what follows a leaf key is pydantic's detail
+        if model is None or part not in model.model_fields:
+            break
+        field = model.model_fields[part]
+        keys.append(part)
+        model = field.annotation if _is_section(field.annotation) else None
+    key, value, kind = ".".join(keys) or "config", err["input"], err["type"]
+    if kind == "extra_forbidden":
+        names = list(model.model_fields)
+        unknown = ".".join([*keys, str(err["loc"][len(keys)])])
+        close = difflib.get_close_matches(str(err["loc"][len(keys)]), names, n=1)
+        hint = f" Did you mean '{'.'.join([*keys, close[0]])}'?" if close else ""
+        return unknown, f"unknown key '{unknown}'.{hint} Allowed keys here: {', '.join(names)}"
+    if kind == "model_type":
+        return key, f"{key}: expected a mapping of keys, got {value!r}"
+    if kind == "literal_error":
+        return key, f"{key}: '{value}' is not one of: {', '.join(map(str, typing.get_args(field.annotation)))}"
+    if kind.endswith("_type"):
+        return key, f"{key}: expected {_expected(field.annotation)}, got {value!r} ({type(value).__name__})"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return key, f"{key}: {_range(field)}; got {value!r}"
+    broken = err.get("ctx", {}).get("error")
+    if isinstance(broken, _Broken):       # raised by the section at `key`
+        key = ".".join([*keys, broken.key])
+        return key, f"{key}: {broken.rule}; got {broken.value!r}"
+    return key, f"{key}: {err['msg']}; got {value!r}"
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    """One line per key (a value that fails several union members is one problem)."""
+    lines: dict[str, str] = {}
+    for err in exc.errors(include_url=False):
+        key, line = _problem(err)
+        lines.setdefault(key, line)
+    return list(lines.values())
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -470,18 +465,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
+    where = f"{path}: " if path else ""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}expected a mapping of keys, got {type(raw).__name__}")
     raw = _merge(raw, overrides or {})
     try:
-        cfg = _build(Config, raw, "")
-        _validate(cfg)
-    except ConfigError as exc:
-        where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}{exc}") from None
-    return cfg
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(f"{where}{line}" for line in _problems(exc))) from None
 
 
 def config_to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as plain nested dicts (what the resolved YAML and the stage fingerprints hold)."""
+    return cfg.model_dump()
 
 
 # Each stage depends on these keys (prefix match). A change elsewhere leaves it up to date:

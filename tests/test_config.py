@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, load_config, parse_overrides, stage_fingerprint, write_resolved
+from pipeline.config import ConfigError, LossConfig, load_config, parse_overrides, stage_fingerprint, write_resolved
 from tests.conftest import REPO
 
 
@@ -25,6 +25,16 @@ def _demo(overrides):
     (["tta.views=hflip"], "tta.views: expected a list"),
     (["model=resnet18"], "model: expected a mapping"),
     (["data.test_path_column=path"], "exactly one of data.test_image_template and data.test_path_column"),
+    (["train.lrr=0.1"], "unknown key 'train.lrr'. Did you mean 'train.lr'? Allowed keys here: epochs,"),
+    (["loss.name=bce"], "loss.name: 'bce' is not one of: ce, focal, f1, weighted_ce"),
+    (["loss.label_smoothing=1.5"], "loss.label_smoothing: must be in [0, 1); got 1.5"),
+    (["train.warmup_epochs=6", "train.epochs=6"], "train.warmup_epochs: must be in [0, train.epochs); got 6"),
+    (["train.mixup_alpha=0.2", "train.batch_size=63"], "train.batch_size: must be even when Mixup/CutMix is on"),
+    (["train.num_workers=-1"], "train.num_workers: must be 'auto' or a non-negative integer; got -1"),
+    (["data.group_column=5"], "data.group_column: expected str or null, got 5 (int)"),
+    (["train.lr=true"], "train.lr: expected float, got True (bool)"),
+    (["train.cutmix_alpha=-1"], "train.cutmix_alpha: must be non-negative; got -1"),
+    (["experiment=a b"], "experiment: must be letters, digits, '-' or '_'"),
 ])
 def test_invalid_values_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=None) as err:
@@ -45,6 +55,27 @@ def test_int_accepted_for_float_but_bool_is_not_int():
     assert _demo(["train.lr=1"]).train.lr == 1.0
     with pytest.raises(ConfigError, match="train.epochs: expected int"):
         _demo(["train.epochs=true"])
+
+
+def test_every_problem_is_one_line_naming_the_file_and_the_key():
+    with pytest.raises(ConfigError) as err:
+        _demo(["train.lr=-1", "train.epochs=0", "tta.merge=avg"])
+    lines = str(err.value).splitlines()
+    assert [line.split(": ")[1] for line in lines] == ["train.epochs", "train.lr", "tta.merge"]
+    assert all("demo.yaml" in line for line in lines)
+
+
+def test_an_empty_section_keeps_its_defaults_and_the_top_level_must_be_a_mapping(tmp_path):
+    (tmp_path / "empty.yaml").write_text("train:\n")
+    assert load_config(tmp_path / "empty.yaml").train.epochs == load_config().train.epochs
+    (tmp_path / "list.yaml").write_text("- train\n")
+    with pytest.raises(ConfigError, match="list.yaml: expected a mapping of keys, got list"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_sections_built_in_code_are_checked_too():
+    with pytest.raises(ValueError, match="'ce', 'focal', 'f1' or 'weighted_ce'"):
+        LossConfig(name="bce")
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path):

@@ -1,17 +1,17 @@
 """The README's config reference names every config key, and the two set-up commands come first."""
 
-import dataclasses
+from pydantic import BaseModel
 
 from pipeline.config import Config
 from tests.conftest import REPO
 
 
 def _keys(cls, prefix=""):
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Config")):
-            yield from _keys(getattr(Config(), f.name).__class__, f"{f.name}.")
+    for name, field in cls.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _keys(field.annotation, f"{name}.")
         else:
-            yield prefix, f.name
+            yield prefix, name
 
 
 def test_every_config_key_is_documented():

@@ -54,7 +54,7 @@ def build_everything(cfg: Config, classes: list[str] | None) -> None:
     build_loss(cfg.loss, np.ones(n_classes, dtype=np.int64))
     if cfg.model.pretrained_file and not Path(cfg.model.pretrained_file).is_file():
         raise ConfigError(f"model.pretrained_file: {cfg.model.pretrained_file} does not exist")
-    model_cfg = cfg.model.__class__(**{**vars(cfg.model), "pretrained": False, "pretrained_file": None})
+    model_cfg = cfg.model.model_copy(update={"pretrained": False, "pretrained_file": None})
     with torch.device("meta"):     # shapes only: no memory, no download
         model = create_model(model_cfg, n_classes, classes)
     optimizer = build_optimizer(cfg, model)
