@@ -312,3 +312,28 @@ def test_choose_tau_with_a_hard_vote_of_adjusted_members():
     assert tau > 0
     assert _f1(y, vote_scores(logit_adjust(members, prior, tau), "hard")) > _f1(y, vote_scores(members, "hard"))
 
+
+
+def test_vote_and_its_scores_default_to_the_soft_vote():
+    """The default mode is the soft vote (the configs' default too): a row where it and the hard vote differ."""
+    probs = np.array([[[0.6, 0.4]], [[0.6, 0.4]], [[0.0, 1.0]]])   # two members lean to 0, one is sure of 1
+    assert vote(probs, "soft")[0] == 1 and vote(probs, "hard")[0] == 0
+    assert vote(probs).tolist() == vote(probs, "soft").tolist()
+    np.testing.assert_array_equal(vote_scores(probs), vote_scores(probs, "soft"))
+
+
+def test_fitted_weights_that_do_worse_than_uniform_are_not_returned(monkeypatch):
+    """A failed optimisation (here: one that lands on the weakest member) must not beat the uniform vote."""
+    import pipeline.predict.voting as voting
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    good = 0.4 * rng.dirichlet(np.ones(3), 200) + 0.6 * np.eye(3)[y]
+    bad = rng.dirichlet(np.ones(3), 200)
+    probs = np.stack([good, bad])
+
+    class Lost:
+        x = np.array([0.0, 1.0])   # all weight on the member that knows nothing
+
+    monkeypatch.setattr(voting, "minimize", lambda *a, **k: Lost())
+    np.testing.assert_allclose(fit_weights(probs, y, "logloss"), [0.5, 0.5])
