@@ -36,6 +36,11 @@ PIPELINE_GOALS := data check folds train retrain train-dask tune predict ensembl
 ifneq ($(strip $(EXPS)),)
   PIPELINE_GOALS := $(filter-out ensemble,$(PIPELINE_GOALS))  # a blend has no CONFIG to resolve
 endif
+# Make resolves the config (and writes its stamps) before it runs any goal, so `clean` in the same
+# call would delete what the other goals were just given: it must run on its own.
+ifneq ($(and $(filter clean,$(MAKECMDGOALS)),$(filter-out clean,$(MAKECMDGOALS))),)
+  $(error `make clean` runs on its own: `make clean && make $(filter-out clean,$(MAKECMDGOALS))`)
+endif
 ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   ifeq ($(wildcard $(VENV_OK)),)
     $(info [make] creating the virtual environment first (a few minutes, once))

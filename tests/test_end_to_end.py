@@ -122,6 +122,19 @@ def test_invalid_config_stops_make_before_any_work(tmp_path):
     assert not (tmp_path / "data").exists() and not (tmp_path / "folds").exists()
 
 
+def test_clean_beside_other_goals_stops_before_deleting_anything(tmp_path):
+    """`make clean folds` would delete the stamps Make just resolved for `folds`: it refuses, removing nothing."""
+    config = write_config(tmp_path / "tiny.yaml", tiny_config_dict(tmp_path, tmp_path / "data"))
+    keep = REPO / "outputs" / f"kept-by-test-{os.getpid()}"
+    keep.write_text("clean must not run")
+    try:
+        result = _make("clean", "folds", config=config)
+        assert result.returncode != 0 and keep.exists()
+        assert "`make clean` runs on its own: `make clean && make folds`" in result.stderr
+    finally:
+        keep.unlink(missing_ok=True)
+
+
 # ---- nothing stale: Make sees the content of what a stage reads ------------------------------------
 
 def _folds_files(exp, name):
