@@ -106,7 +106,8 @@ def _score_block(score: pd.DataFrame) -> str:
         lines.append(f"| {bold}{row.model}{bold} | {bold}{row.f1_macro:.3f}{bold} | {bold}{row.accuracy:.3f}{bold} |")
     submission = votes[votes["model"] == "submission.csv"]["f1_macro"].iloc[0]
     best, worst = folds["f1_macro"].max(), folds["f1_macro"].min()
-    relation = f"{best - submission:.3f} below" if submission <= best else f"{submission - best:.3f} above"
+    gap = round(submission - best, 3)
+    relation = "equal to" if gap == 0 else f"{abs(gap):.3f} {'above' if gap > 0 else 'below'}"
     lines += ["", f"The submission's macro-F1 is {relation} the best fold's and {submission - worst:.3f} above the "
               "worst fold's, and you cannot know in advance which fold is which."]
     return "\n".join(lines) + "\n"
