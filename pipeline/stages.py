@@ -29,7 +29,7 @@ def resolve(cfg: Config, make_vars: bool = False) -> dict[str, str]:
 
     Returns the Make variables (checked to be safe to paste into rules) when `make_vars`.
     """
-    from pipeline.config import write_resolved
+    from pipeline.stamps import write_resolved
     from pipeline.data.manifest import write_manifests
     from pipeline.makevars import make_variables
     from pipeline.tools.preflight import preflight

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from pipeline.predict.blend import FoldsMismatchError, blend
-from pipeline.config import load_config, write_resolved
+from pipeline.config import load_config
+from pipeline.stamps import write_resolved
 from pipeline.fileio import write_json_atomic
 from pipeline.predict.submission import validate_submission
 

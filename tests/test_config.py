@@ -5,7 +5,8 @@ import json
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, LossConfig, load_config, parse_overrides, stage_fingerprint, write_resolved
+from pipeline.config import ConfigError, LossConfig, load_config, parse_overrides
+from pipeline.stamps import stage_fingerprint, write_resolved
 from tests.conftest import REPO
 
 

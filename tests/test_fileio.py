@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from pipeline.config import write_resolved
+from pipeline.stamps import write_resolved
 from pipeline.fileio import atomic_path, write_text_if_changed
 from pipeline.data.fold_file import make_folds
 

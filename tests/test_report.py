@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import load_config, write_resolved
+from pipeline.config import load_config
+from pipeline.stamps import write_resolved
 from pipeline.report.run_report import (headline_metric_columns, learning_curve_figure, prediction_distribution_table,
                              report_inputs, write_report)
 from tests.conftest import tiny_config_dict

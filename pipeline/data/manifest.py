@@ -25,7 +25,8 @@ import json
 import os
 from pathlib import Path
 
-from pipeline.config import Config, stage_fingerprint
+from pipeline.config import Config
+from pipeline.stamps import stage_fingerprint
 from pipeline.fileio import write_text_if_changed
 
 __all__ = ["image_entries", "train_manifest", "test_manifest", "write_manifests", "manifest_digest",

@@ -58,7 +58,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline.config import STAGE_KEYS, Config, ConfigError, config_to_dict, flatten, load_config, matches, with_values
+from pipeline.config import Config, ConfigError, config_to_dict, flatten, load_config, matches, with_values
+from pipeline.stamps import STAGE_KEYS
 
 __all__ = ["tune", "validate_space", "default_storage", "trials_table", "TUNABLE_PREFIXES"]
 

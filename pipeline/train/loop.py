@@ -28,7 +28,8 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from pipeline.config import Config, package_versions
+from pipeline.config import Config
+from pipeline.stamps import package_versions
 from pipeline.device import loader_workers, resolve_device, seed_worker
 from pipeline.data.manifest import train_fingerprint
 from pipeline.data.cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset
