@@ -172,9 +172,9 @@ MUTANTS := $(addsuffix __mutmut_*,\
   pipeline.predict.voting.x_* pipeline.predict.blend.x__blend_rows pipeline.predict.blend.x_check_same_folds \
   pipeline.predict.blend.x__concat_folds pipeline.predict.submission.x_write_submission \
   pipeline.predict.submission.x_validate_submission)
-mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow) → outputs/mutation.json
+mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow) → docs/figures/mutation.json
 	$(VENV)/bin/mutmut run --max-children 2 $(foreach m,$(MUTANTS),'$(m)')
-	$(PY) -m pipeline.tools.mutation_score --out $(OUTPUT_DIR)/mutation.json $(foreach m,$(MUTANTS),'$(m)')
+	$(PY) -m pipeline.tools.mutation_score --out docs/figures/mutation.json $(foreach m,$(MUTANTS),'$(m)')
 
 docs: | $(VENV_OK) ## rewrite the README's generated tables from docs/figures/
 	$(PY) -m pipeline.tools.docs

@@ -337,3 +337,20 @@ def test_fitted_weights_that_do_worse_than_uniform_are_not_returned(monkeypatch)
 
     monkeypatch.setattr(voting, "minimize", lambda *a, **k: Lost())
     np.testing.assert_allclose(fit_weights(probs, y, "logloss"), [0.5, 0.5])
+
+
+def test_class_priors_are_add_one_smoothed_frequencies_over_every_class():
+    np.testing.assert_allclose(class_priors([0, 0, 1], 3), np.array([3, 2, 1]) / 6)   # class 2 absent: still > 0
+
+
+def test_logit_adjust_accepts_one_row_and_zero_probabilities_and_refuses_a_zero_prior():
+    np.testing.assert_allclose(logit_adjust([0.6, 0.4, 0.0], [0.5, 0.25, 0.25], 1.0), [0.6, 0.8, 0.0] / np.float64(1.4),
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="prior must be positive and finite"):
+        logit_adjust([[0.5, 0.5]], [1.0, 0.0], 1.0)
+    with pytest.raises(ValueError, match="prior must be positive and finite"):
+        logit_adjust([[0.5, 0.5]], [np.inf, 0.5], 1.0)
+    with pytest.raises(ValueError, match="probs must be finite and non-negative"):
+        logit_adjust([[np.nan, 0.5]], [0.5, 0.5], 1.0)
+    with pytest.raises(ValueError, match="probs must be finite and non-negative"):
+        logit_adjust([[-0.1, 1.1]], [0.5, 0.5], 1.0)

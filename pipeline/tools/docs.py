@@ -165,12 +165,27 @@ def _bench_block(bench: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _mutation_block(scores: dict) -> str:
+    lines = ["| module | mutants | killed | survived | no tests | score |", "| --- | --- | --- | --- | --- | --- |"]
+    for module, s in scores.items():
+        lines.append(f"| `{module}` | {s['mutants']} | {s['killed']} | {len(s['survived'])} | {len(s['no_tests'])} | "
+                     f"{s['score']:.3f} |")
+    total = sum(s["mutants"] for s in scores.values())
+    killed = sum(s["killed"] for s in scores.values())
+    lines.append(f"| all | {total} | {killed} | {sum(len(s['survived']) for s in scores.values())} | "
+                 f"{sum(len(s['no_tests']) for s in scores.values())} | {killed / total:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_blocks(figures: Path = FIGURES) -> dict[str, str]:
     """Every generated README block, by name, from the files in `figures`."""
     run = json.loads((figures / "run.json").read_text())
     bench = json.loads((figures / "bench.json").read_text())
-    return {"run": _run_block(run), "score": _score_block(pd.read_csv(figures / "score.csv")),
-            "cv": _cv_block(pd.read_csv(figures / "cv.csv")), "bench": _bench_block(bench)}
+    blocks = {"run": _run_block(run), "score": _score_block(pd.read_csv(figures / "score.csv")),
+              "cv": _cv_block(pd.read_csv(figures / "cv.csv")), "bench": _bench_block(bench)}
+    if (figures / "mutation.json").is_file():   # written by `make mutation`
+        blocks["mutation"] = _mutation_block(json.loads((figures / "mutation.json").read_text()))
+    return blocks
 
 
 def rewrite_readme(text: str, blocks: dict[str, str]) -> str:
