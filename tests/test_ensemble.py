@@ -354,3 +354,23 @@ def test_logit_adjust_accepts_one_row_and_zero_probabilities_and_refuses_a_zero_
         logit_adjust([[np.nan, 0.5]], [0.5, 0.5], 1.0)
     with pytest.raises(ValueError, match="probs must be finite and non-negative"):
         logit_adjust([[-0.1, 1.1]], [0.5, 0.5], 1.0)
+
+
+def test_log_loss_renormalises_each_row_alone_and_an_all_zero_row_counts_as_uniform():
+    """Rows that do not sum to 1 (e.g. unnormalised scores) are scaled row by row, not by the total."""
+    assert log_loss([[2.0, 2.0], [0.9, 0.1]], [0, 0]) == pytest.approx((np.log(2) - np.log(0.9)) / 2)
+    assert log_loss([[0.0, 0.0, 0.0]], [1]) == pytest.approx(np.log(3))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\), got 2..2"):
+        log_loss([[0.5, 0.5]], [2])   # class index 2 of 2 classes
+
+
+def test_tta_merge_defaults_to_the_mean_of_probabilities():
+    """`tta.merge`'s default: the mean of the views' softmax, which differs from the softmax of mean logits."""
+    import torch
+
+    from pipeline.predict.tta import merge_view_logits
+
+    logits = torch.tensor([[[4.0, 0.0]], [[0.0, 1.0]]])   # two views, one image
+    expected = logits.softmax(-1).mean(0)
+    torch.testing.assert_close(merge_view_logits(logits), expected)
+    assert not torch.allclose(merge_view_logits(logits, "logit_mean"), expected)
