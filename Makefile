@@ -173,7 +173,7 @@ MUTANTS := $(addsuffix __mutmut_*,\
   pipeline.predict.blend.x__concat_folds pipeline.predict.submission.x_write_submission \
   pipeline.predict.submission.x_validate_submission)
 mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow) → docs/figures/mutation.json
-	$(VENV)/bin/mutmut run --max-children 2 $(foreach m,$(MUTANTS),'$(m)')
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2 $(foreach m,$(MUTANTS),'$(m)')
 	$(PY) -m pipeline.tools.mutation_score --out docs/figures/mutation.json $(foreach m,$(MUTANTS),'$(m)')
 
 docs: | $(VENV_OK) ## rewrite the README's generated tables from docs/figures/
