@@ -165,3 +165,32 @@ def test_training_indices_for_fold():
     with pytest.raises(ValueError, match=r"0\.\.2.*got 3"):
         training_indices_for_fold(folds, 3)
 
+
+
+def test_groups_with_blanks_or_mixed_types_are_refused_naming_the_problem():
+    labels = ["a", "b"] * 6
+    with pytest.raises(ValueError, match=r"groups has 2 missing or blank value\(s\) at row index\(es\) \[1, 4\]"):
+        assign_folds(labels, 2, 0, groups=["g0", None, "g2", "g3", " ", "g5"] + [f"g{i}" for i in range(6, 12)])
+    with pytest.raises(ValueError, match=r"groups mixes value types \['int', 'str'\]"):
+        assign_folds(labels, 2, 0, groups=np.array([1, "x"] * 6, dtype=object))
+
+
+@pytest.mark.parametrize("n_mixed, listed_all", [(10, True), (11, False)])
+def test_groups_with_two_labels_are_listed_up_to_ten_then_counted(n_mixed, listed_all):
+    groups = [f"g{i:02d}" for i in range(n_mixed) for _ in (0, 1)] + [f"h{i}" for i in range(20)]
+    labels = ["a", "b"] * n_mixed + ["a", "b"] * 10
+    with pytest.raises(ValueError, match=f"{n_mixed} group\\(s\\) carry more than one") as err:
+        assign_folds(labels, 2, 0, groups=groups)
+    message = str(err.value)
+    assert "group 'g00' has labels ['a', 'b']" in message and "group 'g09'" in message
+    assert ("groups in all" in message) is not listed_all and "group 'g10' has" not in message
+
+
+def test_a_fold_number_must_be_a_real_integer_and_a_one_row_fold_is_fine():
+    folds = np.array([0, 1, 1, 1])
+    train, val = training_indices_for_fold(folds, 0)
+    assert val.tolist() == [0] and train.tolist() == [1, 2, 3]
+    assert training_indices_for_fold(np.array([0, 0, 0, 1]), 0)[0].tolist() == [3]   # one training row
+    for bad in (True, 1.0, "1", 2, -1):
+        with pytest.raises(ValueError, match=r"fold must be an integer in 0..1"):
+            training_indices_for_fold(folds, bad)

@@ -4,7 +4,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipeline.data.sampling import SAMPLING_METHODS, balanced_sample_weights, oversample_indices
+from pipeline.data.sampling import SAMPLING_METHODS, balanced_sample_weights, epoch_rows, oversample_indices
 
 LABELS = np.array(["a"] * 50 + ["b"] * 12 + ["c"] * 3)
 
@@ -129,3 +129,16 @@ def test_balanced_weights_drive_weighted_random_sampler():
     for cls in ("a", "b", "c"):
         assert 850 < drawn[cls] < 1150  # about 1000 each, vs 50:12:3 in the data
 
+
+
+def test_oversampling_tops_up_exactly_and_draws_with_replacement_from_a_tiny_class():
+    assert oversample_indices(["a"] * 4 + ["b"], 0.5, seed=0).tolist() == [0, 1, 2, 3, 4, 4]   # deficit of one
+    rows = oversample_indices(["a"] * 10 + ["b"], 1.0, seed=0)          # one member, nine copies needed
+    assert rows.tolist() == list(range(10)) + [10] * 10
+
+
+def test_the_epochs_rows_depend_on_the_seed_only():
+    labels = ["a"] * 20 + ["b"] * 3 + ["c"] * 2
+    first = epoch_rows(labels, "oversample", 1.0, seed=7)
+    assert np.array_equal(first, epoch_rows(labels, "oversample", 1.0, seed=7))
+    assert not np.array_equal(first, epoch_rows(labels, "oversample", 1.0, seed=8))
