@@ -79,3 +79,8 @@ def test_without_classes_any_label_passes(tmp_path, sample):
     path = tmp_path / "sub.csv"
     path.write_text("id,label,extra\n0007,cat,x\n0001,dog,y\n0010,01,z\n")
     assert validate_submission(path, sample, "id", "label") == []
+
+
+def test_an_extra_row_is_reported_without_an_order_check(tmp_path, sample):
+    assert _check(tmp_path, sample, "id,label,extra\n0007,01,x\n0001,01,y\n0010,01,z\n0011,01,w\n") == [
+        "4 rows, the sample has 3", "1 id(s) are not in the sample, e.g. ['0011']"]
