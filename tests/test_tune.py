@@ -178,3 +178,12 @@ def test_space_from_yaml_accepts_yaml_numbers(tiny_cfg_dict, tmp_path):
     space = validate_space(load_config(path))
     assert space["train.lr"] == {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
     assert space["train.batch_size"]["step"] == 16
+
+
+@pytest.mark.parametrize("config", ["configs/demo.yaml", "configs/mask.yaml"])
+def test_the_shipped_configs_have_a_search_space_make_tune_accepts(config):
+    """`make tune` works out of the box (it stopped with 'tune.space: empty' before)."""
+    from pipeline.tools.tune import validate_space
+
+    space = validate_space(load_config(REPO / config))
+    assert "train.lr" in space and all(spec["type"] in ("float", "int", "categorical") for spec in space.values())
