@@ -108,7 +108,7 @@ def test_cv_table_has_no_tta_tta_and_every_view_in_csv_and_markdown(copy_of):
     for part in ["out-of-fold, no TTA", "out-of-fold, TTA (mean)", "out-of-fold, view identity",
                  "out-of-fold, view hflip"]:
         assert part in parts
-    assert any(p.startswith("out-of-fold, TTA + logit adjustment tau=") for p in parts)
+    assert any(p.startswith("out-of-fold, TTA + logit adjustment, tau from the other folds (") for p in parts)
     assert {"rows", "f1_macro", "accuracy", "log_loss"} <= set(cv.columns)
     n = len(pd.read_csv(copy_of.folds_file))
     assert (cv.loc[cv["part"].str.startswith("out-of-fold"), "rows"] == n).all()
@@ -133,7 +133,7 @@ def test_logit_adjustment_is_recorded_applied_and_scored(copy_of):
     settings = json.loads((copy_of.exp_dir / "ensemble.json").read_text())["logit_adjust"]
     assert settings["applied"] and settings["tau"] == 1.0 and len(settings["prior"]) == len(_classes(copy_of))
     cv = pd.read_csv(copy_of.exp_dir / "cv.csv")
-    assert "out-of-fold, TTA + logit adjustment tau=1" in cv["part"].tolist()
+    assert "out-of-fold, TTA + logit adjustment, tau from the other folds (1/1/1)" in cv["part"].tolist()
     table = score(copy_of, **QUIET)
     models = table["model"].tolist()
     assert "soft vote + logit adjustment tau=1 (submission)" in models

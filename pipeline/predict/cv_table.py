@@ -11,7 +11,7 @@ import pandas as pd
 from pipeline.fileio import write_csv_atomic, write_text_atomic
 from pipeline.metrics import classification_metrics
 from pipeline.predict.probs import CKPT_PREFIX, class_ids, frame_prob_columns, prob_columns, view_columns
-from pipeline.predict.voting import log_loss, logit_adjust
+from pipeline.predict.voting import log_loss, nested_logit_adjust
 
 __all__ = ["CV_COLUMNS", "metrics_row", "cv_table", "markdown_table", "write_cv", "text_table"]
 
@@ -27,9 +27,10 @@ def metrics_row(part: str, y: np.ndarray, probs: np.ndarray, predicted=None, **e
 
 
 def cv_table(oof: pd.DataFrame, classes: list, oof_tta: pd.DataFrame | None = None, merge: str = "mean",
-             tau: float | None = None, prior: np.ndarray | None = None) -> pd.DataFrame:
+             tau_grid=None) -> pd.DataFrame:
     """Each fold and the whole out-of-fold set without TTA (oof.csv); with TTA, each view alone and each
-    checkpoint (oof_tta.csv); then the TTA probabilities after logit adjustment by `tau` (when given)."""
+    checkpoint (oof_tta.csv); then, with a `tau_grid`, the (TTA) probabilities after logit adjustment with
+    each fold's tau chosen on the other folds (nested, so the row is not scored on the rows that chose it)."""
     y = class_ids(oof["label"], classes, "oof.csv")
     probs = oof[frame_prob_columns(oof)].to_numpy()
     folds = oof["fold"].to_numpy()
@@ -43,11 +44,13 @@ def cv_table(oof: pd.DataFrame, classes: list, oof_tta: pd.DataFrame | None = No
             rows.append(metrics_row(f"out-of-fold, view {view}", y_tta, oof_tta[cols].to_numpy()))
         for ckpt, cols in view_columns(oof_tta, classes, CKPT_PREFIX).items():
             rows.append(metrics_row(f"out-of-fold, checkpoint {ckpt}", y_tta, oof_tta[cols].to_numpy()))
-        y, probs = y_tta, tta
-    if tau is not None and prior is not None:
+        y, probs, folds = y_tta, tta, oof_tta["fold"].to_numpy()
+    if tau_grid is not None:
         what = "TTA" if oof_tta is not None else "no TTA"
-        rows.append(metrics_row(f"out-of-fold, {what} + logit adjustment tau={tau:g}", y,
-                                logit_adjust(probs, prior, tau)))
+        adjusted, taus = nested_logit_adjust(probs, y, folds, tau_grid)
+        chosen = "/".join(f"{t:g}" for t in taus.values())
+        rows.append(metrics_row(f"out-of-fold, {what} + logit adjustment, tau from the other folds ({chosen})", y,
+                                adjusted))
     return pd.DataFrame(rows)
 
 

@@ -79,10 +79,11 @@ def _ensemble(cfg: Config, log, logit_adjust_on: bool | None, tau_grid) -> Path:
     y = class_ids(base["label"], classes, "oof.csv")
     prior = class_priors(y, len(classes))
     tau, curve = choose_tau(base[prob_columns(classes)].to_numpy(), y, prior, grid)
-    cv = cv_table(oof, classes, oof_tta, cfg.tta.merge, tau, prior)
+    cv = cv_table(oof, classes, oof_tta, cfg.tta.merge, grid)
     state = "applied to the test probabilities" if adjust else "not applied (ensemble.logit_adjust: false)"
-    notes = [f"Logit adjustment p / prior^tau: tau={tau:g} chosen on OOF macro-F1 over "
-             f"[{', '.join(f'{t:g}' for t in grid)}]; {state}."]
+    notes = [f"Logit adjustment p / prior^tau: tau={tau:g} chosen on all OOF rows' macro-F1 over "
+             f"[{', '.join(f'{t:g}' for t in grid)}]; {state}. Its CV row is nested: each fold adjusted "
+             "with the tau and prior chosen on the other folds."]
     ckpts = list(view_columns(oof_tta, classes, CKPT_PREFIX)) if oof_tta is not None else []
     if ckpts:
         notes.append(f"The TTA, view and logit-adjustment rows average the checkpoints ({', '.join(ckpts)}); "
