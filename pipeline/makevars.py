@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pipeline.competitions.mask import people_csv
 from pipeline.config import Config, ConfigError
 
 __all__ = ["make_variables", "MAKE_SAFE"]
@@ -18,8 +19,8 @@ MAKE_SAFE = re.compile(r"^[A-Za-z0-9_./+,:@%=~-]*$")
 
 def make_variables(cfg: Config) -> dict[str, str]:
     """{Make variable: value}; a ConfigError naming the key when a value holds anything but path characters."""
-    people_csv = Path(cfg.data.image_root) / "train" / "train.csv"
-    mask_inputs = ",".join(str(p) for p in (people_csv, cfg.mask.relabel_file) if p and Path(p).is_file())
+    people = people_csv(cfg.data.image_root)
+    mask_inputs = ",".join(str(p) for p in (people, cfg.mask.relabel_file) if p and Path(p).is_file())
     variables = {"EXP_DIR": (cfg.exp_dir, "output_dir / experiment"),
                  "RESOLVED": (cfg.exp_dir / "config.yaml", "output_dir / experiment"),
                  "FOLDS_FILE": (cfg.folds_file, "folds.dir / folds.name"),

@@ -57,11 +57,11 @@ def demo_data(cfg: Config, log=print) -> Path:
 
 def mask_data(cfg: Config, log=print) -> Path:
     """The mask competition's layout → the pipeline's train CSV (the synthetic sample first, when asked)."""
-    from pipeline.competitions.mask import make_mask_sample, prepare_from_config
+    from pipeline.competitions.mask import make_mask_sample, people_csv, prepare_from_config
 
     if not cfg.mask.enabled:
         raise ConfigError("mask.enabled is false: this config does not use the mask competition's layout")
-    if cfg.mask.sample and not (Path(cfg.data.image_root) / "train" / "train.csv").is_file():
+    if cfg.mask.sample and not people_csv(cfg.data.image_root).is_file():
         make_mask_sample(cfg.data.image_root, seed=cfg.data.demo_seed)
         log(f"[mask] synthetic sample written to {cfg.data.image_root}")
     return prepare_from_config(cfg, log=log)

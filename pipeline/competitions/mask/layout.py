@@ -21,10 +21,15 @@ from pipeline.competitions.mask.labels import (IMAGE_EXTENSIONS, MASK_NAMES, MAS
                                                check_cutoff, encode_class, parse_age, parse_gender, parse_mask)
 from pipeline.fileio import write_csv_atomic
 
-__all__ = ["read_relabel_file", "prepare_mask_data", "prepare_from_config"]
+__all__ = ["people_csv", "read_relabel_file", "prepare_mask_data", "prepare_from_config"]
 
 PEOPLE_COLUMNS = ["id", "gender", "age", "path"]
 RELABEL_COLUMNS = ["id", "field", "value"]
+
+
+def people_csv(raw_root: str | Path) -> Path:
+    """The competition's one-row-per-person table, ``<raw_root>/train/train.csv``."""
+    return Path(raw_root) / "train" / "train.csv"
 
 
 # --------------------------------------------------------------------------- people and relabelling
@@ -208,10 +213,10 @@ def prepare_mask_data(raw_root: str | Path, out_csv: str | Path, age_cutoff: int
     """
     raw_root = Path(raw_root)
     age_cutoff = check_cutoff(age_cutoff)
-    people = _read_people(raw_root / "train" / "train.csv")
+    train_csv = people_csv(raw_root)
+    people = _read_people(train_csv)
     person_fixes, photo_fixes = ({}, {}) if relabel_file is None else \
         read_relabel_file(relabel_file, people["id"].tolist())
-    train_csv = raw_root / "train" / "train.csv"
     rows, skipped = [], []
     for person in people.to_dict("records"):
         pid = person["id"]

@@ -12,6 +12,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from pipeline.competitions.mask.labels import GENDERS, MASK_OF_STEM, PHOTO_STEMS, age_group, encode_class
+from pipeline.competitions.mask.layout import people_csv
 from pipeline.fileio import atomic_dir
 
 __all__ = ["make_mask_sample"]
@@ -120,7 +121,7 @@ def _write_sample(root: Path, n_people: int, n_eval: int, image_size: tuple[int,
         if row % 5 == 0:  # macOS junk, as in the real archive
             (folder / "._mask1.jpg").write_bytes(_APPLEDOUBLE)
         rows.append({"id": pid, "gender": GENDERS[gender], "race": "Asian", "age": age, "path": path})
-    pd.DataFrame(rows).to_csv(root / "train" / "train.csv", index=False, lineterminator="\n")
+    pd.DataFrame(rows).to_csv(people_csv(root), index=False, lineterminator="\n")
 
     (root / "eval" / "images").mkdir(parents=True)
     ids, truth = [], []
