@@ -71,9 +71,8 @@ def load_experiment(name: str, output_dir: str | Path = "outputs") -> Config:
 
 
 def _concat_folds(cfg: Config, file: str) -> pd.DataFrame | None:
-    import pandas as pd
-
     from pipeline.fileio import read_table
+    from pipeline.predict.probs import stack_folds
 
     frames = []
     for k in range(cfg.folds.n_splits):
@@ -81,7 +80,7 @@ def _concat_folds(cfg: Config, file: str) -> pd.DataFrame | None:
         if not path.is_file():
             return None
         frames.append(read_table(path))
-    return pd.concat(frames).sort_values("row").reset_index(drop=True)
+    return stack_folds(frames)
 
 
 def load_member(cfg: Config, oof_source: str = "auto") -> Member:

@@ -11,7 +11,8 @@ from pipeline.config import Config
 from pipeline.fileio import folder_lock, read_table, write_csv_atomic, write_json_atomic
 from pipeline.predict.cv_table import cv_table, write_cv
 from pipeline.predict.fold import checkpoint_names
-from pipeline.predict.probs import CKPT_PREFIX, class_ids, prob_columns, read_fold_probs, read_test_probs, view_columns
+from pipeline.predict.probs import (CKPT_PREFIX, class_ids, prob_columns, read_fold_probs, read_test_probs,
+                                    stack_folds, view_columns)
 from pipeline.predict.submission import write_submission
 from pipeline.predict.voting import choose_tau, class_priors, logit_adjust, vote
 
@@ -20,8 +21,7 @@ __all__ = ["ensemble", "logit_adjust_settings", "logit_adjust_record"]
 
 def _oof_table(cfg: Config) -> tuple[pd.DataFrame, list]:
     frames, classes = read_fold_probs(cfg, "oof.csv")
-    oof = pd.concat(frames).sort_values("row").reset_index(drop=True)
-    return oof, classes
+    return stack_folds(frames), classes
 
 
 def _oof_tta_table(cfg: Config, oof: pd.DataFrame, log=print) -> pd.DataFrame | None:
@@ -41,7 +41,7 @@ def _oof_tta_table(cfg: Config, oof: pd.DataFrame, log=print) -> pd.DataFrame | 
         if weights.is_file() and path.stat().st_mtime < weights.stat().st_mtime:
             log(f"[ensemble] warning: {path} is older than {weights}; rerun predict for fold {k}")
         frames.append(frame)
-    return pd.concat(frames).sort_values("row").reset_index(drop=True)
+    return stack_folds(frames)
 
 
 def logit_adjust_settings(cfg: Config, logit_adjust_on=None, tau_grid=None) -> tuple[bool, list[float]]:

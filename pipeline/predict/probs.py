@@ -20,7 +20,7 @@ from pipeline.fileio import read_table
 from pipeline.train.models import read_sidecar
 
 __all__ = ["PROB_PREFIX", "CKPT_PREFIX", "prob_columns", "frame_prob_columns", "fold_probs_frame", "class_ids",
-           "view_columns", "read_fold_probs", "read_test_probs"]
+           "view_columns", "read_fold_probs", "read_test_probs", "stack_folds"]
 
 PROB_PREFIX = "prob_"
 CKPT_PREFIX = "@"
@@ -67,6 +67,11 @@ def view_columns(frame: pd.DataFrame, classes: list, prefix: str = "") -> dict[s
         if head.startswith(CKPT_PREFIX) if prefix else not head.startswith(CKPT_PREFIX):
             names.setdefault(head[len(prefix):], None)
     return {n: [f"{prefix}{n}:{PROB_PREFIX}{c}" for c in classes] for n in names}
+
+
+def stack_folds(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per-fold tables (each with a `row` column) as one table in train-table row order."""
+    return pd.concat(frames).sort_values("row").reset_index(drop=True)
 
 
 def read_fold_probs(cfg: Config, name: str) -> tuple[list[pd.DataFrame], list]:

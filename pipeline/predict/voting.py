@@ -355,7 +355,7 @@ def nested_logit_adjust(probs, y, folds, grid: Sequence[float] = DEFAULT_TAU_GRI
             rest = held
         prior = class_priors(y[rest], p.shape[1])
         tau, _ = choose_tau(p[rest], y[rest], prior, grid)
-        taus[k.item() if hasattr(k, "item") else k] = tau
+        taus[k.item()] = tau
         out[held] = logit_adjust(p[held], prior, tau)
     return out, taus
 
