@@ -62,9 +62,13 @@ def _yaml_float(value: Any) -> Any:
 # A float that also takes an int (1 -> 1.0) or a number written as a string; never a bool.
 Float = Annotated[float, BeforeValidator(_yaml_float)]
 
-# Metrics `train.monitor` may name, and whether a higher value is better (pipeline.metrics.MAXIMISE).
-MONITOR_MAXIMISE = {"f1_macro": True, "f1_weighted": True, "accuracy": True, "precision_macro": True,
-                    "recall_macro": True, "roc_auc": True, "loss": False}
+# Metrics `competition.metric` may name (pipeline.metrics.metric_value), and whether higher is better.
+COMPETITION_METRICS = {"f1_macro": True, "accuracy": True, "roc_auc": True, "log_loss": False, "qwk": True}
+# Metrics `train.monitor` may name, and whether a higher value is better (pipeline.metrics.MAXIMISE);
+# `loss` is the training loss on the validation fold, `log_loss` the plain log-loss of its probabilities.
+MONITOR_MAXIMISE = {**COMPETITION_METRICS, "f1_weighted": True, "precision_macro": True, "recall_macro": True,
+                    "loss": False}
+SUBMISSION_FORMATS = ("auto", "labels", "probability", "class_probabilities")
 
 
 class _Section(BaseModel):
@@ -103,6 +107,7 @@ class DataConfig(_Section):
     demo: bool = False
     demo_scale: Float = Field(1.0, gt=0, le=1)   # 1.0 uses every digit
     demo_seed: int = 0
+    demo_task: Literal["digits", "odd"] = "digits"   # odd: two classes, a probability submission
     # Decode once: images decoded and resized a single time into a memory-mapped uint8 file
     # (pipeline/cache.py). Off or on gives the same numbers, so neither key is in a stage fingerprint.
     cache: bool = True
@@ -182,7 +187,7 @@ class TrainConfig(_Section):
     ema: bool = False                  # validate and save an exponential moving average of the weights
     ema_decay: Float = Field(0.998, gt=0, lt=1)
     patience: int | None = Field(None, ge=1)   # early stopping: epochs without improvement of `monitor`
-    monitor: Literal[tuple(MONITOR_MAXIMISE)] = "f1_macro"
+    monitor: Literal[tuple(MONITOR_MAXIMISE)] | None = None   # None: competition.metric
     num_workers: int | str = "auto"    # auto: 0 on CPU, one per spare core (up to 8) on a GPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -204,6 +209,15 @@ class LossConfig(_Section):
     class_weights: str | list | None = None   # "balanced" (from class frequencies) or a list
 
 
+class CompetitionConfig(_Section):
+    """What the competition scores and the submission it wants: the metric decides every fitted choice."""
+    metric: Literal[tuple(COMPETITION_METRICS)] = "f1_macro"
+    # auto: read from the sample submission (one column per class -> class_probabilities; a target column
+    # of fractions such as 0.5 -> probability; otherwise labels).
+    submission: Literal[SUBMISSION_FORMATS] = "auto"
+    positive_class: str | None = None   # probability format: the class whose probability is written
+
+
 class TTAConfig(_Section):
     views: list = ["identity", "hflip"]
     merge: Literal["mean", "geometric_mean", "max", "logit_mean"] = "mean"
@@ -213,7 +227,8 @@ class TTAConfig(_Section):
 class EnsembleConfig(_Section):
     voting: Literal["soft", "hard", "geometric", "rank"] = "soft"
     checkpoints: list = ["best"]       # best | last: each joins the vote
-    logit_adjust: bool = False         # p / prior^tau, tau chosen on out-of-fold macro-F1
+    logit_adjust: bool = False         # p / prior^tau, tau chosen on the out-of-fold competition.metric
+    class_bias: bool = False           # p * exp(b), one b per class fitted out of fold (binary: a threshold)
     tau_grid: list = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
 
     def _rules(self):
@@ -264,6 +279,7 @@ class Config(_Section):
     experiment: str = "demo"
     seed: int = 42
     output_dir: str = "outputs"
+    competition: CompetitionConfig = Field(default_factory=CompetitionConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     folds: FoldsConfig = Field(default_factory=FoldsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -283,6 +299,13 @@ class Config(_Section):
     def _empty_section(cls, v, info):
         """`train:` with nothing under it keeps the defaults."""
         return {} if v is None and _is_section(cls.model_fields[info.field_name].annotation) else v
+
+    @model_validator(mode="after")
+    def _monitor_follows_the_metric(self):
+        """`train.monitor` unset: the best checkpoint is the one the competition would score best."""
+        if self.train.monitor is None:
+            self.train.monitor = self.competition.metric
+        return self
 
     def _rules(self):
         return [("experiment", self.experiment.replace("-", "").replace("_", "").isalnum(),

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_score, recall_score,
-                             roc_auc_score)
+from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, precision_score,
+                             recall_score, roc_auc_score)
 
-from pipeline.config import MONITOR_MAXIMISE
+from pipeline.config import COMPETITION_METRICS, MONITOR_MAXIMISE
 
-__all__ = ["classification_metrics", "label_metrics", "roc_auc", "macro_f1", "per_class_f1", "confusion", "MAXIMISE"]
+__all__ = ["classification_metrics", "label_metrics", "roc_auc", "macro_f1", "per_class_f1", "confusion", "MAXIMISE",
+           "log_loss", "qwk", "metric_value", "metric_gain", "COMPETITION_METRICS"]
 
 # Direction of each monitorable metric: the best checkpoint maximises or minimises it.
 MAXIMISE = MONITOR_MAXIMISE
+
+# Floor for the true class's probability in the log-loss: one exact 0 gives a large finite loss, not inf.
+_LOG_FLOOR = 1e-15
 
 
 def classification_metrics(y_true: np.ndarray, scores: np.ndarray, predicted: np.ndarray | None = None
@@ -37,7 +41,68 @@ def label_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dic
         "f1_weighted": float(f1_score(y_true, y_pred, average="weighted", **common)),
         "precision_macro": float(precision_score(y_true, y_pred, average="macro", **common)),
         "recall_macro": float(recall_score(y_true, y_pred, average="macro", **common)),
+        "qwk": qwk(y_true, y_pred, n_classes),
     }
+
+
+def qwk(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Quadratic weighted kappa over the classes in their pipeline order (numbers sort as numbers, so
+    grades 0..4 are ordered); NaN when it is undefined (truth and predictions one single class).
+
+    >>> qwk(np.array([0, 1, 2, 3]), np.array([0, 1, 2, 3]), 4), qwk(np.array([0, 3]), np.array([3, 0]), 4)
+    (1.0, -1.0)
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = cohen_kappa_score(y_true, y_pred, labels=np.arange(n_classes), weights="quadratic")
+    return float(value)
+
+
+def log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-probability of the true class; rows renormalised (an all-zero row counts as
+    uniform), the probability floored at 1e-15 so one confident mistake is large but finite.
+
+    >>> round(log_loss(np.array([0, 0]), np.array([[0.5, 0.5], [0.9, 0.1]])), 4)   # (ln 2 + ln 1/0.9) / 2
+    0.3993
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    sums = p.sum(axis=1, keepdims=True)
+    p = np.where(sums > 0, p / np.where(sums > 0, sums, 1.0), 1.0 / p.shape[1])
+    return float(-np.log(np.maximum(p[np.arange(len(y_true)), np.asarray(y_true)], _LOG_FLOOR)).mean())
+
+
+def metric_value(name: str, y_true: np.ndarray, probs: np.ndarray) -> float:
+    """The competition metric `name` (``competition.metric``) of (N, C) `probs`: decisions are their argmax.
+
+    >>> y, p = np.array([0, 1]), np.array([[0.8, 0.2], [0.4, 0.6]])
+    >>> [round(metric_value(m, y, p), 4) for m in COMPETITION_METRICS]
+    [1.0, 1.0, 1.0, 0.367, 1.0]
+    """
+    if name not in COMPETITION_METRICS:
+        raise ValueError(f"competition.metric: unknown {name!r}; valid: {', '.join(COMPETITION_METRICS)}")
+    probs = np.asarray(probs, dtype=np.float64)
+    if name == "log_loss":
+        return log_loss(y_true, probs)
+    if name == "roc_auc":
+        return roc_auc(y_true, probs)
+    predicted, n_classes = probs.argmax(axis=1), probs.shape[1]
+    if name == "f1_macro":
+        return macro_f1(y_true, probs)
+    if name == "accuracy":
+        return float(accuracy_score(y_true, predicted))
+    return qwk(y_true, predicted, n_classes)
+
+
+def metric_gain(name: str, y_true: np.ndarray, probs: np.ndarray) -> float:
+    """`metric_value` signed so that higher is better (the log-loss negated): what every fitted choice
+    (tau, class bias, blend weights, a tuning trial) maximises. NaN (undefined) counts as the worst.
+
+    >>> metric_gain("log_loss", np.array([0]), np.array([[0.5, 0.5]])) < 0
+    True
+    """
+    value = metric_value(name, y_true, probs)
+    if np.isnan(value):
+        return -np.inf
+    return value if COMPETITION_METRICS[name] else -value
 
 
 def macro_f1(y_true: np.ndarray, probs: np.ndarray) -> float:

@@ -50,7 +50,7 @@ def demo_data(cfg: Config, log=print) -> Path:
     if not cfg.data.demo:
         raise ConfigError("data.demo is false: this config uses your own data, there is no demo to write")
     paths = make_demo_dataset(cfg.data.image_root, seed=cfg.data.demo_seed, scale=cfg.data.demo_scale,
-                              image_size=max(cfg.augment.image_size, 32))
+                              image_size=max(cfg.augment.image_size, 32), task=cfg.data.demo_task)
     log(f"[data] demo dataset written to {paths['root']}")
     return paths["train_csv"]
 

@@ -22,7 +22,7 @@ __all__ = ["STAGE_KEYS", "stage_fingerprint", "package_versions", "write_resolve
 # Each stage depends on these keys (prefix match). A change elsewhere leaves it up to date:
 # changing only `ensemble.voting` re-votes without retraining or re-predicting.
 STAGE_KEYS = {
-    "data": ["data.demo", "data.demo_scale", "data.demo_seed", "data.image_root", "data.train_csv",
+    "data": ["data.demo", "data.demo_scale", "data.demo_seed", "data.demo_task", "data.image_root", "data.train_csv",
              "mask.enabled", "mask.sample", "mask.age_cutoff", "mask.relabel_file"],
     "folds": ["seed", "folds.n_splits", "data.train_csv", "data.label_column", "data.group_column",
               "data.stratify_column"],
@@ -32,7 +32,7 @@ STAGE_KEYS = {
     "predict": ["tta.", "ensemble.checkpoints", "augment.image_size", "augment.pre_resize_crop", "augment.mean", "augment.std", "data.sample_submission",
                 "data.id_column", "data.test_image_template", "data.test_path_column",
                 "data.test_root", "data.image_root", "train.device"],
-    "ensemble": ["ensemble.", "data.sample_submission", "data.id_column", "data.target_column"],
+    "ensemble": ["ensemble.", "competition.", "data.sample_submission", "data.id_column", "data.target_column"],
 }
 
 

@@ -43,7 +43,9 @@ from sklearn.datasets import load_digits
 
 from pipeline.fileio import atomic_dir
 
-__all__ = ["make_demo_dataset", "CLASS_NAMES"]
+__all__ = ["make_demo_dataset", "CLASS_NAMES", "DEMO_TASKS"]
+
+DEMO_TASKS = ("digits", "odd")
 
 # Digit d is labelled CLASS_NAMES[d]: strings, so label mapping is really exercised.
 CLASS_NAMES: tuple[str, ...] = ("zero", "one", "two", "three", "four",
@@ -193,8 +195,13 @@ def _split_digits(targets: np.ndarray, counts: dict[str, int], n_test: int,
     return test, train
 
 
+def _label(digit: int, task: str) -> str:
+    """A digit's label: its name, or for the binary task whether it is odd ("1") or even ("0")."""
+    return CLASS_NAMES[digit] if task == "digits" else str(digit % 2)
+
+
 def _write_train(root: Path, images: np.ndarray, targets: np.ndarray, bases: list[int],
-                 image_size: int, group_size: int, rng: np.random.Generator) -> None:
+                 image_size: int, group_size: int, rng: np.random.Generator, task: str = "digits") -> None:
     """Render each training group (base + shifted, jittered copies in one tint) and write train.csv."""
     (root / "train").mkdir()
     # Shuffle before numbering so a group id says nothing about its class.
@@ -214,12 +221,12 @@ def _write_train(root: Path, images: np.ndarray, targets: np.ndarray, bases: lis
                 rgb = _colourise(_shift(coverage, *_random_offset(rng, max_shift)), fg, bg, gain)
             rel = f"train/{group}_{k}.png"
             _save_png(rgb, root / rel)
-            rows.append((rel, CLASS_NAMES[targets[base]], group))
+            rows.append((rel, _label(targets[base], task), group))
     _write_csv(root / "train.csv", pd.DataFrame(rows, columns=["image", "label", "group"]))
 
 
 def _write_test(root: Path, images: np.ndarray, targets: np.ndarray, picks: list[int],
-                image_size: int, rng: np.random.Generator) -> None:
+                image_size: int, rng: np.random.Generator, task: str = "digits") -> None:
     """Render the test images (own tint each) and write sample_submission.csv and test_labels.csv.
 
     Ids are assigned in one random order and rows listed in another, so neither the
@@ -235,8 +242,10 @@ def _write_test(root: Path, images: np.ndarray, targets: np.ndarray, picks: list
         _save_png(_colourise(_upscale(images[index], image_size), fg, bg), root / "test" / f"{id_of[pos]}.png")
     row_order = rng.permutation(len(picks)).tolist()
     order_ids = [id_of[p] for p in row_order]
-    truth = [CLASS_NAMES[targets[picks[p]]] for p in row_order]
-    _write_csv(root / "sample_submission.csv", pd.DataFrame({"id": order_ids, "label": CLASS_NAMES[0]}))
+    truth = [_label(targets[picks[p]], task) for p in row_order]
+    # The binary task asks for the probability of "1" (odd), with the usual 0.5 placeholder.
+    placeholder = CLASS_NAMES[0] if task == "digits" else "0.5"
+    _write_csv(root / "sample_submission.csv", pd.DataFrame({"id": order_ids, "label": placeholder}))
     _write_csv(root / "test_labels.csv", pd.DataFrame({"id": order_ids, "label": truth}))
 
 
@@ -249,7 +258,7 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 def make_demo_dataset(out_dir: str | Path, seed: int = 0, image_size: int = 32, group_size: int = 4,
                       test_per_class: int = 30, scale: float = 1.0,
-                      min_groups_per_class: int = 6) -> dict[str, Path]:
+                      min_groups_per_class: int = 6, task: str = "digits") -> dict[str, Path]:
     """Write the digits demo competition to `out_dir` (replacing it) and return its file paths.
 
     Arguments:
@@ -261,6 +270,8 @@ def make_demo_dataset(out_dir: str | Path, seed: int = 0, image_size: int = 32, 
         scale: in (0, 1]; multiplies the per-class group counts and `test_per_class`, for
             quick tiny datasets in tests. The >=10:1 head/tail ratio is kept only at 1.0.
         min_groups_per_class: floor on groups per class, so 5-fold stratified group splits work.
+        task: ``digits`` (ten classes "zero" ... "nine") or ``odd`` (two classes, "1" for an odd digit,
+            "0" for an even one, and a sample submission asking for the probability of "1").
 
     Returns `{"root", "train_csv", "sample_submission", "test_labels"}` as Paths under `out_dir`.
     Raises ValueError naming the argument for an invalid value.
@@ -271,6 +282,8 @@ def make_demo_dataset(out_dir: str | Path, seed: int = 0, image_size: int = 32, 
     test_per_class = _check_int("test_per_class", test_per_class, 1)
     scale = _check_scale(scale)
     min_groups_per_class = _check_int("min_groups_per_class", min_groups_per_class, 1)
+    if task not in DEMO_TASKS:
+        raise ValueError(f"task must be one of {DEMO_TASKS}, got {task!r}")
     out = Path(out_dir)
     target = out.resolve()
     if target.parent == target:
@@ -285,7 +298,7 @@ def make_demo_dataset(out_dir: str | Path, seed: int = 0, image_size: int = 32, 
     test, bases = _split_digits(targets, counts, _test_count(test_per_class, scale), rng["split"])
 
     with atomic_dir(target) as tmp:
-        _write_train(tmp, images, targets, bases, image_size, group_size, rng["render"])
-        _write_test(tmp, images, targets, test, image_size, rng["render"])
+        _write_train(tmp, images, targets, bases, image_size, group_size, rng["render"], task)
+        _write_test(tmp, images, targets, test, image_size, rng["render"], task)
     return {"root": out, "train_csv": out / "train.csv",
             "sample_submission": out / "sample_submission.csv", "test_labels": out / "test_labels.csv"}

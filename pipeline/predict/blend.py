@@ -35,7 +35,7 @@ __all__ = ["FoldsMismatchError", "Member", "load_experiment", "load_member", "ch
 
 OOF_SOURCES = ("auto", "tta", "plain")
 VOTING_CHOICES = ("soft", "hard", "geometric", "rank")   # = pipeline.predict.voting.VOTING_MODES (a test checks)
-OBJECTIVES = ("logloss", "f1")                           # = pipeline.predict.voting.WEIGHT_OBJECTIVES
+OBJECTIVES = ("logloss", "f1", "metric")                         # = pipeline.predict.voting.WEIGHT_OBJECTIVES
 
 
 class FoldsMismatchError(ValueError):

@@ -11,11 +11,21 @@ import pandas as pd
 from pipeline.fileio import write_csv_atomic, write_text_atomic
 from pipeline.metrics import classification_metrics
 from pipeline.predict.probs import CKPT_PREFIX, class_ids, frame_prob_columns, prob_columns, view_columns
+from pipeline.predict.class_bias import nested
 from pipeline.predict.voting import log_loss, nested_logit_adjust
 
-__all__ = ["CV_COLUMNS", "metrics_row", "cv_table", "markdown_table", "write_cv", "text_table"]
+__all__ = ["CV_COLUMNS", "cv_columns", "metrics_row", "cv_table", "markdown_table", "write_cv", "text_table"]
 
 CV_COLUMNS = ["part", "rows", "f1_macro", "accuracy"]   # the printed / Markdown table
+
+
+def cv_columns(metric: str = "f1_macro") -> list[str]:
+    """The printed table's columns: the competition metric first (the headline), then macro-F1 and accuracy.
+
+    >>> cv_columns("qwk")
+    ['part', 'rows', 'qwk', 'f1_macro', 'accuracy']
+    """
+    return ["part", "rows", metric] + [c for c in CV_COLUMNS[2:] if c != metric]
 
 
 def metrics_row(part: str, y: np.ndarray, probs: np.ndarray, predicted=None, **extra) -> dict:
@@ -27,10 +37,11 @@ def metrics_row(part: str, y: np.ndarray, probs: np.ndarray, predicted=None, **e
 
 
 def cv_table(oof: pd.DataFrame, classes: list, oof_tta: pd.DataFrame | None = None, merge: str = "mean",
-             tau_grid=None) -> pd.DataFrame:
+             tau_grid=None, metric: str = "f1_macro", fitted: dict | None = None) -> pd.DataFrame:
     """Each fold and the whole out-of-fold set without TTA (oof.csv); with TTA, each view alone and each
     checkpoint (oof_tta.csv); then, with a `tau_grid`, the (TTA) probabilities after logit adjustment with
-    each fold's tau chosen on the other folds (nested, so the row is not scored on the rows that chose it)."""
+    each fold's tau chosen on the other folds by `metric` (nested, so the row is not scored on the rows that
+    chose it); then one nested row per entry of `fitted` ({name: fit}, see `class_bias.nested`)."""
     y = class_ids(oof["label"], classes, "oof.csv")
     probs = oof[frame_prob_columns(oof)].to_numpy()
     folds = oof["fold"].to_numpy()
@@ -47,10 +58,14 @@ def cv_table(oof: pd.DataFrame, classes: list, oof_tta: pd.DataFrame | None = No
         y, probs, folds = y_tta, tta, oof_tta["fold"].to_numpy()
     if tau_grid is not None:
         what = "TTA" if oof_tta is not None else "no TTA"
-        adjusted, taus = nested_logit_adjust(probs, y, folds, tau_grid)
+        adjusted, taus = nested_logit_adjust(probs, y, folds, tau_grid, metric)
         chosen = "/".join(f"{t:g}" for t in taus.values())
         rows.append(metrics_row(f"out-of-fold, {what} + logit adjustment, tau from the other folds ({chosen})", y,
                                 adjusted))
+    for name, fit in (fitted or {}).items():
+        what = "TTA" if oof_tta is not None else "no TTA"
+        rows.append(metrics_row(f"out-of-fold, {what} + {name}, fitted on the other folds", y,
+                                nested(probs, y, folds, fit)[0]))
     return pd.DataFrame(rows)
 
 
@@ -77,12 +92,14 @@ def markdown_table(frame: pd.DataFrame, columns: list[str] | None = None, float_
     return "\n".join(lines)
 
 
-def write_cv(cv: pd.DataFrame, out_dir: Path, title: str, notes: list[str] = (), log=print) -> None:
-    """Save ``cv.csv`` (every metric) and ``cv.md`` (the narrow table), and print the narrow table."""
+def write_cv(cv: pd.DataFrame, out_dir: Path, title: str, notes: list[str] = (), log=print,
+             metric: str = "f1_macro") -> None:
+    """Save ``cv.csv`` (every metric) and ``cv.md`` (the narrow table, `metric` first), and print the narrow table."""
     write_csv_atomic(out_dir / "cv.csv", cv)
-    md = [f"# {title}", "", markdown_table(cv, CV_COLUMNS), ""] + ([*notes, ""] if notes else [])
+    columns = cv_columns(metric)
+    md = [f"# {title}", "", markdown_table(cv, columns), ""] + ([*notes, ""] if notes else [])
     write_text_atomic(out_dir / "cv.md", "\n".join(md))
-    log(f"[cv] {title}:\n" + text_table(cv, CV_COLUMNS) + "".join(f"\n{n}" for n in notes))
+    log(f"[cv] {title}:\n" + text_table(cv, columns) + "".join(f"\n{n}" for n in notes))
 
 
 def text_table(frame: pd.DataFrame, columns: list[str], float_format: str = "%.4f") -> str:

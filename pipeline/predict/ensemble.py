@@ -9,14 +9,17 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.fileio import folder_lock, read_table, write_csv_atomic, write_json_atomic
+from pipeline.predict.class_bias import apply_bias, fit_class_bias
 from pipeline.predict.cv_table import cv_table, write_cv
 from pipeline.predict.fold import checkpoint_names
 from pipeline.predict.probs import (CKPT_PREFIX, class_ids, prob_columns, read_fold_probs, read_test_probs,
                                     stack_folds, view_columns)
+from pipeline.fileio import read_text_csv
+from pipeline.predict.formats import format_for_config
 from pipeline.predict.submission import write_submission
-from pipeline.predict.voting import choose_tau, class_priors, logit_adjust, vote
+from pipeline.predict.voting import choose_tau, class_priors, logit_adjust, vote, vote_scores
 
-__all__ = ["ensemble", "logit_adjust_settings", "logit_adjust_record"]
+__all__ = ["ensemble", "logit_adjust_settings", "logit_adjust_record", "bias_fit"]
 
 
 def _oof_table(cfg: Config) -> tuple[pd.DataFrame, list]:
@@ -51,10 +54,24 @@ def logit_adjust_settings(cfg: Config, logit_adjust_on=None, tau_grid=None) -> t
     return bool(on), [float(t) for t in grid]
 
 
-def logit_adjust_record(applied: bool, tau: float, chosen_tau: float, grid, prior: np.ndarray, curve) -> dict:
-    """The ``logit_adjust`` entry of ensemble.json / blend.json (`score` reads its tau and prior back)."""
-    return {"applied": bool(applied), "tau": tau, "chosen_tau": chosen_tau, "grid": grid,
-            "prior": prior.round(6).tolist(), "oof_f1_by_tau": [[t, round(f, 6)] for t, f in curve]}
+def logit_adjust_record(applied: bool, tau: float, chosen_tau: float, grid, prior: np.ndarray, curve,
+                        metric: str = "f1_macro") -> dict:
+    """The ``logit_adjust`` entry of ensemble.json / blend.json (`score` reads its tau and prior back).
+    The curve holds the metric signed so that higher is better (the log-loss negated)."""
+    return {"applied": bool(applied), "tau": tau, "chosen_tau": chosen_tau, "grid": grid, "metric": metric,
+            "prior": prior.round(6).tolist(), "oof_gain_by_tau": [[t, round(f, 6)] for t, f in curve]}
+
+
+def bias_fit(metric: str, n_classes: int, tau_grid=None):
+    """The class-bias fit for `class_bias.nested` and for the submission: on the rows it is given, first the
+    logit adjustment (when `tau_grid`: tau and prior chosen on those rows), then the bias, both by `metric`."""
+    def fit(p: np.ndarray, y: np.ndarray):
+        prior, tau = class_priors(y, n_classes), 0.0
+        if tau_grid is not None:
+            tau, _ = choose_tau(p, y, prior, tau_grid, metric=metric)
+        bias = fit_class_bias(logit_adjust(p, prior, tau), y, metric)
+        return (lambda q: apply_bias(logit_adjust(q, prior, tau), bias)), bias
+    return fit
 
 
 def ensemble(cfg: Config, log=print, logit_adjust_on: bool | None = None, tau_grid=None) -> Path:
@@ -78,30 +95,49 @@ def _ensemble(cfg: Config, log, logit_adjust_on: bool | None, tau_grid) -> Path:
     base = oof_tta if oof_tta is not None else oof
     y = class_ids(base["label"], classes, "oof.csv")
     prior = class_priors(y, len(classes))
-    tau, curve = choose_tau(base[prob_columns(classes)].to_numpy(), y, prior, grid)
-    cv = cv_table(oof, classes, oof_tta, cfg.tta.merge, grid)
+    metric, base_probs = cfg.competition.metric, base[prob_columns(classes)].to_numpy()
+    tau, curve = choose_tau(base_probs, y, prior, grid, metric=metric)
+    applied_tau = tau if adjust else 0.0
+    fit_bias = bias_fit(metric, len(classes), grid if adjust else None)
+    bias_name = "logit adjustment + class bias" if adjust else "class bias"
+    cv = cv_table(oof, classes, oof_tta, cfg.tta.merge, grid, metric, {bias_name: fit_bias})
+    bias = fit_bias(base_probs, y)[1]
     state = "applied to the test probabilities" if adjust else "not applied (ensemble.logit_adjust: false)"
-    notes = [f"Logit adjustment p / prior^tau: tau={tau:g} chosen on all OOF rows' macro-F1 over "
+    bias_state = "applied" if cfg.ensemble.class_bias else "not applied (ensemble.class_bias: false)"
+    notes = [f"Logit adjustment p / prior^tau: tau={tau:g} chosen on all OOF rows' {metric} over "
              f"[{', '.join(f'{t:g}' for t in grid)}]; {state}. Its CV row is nested: each fold adjusted "
-             "with the tau and prior chosen on the other folds."]
+             "with the tau and prior chosen on the other folds.",
+             f"Class bias p * exp(b) fitted on all OOF rows' {metric}"
+             f"{' after the logit adjustment' if adjust else ''}: b = [{', '.join(f'{b:g}' for b in bias)}] "
+             f"({', '.join(map(str, classes))}); {bias_state}. Its CV row is nested: each fold with the bias "
+             "fitted on the other folds."]
     ckpts = list(view_columns(oof_tta, classes, CKPT_PREFIX)) if oof_tta is not None else []
     if ckpts:
         notes.append(f"The TTA, view and logit-adjustment rows average the checkpoints ({', '.join(ckpts)}); "
                      "the fold and 'no TTA' rows are the trainer's oof.csv (best weights).")
-    write_cv(cv, cfg.exp_dir, f"Cross-validation: {cfg.experiment}", notes, log)
+    write_cv(cv, cfg.exp_dir, f"Cross-validation: {cfg.experiment}", notes, log, metric)
 
     ids, probs, _ = read_test_probs(cfg)
-    applied_tau = tau if adjust else 0.0
     if applied_tau:
         probs = logit_adjust(probs, prior, applied_tau)
+    if cfg.ensemble.class_bias:
+        probs = apply_bias(probs, bias)
     picked = vote(probs, cfg.ensemble.voting)
     labels = [classes[i] for i in picked]
+    fmt = format_for_config(cfg, read_text_csv(cfg.data.sample_submission), classes)
     write_json_atomic(cfg.exp_dir / "ensemble.json", {
         "voting": cfg.ensemble.voting, "folds": len(probs), "classes": classes,
+        "submission_format": fmt.kind, "positive_class": fmt.positive,
         "checkpoints": checkpoint_names(cfg), "oof_source": "oof_tta.csv" if oof_tta is not None else "oof.csv",
-        "logit_adjust": logit_adjust_record(adjust, applied_tau, tau, grid, prior, curve)})
+        "metric": metric, "logit_adjust": logit_adjust_record(adjust, applied_tau, tau, grid, prior, curve, metric),
+        "class_bias": {"applied": bool(cfg.ensemble.class_bias), "bias": bias.round(6).tolist(),
+                       "after_logit_adjustment": bool(adjust)}})
     out = cfg.exp_dir / "submission.csv"
-    write_submission(cfg.data.sample_submission, cfg.data.id_column, cfg.data.target_column, ids, labels, out)
+    write_submission(cfg.data.sample_submission, cfg.data.id_column, cfg.data.target_column, ids, labels, out,
+                     fmt, vote_scores(probs, cfg.ensemble.voting))
     adj = f", logit adjustment tau={applied_tau:g}" if applied_tau else ""
-    log(f"[ensemble] {cfg.ensemble.voting} voting over {len(probs)} folds{adj} → {out}")
+    adj += ", class bias" if cfg.ensemble.class_bias else ""
+    positive = f" of class '{fmt.positive}'" if fmt.positive else ""
+    log(f"[ensemble] {cfg.ensemble.voting} voting over {len(probs)} folds{adj} → {out} "
+        f"({fmt.kind}{positive}: {fmt.why})")
     return out

@@ -9,7 +9,9 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.fileio import read_text_csv, write_csv_atomic
-from pipeline.metrics import classification_metrics, label_metrics
+from pipeline.metrics import classification_metrics, label_metrics, log_loss
+from pipeline.predict.class_bias import apply_bias
+from pipeline.predict.formats import format_for_config, scores_of
 from pipeline.predict.probs import class_ids, read_test_probs
 from pipeline.predict.voting import VOTING_MODES, logit_adjust, vote, vote_scores
 
@@ -17,16 +19,51 @@ __all__ = ["score"]
 
 
 def _vote_metrics(y: np.ndarray, probs: np.ndarray, mode: str) -> dict:
-    """The metrics of a vote: its decisions, and ROC-AUC from its scores."""
-    return classification_metrics(y, vote_scores(probs, mode), vote(probs, mode))
+    """The metrics of a vote: its decisions, ROC-AUC from its scores, the log-loss where they are probabilities."""
+    scores = vote_scores(probs, mode)
+    probabilities = mode in ("soft", "geometric")
+    return {**classification_metrics(y, scores, vote(probs, mode)),
+            "log_loss": log_loss(y, scores) if probabilities else float("nan")}
+
+
+def _fitted_rows(y: np.ndarray, probs: np.ndarray, record: dict, voting: str) -> list[dict]:
+    """The held-back score of each choice the ensemble fitted out of fold (ensemble.json), whether or not
+    it was applied, the applied one marked as the submission."""
+    adjustment, bias = record.get("logit_adjust", {}), record.get("class_bias")
+    tau = float(adjustment.get("tau", 0.0))
+    rows = []
+    if tau:
+        adjusted = logit_adjust(probs, np.asarray(adjustment["prior"]), tau)
+        chosen = " (submission)" if not (bias and bias["applied"]) else ""
+        rows.append({"model": f"{voting} vote + logit adjustment tau={tau:g}{chosen}",
+                     **_vote_metrics(y, adjusted, voting)})
+    if bias:
+        base = logit_adjust(probs, np.asarray(adjustment["prior"]), tau) if tau else probs
+        name = f"{voting} vote{' + logit adjustment' if tau else ''} + class bias"
+        rows.append({"model": name + (" (submission)" if bias["applied"] else " (not applied)"),
+                     **_vote_metrics(y, apply_bias(base, bias["bias"]), voting)})
+    return rows
+
+
+def _submission_metrics(cfg: Config, y: np.ndarray, classes: list) -> dict:
+    """The metrics of submission.csv as written: its labels, or its probabilities read back."""
+    sample = read_text_csv(cfg.data.sample_submission)
+    fmt = format_for_config(cfg, sample, classes)
+    sub = read_text_csv(cfg.exp_dir / "submission.csv")
+    if fmt.kind == "labels":
+        sub_y = class_ids(sub[cfg.data.target_column], classes, "submission.csv")
+        return {**label_metrics(y, sub_y, len(classes)), "roc_auc": float("nan"), "log_loss": float("nan")}
+    scores = scores_of(sub, fmt, cfg.data.target_column)
+    return {**classification_metrics(y, scores), "log_loss": log_loss(y, scores)}
 
 
 def score(cfg: Config, log=print) -> pd.DataFrame:
     """Score the submission, each fold alone and every voting mode on the held-back test labels.
 
     Each vote is scored from its own scores (soft/geometric: the averaged probabilities, hard: the
-    vote shares, rank: the rank averages), so ROC-AUC ranks rows by what the vote computed; the
-    submission's row has labels only, so its ROC-AUC is empty.
+    vote shares, rank: the rank averages), so ROC-AUC ranks rows by what the vote computed. A label
+    submission's row has no ROC-AUC; a probability submission is scored from the probabilities it holds.
+    The competition metric (``competition.metric``) is the first column.
     """
     if not cfg.data.test_labels:
         raise ValueError("data.test_labels is not set: scoring needs the true test labels")
@@ -36,21 +73,19 @@ def score(cfg: Config, log=print) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{cfg.data.test_labels}: no true label for {len(missing)} test id(s), e.g. {missing[:5]}")
     y = class_ids(truth.loc[ids, cfg.data.target_column], classes, str(cfg.data.test_labels))
-    rows = [{"model": f"fold {k}", **classification_metrics(y, probs[k])} for k in range(len(probs))]
+    rows = [{"model": f"fold {k}", **classification_metrics(y, probs[k]), "log_loss": log_loss(y, probs[k])}
+            for k in range(len(probs))]
     settings = cfg.exp_dir / "ensemble.json"
-    adjustment = json.loads(settings.read_text()).get("logit_adjust", {}) if settings.is_file() else {}
-    tau = float(adjustment.get("tau", 0.0))
+    record = json.loads(settings.read_text()) if settings.is_file() else {}
+    plain = not record.get("logit_adjust", {}).get("tau") and not record.get("class_bias", {}).get("applied")
     for mode in VOTING_MODES:
-        chosen = " (submission)" if mode == cfg.ensemble.voting and not tau else ""
+        chosen = " (submission)" if mode == cfg.ensemble.voting and plain else ""
         rows.append({"model": f"{mode} vote{chosen}", **_vote_metrics(y, probs, mode)})
-    if tau:
-        adjusted = logit_adjust(probs, np.asarray(adjustment["prior"]), tau)
-        rows.append({"model": f"{cfg.ensemble.voting} vote + logit adjustment tau={tau:g} (submission)",
-                     **_vote_metrics(y, adjusted, cfg.ensemble.voting)})
-    sub = read_text_csv(cfg.exp_dir / "submission.csv")
-    sub_y = class_ids(sub[cfg.data.target_column], classes, "submission.csv")
-    rows.append({"model": "submission.csv", **label_metrics(y, sub_y, len(classes)), "roc_auc": float("nan")})
+    rows += _fitted_rows(y, probs, record, cfg.ensemble.voting)
+    rows.append({"model": "submission.csv", **_submission_metrics(cfg, y, classes)})
     table = pd.DataFrame(rows)
+    metric = cfg.competition.metric
+    table = table[["model", metric] + [c for c in table.columns if c not in ("model", metric)]]
     write_csv_atomic(cfg.exp_dir / "score.csv", table)
     log(table.to_string(index=False, float_format="%.4f"))
     return table

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.fileio import read_text_csv, write_csv_atomic
+from pipeline.predict.formats import SubmissionFormat, check_values, fill
 
 __all__ = ["write_submission", "validate_submission", "validate_for_config", "SubmissionError"]
 
@@ -16,8 +17,10 @@ class SubmissionError(ValueError):
 
 
 def write_submission(sample_path: str | Path, id_column: str, target_column: str,
-                     ids, labels, out_path: str | Path) -> pd.DataFrame:
-    """Fill the sample's target column; keep its columns, ids (as written) and row order untouched.
+                     ids, labels, out_path: str | Path, fmt: SubmissionFormat | None = None,
+                     scores=None) -> pd.DataFrame:
+    """Fill the sample's target column (or, for a probability `fmt`, its probability columns from the
+    vote's (N, C) `scores`); keep its columns, ids (as written) and row order untouched.
 
     `ids` are the predicted rows' ids as text; they must equal the sample's, row for row, or the
     predictions are of another test set (the sample changed after the predict stage).
@@ -29,8 +32,7 @@ def write_submission(sample_path: str | Path, id_column: str, target_column: str
                               "sample submission changed after the predict stage. `make ensemble` predicts "
                               "again (it depends on the sample submission); without Make run "
                               "`python -m pipeline predict` and then `python -m pipeline ensemble`")
-    sub = sample.copy()
-    sub[target_column] = [str(v) for v in labels]
+    sub = fill(sample, fmt or SubmissionFormat("labels", (), None, ""), target_column, labels, scores)
     write_csv_atomic(out_path, sub)
     return sub
 
@@ -40,12 +42,13 @@ def _first_line(mask) -> int:
 
 
 def validate_submission(path: str | Path, sample_path: str | Path, id_column: str, target_column: str,
-                        classes: list | None = None) -> list[str]:
+                        classes: list | None = None, fmt: SubmissionFormat | None = None) -> list[str]:
     """Every reason the competition would reject `path` (an empty list when it is valid).
 
     Checks, comparing cells as the exact text in the files: the columns (names and order), the
     row count, no duplicate ids, the same ids as the sample (naming missing and extra ones) in
     the sample's order, no blank id or target, and (with `classes`) every label among the classes.
+    A probability `fmt` checks the values instead: numbers in [0, 1], per-class rows summing to 1.
     """
     for p, what in ((path, "submission"), (sample_path, "sample submission")):
         if not Path(p).is_file():
@@ -76,11 +79,14 @@ def validate_submission(path: str | Path, sample_path: str | Path, id_column: st
         if moved.any():
             problems.append(f"ids are in another order than the sample's (first difference at line "
                             f"{_first_line(moved)}); keep the sample's order")
-    for column in dict.fromkeys([id_column, target_column]):
+    labels = fmt is None or fmt.kind == "labels"
+    for column in dict.fromkeys([id_column, target_column] if labels else [id_column]):
         blank = sub[column].str.strip() == ""
         if blank.any():
             problems.append(f"{int(blank.sum())} blank value(s) in '{column}' (first at line {_first_line(blank)})")
-    if classes is not None:
+    if not labels:
+        problems += check_values(sub, fmt, target_column)
+    elif classes is not None:
         allowed = {str(c) for c in classes}
         values = sub[target_column].str.strip()
         unknown = sorted(set(values[values != ""]) - allowed)
@@ -97,6 +103,7 @@ def validate_for_config(cfg, path: str | Path | None = None) -> Path:
     CSV's labels. Raises SubmissionError listing every problem; returns the path when valid.
     """
     from pipeline.data.tables import model_classes, read_train_table
+    from pipeline.predict.formats import format_for_config
     from pipeline.train.models import read_sidecar
 
     path = Path(path) if path is not None else cfg.exp_dir / "submission.csv"
@@ -104,8 +111,10 @@ def validate_for_config(cfg, path: str | Path | None = None) -> Path:
         classes = read_sidecar(cfg.fold_dir(0) / "weights.safetensors")["classes"]
     except FileNotFoundError:   # no trained fold (yet): the classes training would use
         classes = model_classes(read_train_table(cfg))
+    sample = Path(cfg.data.sample_submission)
+    fmt = format_for_config(cfg, read_text_csv(sample), classes) if sample.is_file() else None
     problems = validate_submission(path, cfg.data.sample_submission, cfg.data.id_column,
-                                   cfg.data.target_column, classes)
+                                   cfg.data.target_column, classes, fmt)
     if problems:
         raise SubmissionError(f"{path} would be rejected:\n  - " + "\n  - ".join(problems))
     return path

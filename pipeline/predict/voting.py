@@ -33,7 +33,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.stats import rankdata
 
-from pipeline.metrics import macro_f1
+from pipeline.metrics import log_loss as _log_loss, metric_gain
 
 __all__ = ["VOTING_MODES", "soft_vote", "vote_shares", "hard_vote", "geometric_vote", "rank_average", "vote", "vote_scores",
            "WEIGHT_OBJECTIVES", "DEFAULT_TAU_GRID", "log_loss", "fit_weights", "class_priors", "logit_adjust",
@@ -194,7 +194,7 @@ def vote_scores(probs, mode: str = "soft", weights: Sequence[float] | None = Non
 
 # ---- fitted weights ------------------------------------------------------------------------------
 
-WEIGHT_OBJECTIVES = ("logloss", "f1")
+WEIGHT_OBJECTIVES = ("logloss", "f1", "metric")
 
 
 def _normalise_rows(p: np.ndarray) -> np.ndarray:
@@ -218,12 +218,10 @@ def log_loss(probs, y) -> float:
     0.3993
     """
     p = _check_probs(np.asarray(probs, dtype=np.float64)[None])[0]
-    y = _check_labels(y, p.shape[0], p.shape[1])
-    p = _normalise_rows(p)
-    return float(-np.log(np.maximum(p[np.arange(len(y)), y], _LOG_FLOOR)).mean())
+    return _log_loss(_check_labels(y, p.shape[0], p.shape[1]), p)
 
 
-def fit_weights(probs, y, objective: str = "logloss") -> np.ndarray:
+def fit_weights(probs, y, objective: str = "logloss", metric: str = "f1_macro") -> np.ndarray:
     """Weights (M,) >= 0 summing to 1 for a weighted soft vote of the M members' OOF probabilities.
 
     `probs` is (M, N, C): every member's out-of-fold probabilities for the same N rows; `y` the N
@@ -237,6 +235,7 @@ def fit_weights(probs, y, objective: str = "logloss") -> np.ndarray:
     ``f1``      maximise OOF macro-F1 (the competition metric) with Nelder-Mead over
                 softmax-parametrised weights. Macro-F1 is piecewise constant in the weights (no
                 gradient), so the search is local and fits the OOF noise more easily.
+    ``metric``  the same search on `metric` (``competition.metric``); the log-loss takes ``logloss``'s route.
 
     Either way the uniform weights are the starting point and are returned unless the fitted
     ones are strictly better on the objective, so the fitted blend is never worse than the
@@ -257,6 +256,8 @@ def fit_weights(probs, y, objective: str = "logloss") -> np.ndarray:
     if n_members == 1 or n_rows == 0:
         return uniform
     p = _normalise_rows(p)
+    if objective == "metric" and metric == "log_loss":
+        objective = "logloss"
     if objective == "logloss":
         true = p[:, np.arange(n_rows), y].T  # (N, M): each member's probability of the true class
 
@@ -272,7 +273,9 @@ def fit_weights(probs, y, objective: str = "logloss") -> np.ndarray:
                        options={"maxiter": 500, "ftol": 1e-12})
     else:
         def loss(w):
-            return -macro_f1(y, np.tensordot(w, p, axes=1))
+            return -metric_gain(target, y, np.tensordot(w, p, axes=1))
+
+        target = "f1_macro" if objective == "f1" else metric
 
         def from_z(z):
             e = np.exp(z - z.max())
@@ -333,7 +336,8 @@ def logit_adjust(probs, prior, tau: float) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def nested_logit_adjust(probs, y, folds, grid: Sequence[float] = DEFAULT_TAU_GRID) -> tuple[np.ndarray, dict]:
+def nested_logit_adjust(probs, y, folds, grid: Sequence[float] = DEFAULT_TAU_GRID,
+                        metric: str = "f1_macro") -> tuple[np.ndarray, dict]:
     """Out-of-fold probabilities logit-adjusted honestly: each fold's rows with the tau (and prior)
     chosen on the *other* folds' rows, so the score of the result is not fitted on the rows it scores.
 
@@ -354,19 +358,19 @@ def nested_logit_adjust(probs, y, folds, grid: Sequence[float] = DEFAULT_TAU_GRI
         if not rest.any():   # a single fold: nothing to choose on but itself
             rest = held
         prior = class_priors(y[rest], p.shape[1])
-        tau, _ = choose_tau(p[rest], y[rest], prior, grid)
+        tau, _ = choose_tau(p[rest], y[rest], prior, grid, metric=metric)
         taus[k.item()] = tau
         out[held] = logit_adjust(p[held], prior, tau)
     return out, taus
 
 
 def choose_tau(probs, y, prior, grid: Sequence[float] = DEFAULT_TAU_GRID,
-               combine=None) -> tuple[float, list[tuple[float, float]]]:
-    """The tau of `grid` whose logit adjustment gives the best macro-F1 on (N, C) OOF `probs`.
+               combine=None, metric: str = "f1_macro") -> tuple[float, list[tuple[float, float]]]:
+    """The tau of `grid` whose logit adjustment gives the best `metric` (default macro-F1) on (N, C) OOF `probs`.
 
     With `combine` (e.g. ``lambda p: vote_scores(p, "soft", w)``), `probs` is (M, N, C): every
-    member is adjusted, then combined into (N, C) scores whose argmax is the decision. Returns ``(tau, [(tau, macro_f1), ...])``
-    over the sorted grid; ties go to the smallest tau, so a flat curve keeps the plain argmax
+    member is adjusted, then combined into (N, C) scores whose argmax is the decision. Returns ``(tau, [(tau, gain), ...])``
+    over the sorted grid, gain = the metric signed so that higher is better (`metric_gain`); ties go to the smallest tau, so a flat curve keeps the plain argmax
     (tau = 0 when the grid has it).
 
     >>> y = np.array([0] * 8 + [1] * 2)                      # class 1 is rare ...
@@ -381,6 +385,6 @@ def choose_tau(probs, y, prior, grid: Sequence[float] = DEFAULT_TAU_GRID,
     p = _check_probs(np.asarray(probs, dtype=np.float64)[None] if combine is None else probs)
     y = _check_labels(y, p.shape[1], p.shape[2])
     combine = combine or (lambda q: q[0])
-    curve = [(t, macro_f1(y, combine(logit_adjust(p, prior, t)))) for t in grid]
+    curve = [(t, metric_gain(metric, y, combine(logit_adjust(p, prior, t)))) for t in grid]
     best = max(f for _, f in curve)
     return next(t for t, f in curve if f >= best - 1e-12), curve

@@ -35,7 +35,7 @@ from pipeline.data.manifest import train_fingerprint
 from pipeline.data.cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset
 from pipeline.fileio import atomic_path, file_sha256, write_csv_atomic
 from pipeline.train.losses import build_loss
-from pipeline.metrics import classification_metrics, confusion, per_class_f1
+from pipeline.metrics import classification_metrics, confusion, log_loss, per_class_f1
 from pipeline.train.models import create_model, load_weights, safe_torch_load, save_weights, unwrap
 from pipeline.progress import progress
 from pipeline.train.optim import build_optimizer, build_scheduler, step_epoch_scheduler
@@ -237,7 +237,7 @@ def _validate(model, loader, targets, loss_fn, device, tools: StepTools) -> tupl
     probs, logits = predict_probs(model, loader, device, tools.channels_last, tools.normalize)
     with torch.no_grad():
         loss = float(loss_fn(torch.from_numpy(logits).to(device), torch.from_numpy(targets).to(device)))
-    return {"loss": loss, **classification_metrics(targets, probs)}, probs
+    return {"loss": loss, **classification_metrics(targets, probs), "log_loss": log_loss(targets, probs)}, probs
 
 
 # ---- checkpoints --------------------------------------------------------------------------
