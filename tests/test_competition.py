@@ -161,3 +161,44 @@ def test_malformed_probabilities_are_rejected_with_their_line():
     binary = detect_format(_sample(label=["0.5"] * 3), "id", "label", ["0", "1"])
     assert "outside [0, 1] (first at line 2: -0.1)" in check_values(_sample(label=["-0.1", "0.2", "1"]), binary,
                                                                         "label")[0]
+
+
+# ---- the binary demo end to end: a probability submission ---------------------------------------------
+
+def test_binary_demo_writes_validates_and_scores_a_probability_submission(tmp_path):
+    """The odd/even demo (sample of 0.5 placeholders) gets P("1") of the soft vote; `validate` accepts it and
+    rejects a probability above 1; `score` reads the written probabilities back (ROC-AUC, the headline)."""
+    from pipeline.competitions.demo import make_demo_dataset
+    from pipeline.data.fold_file import make_folds
+    from pipeline.predict.ensemble import ensemble
+    from pipeline.predict.fold import predict_fold
+    from pipeline.predict.score import score
+    from pipeline.predict.submission import SubmissionError, validate_for_config
+    from pipeline.train.loop import fit
+    from tests.conftest import tiny_config_dict
+
+    data = tmp_path / "odd"
+    make_demo_dataset(data, seed=0, scale=0.05, test_per_class=3, task="odd")
+    raw = tiny_config_dict(tmp_path, data)
+    raw["data"]["demo_task"] = "odd"
+    raw["competition"] = {"metric": "roc_auc"}
+    cfg = load_config(None, raw)
+    quiet = dict(log=lambda *_: None)
+    make_folds(cfg, **quiet)
+    for k in range(cfg.folds.n_splits):
+        fit(cfg, k, **quiet)
+        predict_fold(cfg, k, **quiet)
+    ensemble(cfg, **quiet)
+    sub = pd.read_csv(cfg.exp_dir / "submission.csv", dtype=str)
+    folds = [pd.read_csv(cfg.fold_dir(k) / "test_probs.csv", dtype={"id": str}) for k in range(3)]
+    soft = np.mean([f.set_index("id").loc[sub["id"], "prob_1"].to_numpy() for f in folds], axis=0)
+    np.testing.assert_allclose(sub["label"].astype(float), soft, atol=1e-8)
+    assert validate_for_config(cfg) == cfg.exp_dir / "submission.csv"
+    table = score(cfg, **quiet).set_index("model")
+    assert table.columns[0] == "roc_auc"
+    assert table.loc["submission.csv", "roc_auc"] == pytest.approx(table.loc["soft vote (submission)", "roc_auc"],
+                                                                   abs=1e-6)
+    sub.loc[2, "label"] = "1.5"
+    sub.to_csv(cfg.exp_dir / "submission.csv", index=False)
+    with pytest.raises(SubmissionError, match=r"outside \[0, 1\] \(first at line 4: 1.5\)"):
+        validate_for_config(cfg)

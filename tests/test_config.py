@@ -104,3 +104,9 @@ def test_training_keys_change_the_train_fingerprint_only_where_relevant():
     assert stage_fingerprint(base, "train") != stage_fingerprint(_demo(["train.lr=0.1"]), "train")
     assert stage_fingerprint(base, "train") == stage_fingerprint(_demo(["tta.merge=max"]), "train")
     assert stage_fingerprint(base, "predict") != stage_fingerprint(_demo(["tta.merge=max"]), "predict")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_shipped_config_loads(name):
+    """A typo in a shipped config would stop a new user's first `make`."""
+    assert load_config(REPO / "configs" / name).experiment

@@ -254,3 +254,33 @@ def test_ids_keep_their_text_exactly(tmp_path):
     (tmp_path / "mangled.csv").write_text("id,label\n7,a\n10,b\n")
     found = validate_submission(tmp_path / "mangled.csv", sample, "id", "label", ["a", "b"])
     assert any("missing" in p for p in found)
+
+
+def test_class_bias_is_fitted_out_of_fold_applied_and_scored(copy_of):
+    """With ensemble.class_bias the submission is the soft vote of every fold's biased probabilities; the CV
+    row is nested (its own fits, never the full-OOF bias) and `make score` marks the biased vote as submitted."""
+    from pipeline.predict.class_bias import apply_bias
+
+    copy_of.ensemble.class_bias = True
+    ensemble(copy_of, **QUIET)
+    record = json.loads((copy_of.exp_dir / "ensemble.json").read_text())
+    assert record["class_bias"]["applied"] and record["metric"] == "f1_macro"
+    classes = _classes(copy_of)
+    folds = [pd.read_csv(copy_of.fold_dir(k) / "test_probs.csv", dtype={"id": str}) for k in range(3)]
+    probs = np.stack([f[[f"prob_{c}" for c in classes]].to_numpy() for f in folds])
+    expected = apply_bias(probs, record["class_bias"]["bias"]).mean(axis=0).argmax(axis=1)
+    sub = pd.read_csv(copy_of.exp_dir / "submission.csv", dtype=str).set_index("id").loc[folds[0]["id"]]
+    assert sub["label"].tolist() == [classes[i] for i in expected]
+    cv = pd.read_csv(copy_of.exp_dir / "cv.csv").set_index("part")
+    row = cv.loc["out-of-fold, TTA + class bias, fitted on the other folds"]
+    from pipeline.metrics import metric_value
+    from pipeline.predict.class_bias import nested
+    from pipeline.predict.ensemble import bias_fit
+    oof = pd.read_csv(copy_of.exp_dir / "oof_tta.csv")
+    y = np.array([classes.index(v) for v in oof["label"].astype(str)])
+    held_out, _ = nested(oof[[f"prob_{c}" for c in classes]].to_numpy(), y, oof["fold"].to_numpy(),
+                         bias_fit("f1_macro", len(classes)))
+    assert row["f1_macro"] == pytest.approx(metric_value("f1_macro", y, held_out), abs=1e-12)
+    table = score(copy_of, **QUIET).set_index("model")
+    assert table.loc["soft vote + class bias (submission)", "f1_macro"] == table.loc["submission.csv", "f1_macro"]
+    assert "soft vote (submission)" not in table.index and "soft vote" in table.index

@@ -14,7 +14,7 @@ from pipeline.data.cache import BatchNormalize, decoded_for, make_dataset
 from pipeline.data.tables import load_fold_table, read_test_table
 from pipeline.device import loader_workers, resolve_device
 from pipeline.fileio import folder_lock, write_csv_atomic
-from pipeline.metrics import macro_f1
+from pipeline.metrics import metric_value
 from pipeline.predict.probs import CKPT_PREFIX, PROB_PREFIX, class_ids, fold_probs_frame
 from pipeline.predict.tta import parse_views, predict_tta, predict_tta_with_views
 from pipeline.train.models import load_trained_model
@@ -88,8 +88,8 @@ def _oof_tta_frame(rows, labels, fold: int, classes: list, merged, views, per_vi
     return pd.DataFrame(cols)
 
 
-def _f1(y: np.ndarray, probs: np.ndarray) -> float:
-    return macro_f1(y, probs) if len(y) else float("nan")
+def _score(metric: str, y: np.ndarray, probs: np.ndarray) -> float:
+    return metric_value(metric, y, probs) if len(y) else float("nan")
 
 
 def predict_fold(cfg: Config, fold: int, log=print, checkpoints=None) -> Path:
@@ -135,8 +135,9 @@ def _predict_fold(cfg: Config, fold: int, log, checkpoints) -> Path:
     oof_out, out = cfg.fold_dir(fold) / "oof_tta.csv", cfg.fold_dir(fold) / "test_probs.csv"
     write_csv_atomic(oof_out, frame, float_format="%.7g")   # float32 precision; about half the text
     write_csv_atomic(out, fold_probs_frame(test["id"], np.mean(list(test_probs.values()), axis=0), classes))
+    metric = cfg.competition.metric
     ckpts = f" x {len(paths)} checkpoints ({', '.join(paths)})" if len(paths) > 1 else ""
     log(f"[predict] fold {fold}: {len(views)} views ({', '.join(v.name for v in views)}){ckpts}; "
-        f"validation macro-F1 {_f1(y, per_view[0]):.4f} identity → {_f1(y, merged):.4f} TTA "
+        f"validation {metric} {_score(metric, y, per_view[0]):.4f} identity → {_score(metric, y, merged):.4f} TTA "
         f"({len(rows)} rows → {oof_out.name}); {len(test)} test images → {out}")
     return out

@@ -68,7 +68,6 @@ TUNABLE_PREFIXES = tuple(p for p in STAGE_KEYS["train"] if not p.startswith(("da
 SPACE_TYPES = ("float", "int", "categorical")
 _SPEC_KEYS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
               "categorical": {"type", "choices"}}
-OBJECTIVE = "f1_macro"
 
 
 def _number(where: str, spec: dict, name: str, kind: str):
@@ -194,9 +193,9 @@ def _redact(url) -> str:
         return url
 
 
-def _oof_f1(cfg: Config, folds: list[int]) -> tuple[float, dict]:
-    """Macro-F1 of the concatenated out-of-fold predictions of `folds` (and each fold's own)."""
-    from pipeline.metrics import macro_f1
+def _oof_score(cfg: Config, folds: list[int]) -> tuple[float, dict]:
+    """The competition metric of the concatenated out-of-fold predictions of `folds` (and each fold's own)."""
+    from pipeline.metrics import metric_value
     from pipeline.predict.probs import PROB_PREFIX, class_ids
 
     from pipeline.fileio import read_table
@@ -208,7 +207,7 @@ def _oof_f1(cfg: Config, folds: list[int]) -> tuple[float, dict]:
 
     def score(frame):
         y = class_ids(frame["label"], classes, "oof.csv")
-        return macro_f1(y, frame[prob_cols].to_numpy(dtype=np.float64))
+        return metric_value(cfg.competition.metric, y, frame[prob_cols].to_numpy(dtype=np.float64))
 
     return score(oof), {int(k): score(f) for k, f in zip(folds, frames)}
 
@@ -245,7 +244,7 @@ def tune(cfg: Config, trials: int | None = None, storage=None, out_config: str |
     base = config_to_dict(cfg)
     remaining = max(0, trials - finished)
     log(f"[tune] study '{name}' in {_redact(url)}: {finished} finished trial(s), running {remaining} more "
-        f"(folds {folds}, objective: out-of-fold {OBJECTIVE})")
+        f"(folds {folds}, objective: out-of-fold {cfg.competition.metric})")
     if remaining:
         study.optimize(_objective(study, cfg, space, folds, base, log), n_trials=remaining, gc_after_trial=True,
                        catch=(ConfigError,),
@@ -272,15 +271,20 @@ def _tune_folds(cfg: Config, trials: int) -> list[int]:
 
 
 def _open_study(cfg: Config, url, name: str):
-    """Create or load the maximising study, with a sampler seeded for this session."""
+    """Create or load the study (maximising the metric, or minimising the log-loss), with a sampler seeded
+    for this session."""
     import optuna
+
+    from pipeline.config import COMPETITION_METRICS
 
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
               if cfg.tune.pruner == "median" else optuna.pruners.NopPruner())
-    study = optuna.create_study(storage=_make_storage(url), study_name=name, direction="maximize",
+    direction = "maximize" if COMPETITION_METRICS[cfg.competition.metric] else "minimize"
+    study = optuna.create_study(storage=_make_storage(url), study_name=name, direction=direction,
                                 pruner=pruner, load_if_exists=True)
-    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise ConfigError(f"tune.study_name: study '{name}' in {_redact(url)} is not a maximising study")
+    if study.direction.name.lower() != direction:
+        raise ConfigError(f"tune.study_name: study '{name}' in {_redact(url)} does not {direction} "
+                          f"{cfg.competition.metric}: name a new study")
     # A different seed per session: a resumed search does not redraw the first session's values.
     study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.trials))
     return study
@@ -294,7 +298,7 @@ def _objective(study, cfg: Config, space: dict, folds: list[int], base: dict, lo
     from pipeline.train.loop import NonFiniteLossError, fit
     from pipeline.train.parallel import fold_is_done
 
-    trials_root = cfg.exp_dir / "trials"
+    trials_root, metric = cfg.exp_dir / "trials", cfg.competition.metric
 
     def objective(trial) -> float:
         params = {key: _suggest(trial, key, spec) for key, spec in space.items()}
@@ -312,10 +316,10 @@ def _objective(study, cfg: Config, space: dict, folds: list[int], base: dict, lo
                     continue
 
                 def on_epoch(epoch: int, metrics: dict, position=position, fold=fold) -> None:
-                    trial.report(float(metrics[OBJECTIVE]), position * epochs + epoch)
+                    trial.report(float(metrics[metric]), position * epochs + epoch)
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"fold {fold} epoch {epoch + 1}: "
-                                                 f"val {OBJECTIVE} {metrics[OBJECTIVE]:.4f} below the median")
+                                                 f"val {metric} {metrics[metric]:.4f} worse than the median")
 
                 with folder_lock(tcfg.fold_dir(fold), f"trial {number} fold {fold}", log):
                     fit(tcfg, fold, log=log, on_epoch=on_epoch)
@@ -326,8 +330,8 @@ def _objective(study, cfg: Config, space: dict, folds: list[int], base: dict, lo
         except optuna.TrialPruned:
             _drop_checkpoints(tcfg, folds)
             raise
-        value, per_fold = _oof_f1(tcfg, folds)
-        trial.set_user_attr("fold_" + OBJECTIVE, {str(k): v for k, v in per_fold.items()})
+        value, per_fold = _oof_score(tcfg, folds)
+        trial.set_user_attr("fold_" + metric, {str(k): v for k, v in per_fold.items()})
         return value
 
     return objective
@@ -350,10 +354,10 @@ def _write_best(cfg: Config, study, base: dict, folds: list[int], source: str, o
     load_config(None, best_dict)  # the written config must load
     out = Path(out_config) if out_config is not None else Path("configs") / f"{cfg.experiment}-best.yaml"
     header = (f"# Best trial {best.number} of {source}:\n"
-              f"# out-of-fold {OBJECTIVE} {best.value:.6f} on folds {folds}.\n"
+              f"# out-of-fold {cfg.competition.metric} {best.value:.6f} on folds {folds}.\n"
               f"# Tuned values: {best.params}\n")
     write_text_atomic(out, header + yaml.safe_dump(best_dict, sort_keys=False))
-    log(f"[tune] best trial {best.number}: {OBJECTIVE} {best.value:.4f} {best.params} → {out}")
+    log(f"[tune] best trial {best.number}: {cfg.competition.metric} {best.value:.4f} {best.params} → {out}")
     return out
 
 
