@@ -165,9 +165,11 @@ def test_malformed_probabilities_are_rejected_with_their_line():
 
 # ---- the binary demo end to end: a probability submission ---------------------------------------------
 
-def test_binary_demo_writes_validates_and_scores_a_probability_submission(tmp_path):
+def test_binary_demo_writes_validates_and_scores_a_probability_submission(tmp_path, monkeypatch):
     """The odd/even demo (sample of 0.5 placeholders) gets P("1") of the soft vote; `validate` accepts it and
-    rejects a probability above 1; `score` reads the written probabilities back (ROC-AUC, the headline)."""
+    rejects a probability above 1; `score` reads the written probabilities back (ROC-AUC, the headline);
+    the report counts the classes the probabilities predict."""
+    import pipeline.report.run_report as run_report
     from pipeline.competitions.demo import make_demo_dataset
     from pipeline.data.fold_file import make_folds
     from pipeline.predict.ensemble import ensemble
@@ -194,6 +196,14 @@ def test_binary_demo_writes_validates_and_scores_a_probability_submission(tmp_pa
     soft = np.mean([f.set_index("id").loc[sub["id"], "prob_1"].to_numpy() for f in folds], axis=0)
     np.testing.assert_allclose(sub["label"].astype(float), soft, atol=1e-8)
     assert validate_for_config(cfg) == cfg.exp_dir / "submission.csv"
+    seen = []
+    real = run_report.prediction_distribution_table
+    monkeypatch.setattr(run_report, "prediction_distribution_table",
+                        lambda train, predicted, classes: seen.append(list(predicted)) or real(train, predicted, classes))
+    from pipeline.stamps import write_resolved
+    write_resolved(cfg)                        # the resolved config.yaml the report shows
+    run_report.write_report(cfg, **quiet)
+    assert seen == [["1" if p > 0.5 else "0" for p in soft]]
     table = score(cfg, **quiet).set_index("model")
     assert table.columns[0] == "roc_auc"
     assert table.loc["submission.csv", "roc_auc"] == pytest.approx(table.loc["soft vote (submission)", "roc_auc"],

@@ -19,7 +19,8 @@ import pandas as pd
 
 from pipeline.config import ConfigError
 
-__all__ = ["FORMATS", "SubmissionFormat", "detect_format", "format_for_config", "fill", "scores_of", "check_values"]
+__all__ = ["FORMATS", "SubmissionFormat", "detect_format", "format_for_config", "fill", "scores_of", "labels_of",
+           "check_values"]
 
 FORMATS = ("labels", "probability", "class_probabilities")
 # Probabilities are written with this many decimals: enough that no two rows tie by rounding alone.
@@ -136,6 +137,18 @@ def scores_of(sub: pd.DataFrame, fmt: SubmissionFormat, target_column: str) -> n
         return out
     return np.stack([pd.to_numeric(sub[_column_of(sub, name)]).to_numpy(dtype=np.float64)
                      for name in fmt.classes], axis=1)
+
+
+def labels_of(sub: pd.DataFrame, fmt: SubmissionFormat, target_column: str) -> pd.Series:
+    """The class each submission row predicts: its label, or the most probable class of its probabilities.
+
+    >>> fmt = SubmissionFormat("probability", ("0", "1"), "1", "")
+    >>> labels_of(pd.DataFrame({"y": ["0.2", "0.7"]}), fmt, "y").tolist()
+    ['0', '1']
+    """
+    if fmt.kind == "labels":
+        return sub[target_column]
+    return pd.Series([fmt.classes[i] for i in scores_of(sub, fmt, target_column).argmax(axis=1)], index=sub.index)
 
 
 def _first_line(mask: pd.Series) -> int:

@@ -29,6 +29,7 @@ from pipeline.config import Config
 from pipeline.fileio import read_table, read_text_csv, write_text_atomic
 from pipeline.metrics import confusion, per_class_f1
 from pipeline.train.models import read_sidecar
+from pipeline.predict.formats import format_for_config, labels_of
 from pipeline.predict.probs import PROB_PREFIX, class_ids, prob_columns
 from pipeline.report.plots import bar_chart, data_uri, esc, heatmap, html_page, html_table, label_axis, new_figure, png_bytes
 
@@ -259,7 +260,8 @@ def write_report(cfg: Config, log=print) -> Path:
 
     # Cross-validation first: the numbers people look for.
     cv = _format_cv(pd.read_csv(paths["cv"]))
-    sections.append('<h2 id="cv">Cross-validation</h2>' + html_table(cv))
+    sections.append('<h2 id="cv">Cross-validation</h2>'
+                    + f'<p class="note">Competition metric: {esc(cfg.competition.metric)}.</p>' + html_table(cv))
 
     # Learning curves
     summary = _fold_summary(cfg, fold_metrics, classes)
@@ -280,10 +282,13 @@ def write_report(cfg: Config, log=print) -> Path:
 
     # Test distribution
     sub = read_text_csv(paths["submission"])
-    target = cfg.data.target_column
-    if target not in sub.columns:
-        raise ValueError(f"{paths['submission']}: no column '{target}' (data.target_column); rerun `make ensemble`")
-    dist = prediction_distribution_table(_training_labels(cfg, oof), sub[target], classes)
+    fmt = format_for_config(cfg, read_text_csv(cfg.data.sample_submission), classes)
+    needed = [cfg.data.target_column] if fmt.kind != "class_probabilities" else list(fmt.classes)
+    if not set(needed) <= set(sub.columns):
+        raise ValueError(f"{paths['submission']}: no column(s) {sorted(set(needed) - set(sub.columns))[:5]} "
+                         f"for its {fmt.kind} format; rerun `make ensemble`")
+    predicted = labels_of(sub, fmt, cfg.data.target_column)
+    dist = prediction_distribution_table(_training_labels(cfg, oof), predicted, classes)
     sections.append('<h2 id="test">Predicted test class distribution</h2>'
                     + _figure(_test_distribution_figure(dist), "predicted test classes vs training prior",
                               "A class predicted far more or less often than its training share hints at a "

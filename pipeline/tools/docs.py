@@ -28,6 +28,12 @@ __all__ = ["FIGURES", "render_blocks", "rewrite_readme", "record_run", "main"]
 FIGURES = Path("docs/figures")
 DEMO_COMMAND = ["make", "folds", "train", "ensemble", "score"]   # after `make clean`, which runs alone
 BENCH_COMMAND = ["make", "bench"]
+# Further runs the README quotes: name -> (the command, the experiment folder whose score.csv and cv.csv are
+# copied to docs/figures/<name>/). `make docs-run` runs them after the demo (which they may build on);
+# `python -m pipeline.tools.docs --extra NAME` reruns one alone. Blocks `<NAME>_score` and `<NAME>_cv`.
+EXTRA_RUNS = {
+    "odd": ("make folds train ensemble score validate CONFIG=configs/demo-odd.yaml", "outputs/demo-odd"),
+}
 _BLOCK = re.compile(r"(<!-- docs:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /docs -->)", re.S)
 
 
@@ -56,6 +62,7 @@ def record_run(figures: Path = FIGURES, exp_dir: Path = Path("outputs/demo"), be
     seconds = {"demo": _timed(DEMO_COMMAND, log)}
     _wait_for_quiet(log)   # the training's load average decays slowly; the bench judges the load it sees
     seconds["bench"] = _timed(BENCH_COMMAND, log)
+    record_extras(list(EXTRA_RUNS), figures, log)
     figures.mkdir(parents=True, exist_ok=True)
     for name in ("score.csv", "cv.csv"):
         shutil.copyfile(exp_dir / name, figures / name)
@@ -188,6 +195,50 @@ def _mutation_block(scores: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def record_extras(names: list[str], figures: Path = FIGURES, log=print) -> None:
+    """Run each named extra run (timed) and copy its score.csv and cv.csv into ``figures/<name>/``."""
+    unknown = sorted(set(names) - set(EXTRA_RUNS))
+    if unknown:
+        raise ValueError(f"unknown extra run(s) {unknown}; known: {sorted(EXTRA_RUNS)}")
+    for name in names:
+        command, exp_dir = EXTRA_RUNS[name]
+        seconds = _timed(command.split(), log)
+        out = figures / name
+        out.mkdir(parents=True, exist_ok=True)
+        for file in ("score.csv", "cv.csv"):
+            shutil.copyfile(Path(exp_dir) / file, out / file)
+        (out / "run.json").write_text(json.dumps({"command": command, "seconds": seconds, "cpu": cpu_name(),
+                                                  "date": date.today().isoformat()}, indent=2) + "\n")
+        log(f"[docs] wrote {out}/: score.csv, cv.csv, run.json")
+
+
+def _headline_block(frame: pd.DataFrame, label: str, metric: str, extra: list[str]) -> str:
+    """A narrow table of `frame`: the label column, then `extra` and the headline `metric` (3 decimals)."""
+    columns = [label, *extra, metric]
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    for row in frame[columns].itertuples(index=False):
+        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _extra_blocks(figures: Path) -> dict[str, str]:
+    """`<name>_score` / `<name>_cv` / `<name>_run` for each extra run recorded under `figures`."""
+    blocks = {}
+    for name in EXTRA_RUNS:
+        folder = figures / name
+        if not (folder / "score.csv").is_file():
+            continue
+        score, cv = pd.read_csv(folder / "score.csv"), pd.read_csv(folder / "cv.csv")
+        metric = score.columns[1]          # score.csv's first metric is the competition's
+        run = json.loads((folder / "run.json").read_text())
+        blocks[f"{name}_score"] = _headline_block(score, "model", metric, [])
+        blocks[f"{name}_cv"] = _headline_block(cv, "part", metric, ["rows"])
+        blocks[f"{name}_run"] = (f"Measured by `{run['command']}` on {run['date']}, on {run['cpu']} "
+                                 f"({_minutes(run['seconds'])}).\n")
+    return blocks
+
+
 def render_blocks(figures: Path = FIGURES) -> dict[str, str]:
     """Every generated README block, by name, from the files in `figures`."""
     run = json.loads((figures / "run.json").read_text())
@@ -196,7 +247,7 @@ def render_blocks(figures: Path = FIGURES) -> dict[str, str]:
               "cv": _cv_block(pd.read_csv(figures / "cv.csv")), "bench": _bench_block(bench)}
     if (figures / "mutation.json").is_file():   # written by `make mutation`
         blocks["mutation"] = _mutation_block(json.loads((figures / "mutation.json").read_text()))
-    return blocks
+    return {**blocks, **_extra_blocks(figures)}
 
 
 def rewrite_readme(text: str, blocks: dict[str, str]) -> str:
@@ -214,11 +265,14 @@ def rewrite_readme(text: str, blocks: dict[str, str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="store_true", help="first run the demo and the bench from scratch (slow)")
+    parser.add_argument("--extra", nargs="+", metavar="NAME", help=f"rerun only these extra runs: {list(EXTRA_RUNS)}")
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
     parser.add_argument("--figures", type=Path, default=FIGURES)
     args = parser.parse_args(argv)
     if args.run:
         record_run(args.figures)
+    elif args.extra:
+        record_extras(args.extra, args.figures)
     text = args.readme.read_text()
     new = rewrite_readme(text, render_blocks(args.figures))
     if new != text:
