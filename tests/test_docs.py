@@ -36,3 +36,21 @@ def test_the_figures_are_those_of_the_run_files(tmp_path):
 def test_a_readme_block_without_a_generator_is_an_error():
     with pytest.raises(ValueError, match=r"README blocks with no generator: \['typo'\]"):
         rewrite_readme("<!-- docs:typo -->\nx\n<!-- /docs -->\n", {"run": ""})
+
+
+def test_an_extra_runs_tables_come_from_its_files_with_the_competition_metric_as_headline(tmp_path):
+    import json
+    figures = tmp_path / "figures"
+    (figures / "odd").mkdir(parents=True)
+    for name in ("run.json", "bench.json", "cv.csv", "score.csv"):
+        (figures / name).write_bytes((REPO / FIGURES / name).read_bytes())
+    pd.DataFrame({"model": ["fold 0", "submission.csv"], "roc_auc": [0.91, 0.975], "f1_macro": [0.5, 0.6]}).to_csv(
+        figures / "odd" / "score.csv", index=False)
+    pd.DataFrame({"part": ["fold 0", "out-of-fold, TTA (mean)"], "rows": [40, 200], "f1_macro": [0.1, 0.2],
+                  "roc_auc": [0.93, 0.95]}).to_csv(figures / "odd" / "cv.csv", index=False)
+    (figures / "odd" / "run.json").write_text(json.dumps({"command": "make x", "seconds": 75, "cpu": "cpu z",
+                                                          "date": "2026-11-28"}))
+    blocks = render_blocks(figures)
+    assert "| submission.csv | 0.975 |" in blocks["odd_score"] and "f1_macro" not in blocks["odd_score"]
+    assert "| out-of-fold, TTA (mean) | 200 | 0.950 |" in blocks["odd_cv"]
+    assert blocks["odd_run"].startswith("Measured by `make x` on 2026-11-28, on cpu z (1 min 15 s)")
