@@ -190,7 +190,7 @@ mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow)
 docs: | $(VENV_OK) ## rewrite the README's generated tables from docs/figures/
 	$(PY) -m pipeline.tools.docs
 
-docs-run: | $(VENV_OK) ## measure the README's figures from scratch (demo + bench, ~8 min here), then make docs
+docs-run: | $(VENV_OK) ## measure the README's figures from scratch (demo, bench, second model + stack; ~15 min here), then make docs
 	$(PY) -m pipeline.tools.docs --run
 
 clean: ## remove outputs/ and folds/ (keeps the virtual environment)
