@@ -94,15 +94,22 @@ def cmd_score_blend(args) -> None:
 
 def _stack_arguments(p: argparse.ArgumentParser) -> None:
     from pipeline.predict.blend import OOF_SOURCES
-    from pipeline.predict.stack import DEFAULT_C
+    from pipeline.predict.stack import DEFAULT_C, parse_C
+
+    def c_value(text: str):
+        try:
+            return parse_C(text)
+        except ValueError as exc:   # argparse prints an ArgumentTypeError's own message
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     p.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names (folders under --output-dir)")
     p.add_argument("--output-dir", default="outputs", help="where the experiments live (default: %(default)s)")
     p.add_argument("--out", default=None, help="output folder (default: <output-dir>/stack-<a>-<b>...)")
     p.add_argument("--oof", dest="oof_source", choices=OOF_SOURCES, default="auto",
                    help="OOF probabilities to fit on: tta (oof_tta.csv), plain (oof.csv), auto (tta where all have it)")
-    p.add_argument("--C", type=float, default=DEFAULT_C,
-                   help="the logistic regression's inverse regularisation strength (default: %(default)s)")
+    p.add_argument("--C", type=c_value, default=DEFAULT_C,
+                   help="the logistic regression's inverse regularisation strength, or auto: chosen by "
+                        "leave-one-fold-out log-loss on the rows it is fitted on (default: %(default)s)")
 
 
 def _blend_arguments(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.predict.blend import FoldsMismatchError, blend
 from pipeline.predict.score_blend import score_combined
-from pipeline.predict.stack import stack
+from pipeline.predict.stack import C_GRID, stack
 from tests.test_blend import CLASSES, K, N_TEST, QUIET, _folds_frame, _relabel_fold, make_experiment
 
 COLS = [f"prob_{c}" for c in CLASSES]
@@ -49,7 +49,8 @@ def test_the_stack_learns_a_confusion_no_blend_can_undo_and_scores_it_on_test(tm
     assert cv.loc["plain vote (soft, uniform weights)", "accuracy"] < 0.6
     assert cv.loc["blend soft, fitted weights, nested", "accuracy"] < 0.6
     info = json.loads((out / "stack.json").read_text())
-    assert info["experiments"] == ["shifted", "weak"] and info["C"] == 1.0 and info["folds_sha256"]
+    assert info["experiments"] == ["shifted", "weak"] and info["C"] == "auto" and info["folds_sha256"]
+    assert info["C_applied"] in C_GRID and set(info["nested_C"]) == {"0", "1", "2"}
     assert {"oof.csv", "test_probs.csv", "cv.md"} <= {p.name for p in out.iterdir()}
 
     blend(["shifted", "weak"], output_dir=outputs, **QUIET)
@@ -127,7 +128,7 @@ def test_score_blend_needs_a_blend_or_stack_and_true_labels(tmp_path):
         score_combined(["a", "b"], output_dir=tmp_path / "outputs", **QUIET)
 
 
-def test_command_line(tmp_path):
+def test_command_line(tmp_path, capsys):
     from pipeline.cli import main
 
     truth = _test_labels(tmp_path)
@@ -139,4 +140,6 @@ def test_command_line(tmp_path):
     assert info["C"] == 0.05 and info["oof_source"] == "oof.csv"
     assert main(["score-blend", "a", "b", "--output-dir", outputs]) == 0
     assert (tmp_path / "outputs/stack-a-b/score.csv").is_file()
-    assert main(["stack", "a", "b", "--output-dir", outputs, "--C", "0"]) == 2    # refused with one line
+    with pytest.raises(SystemExit):
+        main(["stack", "a", "b", "--output-dir", outputs, "--C", "0"])
+    assert "--C must be 'auto' or a positive number, got '0'" in capsys.readouterr().err

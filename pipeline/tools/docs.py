@@ -160,7 +160,7 @@ def _stack_block(cv: pd.DataFrame, stack_score: pd.DataFrame, blend_score: pd.Da
               test["plain vote (soft, uniform weights)"]),
              ("blend, fitted weights (`make ensemble EXPS=`)", oof["blend soft, fitted weights, nested"], blend_sub),
              ("**stack (`make stack EXPS=`)**", oof[oof.index.str.startswith("stack:")].iloc[0], stack_sub)]
-    lines = ["| members of `demo + demo2` | out-of-fold macro-F1 (nested) | test macro-F1 |", "| --- | --- | --- |"]
+    lines = ["| `demo` + `demo2` | out-of-fold macro-F1 (fitted choices nested) | test macro-F1 |", "| --- | --- | --- |"]
     lines += [f"| {name} | {o:.3f} | {t:.3f} |" for name, o, t in rows]
     (_, vote_oof, vote_test), (_, blend_oof, blend_test), (_, stack_oof, stack_test) = rows[-3:]
     lines += ["", f"Against the plain vote, out of fold: the blend {blend_oof - vote_oof:+.3f}, the stack "
