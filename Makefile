@@ -23,6 +23,7 @@ FOLD ?=
 GPUS ?=
 EXPS ?=
 BLEND_ARGS ?=
+STACK_ARGS ?=
 OUTPUT_DIR ?= outputs
 PYTHON ?= python3
 VENV := .venv
@@ -34,7 +35,7 @@ comma := ,
 # ---- configuration → Make variables (only for goals that run the pipeline) -----------------
 PIPELINE_GOALS := data check folds train retrain train-dask tune predict ensemble score validate eda report
 ifneq ($(strip $(EXPS)),)
-  PIPELINE_GOALS := $(filter-out ensemble,$(PIPELINE_GOALS))  # a blend has no CONFIG to resolve
+  PIPELINE_GOALS := $(filter-out ensemble score,$(PIPELINE_GOALS))  # a blend has no CONFIG to resolve
 endif
 # Make resolves the config (and writes its stamps) before it runs any goal, so `clean` in the same
 # call would delete what the other goals were just given: it must run on its own.
@@ -63,7 +64,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
 endif
 
-.PHONY: help venv data check folds train retrain train-dask tune predict ensemble score validate eda report blend test bench mutation docs docs-run clean
+.PHONY: help venv data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench mutation docs docs-run clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -131,6 +132,10 @@ blend: | $(VENV_OK) ## blend finished experiments (weights fitted on OOF): make 
 	@test -n "$(strip $(EXPS))" || { echo 'usage: make blend EXPS="exp_a exp_b" [BLEND_ARGS="--voting hard"]' >&2; exit 2; }
 	$(PIPELINE) blend $(EXPS) --output-dir $(OUTPUT_DIR) $(BLEND_ARGS)
 
+stack: | $(VENV_OK) ## stack finished experiments (logistic regression on OOF log-probabilities): make stack EXPS="a b"
+	@test -n "$(strip $(EXPS))" || { echo 'usage: make stack EXPS="exp_a exp_b" [STACK_ARGS="--C 0.1"]' >&2; exit 2; }
+	$(PIPELINE) stack $(EXPS) --output-dir $(OUTPUT_DIR) $(STACK_ARGS)
+
 # wildcard: the demo's sample submission does not exist until `make data` writes it
 $(EXP_DIR)/submission.csv: $(TEST_PROBS) $(STAMPS)/ensemble.json $(wildcard $(SAMPLE_SUBMISSION))
 	$(call STAGE,ensemble)
@@ -145,8 +150,13 @@ report: $(EXP_DIR)/report.html ## one self-contained HTML report of the run → 
 $(EXP_DIR)/report.html: $(EXP_DIR)/submission.csv $(RESOLVED) | $(VENV_OK)
 	$(call STAGE,report)
 
-score: $(EXP_DIR)/submission.csv ## score the submission on held-back labels (demo)
+ifneq ($(strip $(EXPS)),)
+score: | $(VENV_OK)
+	$(PIPELINE) score-blend $(EXPS) --output-dir $(OUTPUT_DIR)
+else
+score: $(EXP_DIR)/submission.csv ## score the submission on held-back labels (demo); EXPS="a b": their blend / stack
 	$(call STAGE,score)
+endif
 
 validate: $(EXP_DIR)/submission.csv ## check the submission against the sample submission
 	$(call STAGE,validate)
@@ -180,7 +190,7 @@ mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow)
 docs: | $(VENV_OK) ## rewrite the README's generated tables from docs/figures/
 	$(PY) -m pipeline.tools.docs
 
-docs-run: | $(VENV_OK) ## measure the README's figures from scratch (demo + bench, ~8 min here), then make docs
+docs-run: | $(VENV_OK) ## measure the README's figures from scratch (demo, bench, second model + stack; ~15 min here), then make docs
 	$(PY) -m pipeline.tools.docs --run
 
 clean: ## remove outputs/ and folds/ (keeps the virtual environment)

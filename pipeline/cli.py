@@ -84,6 +84,34 @@ def cmd_blend(args) -> None:
                  logit_adjust_on=args.logit_adjust)
 
 
+def cmd_stack(args) -> None:
+    stages.stack(args.experiments, output_dir=args.output_dir, out=args.out, oof_source=args.oof_source, C=args.C)
+
+
+def cmd_score_blend(args) -> None:
+    stages.score_combined(args.experiments, output_dir=args.output_dir)
+
+
+def _stack_arguments(p: argparse.ArgumentParser) -> None:
+    from pipeline.predict.blend import OOF_SOURCES
+    from pipeline.predict.stack import DEFAULT_C, parse_C
+
+    def c_value(text: str):
+        try:
+            return parse_C(text)
+        except ValueError as exc:   # argparse prints an ArgumentTypeError's own message
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    p.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names (folders under --output-dir)")
+    p.add_argument("--output-dir", default="outputs", help="where the experiments live (default: %(default)s)")
+    p.add_argument("--out", default=None, help="output folder (default: <output-dir>/stack-<a>-<b>...)")
+    p.add_argument("--oof", dest="oof_source", choices=OOF_SOURCES, default="auto",
+                   help="OOF probabilities to fit on: tta (oof_tta.csv), plain (oof.csv), auto (tta where all have it)")
+    p.add_argument("--C", type=c_value, default=DEFAULT_C,
+                   help="the logistic regression's inverse regularisation strength, or auto: chosen by "
+                        "leave-one-fold-out log-loss on the rows it is fitted on (default: %(default)s)")
+
+
 def _blend_arguments(p: argparse.ArgumentParser) -> None:
     from pipeline.predict.blend import OBJECTIVES, OOF_SOURCES, VOTING_CHOICES   # a light module: choices only
 
@@ -145,6 +173,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("blend", help="blend finished experiments, weights fitted on their out-of-fold predictions")
     _blend_arguments(p)
     p.set_defaults(func=cmd_blend)
+    p = sub.add_parser("stack", help="stack finished experiments: a logistic regression on their OOF log-probabilities")
+    _stack_arguments(p)
+    p.set_defaults(func=cmd_stack)
+    p = sub.add_parser("score-blend", help="score outputs/{blend,stack}-<a>-<b> on held-back test labels")
+    p.add_argument("experiments", nargs="+", metavar="EXP", help="the experiments the blend / stack was made of")
+    p.add_argument("--output-dir", default="outputs", help="where the experiments live (default: %(default)s)")
+    p.set_defaults(func=cmd_score_blend)
     # Listed for --help only: main() hands `bench ...` to pipeline.tools.bench before parsing, so that
     # building this parser (at every Make parse) never imports torch.
     sub.add_parser("bench", help="throughput of the data path vs the bare model → outputs/bench.json "

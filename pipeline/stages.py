@@ -7,7 +7,8 @@
     train     folds file, images          → fold_<k>/{weights.safetensors, oof.csv, metrics.csv, ...}
     predict   fold weights, images        → fold_<k>/{oof_tta.csv, test_probs.csv}
     ensemble  every fold's probabilities  → {cv.csv, cv.md, oof.csv, ensemble.json, submission.csv}
-    score     submission, true labels     → score.csv
+    score     submission, true labels     → score.csv (score_combined: a blend's / stack's folder)
+    blend / stack  finished experiments   → outputs/{blend,stack}-<a>-<b>/{cv.csv, submission.csv, ...}
     eda / report                          → eda/index.html / report.html
 
 Heavy libraries are imported inside the stages, so that `python -m pipeline` (which Make runs at
@@ -21,7 +22,7 @@ from pathlib import Path
 from pipeline.config import Config, ConfigError
 
 __all__ = ["resolve", "demo_data", "mask_data", "check", "folds", "train", "predict", "ensemble", "score",
-           "validate", "eda", "report", "tune", "blend"]
+           "validate", "eda", "report", "tune", "blend", "stack", "score_combined"]
 
 
 def resolve(cfg: Config, make_vars: bool = False) -> dict[str, str]:
@@ -141,3 +142,15 @@ def blend(experiments: list[str], **options) -> Path:
     from pipeline.predict.blend import blend as blend_experiments
 
     return blend_experiments(experiments, **options)
+
+
+def stack(experiments: list[str], **options) -> Path:
+    from pipeline.predict.stack import stack as stack_experiments
+
+    return stack_experiments(experiments, **options)
+
+
+def score_combined(experiments: list[str], output_dir="outputs", log=print) -> list[Path]:
+    from pipeline.predict.score_blend import score_combined as score_folders
+
+    return score_folders(experiments, output_dir=output_dir, log=log)

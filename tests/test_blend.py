@@ -34,7 +34,8 @@ def _noisy_probs(y: np.ndarray, skill: float, seed: int) -> np.ndarray:
 
 
 def make_experiment(root, name: str, skill: float, seed: int, folds_name: str = "shared",
-                    folds: pd.DataFrame | None = None, tta: bool = True, sidecar_extra: dict | None = None):
+                    folds: pd.DataFrame | None = None, tta: bool = True, sidecar_extra: dict | None = None,
+                    test_labels=None):
     """outputs/<name>/ as the pipeline leaves it: config.yaml, fold sidecars, oof(.tta).csv, test_probs.csv."""
     folds_dir = root / "folds"
     folds_dir.mkdir(exist_ok=True)
@@ -47,7 +48,8 @@ def make_experiment(root, name: str, skill: float, seed: int, folds_name: str = 
         pd.DataFrame({"id": [f"t{i:03d}" for i in range(N_TEST)], "label": "cat"}).to_csv(sample, index=False)
     cfg = load_config(None, {"experiment": name, "output_dir": str(root / "outputs"),
                              "folds": {"n_splits": K, "name": folds_name, "dir": str(folds_dir)},
-                             "data": {"sample_submission": str(sample), "train_csv": str(root / "train.csv")}})
+                             "data": {"sample_submission": str(sample), "train_csv": str(root / "train.csv"),
+                                      "test_labels": str(test_labels) if test_labels else None}})
     write_resolved(cfg)
     y = table["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
     oof = _noisy_probs(y, skill, seed)
@@ -102,12 +104,12 @@ def test_fitted_weights_are_the_oof_log_loss_optimum_and_make_the_submission(tmp
     assert pd.read_csv(sub)["label"].tolist() == [CLASSES[i] for i in picked]
     assert info["folds_sha256"] and info["oof_source"] == "oof_tta.csv"
     cv = pd.read_csv(out / "cv.csv").set_index("part")
-    fitted = cv.loc["blend soft, fitted weights (submission)"]
+    fitted = cv.loc["blend soft, fitted weights, nested (submission)"]
     uniform = cv.loc["blend soft, uniform weights"]
-    assert fitted["log_loss"] < uniform["log_loss"]               # the objective, on the data it was fitted on
+    assert fitted["log_loss"] < uniform["log_loss"]               # the objective, even on rows it did not see
     assert {"good (oof_tta.csv)", "weak (oof_tta.csv)", "blend hard, uniform weights",
-            "blend geometric, fitted weights", "blend rank, uniform weights"} <= set(cv.index)
-    assert "blend soft, fitted weights" in (out / "cv.md").read_text()
+            "blend geometric, fitted weights, nested", "blend rank, uniform weights"} <= set(cv.index)
+    assert "blend soft, fitted weights, nested" in (out / "cv.md").read_text()
     assert validate_submission(sub, tmp_path / "sample_submission.csv", "id", "label", CLASSES) == []
     for name in ("oof.csv", "test_probs.csv"):
         assert (out / name).is_file()
@@ -123,7 +125,10 @@ def test_uniform_weights_hard_voting_and_an_explicit_output_dir(tmp_path):
     info = json.loads((out / "blend.json").read_text())
     assert info["weights"] == pytest.approx({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, abs=1e-6)
     assert info["logit_adjust"]["applied"]
-    assert "blend hard, uniform weights (submission)" in pd.read_csv(out / "cv.csv")["part"].tolist()
+    parts = pd.read_csv(out / "cv.csv")["part"]   # the submission: the adjusted blend, its tau from OOF
+    assert parts.str.endswith("(submission)").sum() == 1
+    adjusted = r"blend hard, uniform weights \+ logit adjustment, tau from the other folds .*\(submission\)"
+    assert parts.str.match(adjusted).any()
 
 
 def test_experiments_on_different_folds_are_refused(tmp_path):
@@ -208,8 +213,9 @@ def test_command_line_arguments(tmp_path, capsys):
 
 
 def test_every_blend_row_scores_the_weighted_vote_it_names(tmp_path):
-    """Each CV row 'blend <mode>, <kind> weights' holds the F1/accuracy of that vote with those weights;
-    log loss only where the vote gives probabilities (soft, geometric)."""
+    """Each CV row 'blend <mode>, <kind> weights' holds the F1/accuracy of that vote, each fold's rows voted
+    with that fold's weights (uniform, or the nested ones blend.json records); log loss only where the vote
+    gives probabilities (soft, geometric)."""
     from pipeline.metrics import macro_f1
     from pipeline.predict.voting import VOTING_MODES, vote
 
@@ -217,18 +223,68 @@ def test_every_blend_row_scores_the_weighted_vote_it_names(tmp_path):
     make_experiment(tmp_path, "weak", skill=0.2, seed=2)
     blend(["good", "weak"], output_dir=tmp_path / "outputs", **QUIET)
     out = tmp_path / "outputs" / "blend-good-weak"
-    fitted = json.loads((out / "blend.json").read_text())["fitted_weights"]
+    nested = json.loads((out / "blend.json").read_text())["nested"]["fitted_weights"]
     oof, _, y = _members(tmp_path, ["good", "weak"])
-    weights = {"fitted": np.array([fitted["good"], fitted["weak"]]), "uniform": np.array([0.5, 0.5])}
-    assert not np.allclose(weights["fitted"], weights["uniform"], atol=0.05)   # the two kinds differ here
+    folds = _folds_frame()["fold"].to_numpy()
+    weights = {"fitted weights, nested": {int(k): np.array([w["good"], w["weak"]]) for k, w in nested.items()},
+               "uniform weights": {k: np.array([0.5, 0.5]) for k in range(K)}}
+    assert len({tuple(w.round(3)) for w in weights["fitted weights, nested"].values()}) == K   # differ per fold
     cv = pd.read_csv(out / "cv.csv")
     cv["part"] = cv["part"].str.replace(" (submission)", "", regex=False)
     cv = cv.set_index("part")
     for mode in VOTING_MODES:
-        for kind, w in weights.items():
-            row = cv.loc[f"blend {mode}, {kind} weights"]
-            picked = vote(oof, mode, w)
+        for kind, per_fold in weights.items():
+            row = cv.loc[f"blend {mode}, {kind}"]
+            picked = np.empty(len(y), dtype=int)
+            for k, w in per_fold.items():
+                picked[folds == k] = vote(oof[:, folds == k], mode, w)
             one_hot = np.eye(len(CLASSES))[picked]
             assert row["f1_macro"] == pytest.approx(macro_f1(y, one_hot), abs=1e-9), (mode, kind)
             assert row["accuracy"] == pytest.approx((picked == y).mean(), abs=1e-9), (mode, kind)
             assert np.isnan(row["log_loss"]) == (mode in ("hard", "rank")), (mode, kind)
+
+
+def test_nested_weights_are_the_optimum_on_the_other_folds_only(tmp_path):
+    make_experiment(tmp_path, "good", skill=0.3, seed=1)
+    make_experiment(tmp_path, "weak", skill=0.2, seed=2)
+    blend(["good", "weak"], output_dir=tmp_path / "outputs", **QUIET)
+    nested = json.loads((tmp_path / "outputs/blend-good-weak/blend.json").read_text())["nested"]["fitted_weights"]
+    oof, _, y = _members(tmp_path, ["good", "weak"])
+    folds = _folds_frame()["fold"].to_numpy()
+    grid = np.linspace(0, 1, 2001)
+    for k in range(K):
+        rest = folds != k                                               # brute force over the weight of "good"
+        true = oof[:, np.flatnonzero(rest), y[rest]] / oof[:, rest].sum(axis=2)
+        best = grid[int(np.argmin([-np.log(g * true[0] + (1 - g) * true[1]).mean() for g in grid]))]
+        assert nested[str(k)]["good"] == pytest.approx(best, abs=1e-3), k
+
+
+def _relabel_fold(root, names, fold: int) -> None:
+    """Give fold `fold`'s OOF rows other true labels (a cyclic shift of the classes) in every experiment."""
+    shift = {c: CLASSES[(i + 1) % len(CLASSES)] for i, c in enumerate(CLASSES)}
+    for name in names:
+        for file in ("oof.csv", "oof_tta.csv"):
+            path = root / "outputs" / name / f"fold_{fold}" / file
+            frame = pd.read_csv(path)
+            frame["label"] = frame["label"].map(shift)
+            frame.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("adjust", [False, True])
+def test_a_folds_nested_oof_never_sees_its_own_labels(tmp_path, adjust):
+    """The blend's oof.csv (its nested OOF): relabelling fold 0's rows leaves fold 0's blended rows unchanged
+    (its weights and tau came from the other folds) and changes the other folds' rows (fold 0 helped fit them)."""
+    runs = {}
+    for run in ("same", "relabelled"):
+        root = tmp_path / run
+        root.mkdir()
+        make_experiment(root, "good", skill=0.3, seed=1)
+        make_experiment(root, "weak", skill=0.15, seed=2)
+        if run == "relabelled":
+            _relabel_fold(root, ["good", "weak"], fold=0)
+        blend(["good", "weak"], output_dir=root / "outputs", logit_adjust_on=adjust, **QUIET)
+        runs[run] = pd.read_csv(root / "outputs/blend-good-weak/oof.csv")
+    cols = [f"prob_{c}" for c in CLASSES]
+    held = runs["same"]["fold"] == 0
+    assert np.allclose(runs["same"].loc[held, cols], runs["relabelled"].loc[held, cols], atol=1e-9)
+    assert not np.allclose(runs["same"].loc[~held, cols], runs["relabelled"].loc[~held, cols], atol=1e-4)

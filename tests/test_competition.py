@@ -10,7 +10,8 @@ from sklearn.metrics import log_loss as sk_log_loss
 
 from pipeline.config import ConfigError, load_config
 from pipeline.metrics import COMPETITION_METRICS, metric_gain, metric_value
-from pipeline.predict.class_bias import apply_bias, fit_class_bias, nested
+from pipeline.predict.class_bias import apply_bias, fit_class_bias
+from pipeline.predict.nested import nested_probs
 from pipeline.predict.ensemble import bias_fit
 from pipeline.predict.formats import check_values, detect_format, fill, scores_of
 from pipeline.predict.voting import choose_tau, class_priors
@@ -97,17 +98,17 @@ def test_nested_fits_never_see_the_held_folds_labels():
     p = apply_bias(p, [0.0, -1.0, 0.5])
     folds = np.arange(300) % 3
     fit = bias_fit("f1_macro", 3, tau_grid=[0.0, 0.5, 1.0])
-    out, _ = nested(p, y, folds, fit)
+    out, _ = nested_probs(p, y, folds, fit)
     flipped = y.copy()
     flipped[folds == 0] = (y[folds == 0] + 1) % 3
-    again, _ = nested(p, flipped, folds, fit)
+    again, _ = nested_probs(p, flipped, folds, fit)
     np.testing.assert_array_equal(out[folds == 0], again[folds == 0])
     assert not np.array_equal(out[folds != 0], again[folds != 0])
 
 
 def test_nested_refuses_a_single_fold():
-    with pytest.raises(ValueError, match="at least two folds"):
-        nested(np.full((4, 2), 0.5), np.zeros(4, int), np.zeros(4, int), bias_fit("f1_macro", 2))
+    with pytest.raises(ValueError, match="two or more folds"):
+        nested_probs(np.full((4, 2), 0.5), np.zeros(4, int), np.zeros(4, int), bias_fit("f1_macro", 2))
 
 
 # ---- submission formats -------------------------------------------------------------------------------

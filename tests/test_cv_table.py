@@ -274,11 +274,11 @@ def test_class_bias_is_fitted_out_of_fold_applied_and_scored(copy_of):
     cv = pd.read_csv(copy_of.exp_dir / "cv.csv").set_index("part")
     row = cv.loc["out-of-fold, TTA + class bias, fitted on the other folds"]
     from pipeline.metrics import metric_value
-    from pipeline.predict.class_bias import nested
+    from pipeline.predict.nested import nested_probs
     from pipeline.predict.ensemble import bias_fit
     oof = pd.read_csv(copy_of.exp_dir / "oof_tta.csv")
     y = np.array([classes.index(v) for v in oof["label"].astype(str)])
-    held_out, _ = nested(oof[[f"prob_{c}" for c in classes]].to_numpy(), y, oof["fold"].to_numpy(),
+    held_out, _ = nested_probs(oof[[f"prob_{c}" for c in classes]].to_numpy(), y, oof["fold"].to_numpy(),
                          bias_fit("f1_macro", len(classes)))
     assert row["f1_macro"] == pytest.approx(metric_value("f1_macro", y, held_out), abs=1e-12)
     table = score(copy_of, **QUIET).set_index("model")

@@ -54,3 +54,23 @@ def test_an_extra_runs_tables_come_from_its_files_with_the_competition_metric_as
     assert "| submission.csv | 0.975 |" in blocks["odd_score"] and "f1_macro" not in blocks["odd_score"]
     assert "| out-of-fold, TTA (mean) | 200 | 0.950 |" in blocks["odd_cv"]
     assert blocks["odd_run"].startswith("Measured by `make x` on 2026-11-28, on cpu z (1 min 15 s)")
+
+
+def test_the_stack_block_is_that_of_the_stack_and_blend_files(tmp_path):
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    for name in ("run.json", "bench.json", "cv.csv", "score.csv"):
+        (figures / name).write_bytes((REPO / FIGURES / name).read_bytes())
+    pd.DataFrame({"part": ["a (oof_tta.csv)", "b (oof_tta.csv)", "plain vote (soft, uniform weights)",
+                           "blend soft, fitted weights, nested", "stack: x, nested (submission)"],
+                  "f1_macro": [0.90, 0.80, 0.91, 0.92, 0.88]}).to_csv(figures / "stack_cv.csv", index=False)
+    members = ["a (soft vote of its folds)", "b (soft vote of its folds)", "plain vote (soft, uniform weights)"]
+    pd.DataFrame({"model": members + ["stack-a-b (test_probs.csv)", "stack-a-b: submission.csv (submission)"],
+                  "f1_macro": [0.95, 0.85, 0.96, 0.97, 0.97]}).to_csv(figures / "stack_score.csv", index=False)
+    pd.DataFrame({"model": members + ["blend-a-b: submission.csv (submission)"],
+                  "f1_macro": [0.95, 0.85, 0.96, 0.94]}).to_csv(figures / "blend_score.csv", index=False)
+    block = render_blocks(figures)["stack"]
+    assert "| a alone | 0.900 | 0.950 |" in block and "| b alone | 0.800 | 0.850 |" in block
+    assert "| blend, fitted weights (`make ensemble EXPS=`) | 0.920 | 0.940 |" in block
+    assert "| **stack (`make stack EXPS=`)** | 0.880 | 0.970 |" in block
+    assert "out of fold: the blend +0.010, the stack -0.030; on the test set: the blend -0.020, the stack +0.010" in block

@@ -13,8 +13,10 @@ so blending is refused unless every experiment's folds file has the same content
 OOF row sits in the same fold.
 
 Writes, in ``outputs/blend-<a>-<b>...`` (or `out`): ``cv.csv``/``cv.md`` (each experiment's OOF score
-and the blends': uniform vs fitted weights, every voting mode, the logit adjustment),
-``blend.json`` (members, weights, folds hash, tau), ``oof.csv``, ``test_probs.csv`` and, last,
+and the blends': uniform vs fitted weights, every voting mode, the logit adjustment; every fitted choice
+scored nested: each fold's rows blended with the weights and tau fitted on the other folds),
+``blend.json`` (members, weights, folds hash, tau, the nested per-fold choices), ``oof.csv`` (the
+nested OOF scores of the submission's recipe, so a blend of blends stays honest), ``test_probs.csv`` and, last,
 ``submission.csv``.
 """
 
@@ -30,7 +32,8 @@ if TYPE_CHECKING:  # the heavy imports (numpy, pandas, torch via stages) happen 
 
     from pipeline.config import Config
 
-__all__ = ["FoldsMismatchError", "Member", "load_experiment", "load_member", "check_same_folds", "blend",
+__all__ = ["FoldsMismatchError", "Member", "load_experiment", "load_member", "load_members", "check_same_folds",
+           "nested_blend_weights", "write_blend_probs", "blend",
            "OOF_SOURCES", "VOTING_CHOICES", "OBJECTIVES"]
 
 OOF_SOURCES = ("auto", "tta", "plain")
@@ -168,19 +171,69 @@ def check_same_folds(members: list[Member]) -> None:
                              f"{first.cfg.data.sample_submission} vs {m.cfg.data.sample_submission})")
 
 
-def _blend_rows(probs: np.ndarray, y: np.ndarray, weights: dict[str, np.ndarray],
+def _blend_rows(probs: np.ndarray, y: np.ndarray, folds: np.ndarray, weights: dict[str, dict],
                 chosen: tuple[str, str] | None) -> list[dict]:
-    from pipeline.predict.voting import VOTING_MODES, vote, vote_scores
+    """Every voting mode with every kind of weights, each fold's rows voted with that fold's weights
+    (``{kind: {fold: weights}}``; the fitted ones were fitted on the other folds, so the rows are nested)."""
     from pipeline.predict.cv_table import metrics_row
+    from pipeline.predict.nested import apply_per_fold
+    from pipeline.predict.voting import VOTING_MODES, vote, vote_scores
 
     rows = []
     for mode in VOTING_MODES:
-        for kind, w in weights.items():
+        for kind, per_fold in weights.items():
             mark = " (submission)" if (mode, kind) == chosen else ""
             not_probs = {"log_loss": float("nan")} if mode in ("hard", "rank") else {}
-            rows.append(metrics_row(f"blend {mode}, {kind} weights{mark}", y, vote_scores(probs, mode, w),
-                                    vote(probs, mode, w), **not_probs))
+            scores = apply_per_fold(folds, per_fold, lambda w, held: vote_scores(probs[:, held], mode, w))
+            picked = apply_per_fold(folds, per_fold, lambda w, held: vote(probs[:, held], mode, w))
+            rows.append(metrics_row(f"blend {mode}, {_KIND_LABELS[kind]}{mark}", y, scores, picked, **not_probs))
     return rows
+
+
+_KIND_LABELS = {"uniform": "uniform weights", "fitted": "fitted weights, nested"}
+
+
+def _decision_scores(probs: np.ndarray, voting: str, weights: np.ndarray) -> np.ndarray:
+    """What the blend's tau is chosen on: the vote's scores for soft/geometric votes (so a probability
+    metric such as the log-loss sees probabilities), its decisions as one-hot rows for hard/rank votes."""
+    import numpy as np
+
+    from pipeline.predict.voting import vote, vote_scores
+
+    if voting in ("soft", "geometric"):
+        return vote_scores(probs, voting, weights)
+    return np.eye(probs.shape[2])[vote(probs, voting, weights)]
+
+
+def nested_blend_weights(oof: np.ndarray, y: np.ndarray, folds: np.ndarray, objective: str = "logloss",
+                         metric: str = "f1_macro") -> dict:
+    """``{fold: weights fitted on the other folds' OOF rows}`` (see :func:`pipeline.predict.voting.fit_weights`)."""
+    from pipeline.predict.nested import fit_per_fold
+    from pipeline.predict.voting import fit_weights
+
+    return fit_per_fold(folds, lambda rest: fit_weights(oof[:, rest], y[rest], objective, metric))
+
+
+def _nested_logit_adjust(oof: np.ndarray, y: np.ndarray, folds: np.ndarray, weigh, voting: str,
+                         grid, metric: str = "f1_macro") -> tuple[np.ndarray, np.ndarray, dict]:
+    """The blend's OOF scores and decisions with each fold's members logit-adjusted by the prior and tau
+    chosen on the other folds, then voted with ``weigh(other folds' rows)``; and ``{fold: tau}``."""
+    from pipeline.predict.nested import apply_per_fold, fit_per_fold
+    from pipeline.predict.voting import choose_tau, class_priors, logit_adjust, vote, vote_scores
+
+    n_classes = oof.shape[2]
+
+    def fit(rest):
+        w, prior = weigh(rest), class_priors(y[rest], n_classes)
+        tau, _ = choose_tau(oof[:, rest], y[rest], prior, grid,
+                            combine=lambda p: _decision_scores(p, voting, w), metric=metric)
+        return w, prior, tau
+
+    fitted = fit_per_fold(folds, fit)
+    adjusted = lambda f, held: logit_adjust(oof[:, held], f[1], f[2])   # noqa: E731
+    scores = apply_per_fold(folds, fitted, lambda f, held: vote_scores(adjusted(f, held), voting, f[0]))
+    picked = apply_per_fold(folds, fitted, lambda f, held: vote(adjusted(f, held), voting, f[0]))
+    return scores, picked, {k: f[2] for k, f in fitted.items()}
 
 
 def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", out: str | Path | None = None,
@@ -197,57 +250,55 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     import pandas as pd
 
     from pipeline.fileio import write_json_atomic
-    from pipeline.predict.cv_table import metrics_row, write_cv
+    from pipeline.predict.cv_table import write_cv
     from pipeline.predict.ensemble import logit_adjust_record, logit_adjust_settings
     from pipeline.predict.probs import class_ids
     from pipeline.predict.submission import write_submission
     from pipeline.predict.voting import choose_tau, class_priors, fit_weights, logit_adjust, vote, vote_scores
 
     _check_choices(voting, weights, objective)
-    members = _load_members(experiments, output_dir, oof_source, log)
+    members = load_members(experiments, output_dir, oof_source, log)
     first, names = members[0], [m.name for m in members]
     classes = first.classes
     y = class_ids(first.labels, classes, f"{first.name} OOF labels")
     oof = np.stack([m.oof for m in members])
     test = np.stack([m.test for m in members])
     uniform = np.full(len(members), 1.0 / len(members))
-    fitted = fit_weights(oof, y, objective)
+    metric = first.cfg.competition.metric
+    fitted = fit_weights(oof, y, objective, metric)   # on every OOF row: what the test set gets
     w = fitted if weights == "fitted" else uniform
 
     adjust, grid = logit_adjust_settings(first.cfg, logit_adjust_on, tau_grid)
     prior = class_priors(y, len(classes))
-    decisions = lambda p: np.eye(len(classes))[vote(p, voting, w)]   # noqa: E731  (one-hot: F1 of the vote)
-    tau, curve = choose_tau(oof, y, prior, grid, combine=decisions)
+    tau, curve = choose_tau(oof, y, prior, grid, combine=lambda p: _decision_scores(p, voting, w), metric=metric)
+    applied_tau = tau if adjust else 0.0   # 0 is the identity
 
-    applied_tau = tau if adjust else 0.0
-    adjusted = applied_tau > 0   # the submission is the adjusted blend
-    adjusted_member_oof = logit_adjust(oof, prior, tau)
-    adjusted_oof = vote_scores(adjusted_member_oof, voting, w)
-    rows = [metrics_row(f"{m.name} ({m.oof_source})", y, m.oof) for m in members]
-    rows += _blend_rows(oof, y, {"uniform": uniform, "fitted": fitted}, None if adjusted else (voting, weights))
-    rows.append(metrics_row(f"blend {voting}, {weights} weights + logit adjustment tau={tau:g}"
-                            f"{' (submission)' if adjusted else ''}", y, adjusted_oof,
-                            vote(adjusted_member_oof, voting, w)))
-    cv = pd.DataFrame(rows)
+    # With adjustment on, the submission's recipe is "choose tau on the OOF rows, apply it" even where
+    # every row chose 0, so its honest CV row is the nested adjustment's (each fold's own tau).
+    nested = _nested_cv(members, y, voting, weights, objective, grid, adjust, metric)
     out_dir = Path(out) if out is not None else Path(output_dir) / ("blend-" + "-".join(names))
     weight_text = ", ".join(f"{m.name} {x:.3f}" for m, x in zip(members, fitted))
     state = "applied to the test probabilities" if adjust else "not applied"
-    notes = [f"Fitted weights ({objective} on {first.oof_source}, {len(y)} OOF rows): {weight_text}.",
+    notes = [f"Fitted weights ({objective} on {first.oof_source}, all {len(y)} OOF rows, used for the test set): "
+             f"{weight_text}. The CV rows of fitted choices are nested: each fold's rows are blended with the "
+             "weights (and tau) fitted on the other folds only.",
              f"Folds: {' = '.join(dict.fromkeys(str(m.folds_file) for m in members))} "
              f"(sha256 {first.folds_hash[:12]}, the same split for every experiment).",
-             f"Logit adjustment p / prior^tau: tau={tau:g} chosen on OOF macro-F1; {state}."]
-    write_cv(cv, out_dir, f"Blend: {' + '.join(names)}", notes, log)
+             f"Logit adjustment p / prior^tau: tau={tau:g} chosen on all OOF rows' {metric}; {state}."]
+    write_cv(pd.DataFrame(nested["rows"]), out_dir, f"Blend: {' + '.join(names)}", notes, log, metric)
 
-    members_test = logit_adjust(test, prior, applied_tau) if adjusted else test
-    blended_oof = adjusted_oof if adjusted else vote_scores(oof, voting, w)
-    _write_probs(out_dir, first, blended_oof, vote_scores(members_test, voting, w))
+    members_test = logit_adjust(test, prior, applied_tau)
+    write_blend_probs(out_dir, first, nested["oof"], vote_scores(members_test, voting, w))
     picked = vote(members_test, voting, w)
     write_json_atomic(out_dir / "blend.json", {
         "experiments": names, "weights": dict(zip(names, w.round(6).tolist())),
         "fitted_weights": dict(zip(names, fitted.round(6).tolist())), "weights_kind": weights,
         "objective": objective, "voting": voting, "oof_source": first.oof_source,
         "folds_file": str(first.folds_file), "folds_sha256": first.folds_hash, "classes": classes,
-        "logit_adjust": logit_adjust_record(adjust, applied_tau, tau, grid, prior, curve)})
+        "metric": metric, "logit_adjust": logit_adjust_record(adjust, applied_tau, tau, grid, prior, curve, metric),
+        "nested": {"fitted_weights": {k: dict(zip(names, v.round(6).tolist()))
+                                      for k, v in nested["fitted_weights"].items()},
+                   "tau": nested["tau"]}})
     d = first.cfg.data
     sub = out_dir / "submission.csv"
     write_submission(d.sample_submission, d.id_column, d.target_column, first.test_ids,
@@ -255,6 +306,33 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     log(f"[blend] {voting} vote of {len(members)} experiments, {weights} weights ({weight_text})"
         f"{f', logit adjustment tau={applied_tau:g}' if applied_tau else ''} → {sub}")
     return sub
+
+
+def _nested_cv(members: list[Member], y: np.ndarray, voting: str, weights: str, objective: str, grid,
+               adjust: bool, metric: str = "f1_macro") -> dict:
+    """The blend's CV rows, every fitted choice nested (fitted on the other folds, scored on the held one):
+    ``rows``, ``oof`` (the submission recipe's nested OOF scores, for oof.csv), ``fitted_weights`` and
+    ``tau`` per fold."""
+    import numpy as np
+
+    from pipeline.predict.cv_table import metrics_row
+    from pipeline.predict.nested import apply_per_fold
+    from pipeline.predict.voting import fit_weights, vote_scores
+
+    oof, folds = np.stack([m.oof for m in members]), members[0].folds
+    uniform = np.full(len(members), 1.0 / len(members))
+    per_fold = {"uniform": {k.item(): uniform for k in np.unique(folds)},
+                "fitted": nested_blend_weights(oof, y, folds, objective, metric)}
+    weigh = ((lambda rest: fit_weights(oof[:, rest], y[rest], objective, metric)) if weights == "fitted"
+             else (lambda _: uniform))
+    adj_scores, adj_picked, taus = _nested_logit_adjust(oof, y, folds, weigh, voting, grid, metric)
+    rows = [metrics_row(f"{m.name} ({m.oof_source})", y, m.oof) for m in members]
+    rows += _blend_rows(oof, y, folds, per_fold, None if adjust else (voting, weights))
+    chosen = "/".join(f"{t:g}" for t in taus.values())
+    rows.append(metrics_row(f"blend {voting}, {_KIND_LABELS[weights]} + logit adjustment, tau from the other "
+                            f"folds ({chosen}){' (submission)' if adjust else ''}", y, adj_scores, adj_picked))
+    plain = apply_per_fold(folds, per_fold[weights], lambda w, held: vote_scores(oof[:, held], voting, w))
+    return {"rows": rows, "oof": adj_scores if adjust else plain, "fitted_weights": per_fold["fitted"], "tau": taus}
 
 
 def _check_choices(voting: str, weights: str, objective: str) -> None:
@@ -268,7 +346,7 @@ def _check_choices(voting: str, weights: str, objective: str) -> None:
         raise ValueError(f"--objective: {objective!r} is not one of {', '.join(WEIGHT_OBJECTIVES)}")
 
 
-def _load_members(experiments: list, output_dir, oof_source: str, log) -> list:
+def load_members(experiments: list, output_dir, oof_source: str = "auto", log=print) -> list[Member]:
     """Each experiment's OOF and test probabilities, from the same OOF source, on the same folds."""
     from pipeline.config import Config
 
@@ -284,8 +362,8 @@ def _load_members(experiments: list, output_dir, oof_source: str, log) -> list:
     return members
 
 
-def _write_probs(out_dir: Path, first, blended_oof, test_scores) -> None:
-    """The blend's oof.csv and test_probs.csv, read like an experiment's (so a blend can be blended)."""
+def write_blend_probs(out_dir: Path, first, blended_oof, test_scores) -> None:
+    """A blend's (or stack's) oof.csv and test_probs.csv, read like an experiment's (so it can be blended)."""
     import pandas as pd
 
     from pipeline.fileio import write_csv_atomic

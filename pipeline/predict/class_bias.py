@@ -5,19 +5,17 @@ over a grid to maximise the competition metric on the OOF rows. For two classes 
 matters, so only class 1's bias moves: that is a decision threshold (p1 > 1 / (1 + e^b)).
 
 A bias fitted on the OOF rows and scored on the same rows always looks like a gain; the CV table's
-row comes from :func:`nested`: each fold's rows get the bias fitted on the *other* folds, so the
-score is measured on rows the choice never saw.
+row comes from :func:`pipeline.predict.nested.nested_probs`: each fold's rows get the bias fitted on the
+*other* folds, so the score is measured on rows the choice never saw.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import numpy as np
 
 from pipeline.metrics import metric_gain
 
-__all__ = ["BIAS_GRID", "apply_bias", "fit_class_bias", "nested"]
+__all__ = ["BIAS_GRID", "apply_bias", "fit_class_bias"]
 
 # Bias values tried per class (natural-log units: ±3 multiplies a class's odds by up to e^3 ≈ 20).
 BIAS_GRID = tuple(np.round(np.arange(-3.0, 3.001, 0.25), 2).tolist())
@@ -67,33 +65,3 @@ def fit_class_bias(probs, y, metric: str = "f1_macro", grid=BIAS_GRID, rounds: i
         if not changed:
             break
     return bias
-
-
-Fit = Callable[[np.ndarray, np.ndarray], tuple[Callable[[np.ndarray], np.ndarray], object]]
-
-
-def nested(probs, y, folds, fit: Fit) -> tuple[np.ndarray, dict]:
-    """Each fold's rows of `probs` (N, C) transformed by what `fit` chose on the other folds' rows.
-
-    `fit(p_rest, y_rest)` returns ``(transform, choice)``; the result is the transformed (N, C)
-    probabilities and ``{fold: choice}``. The held fold's labels are never passed to `fit`.
-
-    >>> seen = []
-    >>> def fit(p, y):
-    ...     seen.append(len(y))
-    ...     return (lambda q: q * 0 + len(y)), len(y)
-    >>> out, choices = nested(np.zeros((5, 2)), np.zeros(5, int), np.array([0, 0, 1, 1, 1]), fit)
-    >>> choices, out[:, 0].tolist()
-    ({0: 3, 1: 2}, [3.0, 3.0, 2.0, 2.0, 2.0])
-    """
-    p, y, folds = np.asarray(probs, dtype=np.float64), np.asarray(y), np.asarray(folds)
-    out, choices = np.empty_like(p), {}
-    for k in np.unique(folds):
-        held, rest = folds == k, folds != k
-        if not rest.any():
-            raise ValueError("a nested estimate needs at least two folds: with one, the choice would be "
-                             "fitted on the rows it is scored on")
-        transform, choice = fit(p[rest], y[rest])
-        out[held] = transform(p[held])
-        choices[k.item()] = choice
-    return out, choices

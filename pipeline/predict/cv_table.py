@@ -11,7 +11,7 @@ import pandas as pd
 from pipeline.fileio import write_csv_atomic, write_text_atomic
 from pipeline.metrics import classification_metrics
 from pipeline.predict.probs import CKPT_PREFIX, class_ids, frame_prob_columns, prob_columns, view_columns
-from pipeline.predict.class_bias import nested
+from pipeline.predict.nested import nested_probs
 from pipeline.predict.voting import log_loss, nested_logit_adjust
 
 __all__ = ["CV_COLUMNS", "cv_columns", "metrics_row", "cv_table", "markdown_table", "write_cv", "text_table"]
@@ -41,7 +41,7 @@ def cv_table(oof: pd.DataFrame, classes: list, oof_tta: pd.DataFrame | None = No
     """Each fold and the whole out-of-fold set without TTA (oof.csv); with TTA, each view alone and each
     checkpoint (oof_tta.csv); then, with a `tau_grid`, the (TTA) probabilities after logit adjustment with
     each fold's tau chosen on the other folds by `metric` (nested, so the row is not scored on the rows that
-    chose it); then one nested row per entry of `fitted` ({name: fit}, see `class_bias.nested`)."""
+    chose it); then one nested row per entry of `fitted` ({name: fit}, see `nested.nested_probs`)."""
     y = class_ids(oof["label"], classes, "oof.csv")
     probs = oof[frame_prob_columns(oof)].to_numpy()
     folds = oof["fold"].to_numpy()
@@ -65,7 +65,7 @@ def cv_table(oof: pd.DataFrame, classes: list, oof_tta: pd.DataFrame | None = No
     for name, fit in (fitted or {}).items():
         what = "TTA" if oof_tta is not None else "no TTA"
         rows.append(metrics_row(f"out-of-fold, {what} + {name}, fitted on the other folds", y,
-                                nested(probs, y, folds, fit)[0]))
+                                nested_probs(probs, y, folds, fit)[0]))
     return pd.DataFrame(rows)
 
 

@@ -1,8 +1,10 @@
 """The README's figures, generated: `make docs-run` measures, `make docs` writes the tables.
 
 ``make docs-run`` runs the demo from scratch (``make clean``, then ``make folds train ensemble score``) and ``make bench``,
-times both, and copies what the README quotes into ``docs/figures/``: ``score.csv``, ``cv.csv``,
-``bench.json`` and ``run.json`` (the commands, their wall-clock seconds, the CPU, the commit).
+then a second experiment on the same folds with its blend and stack (``STACK_COMMANDS``), times them, and copies what
+the README quotes into ``docs/figures/``: ``score.csv``, ``cv.csv``, ``bench.json``, the stack's and blend's
+``stack_cv.csv``/``stack_score.csv``/``blend_score.csv`` and ``run.json`` (the commands, their wall-clock seconds,
+the CPU, the commit).
 ``make docs`` rewrites every block of the README between ``<!-- docs:NAME -->`` and ``<!-- /docs -->``
 from those files, so no figure in the README is typed by hand; a test checks that the README holds
 exactly what ``make docs`` writes from the committed ``docs/figures/``.
@@ -34,6 +36,14 @@ BENCH_COMMAND = ["make", "bench"]
 EXTRA_RUNS = {
     "odd": ("make folds train ensemble score validate CONFIG=configs/demo-odd.yaml", "outputs/demo-odd"),
 }
+# A second experiment on the same folds (another backbone), then its blend and stack with the demo, scored.
+SECOND_EXPERIMENT = "experiment=demo2 folds.name=demo model.name=resnet14t"
+STACK_COMMANDS = [["make", "folds", "train", "ensemble", f"SET={SECOND_EXPERIMENT}"],
+                  ["make", "ensemble", "EXPS=demo demo2"], ["make", "stack", "EXPS=demo demo2"],
+                  ["make", "score", "EXPS=demo demo2"]]
+STACK_FIGURES = {"stack_cv.csv": "outputs/stack-demo-demo2/cv.csv",
+                 "stack_score.csv": "outputs/stack-demo-demo2/score.csv",
+                 "blend_score.csv": "outputs/blend-demo-demo2/score.csv"}
 _BLOCK = re.compile(r"(<!-- docs:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /docs -->)", re.S)
 
 
@@ -57,18 +67,22 @@ def _timed(command: list[str], log) -> float:
 
 def record_run(figures: Path = FIGURES, exp_dir: Path = Path("outputs/demo"), bench: Path = Path("outputs/bench.json"),
                log=print) -> Path:
-    """Run the demo and the benchmark from scratch, timed; copy their files into `figures`."""
+    """Run the demo, the benchmark and the stack from scratch, timed; copy their files into `figures`."""
     subprocess.run(["make", "clean"], check=True)
     seconds = {"demo": _timed(DEMO_COMMAND, log)}
     _wait_for_quiet(log)   # the training's load average decays slowly; the bench judges the load it sees
     seconds["bench"] = _timed(BENCH_COMMAND, log)
+    seconds["stack"] = round(sum(_timed(c, log) for c in STACK_COMMANDS), 1)
     record_extras(list(EXTRA_RUNS), figures, log)
     figures.mkdir(parents=True, exist_ok=True)
+    for name, source in STACK_FIGURES.items():
+        shutil.copyfile(source, figures / name)
     for name in ("score.csv", "cv.csv"):
         shutil.copyfile(exp_dir / name, figures / name)
     shutil.copyfile(bench, figures / "bench.json")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    run = {"commands": {"demo": " ".join(DEMO_COMMAND), "bench": " ".join(BENCH_COMMAND)}, "seconds": seconds,
+    run = {"commands": {"demo": " ".join(DEMO_COMMAND), "bench": " ".join(BENCH_COMMAND),
+                        "stack": "; ".join(" ".join(c) for c in STACK_COMMANDS)}, "seconds": seconds,
            "cpu": cpu_name(), "cores": os.cpu_count(), "date": date.today().isoformat(), "commit": commit,
            "epoch_seconds": _epoch_seconds(exp_dir)}
     (figures / "run.json").write_text(json.dumps(run, indent=2) + "\n")
@@ -108,7 +122,10 @@ def _run_block(run: dict) -> str:
     return (f"Measured by `make docs-run` on {run['date']} (commit {run['commit']}), on {run['cpu']} with "
             f"{run['cores']} cores and no GPU: `{run['commands']['demo']}` after `make clean` took "
             f"**{_minutes(run['seconds']['demo'])}**{epoch_text}; `{run['commands']['bench']}` took "
-            f"{_minutes(run['seconds']['bench'])}. Another CPU, thread count or library version gives other "
+            f"{_minutes(run['seconds']['bench'])}"
+            + (f"; the second model, its blend and stack (`make stack`, below) {_minutes(run['seconds']['stack'])}"
+               if "stack" in run["seconds"] else "")
+            + ". Another CPU, thread count or library version gives other "
             "timings and may change scores in the last digits.\n")
 
 
@@ -134,6 +151,28 @@ def _score_block(score: pd.DataFrame) -> str:
 def _cv_block(cv: pd.DataFrame) -> str:
     lines = ["| part | rows | macro-F1 | accuracy |", "| --- | --- | --- | --- |"]
     lines += [f"| {r.part} | {r.rows} | {r.f1_macro:.3f} | {r.accuracy:.3f} |" for r in cv.itertuples()]
+    return "\n".join(lines) + "\n"
+
+
+def _stack_block(cv: pd.DataFrame, stack_score: pd.DataFrame, blend_score: pd.DataFrame) -> str:
+    """Out-of-fold (nested) and held-back test macro-F1 of each member, the plain vote, the blend and the stack."""
+    test = stack_score.set_index("model")["f1_macro"]
+    blend_sub = blend_score[blend_score["model"].str.endswith("submission.csv (submission)")]["f1_macro"].iloc[0]
+    stack_sub = test[test.index.str.endswith("submission.csv (submission)")].iloc[0]
+    oof = cv.set_index("part")["f1_macro"]
+    members = [p.rsplit(" (", 1)[0] for p in cv["part"] if p.endswith(".csv)")]
+    rows = [(f"{m} alone", oof[oof.index.str.startswith(f"{m} (")].iloc[0], test[f"{m} (soft vote of its folds)"])
+            for m in members]
+    rows += [("plain vote (soft, uniform weights)", oof["plain vote (soft, uniform weights)"],
+              test["plain vote (soft, uniform weights)"]),
+             ("blend, fitted weights (`make ensemble EXPS=`)", oof["blend soft, fitted weights, nested"], blend_sub),
+             ("**stack (`make stack EXPS=`)**", oof[oof.index.str.startswith("stack:")].iloc[0], stack_sub)]
+    lines = ["| `demo` + `demo2` | out-of-fold macro-F1 (fitted choices nested) | test macro-F1 |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {o:.3f} | {t:.3f} |" for name, o, t in rows]
+    (_, vote_oof, vote_test), (_, blend_oof, blend_test), (_, stack_oof, stack_test) = rows[-3:]
+    lines += ["", f"Against the plain vote, out of fold: the blend {blend_oof - vote_oof:+.3f}, the stack "
+              f"{stack_oof - vote_oof:+.3f}; on the test set: the blend {blend_test - vote_test:+.3f}, the stack "
+              f"{stack_test - vote_test:+.3f}."]
     return "\n".join(lines) + "\n"
 
 
@@ -245,6 +284,8 @@ def render_blocks(figures: Path = FIGURES) -> dict[str, str]:
     bench = json.loads((figures / "bench.json").read_text())
     blocks = {"run": _run_block(run), "score": _score_block(pd.read_csv(figures / "score.csv")),
               "cv": _cv_block(pd.read_csv(figures / "cv.csv")), "bench": _bench_block(bench)}
+    if all((figures / name).is_file() for name in STACK_FIGURES):
+        blocks["stack"] = _stack_block(*(pd.read_csv(figures / name) for name in STACK_FIGURES))
     if (figures / "mutation.json").is_file():   # written by `make mutation`
         blocks["mutation"] = _mutation_block(json.loads((figures / "mutation.json").read_text()))
     return {**blocks, **_extra_blocks(figures)}
