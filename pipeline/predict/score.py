@@ -11,6 +11,8 @@ from pipeline.config import Config
 from pipeline.fileio import read_text_csv, write_csv_atomic
 from pipeline.metrics import classification_metrics, label_metrics
 from pipeline.predict.probs import class_ids, read_test_probs
+from pipeline.predict.pseudo import source_score_rows
+from pipeline.predict.seeds import seed_score_rows
 from pipeline.predict.voting import VOTING_MODES, logit_adjust, vote, vote_scores
 
 __all__ = ["score"]
@@ -50,6 +52,7 @@ def score(cfg: Config, log=print) -> pd.DataFrame:
     sub = read_text_csv(cfg.exp_dir / "submission.csv")
     sub_y = class_ids(sub[cfg.data.target_column], classes, "submission.csv")
     rows.append({"model": "submission.csv", **label_metrics(y, sub_y, len(classes)), "roc_auc": float("nan")})
+    rows += seed_score_rows(cfg, y) + source_score_rows(cfg, ids, y, classes)   # one seed alone; the source round
     table = pd.DataFrame(rows)
     write_csv_atomic(cfg.exp_dir / "score.csv", table)
     log(table.to_string(index=False, float_format="%.4f"))
