@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config, ConfigError, seed_config
 
 __all__ = ["resolve", "demo_data", "mask_data", "check", "folds", "train", "predict", "ensemble", "score",
            "validate", "eda", "report", "tune", "blend", "pseudo", "merge_seeds"]
@@ -84,8 +84,6 @@ def folds(cfg: Config, log=print) -> Path:
 
 def _seed_configs(cfg: Config, seeds) -> list[Config]:
     """The configs to run: `cfg` itself, or one per seed (all of `seeds:`, or those asked for)."""
-    from pipeline.config import seed_config
-
     if seeds and not cfg.seeds:
         raise ConfigError(f"--seed {' '.join(map(str, seeds))}: this config has no `seeds` list; set seeds: [0, 1, 2]")
     return [seed_config(cfg, s) for s in (seeds or cfg.seeds)] if cfg.seeds else [cfg]
@@ -100,9 +98,8 @@ def train(cfg: Config, fold_ids=None, backend=None, scheduler=None, gpus=None, f
     from pipeline.device import share_cores_with_make_jobs
     from pipeline.train.parallel import parse_gpus, pin_gpu, run_folds
 
-    runs = _seed_configs(cfg, seeds)
-    if len(runs) > 1 or runs[0] is not cfg:
-        return {one.seed: train(one, fold_ids, backend, scheduler, gpus, force) for one in runs}
+    if cfg.seeds or seeds:
+        return {one.seed: train(one, fold_ids, backend, scheduler, gpus, force) for one in _seed_configs(cfg, seeds)}
 
     share_cores_with_make_jobs()
     fold_ids = list(fold_ids) if fold_ids is not None else list(range(cfg.folds.n_splits))
