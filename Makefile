@@ -3,6 +3,7 @@
 #   make folds train ensemble                 the whole job (embedded demo by default)
 #   make folds train ensemble CONFIG=configs/mycomp.yaml SET="train.lr=3e-4 train.epochs=20"
 #   make train FOLD=2                         build one fold (resumes a killed one)
+#   make train ensemble SEEDS="0 1 2" SET=experiment=x   each fold once per seed, averaged within the fold
 #   make retrain FOLD=2                       retrain one fold from scratch, then `make ensemble`
 #   make test                                 the test suite
 #
@@ -19,6 +20,7 @@ SHELL := /bin/bash
 
 CONFIG ?= configs/demo.yaml
 SET ?=
+SEEDS ?=
 FOLD ?=
 GPUS ?=
 EXPS ?=
@@ -31,6 +33,9 @@ PY := $(VENV)/bin/python
 VENV_OK := $(VENV)/.installed
 PIPELINE := $(PY) -m pipeline
 comma := ,
+space := $(subst ,, )
+# SEEDS="0 1 2" is the config key seeds: [0, 1, 2], given with the other overrides.
+SET_ALL := $(strip $(SET) $(if $(strip $(SEEDS)),seeds=[$(subst $(space),$(comma),$(strip $(SEEDS)))]))
 
 # ---- configuration → Make variables (only for goals that run the pipeline) -----------------
 PIPELINE_GOALS := data check folds train retrain train-dask tune predict ensemble score validate eda report
@@ -49,7 +54,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   endif
   # SET goes to the pipeline as ONE single-quoted word: no shell globbing or brace expansion of
   # values like [a, b] or {k: v}; the pipeline splits it into key=value overrides itself.
-  RESOLVE_OUT := $(shell $(PIPELINE) resolve --config $(CONFIG) $(if $(SET),--set '$(subst ','\'',$(SET))') --make-vars)
+  RESOLVE_OUT := $(shell $(PIPELINE) resolve --config $(CONFIG) $(if $(SET_ALL),--set '$(subst ','\'',$(SET_ALL))') --make-vars)
   ifneq ($(.SHELLSTATUS),0)
     $(error stopped before any work ($(CONFIG)): see the message above)
   endif
@@ -59,6 +64,13 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   FOLDS_SELECTED := $(if $(FOLD),$(FOLD),$(FOLD_IDS))
   WEIGHTS := $(foreach k,$(FOLDS_SELECTED),$(EXP_DIR)/fold_$(k)/weights.safetensors)
   TEST_PROBS := $(foreach k,$(FOLD_IDS),$(EXP_DIR)/fold_$(k)/test_probs.csv)
+  # seeds: [..] trains each fold once per seed in seed_<s>/fold_<k>/; fold_<k>/ then holds their average.
+  SEED_LIST := $(subst $(comma), ,$(SEED_IDS))
+  ifneq ($(SEED_LIST),)
+    WEIGHTS := $(foreach k,$(FOLDS_SELECTED),$(foreach s,$(SEED_LIST),$(EXP_DIR)/seed_$(s)/fold_$(k)/weights.safetensors))
+  endif
+  # pseudo.source: every fold's training part takes the list of the source's confident test images.
+  PSEUDO_LIST := $(if $(PSEUDO_SOURCE_DIR),$(EXP_DIR)/pseudo_labels.csv)
   STAGE = $(PIPELINE) $(1) --config $(RESOLVED)
   # GPUS=0,1,2,3: fold k trains on GPU (k mod 4); with make -j4 that is one fold per GPU.
   PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
@@ -68,7 +80,7 @@ endif
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
-	@echo "  variables: CONFIG=$(CONFIG)  SET=\"key=value ...\"  FOLD=k  GPUS=0,1,..."
+	@echo "  variables: CONFIG=$(CONFIG)  SET=\"key=value ...\"  FOLD=k  GPUS=0,1,...  SEEDS=\"0 1 2\""
 
 venv: $(VENV_OK) ## create the virtual environment from pyproject.toml
 
@@ -104,8 +116,24 @@ $(FOLDS_FILE): $(TRAIN_CSV) $(STAMPS)/folds.json | $(VENV_OK)
 
 train: $(WEIGHTS) ## train every fold (or FOLD=k); a killed fold resumes
 
-$(EXP_DIR)/fold_%/weights.safetensors: $(FOLDS_FILE) $(STAMPS)/train.json $(STAMPS)/train_images.json | $(VENV_OK)
+$(EXP_DIR)/fold_%/weights.safetensors: $(FOLDS_FILE) $(STAMPS)/train.json $(STAMPS)/train_images.json $(PSEUDO_LIST) | $(VENV_OK)
 	$(call PIN_GPU,$*) $(call STAGE,train) --fold $*
+
+# One seed of a seeds run: its own stamps (adding a seed retrains no other), the experiment's images and folds.
+define SEED_RULES
+$(EXP_DIR)/seed_$(1)/fold_%/weights.safetensors: $(FOLDS_FILE) $(EXP_DIR)/seed_$(1)/stamps/train.json $(STAMPS)/train_images.json $(PSEUDO_LIST) | $(VENV_OK)
+	$$(call PIN_GPU,$$*) $$(call STAGE,train) --fold $$* --seed $(1)
+
+$(EXP_DIR)/seed_$(1)/fold_%/test_probs.csv: $(EXP_DIR)/seed_$(1)/fold_%/weights.safetensors $(EXP_DIR)/seed_$(1)/stamps/predict.json $(STAMPS)/test_images.json
+	$$(call STAGE,predict) --fold $$* --seed $(1)
+endef
+$(foreach s,$(SEED_LIST),$(eval $(call SEED_RULES,$(s))))
+
+# wildcard: a missing source submission is the pseudo stage's error, which names it and says what to run
+ifneq ($(PSEUDO_LIST),)
+$(PSEUDO_LIST): $(wildcard $(PSEUDO_SOURCE_DIR)/submission.csv) $(FOLDS_FILE) $(STAMPS)/pseudo.json | $(VENV_OK)
+	$(call STAGE,pseudo)
+endif
 
 retrain: ## retrain FOLD=k from scratch; its old weights are replaced only on success
 	@test -n "$(FOLD)" || { echo "usage: make retrain FOLD=k" >&2; exit 2; }
@@ -119,8 +147,13 @@ tune: $(FOLDS_FILE) ## Optuna search (TRIALS=n STORAGE=url) → configs/<exp>-be
 
 predict: $(TEST_PROBS) ## predict the test set with TTA, one file per fold
 
+ifeq ($(SEED_LIST),)
 $(EXP_DIR)/fold_%/test_probs.csv: $(EXP_DIR)/fold_%/weights.safetensors $(STAMPS)/predict.json $(STAMPS)/test_images.json
 	$(call STAGE,predict) --fold $*
+else
+$(EXP_DIR)/fold_%/test_probs.csv: $(foreach s,$(SEED_LIST),$(EXP_DIR)/seed_$(s)/fold_%/test_probs.csv)
+	$(call STAGE,merge-seeds) --fold $*
+endif
 
 ifneq ($(strip $(EXPS)),)
 ensemble: blend

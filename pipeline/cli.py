@@ -46,7 +46,7 @@ def cmd_folds(args) -> None:
 
 def cmd_train(args) -> None:
     stages.train(_cfg(args), args.fold, backend=args.backend, scheduler=args.scheduler, gpus=args.gpus,
-                 force=args.force)
+                 force=args.force, seeds=args.seed)
 
 
 def cmd_tune(args) -> None:
@@ -54,7 +54,15 @@ def cmd_tune(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    stages.predict(_cfg(args), args.fold)
+    stages.predict(_cfg(args), args.fold, seeds=args.seed)
+
+
+def cmd_pseudo(args) -> None:
+    stages.pseudo(_cfg(args))
+
+
+def cmd_merge_seeds(args) -> None:
+    stages.merge_seeds(_cfg(args), args.fold)
 
 
 def cmd_eda(args) -> None:
@@ -141,6 +149,8 @@ def _parser() -> argparse.ArgumentParser:
         ("folds", cmd_folds, "assign stratified (grouped) folds → folds/<name>.csv"),
         ("train", cmd_train, "train fold models (all, or --fold K ...)"),
         ("predict", cmd_predict, "predict the test set with TTA (all folds, or --fold K ...)"),
+        ("pseudo", cmd_pseudo, "pseudo.source's confident test images → outputs/<exp>/pseudo_labels.csv"),
+        ("merge-seeds", cmd_merge_seeds, "average each fold's seeds (seeds: [..]) into fold_<k>/"),
         ("tune", cmd_tune, "Optuna search over tune.space → configs/<experiment>-best.yaml"),
         ("ensemble", cmd_ensemble, "vote the folds into submission.csv; print the CV table"),
         ("eda", cmd_eda, "classes, folds, sampling, groups, image sizes, samples, near duplicates → outputs/<exp>/eda/"),
@@ -152,8 +162,10 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _config_args(p)
         p.set_defaults(func=func)
-        if name in ("train", "predict"):
+        if name in ("train", "predict", "merge-seeds"):
             p.add_argument("--fold", type=int, nargs="+", help="fold number(s); default: all")
+        if name in ("train", "predict"):
+            p.add_argument("--seed", type=int, nargs="+", help="with seeds: [..], only these seed(s); default: all")
         if name == "train":
             p.add_argument("--backend", choices=("local", "dask"), help="default: parallel.backend")
             p.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786")

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 from pydantic.fields import FieldInfo
 
 from pipeline.progress import PROGRESS_MODES
@@ -34,6 +35,7 @@ __all__ = [
     "nest",
     "with_values",
     "matches",
+    "seed_config",
 ]
 
 
@@ -240,6 +242,18 @@ class EnsembleConfig(_Section):
                  "must be a non-empty list of numbers >= 0")]
 
 
+class PseudoConfig(_Section):
+    # A second round: confident test images of a finished experiment join every fold's training part.
+    source: str | None = None          # the finished experiment whose voted test probabilities label them
+    threshold: Float = Field(0.9, gt=0, le=1)   # keep images whose voted probability is at least this
+    max_per_class: Float | None = Field(None, gt=0, le=1)   # per class at most this fraction of the test set
+
+    def _rules(self):
+        src = self.source
+        return [("source", src is None or src.replace("-", "").replace("_", "").isalnum(),
+                 "must name an experiment folder (letters, digits, '-' or '_')")]
+
+
 class ReportConfig(_Section):
     samples_per_class: int = 8
     near_duplicate_distance: int = 4   # max Hamming distance of 64-bit average hashes
@@ -278,6 +292,7 @@ def _is_section(tp: Any) -> bool:
 class Config(_Section):
     experiment: str = "demo"
     seed: int = 42
+    seeds: list | None = None          # several seeds on the same folds, averaged within each fold
     output_dir: str = "outputs"
     competition: CompetitionConfig = Field(default_factory=CompetitionConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -293,6 +308,9 @@ class Config(_Section):
     mask: MaskConfig = Field(default_factory=MaskConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    pseudo: PseudoConfig = Field(default_factory=PseudoConfig)
+    # Set by `seed_config` only: the sub-folder (seed_<s>) one seed of a `seeds` run trains and predicts in.
+    _run_subdir: str | None = PrivateAttr(None)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -308,8 +326,14 @@ class Config(_Section):
         return self
 
     def _rules(self):
+        seeds = self.seeds
         return [("experiment", self.experiment.replace("-", "").replace("_", "").isalnum(),
-                 "must be letters, digits, '-' or '_' (it names a folder)")]
+                 "must be letters, digits, '-' or '_' (it names a folder)"),
+                ("seeds", seeds is None or (len(seeds) >= 2 and len(set(seeds)) == len(seeds) and all(
+                    isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)),
+                 "must be null or a list of at least 2 distinct non-negative integers (one seed: set `seed`)"),
+                ("experiment", self.pseudo.source != self.experiment,
+                 "pseudo.source names this experiment itself: give the pseudo-label round its own experiment name")]
 
     # Derived locations: one place decides where every stage reads and writes.
     @property
@@ -320,8 +344,26 @@ class Config(_Section):
     def folds_file(self) -> Path:
         return Path(self.folds.dir) / f"{self.folds.name or self.experiment}.csv"
 
+    @property
+    def run_dir(self) -> Path:
+        """Where the folds train: the experiment folder, or its seed_<s> folder for one seed of `seeds`."""
+        return self.exp_dir / self._run_subdir if self._run_subdir else self.exp_dir
+
     def fold_dir(self, fold: int) -> Path:
-        return self.exp_dir / f"fold_{fold}"
+        return self.run_dir / f"fold_{fold}"
+
+
+def seed_config(cfg: Config, seed: int) -> Config:
+    """One seed of a `seeds` run: `seed` set, trained and predicted in ``<exp>/seed_<seed>/fold_<k>/``.
+
+    Everything else (folds file, cache, pseudo-labels, experiment folder) is the parent's, so the seeds
+    differ in their seed alone; ``<exp>/fold_<k>/`` then holds the seeds' average.
+    """
+    if not cfg.seeds or seed not in cfg.seeds:
+        raise ConfigError(f"seed {seed} is not among seeds {cfg.seeds}; set seeds: [..] to train several seeds")
+    one = cfg.model_copy(update={"seed": seed, "seeds": None})
+    one._run_subdir = f"seed_{seed}"
+    return one
 
 
 # The keys with a fixed set of values, and those values: {"loss.name": ("ce", "focal", ...), ...}.

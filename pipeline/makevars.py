@@ -29,7 +29,11 @@ def make_variables(cfg: Config) -> dict[str, str]:
                  "DEMO": (int(cfg.data.demo), "data.demo"),
                  "MASK": (int(cfg.mask.enabled), "mask.enabled"),
                  "MASK_INPUTS": (mask_inputs, "data.image_root / mask.relabel_file"),
-                 "SAMPLE_SUBMISSION": (cfg.data.sample_submission, "data.sample_submission")}
+                 "SAMPLE_SUBMISSION": (cfg.data.sample_submission, "data.sample_submission"),
+                 # seeds: [0, 1, 2] → 0,1,2 (one word for Make); pseudo.source → its experiment folder
+                 "SEED_IDS": (",".join(map(str, cfg.seeds or [])), "seeds"),
+                 "PSEUDO_SOURCE_DIR": (Path(cfg.output_dir) / cfg.pseudo.source if cfg.pseudo.source else "",
+                                       "output_dir / pseudo.source")}
     for name, (value, key) in variables.items():
         if not MAKE_SAFE.match(str(value)):
             raise ConfigError(f"{key}: {str(value)!r} cannot be used from Make: paths there may hold only letters, "

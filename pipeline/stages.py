@@ -4,8 +4,10 @@
     data      (demo / mask layout)        → the train CSV and images
     check     train CSV, sample, images   → a report (nothing written)
     folds     train CSV                   → folds/<name>.csv
+    pseudo    a finished experiment       → pseudo_labels.csv (its confident test images; pseudo.source)
     train     folds file, images          → fold_<k>/{weights.safetensors, oof.csv, metrics.csv, ...}
     predict   fold weights, images        → fold_<k>/{oof_tta.csv, test_probs.csv}
+    merge-seeds  seed_<s>/fold_<k>/ files → fold_<k>/ (seeds averaged within the fold; `seeds` runs)
     ensemble  every fold's probabilities  → {cv.csv, cv.md, oof.csv, ensemble.json, submission.csv}
     score     submission, true labels     → score.csv (score_combined: a blend's / stack's folder)
     blend / stack  finished experiments   → outputs/{blend,stack}-<a>-<b>/{cv.csv, submission.csv, ...}
@@ -19,10 +21,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config, ConfigError, seed_config
 
 __all__ = ["resolve", "demo_data", "mask_data", "check", "folds", "train", "predict", "ensemble", "score",
-           "validate", "eda", "report", "tune", "blend", "stack", "score_combined"]
+           "validate", "eda", "report", "tune", "blend", "stack", "score_combined", "pseudo", "merge_seeds"]
 
 
 def resolve(cfg: Config, make_vars: bool = False) -> dict[str, str]:
@@ -81,10 +83,24 @@ def folds(cfg: Config, log=print) -> Path:
     return make_folds(cfg, log)
 
 
-def train(cfg: Config, fold_ids=None, backend=None, scheduler=None, gpus=None, force: bool = False) -> dict:
-    """Train the folds (all, or `fold_ids`), locally or on Dask; done folds are skipped unless `force`."""
+def _seed_configs(cfg: Config, seeds) -> list[Config]:
+    """The configs to run: `cfg` itself, or one per seed (all of `seeds:`, or those asked for)."""
+    if seeds and not cfg.seeds:
+        raise ConfigError(f"--seed {' '.join(map(str, seeds))}: this config has no `seeds` list; set seeds: [0, 1, 2]")
+    return [seed_config(cfg, s) for s in (seeds or cfg.seeds)] if cfg.seeds else [cfg]
+
+
+def train(cfg: Config, fold_ids=None, backend=None, scheduler=None, gpus=None, force: bool = False,
+          seeds=None) -> dict:
+    """Train the folds (all, or `fold_ids`), locally or on Dask; done folds are skipped unless `force`.
+
+    With `seeds:` each fold trains once per seed (all of them, or `seeds`) in ``seed_<s>/fold_<k>/``.
+    """
     from pipeline.device import share_cores_with_make_jobs
     from pipeline.train.parallel import parse_gpus, pin_gpu, run_folds
+
+    if cfg.seeds or seeds:
+        return {one.seed: train(one, fold_ids, backend, scheduler, gpus, force) for one in _seed_configs(cfg, seeds)}
 
     share_cores_with_make_jobs()
     fold_ids = list(fold_ids) if fold_ids is not None else list(range(cfg.folds.n_splits))
@@ -95,11 +111,29 @@ def train(cfg: Config, fold_ids=None, backend=None, scheduler=None, gpus=None, f
     return run_folds(cfg, fold_ids, backend=backend, scheduler=scheduler or cfg.parallel.scheduler, force=force)
 
 
-def predict(cfg: Config, fold_ids=None, log=print) -> list[Path]:
+def predict(cfg: Config, fold_ids=None, log=print, seeds=None) -> list[Path]:
+    """Predict the folds with TTA; with `seeds:`, every seed's (or `seeds`'), then each fold's seed average
+    (only when every seed was predicted)."""
     from pipeline.predict.fold import predict_fold
 
-    fold_ids = fold_ids if fold_ids is not None else range(cfg.folds.n_splits)
-    return [predict_fold(cfg, k, log=log) for k in fold_ids]
+    fold_ids = list(fold_ids) if fold_ids is not None else list(range(cfg.folds.n_splits))
+    paths = [predict_fold(one, k, log=log) for one in _seed_configs(cfg, seeds) for k in fold_ids]
+    if cfg.seeds and not seeds:
+        merge_seeds(cfg, fold_ids, log)
+    return paths
+
+
+def merge_seeds(cfg: Config, fold_ids=None, log=print) -> None:
+    from pipeline.predict.seeds import merge_seeds as average_seeds
+
+    for k in fold_ids if fold_ids is not None else range(cfg.folds.n_splits):
+        average_seeds(cfg, k, log)
+
+
+def pseudo(cfg: Config, log=print) -> Path:
+    from pipeline.predict.pseudo import build_pseudo_labels
+
+    return build_pseudo_labels(cfg, log)
 
 
 def ensemble(cfg: Config, log=print) -> Path:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import Config, config_to_dict, flatten, matches
+from pipeline.config import Config, config_to_dict, flatten, matches, seed_config
 
-__all__ = ["STAGE_KEYS", "stage_fingerprint", "package_versions", "write_resolved"]
+__all__ = ["STAGE_KEYS", "SEED_STAGES", "stage_fingerprint", "package_versions", "write_resolved"]
 
 
 # Each stage depends on these keys (prefix match). A change elsewhere leaves it up to date:
@@ -26,20 +26,31 @@ STAGE_KEYS = {
              "mask.enabled", "mask.sample", "mask.age_cutoff", "mask.relabel_file"],
     "folds": ["seed", "folds.n_splits", "data.train_csv", "data.label_column", "data.group_column",
               "data.stratify_column"],
-    "train": ["seed", "folds.", "model.", "augment.", "sampling.", "train.", "loss.", "mask.", "data.train_csv",
+    "train": ["seed", "seeds", "pseudo.", "folds.", "model.", "augment.", "sampling.", "train.", "loss.", "mask.", "data.train_csv",
               "data.image_root", "data.image_column", "data.label_column", "data.group_column",
               "data.true_label_column"],
     "predict": ["tta.", "ensemble.checkpoints", "augment.image_size", "augment.pre_resize_crop", "augment.mean", "augment.std", "data.sample_submission",
                 "data.id_column", "data.test_image_template", "data.test_path_column",
                 "data.test_root", "data.image_root", "train.device"],
     "ensemble": ["ensemble.", "competition.", "data.sample_submission", "data.id_column", "data.target_column"],
+    # The pseudo-label list (pipeline.predict.pseudo): the source's votes, thresholded and capped.
+    "pseudo": ["pseudo.", "folds.", "data.sample_submission", "data.id_column", "data.test_image_template",
+               "data.test_path_column", "data.test_root", "data.image_root"],
 }
+
+# Keys left out of stamps and fingerprints while the feature is off (the switch key is null), so that
+# adding the feature changed no finished run's fingerprint: old folds are not retrained.
+_OFF_WHILE_NULL = {"seeds": "seeds", "pseudo.": "pseudo.source"}
+
+# The stages each seed of a `seeds` run has its own stamps for (in <exp>/seed_<s>/stamps/).
+SEED_STAGES = ("train", "predict")
 
 
 def _stage_subset(cfg: Config, stage: str) -> dict:
     flat = flatten(config_to_dict(cfg))
     prefixes = STAGE_KEYS[stage]
-    return {k: v for k, v in sorted(flat.items()) if matches(k, prefixes)}
+    off = [prefix for prefix, switch in _OFF_WHILE_NULL.items() if flat.get(switch) is None]
+    return {k: v for k, v in sorted(flat.items()) if matches(k, prefixes) and not matches(k, off)}
 
 
 def stage_fingerprint(cfg: Config, stage: str) -> str:
@@ -74,4 +85,9 @@ def write_resolved(cfg: Config) -> Path:
     for stage in STAGE_KEYS:
         text = json.dumps(_stage_subset(cfg, stage), indent=2, sort_keys=True) + "\n"
         write_text_if_changed(exp_dir / "stamps" / f"{stage}.json", text)
+    for seed in cfg.seeds or []:
+        one = seed_config(cfg, seed)
+        for stage in SEED_STAGES:
+            text = json.dumps(_stage_subset(one, stage), indent=2, sort_keys=True) + "\n"
+            write_text_if_changed(one.run_dir / "stamps" / f"{stage}.json", text)
     return resolved

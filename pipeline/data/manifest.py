@@ -105,7 +105,9 @@ def train_fingerprint(cfg: Config) -> str:
     """The training config keys and the training images' manifest, as one short hash.
 
     A fold whose sidecar carries another fingerprint is not done; a checkpoint with another one
-    is not resumed.
+    is not resumed. With pseudo-labels, the list's content is part of it too.
     """
-    key = stage_fingerprint(cfg, "train") + manifest_digest(train_manifest(cfg))
+    from pipeline.data.pseudo_labels import pseudo_digest
+
+    key = stage_fingerprint(cfg, "train") + manifest_digest(train_manifest(cfg)) + pseudo_digest(cfg)
     return hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -13,6 +13,8 @@ from pipeline.metrics import classification_metrics, label_metrics, log_loss
 from pipeline.predict.class_bias import apply_bias
 from pipeline.predict.formats import format_for_config, scores_of
 from pipeline.predict.probs import class_ids, read_test_probs
+from pipeline.predict.pseudo import source_score_rows
+from pipeline.predict.seeds import seed_score_rows
 from pipeline.predict.voting import VOTING_MODES, logit_adjust, vote, vote_scores
 
 __all__ = ["score"]
@@ -83,6 +85,7 @@ def score(cfg: Config, log=print) -> pd.DataFrame:
         rows.append({"model": f"{mode} vote{chosen}", **_vote_metrics(y, probs, mode)})
     rows += _fitted_rows(y, probs, record, cfg.ensemble.voting)
     rows.append({"model": "submission.csv", **_submission_metrics(cfg, y, classes)})
+    rows += seed_score_rows(cfg, y) + source_score_rows(cfg, ids, y, classes)   # one seed alone; the source round
     table = pd.DataFrame(rows)
     metric = cfg.competition.metric
     table = table[["model", metric] + [c for c in table.columns if c not in ("model", metric)]]

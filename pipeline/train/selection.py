@@ -15,6 +15,7 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.data.folds import training_indices_for_fold
+from pipeline.data.pseudo_labels import append_pseudo_rows, read_pseudo_labels
 from pipeline.data.tables import load_fold_table, model_classes
 from pipeline.metrics import MAXIMISE
 
@@ -37,13 +38,19 @@ class FoldData:
 
 
 def fold_data(cfg: Config, fold: int) -> FoldData:
-    """The rows of `fold` from the folds file: the other folds train, this one validates."""
+    """The rows of `fold` from the folds file: the other folds train, this one validates.
+
+    With ``pseudo.source``, the pseudo-labelled test images are appended as training rows only (after
+    the split, with fold -1): they never validate, so the out-of-fold score stays that of train rows.
+    """
     table = load_fold_table(cfg)
     if not 0 <= fold < cfg.folds.n_splits:
         raise ValueError(f"fold {fold} does not exist: folds.n_splits is {cfg.folds.n_splits}")
     classes = model_classes(table)
     index = {c: i for i, c in enumerate(classes)}
     train_idx, val_idx = training_indices_for_fold(table["fold"].to_numpy(), fold)
+    if cfg.pseudo.source:
+        table, train_idx = append_pseudo_rows(table, train_idx, read_pseudo_labels(cfg, classes))
     # Train on `label`, score validation on `true_label` (they differ e.g. with a training-only age cut-off).
     targets = table["label"].map(index).to_numpy().copy()
     targets[val_idx] = table["true_label"].map(index).to_numpy()[val_idx]
