@@ -96,12 +96,12 @@ data: $(TRAIN_CSV) ## write the embedded demo dataset (demo configs only)
 # Once the data exists, resolve again: the image manifests and the check against the real classes
 # were written before the data existed.
 ifeq ($(DEMO),1)
-$(TRAIN_CSV): $(STAMPS)/data.json | $(VENV_OK)
+$(TRAIN_CSV): $(DATA_STAMP) | $(VENV_OK)
 	$(call STAGE,demo-data)
 	$(call STAGE,resolve) >/dev/null
 endif
 ifeq ($(MASK),1)
-$(TRAIN_CSV): $(STAMPS)/data.json $(subst $(comma), ,$(MASK_INPUTS)) | $(VENV_OK)
+$(TRAIN_CSV): $(DATA_STAMP) $(subst $(comma), ,$(MASK_INPUTS)) | $(VENV_OK)
 	$(call STAGE,mask-data)
 	$(call STAGE,resolve) >/dev/null
 endif
@@ -111,7 +111,7 @@ check: $(TRAIN_CSV) ## scan the data: every image once, every problem reported t
 
 folds: $(FOLDS_FILE) ## assign stratified, grouped folds → folds/<name>.csv
 
-$(FOLDS_FILE): $(TRAIN_CSV) $(STAMPS)/folds.json | $(VENV_OK)
+$(FOLDS_FILE): $(TRAIN_CSV) $(FOLDS_STAMP) | $(VENV_OK)
 	$(call STAGE,folds)
 
 train: $(WEIGHTS) ## train every fold (or FOLD=k); a killed fold resumes

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline.competitions.mask import people_csv
 from pipeline.config import Config, ConfigError
+from pipeline.stamps import shared_stamp
 
 __all__ = ["make_variables", "MAKE_SAFE"]
 
@@ -24,6 +25,8 @@ def make_variables(cfg: Config) -> dict[str, str]:
     variables = {"EXP_DIR": (cfg.exp_dir, "output_dir / experiment"),
                  "RESOLVED": (cfg.exp_dir / "config.yaml", "output_dir / experiment"),
                  "FOLDS_FILE": (cfg.folds_file, "folds.dir / folds.name"),
+                 "DATA_STAMP": (shared_stamp(cfg, "data"), "output_dir / data.train_csv"),
+                 "FOLDS_STAMP": (shared_stamp(cfg, "folds"), "output_dir / folds.dir / folds.name"),
                  "K": (cfg.folds.n_splits, "folds.n_splits"),
                  "TRAIN_CSV": (cfg.data.train_csv, "data.train_csv"),
                  "DEMO": (int(cfg.data.demo), "data.demo"),

@@ -16,7 +16,7 @@ import yaml
 
 from pipeline.config import Config, config_to_dict, flatten, matches, seed_config
 
-__all__ = ["STAGE_KEYS", "SEED_STAGES", "stage_fingerprint", "package_versions", "write_resolved"]
+__all__ = ["STAGE_KEYS", "SEED_STAGES", "stage_fingerprint", "package_versions", "write_resolved", "shared_stamp"]
 
 
 # Each stage depends on these keys (prefix match). A change elsewhere leaves it up to date:
@@ -74,6 +74,16 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def shared_stamp(cfg: Config, stage: str) -> Path:
+    """Where Make finds the stamp of a stage whose output experiments share: the data (`data.train_csv`) and a
+    folds file. Kept per output, not per experiment (in ``<output_dir>/.stamps/``, a name no experiment can
+    take), so a second experiment on the same data and folds finds it unchanged and rebuilds neither; with a
+    per-experiment stamp, its new stamp would rewrite both and leave the first experiment stale."""
+    target = Path(cfg.data.train_csv if stage == "data" else cfg.folds_file)
+    key = hashlib.sha256(str(target).encode()).hexdigest()[:12]
+    return Path(cfg.output_dir) / ".stamps" / f"{stage}-{target.stem}-{key}.json"
+
+
 def write_resolved(cfg: Config) -> Path:
     """Save the resolved config and one stamp per stage, each rewritten only on a real change."""
     from pipeline.fileio import write_text_if_changed
@@ -85,6 +95,8 @@ def write_resolved(cfg: Config) -> Path:
     for stage in STAGE_KEYS:
         text = json.dumps(_stage_subset(cfg, stage), indent=2, sort_keys=True) + "\n"
         write_text_if_changed(exp_dir / "stamps" / f"{stage}.json", text)
+        if stage in ("data", "folds"):
+            write_text_if_changed(shared_stamp(cfg, stage), text)
     for seed in cfg.seeds or []:
         one = seed_config(cfg, seed)
         for stage in SEED_STAGES:

@@ -174,3 +174,19 @@ def test_changed_training_image_retrains_every_fold_it_could_reach(run):
     after = _folds_files(exp, "weights.safetensors")
     assert all(after[k] != weights[k] for k in range(3))            # a fold that trains on it or validates on it
     assert "already trained" not in result.stdout                   # not skipped as done by its old sidecar
+
+
+def test_a_second_experiment_on_the_same_data_and_folds_leaves_the_first_up_to_date(run, tmp_path):
+    """A new experiment (another backbone, `folds.name` of the first) neither rewrites the data nor the folds
+    file they share, so the first experiment needs no retraining afterwards."""
+    import yaml
+
+    root, config, _ = run
+    assert _make("ensemble", config=config).returncode == 0            # the first experiment, up to date
+    second = yaml.safe_load(config.read_text())
+    second.update(experiment="second", folds=dict(second["folds"], name="demo"))
+    before = _mtimes(root / "data") | _mtimes(root / "folds")
+    result = _make("folds", config=write_config(tmp_path / "second.yaml", second))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _mtimes(root / "data") | _mtimes(root / "folds") == before
+    assert _make("-q", "ensemble", config=config).returncode == 0, "the first experiment went stale"
