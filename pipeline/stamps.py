@@ -25,14 +25,14 @@ STAGE_KEYS = {
     "data": ["data.demo", "data.demo_scale", "data.demo_seed", "data.image_root", "data.train_csv",
              "mask.enabled", "mask.sample", "mask.age_cutoff", "mask.relabel_file"],
     "folds": ["seed", "folds.n_splits", "data.train_csv", "data.label_column", "data.group_column",
-              "data.stratify_column"],
+              "data.stratify_column", "folds.auto_groups", "folds.leak_mads"],
     "train": ["seed", "folds.", "model.", "augment.", "sampling.", "train.", "loss.", "mask.", "data.train_csv",
               "data.image_root", "data.image_column", "data.label_column", "data.group_column",
               "data.true_label_column"],
     "predict": ["tta.", "ensemble.checkpoints", "augment.image_size", "augment.pre_resize_crop", "augment.mean", "augment.std", "data.sample_submission",
                 "data.id_column", "data.test_image_template", "data.test_path_column",
                 "data.test_root", "data.image_root", "train.device"],
-    "ensemble": ["ensemble.", "data.sample_submission", "data.id_column", "data.target_column"],
+    "ensemble": ["ensemble.", "folds.leak_mads", "data.sample_submission", "data.id_column", "data.target_column"],
 }
 
 

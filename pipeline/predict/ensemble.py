@@ -11,6 +11,7 @@ from pipeline.config import Config
 from pipeline.fileio import folder_lock, read_table, write_csv_atomic, write_json_atomic
 from pipeline.predict.cv_table import cv_table, write_cv
 from pipeline.predict.fold import checkpoint_names
+from pipeline.predict.leak_rows import leak_cv_rows
 from pipeline.predict.probs import (CKPT_PREFIX, class_ids, prob_columns, read_fold_probs, read_test_probs,
                                     stack_folds, view_columns)
 from pipeline.predict.submission import write_submission
@@ -88,6 +89,8 @@ def _ensemble(cfg: Config, log, logit_adjust_on: bool | None, tau_grid) -> Path:
     if ckpts:
         notes.append(f"The TTA, view and logit-adjustment rows average the checkpoints ({', '.join(ckpts)}); "
                      "the fold and 'no TTA' rows are the trainer's oof.csv (best weights).")
+    leak_rows, leak_notes = leak_cv_rows(cfg, base, classes, log)
+    cv, notes = pd.concat([cv, pd.DataFrame(leak_rows)], ignore_index=True), notes + leak_notes
     write_cv(cv, cfg.exp_dir, f"Cross-validation: {cfg.experiment}", notes, log)
 
     ids, probs, _ = read_test_probs(cfg)
