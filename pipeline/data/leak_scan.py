@@ -13,7 +13,7 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.data.leaks import LeakScan, duplicate_groups, shift_tolerant_similarity, suspected_pairs, thumbnails
 
-__all__ = ["scan_leaks", "auto_groups"]
+__all__ = ["scan_leaks", "auto_groups", "leak_pairs_table"]
 
 
 def scan_leaks(cfg: Config, table: pd.DataFrame, folds=None) -> LeakScan:
@@ -32,3 +32,13 @@ def auto_groups(cfg: Config, table: pd.DataFrame, log=print) -> np.ndarray:
     log(f"[folds] folds.auto_groups: {scan.describe()}; {len(table)} rows in {len(np.unique(ids))} groups "
         f"(from {before} {'given groups' if given is not None else 'rows'})")
     return np.array([f"auto{k}" for k in ids], dtype=object)
+
+
+def leak_pairs_table(table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """The suspected pairs, strongest first, with each image's path, fold and (shared) label."""
+    i, j = pairs["i"].to_numpy(dtype=np.int64), pairs["j"].to_numpy(dtype=np.int64)
+    image, fold = table["image"].to_numpy(), table["fold"].to_numpy()
+    return pd.DataFrame({"row_a": i, "image_a": image[i], "fold_a": fold[i],
+                         "row_b": j, "image_b": image[j], "fold_b": fold[j],
+                         "label": table["label"].to_numpy()[i], "similarity": pairs["similarity"].round(5),
+                         "score": pairs["score"].round(2)})

@@ -7,23 +7,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config
-from pipeline.data.leak_scan import scan_leaks
+from pipeline.data.leak_scan import leak_pairs_table, scan_leaks
 from pipeline.data.leaks import rows_in_pairs
 from pipeline.data.tables import load_fold_table
 from pipeline.fileio import write_csv_atomic
 from pipeline.predict.cv_table import metrics_row
 from pipeline.predict.probs import class_ids, prob_columns
 
-__all__ = ["leak_cv_rows", "leak_pairs_table"]
-
-
-def leak_pairs_table(table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
-    """The suspected pairs with each image's path (as in the train CSV), label and fold."""
-    i, j = pairs["i"].to_numpy(dtype=np.int64), pairs["j"].to_numpy(dtype=np.int64)
-    return pd.DataFrame({"row_a": i, "image_a": table["source"].to_numpy()[i], "fold_a": table["fold"].to_numpy()[i],
-                         "row_b": j, "image_b": table["source"].to_numpy()[j], "fold_b": table["fold"].to_numpy()[j],
-                         "label": table["label"].to_numpy()[i], "similarity": pairs["similarity"].round(5),
-                         "score": pairs["score"].round(2)})
+__all__ = ["leak_cv_rows"]
 
 
 def leak_cv_rows(cfg: Config, oof: pd.DataFrame, classes: list, log=print) -> tuple[list[dict], list[str]]:
