@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from pipeline.config import Config
 from pipeline.data.leak_scan import leak_pairs_table, scan_leaks
 from pipeline.fileio import write_csv_atomic, write_text_atomic
 from pipeline.report.near_duplicates import EXACT_LIMIT, cross_fold_duplicates, scan_images
+from pipeline.report.pairs import image_thumb, pairs_figure
 from pipeline.report.plots import bar_chart, esc, html_page, html_table, new_figure, save_png
 
 __all__ = ["write_eda", "class_counts", "fold_class_table", "sampling_table", "size_mode_table"]
@@ -164,17 +164,6 @@ def _fig_group_sizes(table: pd.DataFrame, path: Path) -> Path:
     return save_png(fig, path)
 
 
-def _thumb(path: str, size: int = 96) -> np.ndarray | None:
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (size, size))
-            img = img.convert("RGB")
-            img.thumbnail((size, size))
-            return np.asarray(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
-
-
 def _pick_samples(table: pd.DataFrame, classes: list, per_class: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     picks = {}
@@ -199,31 +188,13 @@ def _fig_samples(table: pd.DataFrame, classes: list, per_class: int, seed: int, 
             for side in ax.spines.values():
                 side.set_visible(False)
             if k < len(picks[c]):
-                thumb = _thumb(images[picks[c][k]])
+                thumb = image_thumb(images[picks[c][k]])
                 if thumb is not None:
                     ax.imshow(thumb, interpolation="nearest")
                 else:
                     ax.text(0.5, 0.5, "unreadable", ha="center", va="center", fontsize=6, transform=ax.transAxes)
             if k == 0:
                 ax.set_ylabel(str(c), rotation=0, ha="right", va="center", fontsize=9)
-    return save_png(fig, path)
-
-
-def _fig_pairs(pairs: pd.DataFrame, path: Path) -> Path:
-    """The strongest suspected duplicate pairs (leaks.csv rows), side by side."""
-    shown = pairs.head(_FIGURE_PAIRS)
-    fig = new_figure(4.6, 2.2 * len(shown) + 0.2)
-    axes = fig.subplots(len(shown), 2, squeeze=False)
-    for r, row in enumerate(shown.itertuples(index=False)):
-        for k, (img, fold) in enumerate([(row.image_a, row.fold_a), (row.image_b, row.fold_b)]):
-            ax = axes[r, k]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            thumb = _thumb(img, 128)
-            if thumb is not None:
-                ax.imshow(thumb, interpolation="nearest")
-            ax.set_title(f"{Path(img).name}\nfold {fold}, {row.label}", fontsize=7)
-        axes[r, 0].set_ylabel(f"similarity {row.similarity:.3f}", fontsize=8)
     return save_png(fig, path)
 
 
@@ -353,7 +324,7 @@ def _duplicates_section(cfg: Config, out: Path, table: pd.DataFrame, stats: pd.D
             "only as an outlier of it (folds.leak_mads).</p>")
     if len(pairs):
         rows = len(np.unique(pairs[["row_a", "row_b"]].to_numpy()))
-        _fig_pairs(pairs, out / "leaks.png")
+        save_png(pairs_figure(pairs, _FIGURE_PAIRS), out / "leaks.png")
         head += (f'<div class="warn"><b>Possible validation leakage:</b> {len(pairs)} suspected duplicate '
                  f"pair(s) sit in different folds ({rows} of {len(table)} images). A model validated on one has "
                  "trained on the other, which inflates validation scores; `make ensemble`'s CV table shows by "
