@@ -29,7 +29,7 @@ def leak_cv_rows(cfg: Config, oof: pd.DataFrame, classes: list, log=print) -> tu
     leaked = rows_in_pairs(len(table), scan.pairs)[oof["row"].to_numpy(dtype=np.int64)]
     y = class_ids(oof["label"], classes, "oof.csv")
     probs = oof[prob_columns(classes)].to_numpy()
-    parts = {"out-of-fold, rows with a cross-fold near-duplicate": leaked, "out-of-fold, rows without one": ~leaked}
+    parts = {"OOF rows with a cross-fold near-duplicate": leaked, "OOF rows without one": ~leaked}
     rows = [metrics_row(part, y[mask], probs[mask]) for part, mask in parts.items() if mask.any()]
     note = f"Leak check: {scan.describe()}; {int(leaked.sum())} of {len(leaked)} OOF rows have one (leaks.csv)."
     if len(scan.pairs):
