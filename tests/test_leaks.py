@@ -97,3 +97,32 @@ def test_auto_groups_keep_each_demo_group_in_one_fold(tiny_cfg_dict):
 
     assert split_groups(False) > 10               # without groups most demo groups span folds: leakage
     assert split_groups(True) == 0
+
+
+def test_cv_rows_score_the_rows_with_a_cross_fold_duplicate_apart(tiny_cfg_dict):
+    """The demo's groups withheld: the CV rows split the OOF rows by the scan's pairs, and leaks.csv lists them."""
+    from pipeline.data.fold_file import make_folds
+    from pipeline.predict.leak_rows import leak_cv_rows
+
+    raw = dict(tiny_cfg_dict, data={**tiny_cfg_dict["data"], "group_column": None})
+    cfg = load_config(None, raw)
+    make_folds(cfg, log=lambda *_: None)
+    folds = pd.read_csv(cfg.folds_file)
+    classes = sorted(folds["label"].unique())
+    oof = folds[["row", "label", "fold"]].sample(frac=1.0, random_state=0)   # rows found by `row`, not position
+    for c in classes:
+        oof[f"prob_{c}"] = float(c == classes[0])
+    rows, notes = leak_cv_rows(cfg, oof, classes, log=lambda *_: None)
+    pairs = pd.read_csv(cfg.exp_dir / "leaks.csv")
+    leaked = np.zeros(len(folds), dtype=bool)
+    leaked[pairs["row_a"]] = leaked[pairs["row_b"]] = True
+    assert len(pairs) and (pairs["fold_a"] != pairs["fold_b"]).all()
+    assert [r["part"] for r in rows] == ["OOF rows with a cross-fold near-duplicate", "OOF rows without one"]
+    assert [r["rows"] for r in rows] == [leaked.sum(), (~leaked).sum()]
+    truth, leaked = oof["label"].to_numpy(), leaked[oof["row"]]   # right on the rows with a duplicate only
+    right = np.where(leaked, truth, np.where(truth == classes[0], classes[1], classes[0]))
+    for c in classes:
+        oof[f"prob_{c}"] = (right == c).astype(float)
+    rows, _ = leak_cv_rows(cfg, oof, classes, log=lambda *_: None)
+    assert rows[0]["accuracy"] == 1.0 and rows[1]["accuracy"] == 0.0
+    assert f"{len(pairs)} suspected duplicate pair(s)" in notes[0]

@@ -252,8 +252,8 @@ def _leaks_section(cfg: Config) -> str:
         return ""
     pairs["similarity"] = pd.to_numeric(pairs["similarity"])
     return (f'<div class="warn"><b>Possible validation leakage:</b> {len(pairs)} suspected duplicate pair(s) '
-            "across folds (leaks.csv); the CV rows 'OOF rows with a cross-fold near-duplicate' against 'OOF rows without one' "
-            "show what they cost. Fix: data.group_column, or folds.auto_groups: true.</div>"
+            "across folds (leaks.csv); the CV rows 'OOF rows with a cross-fold near-duplicate' against "
+            "'OOF rows without one' show what they cost. Fix: data.group_column, or folds.auto_groups: true.</div>"
             + _figure(pairs_figure(pairs), "suspected duplicate pairs across folds", "Strongest pairs first."))
 
 
