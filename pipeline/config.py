@@ -126,6 +126,10 @@ class FoldsConfig(_Section):
     n_splits: int = Field(5, ge=2)
     name: str | None = None
     dir: str = "folds"
+    # Group suspected near-duplicates (pipeline/data/leaks.py) before splitting, joined with any group column.
+    auto_groups: bool = False
+    # The leak rule: a same-class pair is a suspected duplicate above this many robust SDs (see leaks.py).
+    leak_mads: float = Field(6.0, gt=0)
 
 
 class ModelConfig(_Section):

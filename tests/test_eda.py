@@ -78,30 +78,32 @@ def _pair_rows(pairs: pd.DataFrame, a: int, b: int) -> pd.DataFrame:
 def test_figures_exist_and_are_valid_pngs(leaked):
     _, _, index, _, html = leaked
     out = index.parent
-    for name in FIGURES + ["near_duplicates.png"]:
+    for name in FIGURES + ["leaks.png"]:
         data = (out / name).read_bytes()
         assert data[:8] == PNG_MAGIC, name
         with Image.open(out / name) as img:
             img.verify()
     # every <img> of the page points at one of them
     sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', html)
-    assert sorted(sources) == sorted(FIGURES + ["near_duplicates.png"])
+    assert sorted(sources) == sorted(FIGURES + ["leaks.png"])
     assert not list(out.glob(".*.tmp"))
 
 
 def test_planted_duplicate_in_another_fold_is_flagged(leaked):
     cfg, row, index, folds, html = leaked
-    pairs = pd.read_csv(index.parent / "near_duplicates.csv")
+    pairs = pd.read_csv(index.parent / "leaks.csv")
     hit = _pair_rows(pairs, 0, row)
-    assert len(hit) == 1 and int(hit["distance"].iloc[0]) == 0
+    assert len(hit) == 1 and float(hit["similarity"].iloc[0]) > 0.999
     assert (pairs["fold_a"] != pairs["fold_b"]).all()
     assert "Possible validation leakage" in html and "planted.png" in html
+    hashed = pd.read_csv(index.parent / "near_duplicates.csv")   # the hash listing still finds the exact copy
+    assert int(_pair_rows(hashed, 0, row)["distance"].iloc[0]) == 0
 
 
 def test_planted_duplicate_in_the_same_fold_is_not_flagged(planted, tmp_path):
     cfg, row = planted
     _, index, _ = _eda_with_planted_fold(cfg, row, True, tmp_path)
-    pairs = pd.read_csv(index.parent / "near_duplicates.csv")
+    pairs = pd.read_csv(index.parent / "leaks.csv")
     assert _pair_rows(pairs, 0, row).empty
     assert not (pairs["fold_a"] == pairs["fold_b"]).any()
     # the copy has exactly the original's cross-fold partners (none of its own making)

@@ -181,3 +181,21 @@ def test_prediction_distribution_against_the_training_prior():
     np.testing.assert_allclose(table["train share"], [0.75, 0.25, 0.0])
     np.testing.assert_allclose(table["predicted / train share"].iloc[:2], [0.0, (2 / 3) / 0.25])
     assert np.isnan(table["predicted / train share"].iloc[2])
+
+
+def test_suspected_duplicates_are_shown_under_the_cv_table(run, tmp_path):
+    """A leaks.csv with a pair (as `make ensemble` writes it) puts the warning and the pair's figure in the report;
+    an empty one puts neither."""
+    cfg = load_config(None, {**_as_dict(run), "output_dir": str(tmp_path / "outputs")})
+    shutil.copytree(run.exp_dir, cfg.exp_dir)
+    images = pd.read_csv(cfg.data.train_csv)["image"]
+    pair = pd.DataFrame({"row_a": [0], "image_a": [f"{cfg.data.image_root}/{images[0]}"], "fold_a": [0],
+                         "row_b": [1], "image_b": [f"{cfg.data.image_root}/{images[1]}"], "fold_b": [1],
+                         "label": ["x"], "similarity": [0.99], "score": [9.0]})
+    figures = lambda html: len(re.findall(r'<img src="data:image/png', html))  # noqa: E731
+    pair.head(0).to_csv(cfg.exp_dir / "leaks.csv", index=False)
+    quiet = write_report(cfg, log=lambda *a: None).read_text()
+    pair.to_csv(cfg.exp_dir / "leaks.csv", index=False)
+    warned = write_report(cfg, log=lambda *a: None).read_text()
+    assert "Possible validation leakage" not in quiet and "Possible validation leakage" in warned
+    assert figures(warned) == figures(quiet) + 1

@@ -13,6 +13,7 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.data.folds import assign_folds, fold_class_counts
+from pipeline.data.leak_scan import auto_groups
 from pipeline.data.tables import read_train_table
 from pipeline.fileio import locked, write_csv_atomic
 
@@ -36,7 +37,9 @@ def _make_folds(cfg: Config, log) -> Path:
     if report.warnings:
         log(report.format())
     table = read_train_table(cfg)
-    groups = table["group"].to_numpy() if cfg.data.group_column else None
+    if cfg.folds.auto_groups:
+        table["group"] = auto_groups(cfg, table, log)
+    groups = table["group"].to_numpy() if cfg.data.group_column or cfg.folds.auto_groups else None
     folds = assign_folds(table["stratify"].to_numpy(), cfg.folds.n_splits, cfg.seed, groups=groups)
     out = pd.DataFrame({"row": np.arange(len(table)), "image": table["source"],
                         "label": table["label"], "group": table["group"], "fold": folds})

@@ -14,6 +14,7 @@ from pipeline.predict.cv_table import cv_table, write_cv
 from pipeline.predict.fold import checkpoint_names
 from pipeline.predict.pseudo import pseudo_note, source_cv_rows
 from pipeline.predict.seeds import seed_cv_rows, seeds_note
+from pipeline.predict.leak_rows import leak_cv_rows
 from pipeline.predict.probs import (CKPT_PREFIX, class_ids, prob_columns, read_fold_probs, read_test_probs,
                                     stack_folds, view_columns)
 from pipeline.fileio import read_text_csv
@@ -117,10 +118,11 @@ def _ensemble(cfg: Config, log, logit_adjust_on: bool | None, tau_grid) -> Path:
     if ckpts:
         notes.append(f"The TTA, view and logit-adjustment rows average the checkpoints ({', '.join(ckpts)}); "
                      "the fold and 'no TTA' rows are the trainer's oof.csv (best weights).")
-    comparisons = seed_cv_rows(cfg) + source_cv_rows(cfg)   # one seed alone; the pseudo-labels' source round
+    leak_rows, leak_notes = leak_cv_rows(cfg, base, classes, log)
+    comparisons = leak_rows + seed_cv_rows(cfg) + source_cv_rows(cfg)   # leaks; one seed alone; the source round
     if comparisons:
         cv = pd.concat([cv, pd.DataFrame(comparisons)], ignore_index=True)
-    notes += seeds_note(cfg) + pseudo_note(cfg)
+    notes += leak_notes + seeds_note(cfg) + pseudo_note(cfg)
     write_cv(cv, cfg.exp_dir, f"Cross-validation: {cfg.experiment}", notes, log, metric)
 
     ids, probs, _ = read_test_probs(cfg)

@@ -12,11 +12,13 @@ any training) and writes, beside ``index.html`` (written last: it is the Make ta
     image_sizes.csv                                  (width, height, mode) combinations, read from
                                                      the image headers without decoding pixels
     samples.png                                      report.samples_per_class images of each class
-    near_duplicates.csv / near_duplicates.png        near-identical images in DIFFERENT folds:
-                                                     validation leakage
+    leaks.csv / leaks.png                            suspected duplicates in DIFFERENT folds:
+                                                     validation leakage (pipeline.data.leaks)
+    near_duplicates.csv                              average-hash pairs across folds (information)
 
-Near duplicates are found by :mod:`pipeline.report.near_duplicates` (average hashes, exact
-pairs within ``report.near_duplicate_distance`` bits).
+Suspected duplicates are outliers of the same-class cross-fold similarities
+(:mod:`pipeline.data.leaks`); the average hashes (:mod:`pipeline.report.near_duplicates`, pairs within
+``report.near_duplicate_distance`` bits) are listed, not warned about.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from pipeline.config import Config
+from pipeline.data.leak_scan import leak_pairs_table, scan_leaks
 from pipeline.fileio import write_csv_atomic, write_text_atomic
 from pipeline.report.near_duplicates import EXACT_LIMIT, cross_fold_duplicates, scan_images
+from pipeline.report.pairs import image_thumb, pairs_figure
 from pipeline.report.plots import bar_chart, esc, html_page, html_table, new_figure, save_png
 
 __all__ = ["write_eda", "class_counts", "fold_class_table", "sampling_table", "size_mode_table"]
@@ -161,17 +164,6 @@ def _fig_group_sizes(table: pd.DataFrame, path: Path) -> Path:
     return save_png(fig, path)
 
 
-def _thumb(path: str, size: int = 96) -> np.ndarray | None:
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (size, size))
-            img = img.convert("RGB")
-            img.thumbnail((size, size))
-            return np.asarray(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
-
-
 def _pick_samples(table: pd.DataFrame, classes: list, per_class: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     picks = {}
@@ -196,31 +188,13 @@ def _fig_samples(table: pd.DataFrame, classes: list, per_class: int, seed: int, 
             for side in ax.spines.values():
                 side.set_visible(False)
             if k < len(picks[c]):
-                thumb = _thumb(images[picks[c][k]])
+                thumb = image_thumb(images[picks[c][k]])
                 if thumb is not None:
                     ax.imshow(thumb, interpolation="nearest")
                 else:
                     ax.text(0.5, 0.5, "unreadable", ha="center", va="center", fontsize=6, transform=ax.transAxes)
             if k == 0:
                 ax.set_ylabel(str(c), rotation=0, ha="right", va="center", fontsize=9)
-    return save_png(fig, path)
-
-
-def _fig_pairs(pairs: pd.DataFrame, path: Path) -> Path:
-    shown = pairs.head(_FIGURE_PAIRS)
-    fig = new_figure(4.6, 2.2 * len(shown) + 0.2)
-    axes = fig.subplots(len(shown), 2, squeeze=False)
-    for r, row in enumerate(shown.itertuples(index=False)):
-        for k, (img, fold, label) in enumerate([(row.image_a, row.fold_a, row.label_a),
-                                                (row.image_b, row.fold_b, row.label_b)]):
-            ax = axes[r, k]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            thumb = _thumb(img, 128)
-            if thumb is not None:
-                ax.imshow(thumb, interpolation="nearest")
-            ax.set_title(f"{Path(img).name}\nfold {fold}, {label}", fontsize=7)
-        axes[r, 0].set_ylabel(f"distance {row.distance}", fontsize=8)
     return save_png(fig, path)
 
 
@@ -340,28 +314,35 @@ def _samples_section(cfg: Config, out: Path, table: pd.DataFrame, classes: list)
 
 
 def _duplicates_section(cfg: Config, out: Path, table: pd.DataFrame, stats: pd.DataFrame, log) -> str:
-    """Near-duplicate pairs across folds: CSV, figure and a warning, or a note that there are none."""
+    """Suspected duplicates across folds (the leak detector): CSV, figure and a warning, or a note that there
+    are none; below it the average-hash pairs, a cheap listing that is no warning (look-alikes pass it too)."""
+    scan = scan_leaks(cfg, table, table["fold"].to_numpy())
+    pairs = leak_pairs_table(table, scan.pairs)
+    write_csv_atomic(out / "leaks.csv", pairs)
+    head = (f"<h2 id=\"duplicates\">Near-duplicate images across folds</h2><p class=\"note\">{esc(scan.describe())}. "
+            "The reference is every same-class pair in different folds: ordinary look-alikes; a pair is flagged "
+            "only as an outlier of it (folds.leak_mads).</p>")
+    if len(pairs):
+        rows = len(np.unique(pairs[["row_a", "row_b"]].to_numpy()))
+        save_png(pairs_figure(pairs, _FIGURE_PAIRS), out / "leaks.png")
+        head += (f'<div class="warn"><b>Possible validation leakage:</b> {len(pairs)} suspected duplicate '
+                 f"pair(s) sit in different folds ({rows} of {len(table)} images). A model validated on one has "
+                 "trained on the other, which inflates validation scores; `make ensemble`'s CV table shows by "
+                 "how much (OOF score of these rows against the rest). If the pairs below are one subject, give "
+                 "them one group (data.group_column) or set folds.auto_groups: true, then `make folds`.</div>"
+                 + _img("leaks.png", "suspected duplicate pairs") + html_table(pairs, max_rows=_HTML_PAIRS))
+        log(f"[eda] warning: {len(pairs)} suspected near-duplicate pair(s) across folds (see {out / 'leaks.csv'})")
+    else:
+        (out / "leaks.png").unlink(missing_ok=True)
+        head += '<div class="ok">No suspected duplicate images in different folds.</div>'
+    return head + _hash_note(cfg, out, table, stats)
+
+
+def _hash_note(cfg: Config, out: Path, table: pd.DataFrame, stats: pd.DataFrame) -> str:
+    """The 64-bit average-hash pairs across folds, listed in near_duplicates.csv: information, not a warning."""
     d = cfg.report.near_duplicate_distance
-    pairs, found = cross_fold_duplicates(table, stats, d)
-    write_csv_atomic(out / "near_duplicates.csv", pairs)
-    head = (f"<h2 id=\"duplicates\">Near-duplicate images across folds</h2><p class=\"note\">64-bit average "
-            f"hashes within {d} bit(s); {found.method}; {found.same_fold} near-duplicate pair(s) inside one "
-            "fold are not leakage and are not listed.</p>")
-    if not found.total:
-        (out / "near_duplicates.png").unlink(missing_ok=True)
-        return head + '<div class="ok">No near-duplicate images in different folds.</div>'
-    stored = "" if len(pairs) == found.total else f" ({len(pairs)} kept in near_duplicates.csv)"
-    by_distance = pairs["distance"].value_counts().sort_index()
-    spread = ", ".join(f"{int(k)} bit(s): {int(v)}" for k, v in by_distance.items())
-    differ = int((~pairs["same_label"]).sum())
-    _fig_pairs(pairs, out / "near_duplicates.png")
-    body = (f'<div class="warn"><b>Possible validation leakage:</b> {found.total} pair(s) of near-identical '
-            f"images sit in different folds{stored}. A model validated on one has trained on the other, "
-            "which inflates validation scores. Give each pair one group (data.group_column) or drop "
-            f"one image.</div><p>Pairs by hash distance: {spread}. {differ} pair(s) carry different labels "
-            "(label noise, or images too small for a 64-bit hash to tell apart: lower "
-            "report.near_duplicate_distance if the pairs below are not real duplicates).</p>"
-            + _img("near_duplicates.png", "near-duplicate pairs")
-            + html_table(pairs, max_rows=_HTML_PAIRS))
-    log(f"[eda] warning: {found.total} near-duplicate pair(s) across folds (see {out / 'near_duplicates.csv'})")
-    return head + body
+    hashed, found = cross_fold_duplicates(table, stats, d)
+    write_csv_atomic(out / "near_duplicates.csv", hashed)
+    return (f"<p class=\"note\">Average hashes (64-bit) within {d} bit(s) across folds: {found.total} pair(s) "
+            f"(near_duplicates.csv; {found.method}). Similar images of one class pass this test too, so it "
+            "decides nothing; the check above does.</p>")

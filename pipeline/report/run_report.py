@@ -31,6 +31,7 @@ from pipeline.metrics import confusion, per_class_f1
 from pipeline.train.models import read_sidecar
 from pipeline.predict.formats import format_for_config, labels_of
 from pipeline.predict.probs import PROB_PREFIX, class_ids, prob_columns
+from pipeline.report.pairs import pairs_figure
 from pipeline.report.plots import bar_chart, data_uri, esc, heatmap, html_page, html_table, label_axis, new_figure, png_bytes
 
 __all__ = ["write_report", "report_inputs", "report_classes", "learning_curve_figure", "confusion_figure",
@@ -244,6 +245,19 @@ def _format_cv(cv: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _leaks_section(cfg: Config) -> str:
+    """The strongest suspected duplicate pairs across folds (leaks.csv from `make ensemble`), when any."""
+    path = cfg.exp_dir / "leaks.csv"
+    pairs = read_table(path) if path.is_file() else pd.DataFrame()
+    if pairs.empty:
+        return ""
+    pairs["similarity"] = pd.to_numeric(pairs["similarity"])
+    return (f'<div class="warn"><b>Possible validation leakage:</b> {len(pairs)} suspected duplicate pair(s) '
+            "across folds (leaks.csv); the CV rows 'OOF rows with a cross-fold near-duplicate' against "
+            "'OOF rows without one' show what they cost. Fix: data.group_column, or folds.auto_groups: true.</div>"
+            + _figure(pairs_figure(pairs), "suspected duplicate pairs across folds", "Strongest pairs first."))
+
+
 def write_report(cfg: Config, log=print) -> Path:
     """Write ``outputs/<exp>/report.html`` (self-contained); returns its path."""
     paths = report_inputs(cfg)
@@ -261,7 +275,8 @@ def write_report(cfg: Config, log=print) -> Path:
     # Cross-validation first: the numbers people look for.
     cv = _format_cv(pd.read_csv(paths["cv"]))
     sections.append('<h2 id="cv">Cross-validation</h2>'
-                    + f'<p class="note">Competition metric: {esc(cfg.competition.metric)}.</p>' + html_table(cv))
+                    + f'<p class="note">Competition metric: {esc(cfg.competition.metric)}.</p>' + html_table(cv)
+                    + _leaks_section(cfg))
 
     # Learning curves
     summary = _fold_summary(cfg, fold_metrics, classes)
