@@ -215,6 +215,8 @@ class EnsembleConfig(_Section):
     checkpoints: list = ["best"]       # best | last: each joins the vote
     logit_adjust: bool = False         # p / prior^tau, tau chosen on out-of-fold macro-F1
     tau_grid: list = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+    prior_shift: Literal["off", "auto", "em", "bbse"] = "auto"   # re-weight to the estimated test class mix
+    prior_shift_alpha: Float = Field(0.01, gt=0, lt=1)         # auto: correct when the shift test's p < alpha
 
     def _rules(self):
         names = [str(n) for n in self.checkpoints]

@@ -13,8 +13,10 @@ from pipeline.predict.cv_table import cv_table, write_cv
 from pipeline.predict.fold import checkpoint_names
 from pipeline.predict.probs import (CKPT_PREFIX, class_ids, prob_columns, read_fold_probs, read_test_probs,
                                     stack_folds, view_columns)
+from pipeline.predict.shift_check import (apply_shift, fold_train_priors, model_prior, shift_notes, shift_record,
+                                          simulated_shift_rows)
 from pipeline.predict.submission import write_submission
-from pipeline.predict.voting import choose_tau, class_priors, logit_adjust, vote
+from pipeline.predict.voting import choose_tau, logit_adjust, vote
 
 __all__ = ["ensemble", "logit_adjust_settings", "logit_adjust_record"]
 
@@ -77,21 +79,27 @@ def _ensemble(cfg: Config, log, logit_adjust_on: bool | None, tau_grid) -> Path:
     adjust, grid = logit_adjust_settings(cfg, logit_adjust_on, tau_grid)
     base = oof_tta if oof_tta is not None else oof
     y = class_ids(base["label"], classes, "oof.csv")
-    prior = class_priors(y, len(classes))
-    tau, curve = choose_tau(base[prob_columns(classes)].to_numpy(), y, prior, grid)
-    cv = cv_table(oof, classes, oof_tta, cfg.tta.merge, grid)
+    base_probs = base[prob_columns(classes)].to_numpy()
+    priors = fold_train_priors(cfg, classes, y, base["fold"].to_numpy(), log)
+    prior = model_prior(priors)   # what the models learned (sampling, class weights), not the raw counts
+    tau, curve = choose_tau(base_probs, y, prior, grid)
+    cv = cv_table(oof, classes, oof_tta, cfg.tta.merge, grid, priors)
+    cv = pd.concat([cv, pd.DataFrame(simulated_shift_rows(base_probs, y, prior, cfg.ensemble.prior_shift_alpha))],
+                   ignore_index=True)
     state = "applied to the test probabilities" if adjust else "not applied (ensemble.logit_adjust: false)"
-    notes = [f"Logit adjustment p / prior^tau: tau={tau:g} chosen on all OOF rows' macro-F1 over "
+    notes = [f"Logit adjustment p / prior^tau (prior: the models' effective training prior): tau={tau:g} chosen on all OOF rows' macro-F1 over "
              f"[{', '.join(f'{t:g}' for t in grid)}]; {state}. Its CV row is nested: each fold adjusted "
              "with the tau and prior chosen on the other folds."]
     ckpts = list(view_columns(oof_tta, classes, CKPT_PREFIX)) if oof_tta is not None else []
     if ckpts:
         notes.append(f"The TTA, view and logit-adjustment rows average the checkpoints ({', '.join(ckpts)}); "
                      "the fold and 'no TTA' rows are the trainer's oof.csv (best weights).")
-    write_cv(cv, cfg.exp_dir, f"Cross-validation: {cfg.experiment}", notes, log)
-
     ids, probs, _ = read_test_probs(cfg)
     applied_tau = tau if adjust else 0.0
+    shift = shift_record(cfg.ensemble.prior_shift, cfg.ensemble.prior_shift_alpha, base_probs, y, probs, priors)
+    notes += shift_notes(shift, classes, applied_tau)
+    write_cv(cv, cfg.exp_dir, f"Cross-validation: {cfg.experiment}", notes, log)
+    probs = apply_shift(probs, shift)   # first; logit adjustment's factor commutes with it
     if applied_tau:
         probs = logit_adjust(probs, prior, applied_tau)
     picked = vote(probs, cfg.ensemble.voting)
@@ -99,9 +107,10 @@ def _ensemble(cfg: Config, log, logit_adjust_on: bool | None, tau_grid) -> Path:
     write_json_atomic(cfg.exp_dir / "ensemble.json", {
         "voting": cfg.ensemble.voting, "folds": len(probs), "classes": classes,
         "checkpoints": checkpoint_names(cfg), "oof_source": "oof_tta.csv" if oof_tta is not None else "oof.csv",
-        "logit_adjust": logit_adjust_record(adjust, applied_tau, tau, grid, prior, curve)})
+        "logit_adjust": logit_adjust_record(adjust, applied_tau, tau, grid, prior, curve), "prior_shift": shift})
     out = cfg.exp_dir / "submission.csv"
     write_submission(cfg.data.sample_submission, cfg.data.id_column, cfg.data.target_column, ids, labels, out)
     adj = f", logit adjustment tau={applied_tau:g}" if applied_tau else ""
+    adj += f", prior-shift correction ({shift['method']})" if shift["applied"] else ""
     log(f"[ensemble] {cfg.ensemble.voting} voting over {len(probs)} folds{adj} → {out}")
     return out

@@ -11,6 +11,7 @@ from pipeline.config import Config
 from pipeline.fileio import read_text_csv, write_csv_atomic
 from pipeline.metrics import classification_metrics, label_metrics
 from pipeline.predict.probs import class_ids, read_test_probs
+from pipeline.predict.shift_check import apply_shift, shift_score_rows
 from pipeline.predict.voting import VOTING_MODES, logit_adjust, vote, vote_scores
 
 __all__ = ["score"]
@@ -38,14 +39,17 @@ def score(cfg: Config, log=print) -> pd.DataFrame:
     y = class_ids(truth.loc[ids, cfg.data.target_column], classes, str(cfg.data.test_labels))
     rows = [{"model": f"fold {k}", **classification_metrics(y, probs[k])} for k in range(len(probs))]
     settings = cfg.exp_dir / "ensemble.json"
-    adjustment = json.loads(settings.read_text()).get("logit_adjust", {}) if settings.is_file() else {}
+    recorded = json.loads(settings.read_text()) if settings.is_file() else {}
+    adjustment, shift = recorded.get("logit_adjust", {}), recorded.get("prior_shift", {})
     tau = float(adjustment.get("tau", 0.0))
     for mode in VOTING_MODES:
-        chosen = " (submission)" if mode == cfg.ensemble.voting and not tau else ""
+        chosen = " (submission)" if mode == cfg.ensemble.voting and not tau and not shift.get("applied") else ""
         rows.append({"model": f"{mode} vote{chosen}", **_vote_metrics(y, probs, mode)})
+    rows += shift_score_rows(y, probs, shift, cfg.ensemble.voting, _vote_metrics, submission=not tau)
     if tau:
-        adjusted = logit_adjust(probs, np.asarray(adjustment["prior"]), tau)
-        rows.append({"model": f"{cfg.ensemble.voting} vote + logit adjustment tau={tau:g} (submission)",
+        adjusted = logit_adjust(apply_shift(probs, shift), np.asarray(adjustment["prior"]), tau)
+        both = f" + prior-shift correction ({shift['method']})" if shift.get("applied") else ""
+        rows.append({"model": f"{cfg.ensemble.voting} vote{both} + logit adjustment tau={tau:g} (submission)",
                      **_vote_metrics(y, adjusted, cfg.ensemble.voting)})
     sub = read_text_csv(cfg.exp_dir / "submission.csv")
     sub_y = class_ids(sub[cfg.data.target_column], classes, "submission.csv")
