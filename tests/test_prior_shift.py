@@ -17,6 +17,7 @@ from pipeline.predict.ensemble import ensemble
 from pipeline.predict.prior_shift import bbse_prior, em_prior, reweight, shift_test
 from pipeline.predict.score import score
 from pipeline.predict.voting import logit_adjust
+from pipeline.report.prior_section import prior_shift_section
 from pipeline.stamps import write_resolved
 from pipeline.train.prior import train_prior_record
 
@@ -147,6 +148,8 @@ def test_auto_corrects_a_balanced_test_set_without_reading_its_labels(tmp_path):
     for text in ["simulated balanced mix: EM correction", "simulated reversed mix: no correction (model prior off by L1",
                  "simulated training mix: auto (unchanged", "estimated by EM", "applied the EM correction"]:
         assert text in cv_md
+    section = prior_shift_section(cfg, CLASSES)
+    assert "data:image/png;base64," in section and "the EM correction was applied" in section
 
     pd.DataFrame({"id": [f"t{i:03d}" for i in range(N_TEST)], "label": np.array(CLASSES)[test_y]}).to_csv(
         cfg.data.test_labels, index=False)
@@ -163,6 +166,7 @@ def test_auto_leaves_a_test_set_with_the_training_mix_unchanged(tmp_path):
     assert not record["applied"] and record["p_value"] >= 0.01
     assert (submitted == probs.argmax(axis=1)).all()
     assert "left the predictions unchanged" in (cfg.exp_dir / "cv.md").read_text()
+    assert "the submission was left unchanged" in prior_shift_section(cfg, CLASSES)
 
 
 def test_off_changes_nothing_and_a_run_without_train_prior_files_falls_back_to_raw_counts(tmp_path):
