@@ -65,6 +65,9 @@ def ensemble(cfg: Config, log=print, logit_adjust_on: bool | None = None, tau_gr
     With ``ensemble.logit_adjust`` (or `logit_adjust_on`), every fold's test probabilities are divided
     by the class priors to the power tau before voting, tau chosen on OOF macro-F1 over
     ``ensemble.tau_grid``. The CV table always shows what the chosen tau does to the OOF score.
+    ``ensemble.prior_shift`` re-weights them to the class mix estimated on the test predictions
+    (:mod:`pipeline.predict.shift_check`) before logit adjustment; both divide out the models' effective
+    training prior (``fold_<k>/train_prior.json``).
     """
     with folder_lock(cfg.exp_dir, f"the experiment folder {cfg.exp_dir}", log):
         return _ensemble(cfg, log, logit_adjust_on, tau_grid)
