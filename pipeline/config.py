@@ -236,6 +236,8 @@ class EnsembleConfig(_Section):
     logit_adjust: bool = False         # p / prior^tau, tau chosen on the out-of-fold competition.metric
     class_bias: bool = False           # p * exp(b), one b per class fitted out of fold (binary: a threshold)
     tau_grid: list = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+    prior_shift: Literal["off", "auto", "em", "bbse"] = "auto"   # re-weight to the estimated test class mix
+    prior_shift_alpha: Float = Field(0.01, gt=0, lt=1)         # auto: correct when the shift test's p < alpha
 
     def _rules(self):
         names = [str(n) for n in self.checkpoints]

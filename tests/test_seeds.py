@@ -31,7 +31,9 @@ def cfg(tmp_path):
                   "fold": FOLDS}).to_csv(tmp_path / "folds" / "f.csv", index=False)
     cfg = load_config(None, {"experiment": "s", "output_dir": str(tmp_path / "out"), "seeds": [0, 1],
                              "folds": {"n_splits": 2, "name": "f", "dir": str(tmp_path / "folds")},
-                             "data": {"sample_submission": str(tmp_path / "sample.csv")},
+                             # no training images here: the ensemble's leak check is skipped, with a note
+                             "data": {"sample_submission": str(tmp_path / "sample.csv"),
+                                      "train_csv": str(tmp_path / "train.csv")},
                              "tta": {"views": ["identity"]}, "ensemble": {"tau_grid": [0.0]}})
     for s, prob_a in PROB_A.items():
         one = seed_config(cfg, s)

@@ -26,7 +26,8 @@ import numpy as np
 
 from pipeline.data.folds import check_labels
 
-__all__ = ["oversample_indices", "balanced_sample_weights", "epoch_seed", "epoch_rows", "SAMPLING_METHODS"]
+__all__ = ["oversample_indices", "balanced_sample_weights", "epoch_seed", "epoch_rows", "epoch_class_frequencies",
+           "SAMPLING_METHODS"]
 
 SAMPLING_METHODS = ("none", "balanced", "oversample")
 
@@ -131,3 +132,29 @@ def epoch_rows(labels, method: str, target_ratio: float, seed: int) -> np.ndarra
     if method == "oversample":
         return oversample_indices(labels, target_ratio, seed)
     return np.arange(len(labels))
+
+
+def epoch_class_frequencies(counts, method: str, target_ratio: float) -> np.ndarray:
+    """The expected share of each class among one epoch's training rows, from the fold's class `counts`.
+
+    This is the class mix the model learns, so the prior to divide out of its probabilities:
+    ``none``: the counts; ``oversample``: each class raised to ``ceil(target_ratio * largest)`` rows
+    (exactly what :func:`oversample_indices` draws, every epoch); ``balanced``: every class with rows
+    drawn equally often (:func:`balanced_sample_weights`). A class without rows stays at 0.
+
+    >>> epoch_class_frequencies([8, 2], "oversample", 0.5).tolist()     # 8 : max(2, 4)
+    [0.6666666666666666, 0.3333333333333333]
+    >>> epoch_class_frequencies([8, 2, 0], "balanced", 1.0).tolist()
+    [0.5, 0.5, 0.0]
+    """
+    if method not in SAMPLING_METHODS:
+        raise ValueError(f"sampling.method: {method!r} is not one of: {', '.join(SAMPLING_METHODS)}")
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or counts.sum() <= 0 or (counts < 0).any():
+        raise ValueError(f"counts must be non-negative class counts, not all zero, got {counts.tolist()}")
+    if method == "oversample":
+        target = _target_count(_check_target_ratio(target_ratio), int(counts.max()))
+        counts = np.where(counts > 0, np.maximum(counts, target), 0.0)
+    elif method == "balanced":
+        counts = (counts > 0).astype(np.float64)
+    return counts / counts.sum()

@@ -37,11 +37,13 @@ def metrics_row(part: str, y: np.ndarray, probs: np.ndarray, predicted=None, **e
 
 
 def cv_table(oof: pd.DataFrame, classes: list, oof_tta: pd.DataFrame | None = None, merge: str = "mean",
-             tau_grid=None, metric: str = "f1_macro", fitted: dict | None = None) -> pd.DataFrame:
+             tau_grid=None, metric: str = "f1_macro", fitted: dict | None = None,
+             priors: dict | None = None) -> pd.DataFrame:
     """Each fold and the whole out-of-fold set without TTA (oof.csv); with TTA, each view alone and each
     checkpoint (oof_tta.csv); then, with a `tau_grid`, the (TTA) probabilities after logit adjustment with
     each fold's tau chosen on the other folds by `metric` (nested, so the row is not scored on the rows that
-    chose it); then one nested row per entry of `fitted` ({name: fit}, see `nested.nested_probs`)."""
+    chose it), dividing out `priors` (``{fold: the prior its model was trained on}``) when given; then one
+    nested row per entry of `fitted` ({name: fit}, see `nested.nested_probs`)."""
     y = class_ids(oof["label"], classes, "oof.csv")
     probs = oof[frame_prob_columns(oof)].to_numpy()
     folds = oof["fold"].to_numpy()
@@ -58,7 +60,7 @@ def cv_table(oof: pd.DataFrame, classes: list, oof_tta: pd.DataFrame | None = No
         y, probs, folds = y_tta, tta, oof_tta["fold"].to_numpy()
     if tau_grid is not None:
         what = "TTA" if oof_tta is not None else "no TTA"
-        adjusted, taus = nested_logit_adjust(probs, y, folds, tau_grid, metric)
+        adjusted, taus = nested_logit_adjust(probs, y, folds, tau_grid, metric, priors)
         chosen = "/".join(f"{t:g}" for t in taus.values())
         rows.append(metrics_row(f"out-of-fold, {what} + logit adjustment, tau from the other folds ({chosen})", y,
                                 adjusted))

@@ -19,6 +19,8 @@ from pipeline.predict.probs import (CKPT_PREFIX, class_ids, prob_columns, read_f
                                     stack_folds, view_columns)
 from pipeline.fileio import read_text_csv
 from pipeline.predict.formats import format_for_config
+from pipeline.predict.shift_check import (apply_shift, fold_train_priors, model_prior, shift_notes, shift_record,
+                                          simulated_shift_rows)
 from pipeline.predict.submission import write_submission
 from pipeline.predict.voting import choose_tau, class_priors, logit_adjust, vote, vote_scores
 
@@ -65,11 +67,13 @@ def logit_adjust_record(applied: bool, tau: float, chosen_tau: float, grid, prio
             "prior": prior.round(6).tolist(), "oof_gain_by_tau": [[t, round(f, 6)] for t, f in curve]}
 
 
-def bias_fit(metric: str, n_classes: int, tau_grid=None):
-    """The class-bias fit for `class_bias.nested` and for the submission: on the rows it is given, first the
-    logit adjustment (when `tau_grid`: tau and prior chosen on those rows), then the bias, both by `metric`."""
+def bias_fit(metric: str, n_classes: int, tau_grid=None, model_prior=None):
+    """The class-bias fit for `nested.nested_probs` and for the submission: on the rows it is given, first the
+    logit adjustment (when `tau_grid`: tau chosen on those rows; the prior is `model_prior`, what the models
+    were trained on, else those rows' class frequencies), then the bias, both by `metric`."""
     def fit(p: np.ndarray, y: np.ndarray):
-        prior, tau = class_priors(y, n_classes), 0.0
+        prior = class_priors(y, n_classes) if model_prior is None else np.asarray(model_prior)
+        tau = 0.0
         if tau_grid is not None:
             tau, _ = choose_tau(p, y, prior, tau_grid, metric=metric)
         bias = fit_class_bias(logit_adjust(p, prior, tau), y, metric)
@@ -83,6 +87,9 @@ def ensemble(cfg: Config, log=print, logit_adjust_on: bool | None = None, tau_gr
     With ``ensemble.logit_adjust`` (or `logit_adjust_on`), every fold's test probabilities are divided
     by the class priors to the power tau before voting, tau chosen on OOF macro-F1 over
     ``ensemble.tau_grid``. The CV table always shows what the chosen tau does to the OOF score.
+    ``ensemble.prior_shift`` re-weights them to the class mix estimated on the test predictions
+    (:mod:`pipeline.predict.shift_check`) before logit adjustment; both divide out the models' effective
+    training prior (``fold_<k>/train_prior.json``).
     """
     with folder_lock(cfg.exp_dir, f"the experiment folder {cfg.exp_dir}", log):
         return _ensemble(cfg, log, logit_adjust_on, tau_grid)
@@ -97,17 +104,21 @@ def _ensemble(cfg: Config, log, logit_adjust_on: bool | None, tau_grid) -> Path:
     adjust, grid = logit_adjust_settings(cfg, logit_adjust_on, tau_grid)
     base = oof_tta if oof_tta is not None else oof
     y = class_ids(base["label"], classes, "oof.csv")
-    prior = class_priors(y, len(classes))
     metric, base_probs = cfg.competition.metric, base[prob_columns(classes)].to_numpy()
+    priors = fold_train_priors(cfg, classes, y, base["fold"].to_numpy(), log)
+    prior = model_prior(priors)   # what the models learned (sampling, class weights), not the raw counts
     tau, curve = choose_tau(base_probs, y, prior, grid, metric=metric)
     applied_tau = tau if adjust else 0.0
-    fit_bias = bias_fit(metric, len(classes), grid if adjust else None)
+    fit_bias = bias_fit(metric, len(classes), grid if adjust else None, prior)
     bias_name = "logit adjustment + class bias" if adjust else "class bias"
-    cv = cv_table(oof, classes, oof_tta, cfg.tta.merge, grid, metric, {bias_name: fit_bias})
+    cv = cv_table(oof, classes, oof_tta, cfg.tta.merge, grid, metric, {bias_name: fit_bias}, priors)
+    cv = pd.concat([cv, pd.DataFrame(simulated_shift_rows(base_probs, y, prior, cfg.ensemble.prior_shift_alpha))],
+                   ignore_index=True)
     bias = fit_bias(base_probs, y)[1]
     state = "applied to the test probabilities" if adjust else "not applied (ensemble.logit_adjust: false)"
     bias_state = "applied" if cfg.ensemble.class_bias else "not applied (ensemble.class_bias: false)"
-    notes = [f"Logit adjustment p / prior^tau: tau={tau:g} chosen on all OOF rows' {metric} over "
+    notes = [f"Logit adjustment p / prior^tau (prior: the models' effective training prior): tau={tau:g} chosen "
+             f"on all OOF rows' {metric} over "
              f"[{', '.join(f'{t:g}' for t in grid)}]; {state}. Its CV row is nested: each fold adjusted "
              "with the tau and prior chosen on the other folds.",
              f"Class bias p * exp(b) fitted on all OOF rows' {metric}"
@@ -123,9 +134,13 @@ def _ensemble(cfg: Config, log, logit_adjust_on: bool | None, tau_grid) -> Path:
     if comparisons:
         cv = pd.concat([cv, pd.DataFrame(comparisons)], ignore_index=True)
     notes += leak_notes + seeds_note(cfg) + pseudo_note(cfg)
-    write_cv(cv, cfg.exp_dir, f"Cross-validation: {cfg.experiment}", notes, log, metric)
-
     ids, probs, _ = read_test_probs(cfg)
+    shift = shift_record(cfg.ensemble.prior_shift, cfg.ensemble.prior_shift_alpha, base_probs, y, probs, priors)
+    notes += shift_notes(shift, classes, applied_tau)
+    write_cv(cv, cfg.exp_dir, f"Cross-validation: {cfg.experiment}", notes, log, metric)
+    # The order: the prior-shift correction first (logit adjustment's factor commutes with it), then the
+    # logit adjustment and the class bias, as they were fitted on the OOF rows.
+    probs = apply_shift(probs, shift)
     if applied_tau:
         probs = logit_adjust(probs, prior, applied_tau)
     if cfg.ensemble.class_bias:
@@ -139,11 +154,13 @@ def _ensemble(cfg: Config, log, logit_adjust_on: bool | None, tau_grid) -> Path:
         "checkpoints": checkpoint_names(cfg), "oof_source": "oof_tta.csv" if oof_tta is not None else "oof.csv",
         "metric": metric, "logit_adjust": logit_adjust_record(adjust, applied_tau, tau, grid, prior, curve, metric),
         "class_bias": {"applied": bool(cfg.ensemble.class_bias), "bias": bias.round(6).tolist(),
-                       "after_logit_adjustment": bool(adjust)}})
+                       "after_logit_adjustment": bool(adjust)},
+        "prior_shift": shift})
     out = cfg.exp_dir / "submission.csv"
     write_submission(cfg.data.sample_submission, cfg.data.id_column, cfg.data.target_column, ids, labels, out,
                      fmt, vote_scores(probs, cfg.ensemble.voting))
     adj = f", logit adjustment tau={applied_tau:g}" if applied_tau else ""
+    adj += f", prior-shift correction ({shift['method']})" if shift["applied"] else ""
     adj += ", class bias" if cfg.ensemble.class_bias else ""
     positive = f" of class '{fmt.positive}'" if fmt.positive else ""
     log(f"[ensemble] {cfg.ensemble.voting} voting over {len(probs)} folds{adj} → {out} "

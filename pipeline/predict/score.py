@@ -15,6 +15,7 @@ from pipeline.predict.formats import format_for_config, scores_of
 from pipeline.predict.probs import class_ids, read_test_probs
 from pipeline.predict.pseudo import source_score_rows
 from pipeline.predict.seeds import seed_score_rows
+from pipeline.predict.shift_check import apply_shift, shift_score_rows
 from pipeline.predict.voting import VOTING_MODES, logit_adjust, vote, vote_scores
 
 __all__ = ["score"]
@@ -28,22 +29,25 @@ def _vote_metrics(y: np.ndarray, probs: np.ndarray, mode: str) -> dict:
             "log_loss": log_loss(y, scores) if probabilities else float("nan")}
 
 
-def _fitted_rows(y: np.ndarray, probs: np.ndarray, record: dict, voting: str) -> list[dict]:
+def _fitted_rows(y: np.ndarray, probs: np.ndarray, record: dict, mode: str) -> list[dict]:
     """The held-back score of each choice the ensemble fitted out of fold (ensemble.json), whether or not
-    it was applied, the applied one marked as the submission."""
+    it was applied, the applied one marked as the submission; `probs` after any prior-shift correction."""
     adjustment, bias = record.get("logit_adjust", {}), record.get("class_bias")
     tau = float(adjustment.get("tau", 0.0))
+    shift = record.get("prior_shift") or {}
+    shifted = f" + prior-shift correction ({shift['method']})" if shift.get("applied") else ""
+    voting = f"{mode} vote{shifted}"   # `probs` come corrected when the submission was
     rows = []
     if tau:
         adjusted = logit_adjust(probs, np.asarray(adjustment["prior"]), tau)
         chosen = " (submission)" if not (bias and bias["applied"]) else ""
-        rows.append({"model": f"{voting} vote + logit adjustment tau={tau:g}{chosen}",
-                     **_vote_metrics(y, adjusted, voting)})
+        rows.append({"model": f"{voting} + logit adjustment tau={tau:g}{chosen}",
+                     **_vote_metrics(y, adjusted, mode)})
     if bias:
         base = logit_adjust(probs, np.asarray(adjustment["prior"]), tau) if tau else probs
-        name = f"{voting} vote{' + logit adjustment' if tau else ''} + class bias"
+        name = f"{voting}{' + logit adjustment' if tau else ''} + class bias"
         rows.append({"model": name + (" (submission)" if bias["applied"] else " (not applied)"),
-                     **_vote_metrics(y, apply_bias(base, bias["bias"]), voting)})
+                     **_vote_metrics(y, apply_bias(base, bias["bias"]), mode)})
     return rows
 
 
@@ -79,11 +83,15 @@ def score(cfg: Config, log=print) -> pd.DataFrame:
             for k in range(len(probs))]
     settings = cfg.exp_dir / "ensemble.json"
     record = json.loads(settings.read_text()) if settings.is_file() else {}
-    plain = not record.get("logit_adjust", {}).get("tau") and not record.get("class_bias", {}).get("applied")
+    shift, bias = record.get("prior_shift", {}), record.get("class_bias", {})
+    tau = record.get("logit_adjust", {}).get("tau")
+    plain = not tau and not shift.get("applied") and not bias.get("applied")
     for mode in VOTING_MODES:
         chosen = " (submission)" if mode == cfg.ensemble.voting and plain else ""
         rows.append({"model": f"{mode} vote{chosen}", **_vote_metrics(y, probs, mode)})
-    rows += _fitted_rows(y, probs, record, cfg.ensemble.voting)
+    rows += shift_score_rows(y, probs, shift, cfg.ensemble.voting, _vote_metrics,
+                             submission=not tau and not bias.get("applied"))
+    rows += _fitted_rows(y, apply_shift(probs, shift), record, cfg.ensemble.voting)
     rows.append({"model": "submission.csv", **_submission_metrics(cfg, y, classes)})
     rows += seed_score_rows(cfg, y) + source_score_rows(cfg, ids, y, classes)   # one seed alone; the source round
     table = pd.DataFrame(rows)

@@ -337,11 +337,13 @@ def logit_adjust(probs, prior, tau: float) -> np.ndarray:
 
 
 def nested_logit_adjust(probs, y, folds, grid: Sequence[float] = DEFAULT_TAU_GRID,
-                        metric: str = "f1_macro") -> tuple[np.ndarray, dict]:
+                        metric: str = "f1_macro", priors: dict | None = None) -> tuple[np.ndarray, dict]:
     """Out-of-fold probabilities logit-adjusted honestly: each fold's rows with the tau (and prior)
     chosen on the *other* folds' rows, so the score of the result is not fitted on the rows it scores.
 
-    Returns the adjusted (N, C) probabilities and ``{fold: tau}``.
+    Returns the adjusted (N, C) probabilities and ``{fold: tau}``. A fold's prior is ``priors[fold]``
+    (the prior its model was trained on) when given, else the other folds' label frequencies (its
+    training rows' raw counts).
 
     >>> y = np.array([0] * 8 + [1] * 2 + [0] * 8 + [1] * 2)
     >>> p = np.array(([[0.9, 0.1]] * 8 + [[0.6, 0.4]] * 2) * 2)
@@ -357,7 +359,7 @@ def nested_logit_adjust(probs, y, folds, grid: Sequence[float] = DEFAULT_TAU_GRI
         held, rest = folds == k, folds != k
         if not rest.any():   # a single fold: nothing to choose on but itself
             rest = held
-        prior = class_priors(y[rest], p.shape[1])
+        prior = np.asarray(priors[k.item()]) if priors is not None else class_priors(y[rest], p.shape[1])
         tau, _ = choose_tau(p[rest], y[rest], prior, grid, metric=metric)
         taus[k.item()] = tau
         out[held] = logit_adjust(p[held], prior, tau)

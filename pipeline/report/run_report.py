@@ -32,6 +32,7 @@ from pipeline.train.models import read_sidecar
 from pipeline.predict.formats import format_for_config, labels_of
 from pipeline.predict.probs import PROB_PREFIX, class_ids, prob_columns
 from pipeline.report.pairs import pairs_figure
+from pipeline.report.prior_section import prior_shift_section
 from pipeline.report.plots import bar_chart, data_uri, esc, heatmap, html_page, html_table, label_axis, new_figure, png_bytes
 
 __all__ = ["write_report", "report_inputs", "report_classes", "learning_curve_figure", "confusion_figure",
@@ -309,6 +310,8 @@ def write_report(cfg: Config, log=print) -> Path:
                               "A class predicted far more or less often than its training share hints at a "
                               "prior shift between training and test data, or at a biased model.")
                     + html_table(dist, float_format="{:.3f}"))
+    priors = prior_shift_section(cfg, classes)
+    sections.append(priors)
 
     # Configuration (and the package versions of the run, when the resolver saved them)
     versions = ""
@@ -324,7 +327,7 @@ def write_report(cfg: Config, log=print) -> Path:
 
     nav = "<nav>" + "".join(f'<a href="#{a}">{t}</a>' for a, t in [
         ("cv", "cross-validation"), ("curves", "learning curves"), ("oof", "out-of-fold"),
-        ("test", "test predictions"), ("config", "config")]) + "</nav>"
+        ("test", "test predictions"), *([("prior", "priors")] if priors else []), ("config", "config")]) + "</nav>"
     page = html_page(f"Experiment report: {cfg.experiment}", nav + "\n".join(sections), self_contained=True)
     out = cfg.exp_dir / "report.html"
     write_text_atomic(out, page)

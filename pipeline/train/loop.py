@@ -4,6 +4,7 @@ outputs/<exp>/fold_<k>/
     metrics.csv            one row per epoch (rewritten atomically each epoch)
     confusion.csv          validation confusion matrix of the best epoch
     oof.csv                validation rows with their class probabilities (best weights)
+    train_prior.json       the class prior the model learned (sampling, class weights, smoothing)
     weights.safetensors    best weights by the monitored metric (+ weights.json sidecar)
     state/                 resumable checkpoint while training; removed once the fold is done
 
@@ -42,6 +43,7 @@ from pipeline.train.optim import build_optimizer, build_scheduler, step_epoch_sc
 from pipeline.train.selection import FoldData, fold_data, is_better, oof_frame
 from pipeline.train.tracking import Tracker
 from pipeline.data.sampling import balanced_sample_weights, epoch_rows, epoch_seed
+from pipeline.train.prior import write_train_prior
 
 __all__ = ["fit", "training_loader", "train_one_epoch", "predict_probs", "StepTools", "set_backbone_frozen", "NonFiniteLossError"]
 
@@ -424,6 +426,7 @@ def _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint, 
     write_csv_atomic(out / "oof.csv", oof_frame(data, fold, probs))
     cm = pd.DataFrame(confusion(data.val_targets, probs), index=data.classes, columns=data.classes)
     write_csv_atomic(out / "confusion.csv", cm.rename_axis("true"), index=True)
+    write_train_prior(cfg, out, data.targets[data.train_idx], data.classes)  # the prior the ensemble divides out
     meta = {**common, "checkpoint": "best", "monitor": cfg.train.monitor, "best": best,
             "versions": package_versions(),
             **classification_metrics(data.val_targets, probs)}

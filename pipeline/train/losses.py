@@ -56,7 +56,7 @@ from torch import nn
 
 from pipeline.config import ConfigError, LossConfig
 
-__all__ = ["build_loss", "FocalLoss", "SoftF1Loss", "LOSS_NAMES"]
+__all__ = ["build_loss", "FocalLoss", "SoftF1Loss", "LOSS_NAMES", "loss_class_tilt"]
 
 LOSS_NAMES = ("ce", "focal", "f1", "weighted_ce")
 
@@ -341,3 +341,27 @@ def build_loss(lcfg: LossConfig, class_counts: np.ndarray) -> nn.Module:
     if lcfg.mix is None:
         return losses[lcfg.name]
     return _WeightedSum(losses, weights)
+
+
+def loss_class_tilt(lcfg: LossConfig, class_counts) -> tuple[np.ndarray | None, float, str]:
+    """How the loss tilts the class mix a model learns: (per-class weights or None, label smoothing, note).
+
+    A class weight ``w_c`` on a per-row loss has, in expectation, the effect of drawing class ``c``
+    ``w_c`` times as often, so the model's prior is the sampled mix times ``w``, renormalised; label
+    smoothing ``eps`` then mixes that with the uniform mix. ``focal`` uses ``focal_alpha`` (else the
+    class weights) the same way; its ``gamma`` has no prior to name and is left out. ``f1`` has none.
+    ``loss.mix`` combines losses whose tilts do not add up to one prior: none is folded in (the note says so).
+    """
+    counts = _check_class_counts(class_counts)
+    if lcfg.mix is not None:
+        return None, 0.0, "loss.mix: its losses' class weights and smoothing are not folded into the prior"
+    weights = _class_weights(lcfg.class_weights, counts)
+    if lcfg.name == "weighted_ce" and weights is None:
+        weights = _class_weights("balanced", counts)
+    if lcfg.name == "focal" and lcfg.focal_alpha is not None:
+        weights = torch.tensor(_per_class_numbers("loss.focal_alpha", lcfg.focal_alpha, len(counts), positive=False))
+    if lcfg.name == "f1":
+        weights = None
+    smoothing = lcfg.label_smoothing if lcfg.name in _USES_SMOOTHING else 0.0
+    note = f"loss {lcfg.name}" + (": class weights folded in" if weights is not None else "")
+    return (None if weights is None else weights.double().numpy()), float(smoothing), note

@@ -1,0 +1,181 @@
+"""Prior shift: the effective training prior, the test-mix estimates, the shift test, `auto`'s decision
+(synthetic posteriors of a known model, no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import load_config
+from pipeline.data.sampling import balanced_sample_weights, epoch_class_frequencies, oversample_indices
+from pipeline.fileio import write_json_atomic
+from pipeline.predict.ensemble import ensemble
+from pipeline.predict.prior_shift import bbse_prior, em_prior, reweight, shift_test
+from pipeline.predict.score import score
+from pipeline.predict.voting import logit_adjust
+from pipeline.report.prior_section import prior_shift_section
+from pipeline.stamps import write_resolved
+from pipeline.train.prior import train_prior_record
+
+CLASSES = ["cat", "dog", "fox"]
+MEANS = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, 1.7]])   # three overlapping Gaussian classes
+TRAIN_MIX = np.array([0.75, 0.2, 0.05])                 # the labels' (and OOF rows') mix
+MODEL_PRIOR = np.array([0.5, 0.3, 0.2])                 # what oversampling made the model learn
+QUIET = dict(log=lambda *_: None)
+
+
+def _sample(mix, n: int, seed: int, prior=MODEL_PRIOR):
+    """`n` rows drawn from `mix` and the exact posteriors of a model that assumes `prior`."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(len(mix), size=n, p=mix)
+    x = MEANS[y] + rng.normal(scale=1.0, size=(n, 2))
+    log_lik = -0.5 * ((x[:, None, :] - MEANS[None]) ** 2).sum(axis=2)
+    post = np.exp(log_lik) * prior
+    return post / post.sum(axis=1, keepdims=True), y
+
+
+@pytest.mark.parametrize("mix", [[1 / 3, 1 / 3, 1 / 3], [0.05, 0.2, 0.75]])
+def test_em_and_bbse_recover_the_test_mix_from_predictions_alone(mix):
+    test, _ = _sample(mix, 4000, seed=1)
+    oof, oof_y = _sample(TRAIN_MIX, 4000, seed=2)
+    em, _ = em_prior(test, MODEL_PRIOR)
+    assert np.abs(em - mix).max() < 0.03
+    # BBSE inverts a confusion matrix whose rare column rests on ~200 rows: noisier than EM
+    assert np.abs(bbse_prior(oof, oof_y, test) - mix).max() < 0.08
+    assert np.abs(em_prior(oof, MODEL_PRIOR)[0] - TRAIN_MIX).max() < 0.03   # no shift: the OOF mix itself
+
+
+def test_the_shift_test_tells_a_shifted_mix_from_a_fresh_sample_of_the_same_one():
+    oof, _ = _sample(TRAIN_MIX, 2000, seed=3)
+    same, _ = _sample(TRAIN_MIX, 300, seed=4)
+    balanced, _ = _sample([1 / 3, 1 / 3, 1 / 3], 300, seed=5)
+    assert shift_test(oof, same)[1] > 0.05
+    assert shift_test(oof, balanced)[1] < 1e-6
+
+
+def test_the_correction_recovers_the_bayes_decisions_and_commutes_with_logit_adjustment():
+    test, y = _sample([1 / 3, 1 / 3, 1 / 3], 3000, seed=6)
+    uniform = np.full(3, 1 / 3)
+    truth, _ = _sample([1 / 3, 1 / 3, 1 / 3], 3000, seed=6, prior=uniform)   # a model of the test mix
+    corrected = reweight(test, MODEL_PRIOR, uniform)
+    np.testing.assert_allclose(corrected, truth, atol=1e-12)
+    both = [reweight(logit_adjust(test, MODEL_PRIOR, 0.5), MODEL_PRIOR, uniform),
+            logit_adjust(reweight(test, MODEL_PRIOR, uniform), MODEL_PRIOR, 0.5)]
+    np.testing.assert_allclose(both[0], both[1], atol=1e-12)
+    assert (corrected.argmax(1) == y).mean() > (test.argmax(1) == y).mean()
+
+
+def test_epoch_frequencies_are_what_the_samplers_draw():
+    labels = np.repeat(["a", "b", "c"], [40, 9, 3])
+    counts = np.array([40, 9, 3])
+    drawn = np.bincount(np.unique(labels, return_inverse=True)[1][oversample_indices(labels, 0.5, seed=0)])
+    np.testing.assert_allclose(epoch_class_frequencies(counts, "oversample", 0.5), drawn / drawn.sum())
+    per_class = np.bincount(np.unique(labels, return_inverse=True)[1], weights=balanced_sample_weights(labels))
+    np.testing.assert_allclose(epoch_class_frequencies(counts, "balanced", 1.0), per_class)
+    np.testing.assert_allclose(epoch_class_frequencies(counts, "none", 1.0), counts / counts.sum())
+
+
+def test_balanced_class_weights_and_smoothing_enter_the_recorded_prior():
+    targets = np.repeat([0, 1, 2], [60, 30, 10])
+    cfg = load_config(None, {"sampling": {"method": "none"}, "loss": {"name": "weighted_ce"}})
+    np.testing.assert_allclose(train_prior_record(cfg, targets, CLASSES)["prior"], [1 / 3] * 3, atol=1e-7)
+    cfg = load_config(None, {"sampling": {"method": "none"}, "loss": {"label_smoothing": 0.3}})
+    np.testing.assert_allclose(train_prior_record(cfg, targets, CLASSES)["prior"],
+                               0.7 * np.array([0.6, 0.3, 0.1]) + 0.1, atol=1e-7)
+    cfg = load_config(None, {"sampling": {"method": "none"}, "loss": {"name": "f1", "label_smoothing": 0.3}})
+    np.testing.assert_allclose(train_prior_record(cfg, targets, CLASSES)["prior"], [0.6, 0.3, 0.1], atol=1e-7)
+
+
+# ---- the ensemble stage on synthetic probability files ------------------------------------------
+
+K, N_OOF, N_TEST = 3, 900, 300
+
+
+def _experiment(root, test_mix, name="exp", prior_file=True, **ensemble_keys):
+    """outputs/<name>/ as training and prediction leave it; the test labels file does NOT exist."""
+    oof, y = _sample(TRAIN_MIX, N_OOF, seed=10)
+    test, test_y = _sample(test_mix, N_TEST, seed=11)
+    ids = [f"t{i:03d}" for i in range(N_TEST)]
+    pd.DataFrame({"id": ids, "label": "cat"}).to_csv(root / "sample_submission.csv", index=False)
+    cfg = load_config(None, {"experiment": name, "output_dir": str(root / "outputs"),
+                             "folds": {"n_splits": K, "dir": str(root / "folds")},
+                             "ensemble": ensemble_keys,
+                             "data": {"sample_submission": str(root / "sample_submission.csv"),
+                                      "train_csv": str(root / "train.csv"),
+                                      "test_labels": str(root / f"{name}_labels.csv")}})
+    write_resolved(cfg)
+    folds = np.arange(N_OOF) % K
+    rng = np.random.default_rng(12)
+    for k in range(K):
+        d = cfg.fold_dir(k)
+        d.mkdir(parents=True)
+        write_json_atomic(d / "weights.json", {"model": "x", "classes": CLASSES, "fold": k})
+        if prior_file:
+            write_json_atomic(d / "train_prior.json", {"classes": CLASSES, "prior": MODEL_PRIOR.tolist()})
+        rows = np.flatnonzero(folds == k)
+        frame = pd.DataFrame({"row": rows, "label": np.array(CLASSES)[y[rows]], "fold": k})
+        frame[[f"prob_{c}" for c in CLASSES]] = oof[rows]
+        frame.to_csv(d / "oof.csv", index=False)
+        noisy = test * rng.uniform(0.9, 1.1, size=test.shape)   # each fold's model a little different
+        pd.DataFrame({"id": ids, **{f"prob_{c}": noisy[:, i] for i, c in enumerate(CLASSES)}}).to_csv(
+            d / "test_probs.csv", index=False)
+    return cfg, test_y
+
+
+def _outputs(cfg):
+    record = json.loads((cfg.exp_dir / "ensemble.json").read_text())["prior_shift"]
+    submitted = pd.read_csv(cfg.exp_dir / "submission.csv")["label"].map(CLASSES.index).to_numpy()
+    probs = np.stack([pd.read_csv(cfg.fold_dir(k) / "test_probs.csv")[[f"prob_{c}" for c in CLASSES]].to_numpy()
+                      for k in range(K)]).mean(axis=0)
+    return record, submitted, probs
+
+
+def test_auto_corrects_a_balanced_test_set_without_reading_its_labels(tmp_path):
+    cfg, test_y = _experiment(tmp_path, [1 / 3, 1 / 3, 1 / 3])
+    assert not Path(cfg.data.test_labels).exists()            # nothing to read: the stage cannot have used labels
+    ensemble(cfg, **QUIET)
+    record, submitted, probs = _outputs(cfg)
+    assert record["applied"] and record["method"] == "em" and record["p_value"] < 0.01
+    assert np.abs(np.array(record["estimates"]["em"]) - 1 / 3).max() < 0.06
+    np.testing.assert_allclose(record["model_prior"], MODEL_PRIOR, atol=1e-6)
+    expected = reweight(probs, MODEL_PRIOR, record["estimates"]["em"]).argmax(axis=1)
+    assert (submitted == expected).all() and (submitted != probs.argmax(axis=1)).any()
+    cv_md = (cfg.exp_dir / "cv.md").read_text()
+    for text in ["simulated balanced mix: EM correction", "simulated reversed mix: no correction (model prior off by L1",
+                 "simulated training mix: auto (unchanged", "estimated by EM", "applied the EM correction"]:
+        assert text in cv_md
+    section = prior_shift_section(cfg, CLASSES)
+    assert "data:image/png;base64," in section and "the EM correction was applied" in section
+
+    pd.DataFrame({"id": [f"t{i:03d}" for i in range(N_TEST)], "label": np.array(CLASSES)[test_y]}).to_csv(
+        cfg.data.test_labels, index=False)
+    table = score(cfg, **QUIET).set_index("model")
+    assert table.loc["soft vote + prior-shift correction (em) (submission)", "f1_macro"] == \
+        pytest.approx(table.loc["submission.csv", "f1_macro"])
+    assert "soft vote" in table.index                    # the uncorrected vote, no longer the submission
+
+
+def test_auto_leaves_a_test_set_with_the_training_mix_unchanged(tmp_path):
+    cfg, _ = _experiment(tmp_path, TRAIN_MIX)
+    ensemble(cfg, **QUIET)
+    record, submitted, probs = _outputs(cfg)
+    assert not record["applied"] and record["p_value"] >= 0.01
+    assert (submitted == probs.argmax(axis=1)).all()
+    assert "left the predictions unchanged" in (cfg.exp_dir / "cv.md").read_text()
+    assert "the submission was left unchanged" in prior_shift_section(cfg, CLASSES)
+
+
+def test_off_changes_nothing_and_a_run_without_train_prior_files_falls_back_to_raw_counts(tmp_path):
+    cfg, _ = _experiment(tmp_path, [1 / 3, 1 / 3, 1 / 3], prior_file=False, prior_shift="off")
+    notes = []
+    ensemble(cfg, log=notes.append)
+    record, submitted, probs = _outputs(cfg)
+    assert not record["applied"] and (submitted == probs.argmax(axis=1)).all()
+    assert any("train_prior.json is missing" in n for n in notes)
+    oof = pd.concat(pd.read_csv(cfg.fold_dir(k) / "oof.csv") for k in range(K))
+    raw = (oof["label"].value_counts().reindex(CLASSES).to_numpy() + 1) / (len(oof) + 3)
+    np.testing.assert_allclose(record["model_prior"], raw, atol=0.01)
