@@ -223,8 +223,8 @@ mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow)
 docs: | $(VENV_OK) ## rewrite the README's generated tables from docs/figures/
 	$(PY) -m pipeline.tools.docs
 
-docs-run: | $(VENV_OK) ## measure the README's figures from scratch (demo, bench, second model + stack; ~15 min here), then make docs
+docs-run: | $(VENV_OK) ## measure the README's figures from scratch (demo, bench, stack, the odd/even, leak and pseudo-label runs; ~40 min here), then make docs
 	$(PY) -m pipeline.tools.docs --run
 
 clean: ## remove outputs/ and folds/ (keeps the virtual environment)
-	rm -rf outputs/* folds/*.csv data/demo data/mask_sample
+	rm -rf outputs/* outputs/.stamps folds/*.csv data/demo data/demo-odd data/mask_sample

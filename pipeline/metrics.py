@@ -8,7 +8,7 @@ from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix
 
 from pipeline.config import COMPETITION_METRICS, MONITOR_MAXIMISE
 
-__all__ = ["classification_metrics", "label_metrics", "roc_auc", "macro_f1", "per_class_f1", "confusion", "MAXIMISE",
+__all__ = ["DECISION_METRICS", "classification_metrics", "label_metrics", "roc_auc", "macro_f1", "per_class_f1", "confusion", "MAXIMISE",
            "log_loss", "qwk", "metric_value", "metric_gain", "COMPETITION_METRICS"]
 
 # Direction of each monitorable metric: the best checkpoint maximises or minimises it.
@@ -90,6 +90,10 @@ def metric_value(name: str, y_true: np.ndarray, probs: np.ndarray) -> float:
     if name == "accuracy":
         return float(accuracy_score(y_true, predicted))
     return qwk(y_true, predicted, n_classes)
+
+
+# Metrics that see only the decisions (the argmax), not the probabilities behind them.
+DECISION_METRICS = ("f1_macro", "accuracy", "qwk")
 
 
 def metric_gain(name: str, y_true: np.ndarray, probs: np.ndarray) -> float:

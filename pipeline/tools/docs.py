@@ -17,7 +17,9 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
+import sys
 import subprocess
 import time
 from datetime import date
@@ -35,7 +37,15 @@ BENCH_COMMAND = ["make", "bench"]
 # `python -m pipeline.tools.docs --extra NAME` reruns one alone. Blocks `<NAME>_score` and `<NAME>_cv`.
 EXTRA_RUNS = {
     "odd": ("make folds train ensemble score validate CONFIG=configs/demo-odd.yaml", "outputs/demo-odd"),
+    "nogroups": ('make folds train ensemble score SET="data.group_column=null experiment=demo-nogroups"',
+                 "outputs/demo-nogroups"),
+    "autogroups": ('make folds train ensemble score '
+                   'SET="data.group_column=null folds.auto_groups=true experiment=demo-autogroups"',
+                   "outputs/demo-autogroups"),
+    "pseudo": ('make train ensemble score SET="experiment=demo-pl folds.name=demo pseudo.source=demo '
+               'pseudo.threshold=0.8 pseudo.max_per_class=0.1"', "outputs/demo-pl"),
 }
+LEAK_EVAL_COMMAND = ["python", "-m", "pipeline.tools.leak_eval", "--config", "configs/demo.yaml"]
 # A second experiment on the same folds (another backbone), then its blend and stack with the demo, scored.
 SECOND_EXPERIMENT = "experiment=demo2 folds.name=demo model.name=resnet14t"
 STACK_COMMANDS = [["make", "folds", "train", "ensemble", f"SET={SECOND_EXPERIMENT}"],
@@ -74,6 +84,7 @@ def record_run(figures: Path = FIGURES, exp_dir: Path = Path("outputs/demo"), be
     seconds["bench"] = _timed(BENCH_COMMAND, log)
     seconds["stack"] = round(sum(_timed(c, log) for c in STACK_COMMANDS), 1)
     record_extras(list(EXTRA_RUNS), figures, log)
+    record_leak_eval(figures, log)
     figures.mkdir(parents=True, exist_ok=True)
     for name, source in STACK_FIGURES.items():
         shutil.copyfile(source, figures / name)
@@ -242,7 +253,7 @@ def record_extras(names: list[str], figures: Path = FIGURES, log=print) -> None:
     for name in names:
         command, exp_dir = EXTRA_RUNS[name]
         shutil.rmtree(exp_dir, ignore_errors=True)   # timed from scratch, like the demo after `make clean`
-        seconds = _timed(command.split(), log)
+        seconds = _timed(shlex.split(command), log)
         out = figures / name
         out.mkdir(parents=True, exist_ok=True)
         for file in ("score.csv", "cv.csv"):
@@ -250,6 +261,48 @@ def record_extras(names: list[str], figures: Path = FIGURES, log=print) -> None:
         (out / "run.json").write_text(json.dumps({"command": command, "seconds": seconds, "cpu": cpu_name(),
                                                   "date": date.today().isoformat()}, indent=2) + "\n")
         log(f"[docs] wrote {out}/: score.csv, cv.csv, run.json")
+
+
+def record_leak_eval(figures: Path = FIGURES, log=print) -> None:
+    """The leak detector's precision and recall against the demo's true groups → ``leak_eval.json``."""
+    command = [sys.executable, *LEAK_EVAL_COMMAND[1:]]
+    log(f"[docs] running {' '.join(LEAK_EVAL_COMMAND)}")
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    (figures / "leak_eval.json").write_text(json.dumps(json.loads(out), indent=2) + "\n")
+
+
+def _leak_eval_block(found: dict) -> str:
+    lines = ["| case | true cross-fold duplicate pairs | flagged | precision | recall |", "| --- | --- | --- | --- | --- |"]
+    for case, r in found.items():
+        p = "–" if r["precision"] is None or not r["true_pairs"] else f"{r['precision']:.3f}"
+        rec = "–" if r["recall"] is None else f"{r['recall']:.3f}"
+        lines.append(f"| {case} | {r['true_pairs']} | {r['flagged']} | {p} | {rec} |")
+    auto = found.get("auto_groups (before the split)", {})
+    if "components" in auto:
+        lines += ["", f"`{' '.join(LEAK_EVAL_COMMAND)}`: auto_groups' pairs form {auto['components']} components for "
+                  f"the {auto['true_groups']} true groups; {auto['components_mixing_true_groups']} components join "
+                  f"two or more true groups and {auto['true_groups_split_across_folds']} true groups still span two "
+                  "folds."]
+    return "\n".join(lines) + "\n"
+
+
+def _oof_and_test(folder: Path, metric: str = "f1_macro") -> tuple[float, float, float, float]:
+    """(OOF TTA score, the submission's test score, the fold models' lowest and highest test score)."""
+    cv = pd.read_csv(folder / "cv.csv").set_index("part")
+    score = pd.read_csv(folder / "score.csv").set_index("model")
+    oof = cv.loc[[p for p in cv.index if p.startswith("out-of-fold, TTA (")][0], metric]
+    folds = score.loc[[m for m in score.index if re.fullmatch(r"fold \d+", m)], metric]
+    return oof, score.loc["submission.csv", metric], folds.min(), folds.max()
+
+
+def _runs_block(runs: list[tuple[str, Path]]) -> str:
+    """OOF against held-back test macro-F1 of several runs, one row each."""
+    lines = ["| run | OOF macro-F1 (TTA) | test macro-F1, submission | test, one fold model |",
+             "| --- | --- | --- | --- |"]
+    for label, folder in runs:
+        oof, test, low, high = _oof_and_test(folder)
+        lines.append(f"| {label} | {oof:.3f} | {test:.3f} | {low:.3f} – {high:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _headline_block(frame: pd.DataFrame, label: str, metric: str, extra: list[str]) -> str:
@@ -289,6 +342,15 @@ def render_blocks(figures: Path = FIGURES) -> dict[str, str]:
         blocks["stack"] = _stack_block(*(pd.read_csv(figures / name) for name in STACK_FIGURES))
     if (figures / "mutation.json").is_file():   # written by `make mutation`
         blocks["mutation"] = _mutation_block(json.loads((figures / "mutation.json").read_text()))
+    if (figures / "leak_eval.json").is_file():
+        blocks["leak_eval"] = _leak_eval_block(json.loads((figures / "leak_eval.json").read_text()))
+    if all((figures / name / "cv.csv").is_file() for name in ("nogroups", "autogroups")):
+        blocks["leak_runs"] = _runs_block([("groups withheld (`demo-nogroups`)", figures / "nogroups"),
+                                           ("`folds.auto_groups` (`demo-autogroups`)", figures / "autogroups"),
+                                           ("groups given (`demo`)", figures)])
+    if (figures / "pseudo" / "cv.csv").is_file():
+        blocks["pseudo_runs"] = _runs_block([("round 1 (`demo`)", figures), ("pseudo-labels (`demo-pl`)",
+                                                                             figures / "pseudo")])
     return {**blocks, **_extra_blocks(figures)}
 
 
