@@ -49,6 +49,14 @@ def test_em_and_bbse_recover_the_test_mix_from_predictions_alone(mix):
     assert np.abs(em_prior(oof, MODEL_PRIOR)[0] - TRAIN_MIX).max() < 0.03   # no shift: the OOF mix itself
 
 
+def test_a_class_the_test_set_never_gets_keeps_a_positive_bbse_share_that_can_be_corrected_with():
+    oof, oof_y = _sample(TRAIN_MIX, 600, seed=7)
+    test, _ = _sample([0.5, 0.5, 0.0], 200, seed=8)
+    q = bbse_prior(oof, oof_y, test)
+    assert (q > 0).all() and q[2] < 0.05
+    assert np.isfinite(reweight(test, MODEL_PRIOR, q)).all()
+
+
 def test_the_shift_test_tells_a_shifted_mix_from_a_fresh_sample_of_the_same_one():
     oof, _ = _sample(TRAIN_MIX, 2000, seed=3)
     same, _ = _sample(TRAIN_MIX, 300, seed=4)

@@ -84,14 +84,14 @@ def em_prior(probs, train_prior, max_iter: int = 1000, tol: float = 1e-8) -> tup
 def bbse_prior(oof_probs, oof_y, test_probs) -> np.ndarray:
     """Black-box shift estimate of the test mix: solve ``C w = mu`` for the importance weights ``w``,
     where ``C[i, j]`` is the OOF share of rows predicted ``i`` with true class ``j`` and ``mu[i]`` the
-    test share predicted ``i``; the test prior is ``w`` times the OOF mix, clipped at 0, floored at 1e-6 and renormalised.
+    test share predicted ``i``; the test prior is ``w`` times the OOF mix, floored at 1e-6 and renormalised.
 
     The confusion matrix comes from single fold models, the test predictions from their vote, which
     errs less: on a test set, read it as a check of :func:`em_prior`, not a second truth.
 
     >>> y = np.array([0, 0, 0, 1])
     >>> oof = np.eye(2)[y]                                     # a perfect classifier on a 3:1 mix
-    >>> bbse_prior(oof, y, np.eye(2)[[0, 1, 1, 1]]).tolist()   # the test predictions are 1:3
+    >>> bbse_prior(oof, y, np.eye(2)[[0, 1, 1, 1]]).round(6).tolist()   # the test predictions are 1:3
     [0.25, 0.75]
     """
     p, t = _rows(oof_probs), _rows(test_probs)
@@ -103,12 +103,9 @@ def bbse_prior(oof_probs, oof_y, test_probs) -> np.ndarray:
     np.add.at(joint, (p.argmax(axis=1), y), 1.0 / len(y))
     mu = np.bincount(t.argmax(axis=1), minlength=n_classes) / len(t)
     w = np.linalg.lstsq(joint, mu, rcond=None)[0]
-    q = np.clip(w * joint.sum(axis=0), 0.0, None)
-    if q.sum() <= 0:
-        q = joint.sum(axis=0)
-    # Floored like EM's estimate: a class solved to 0 (few OOF rows, noisy confusion) keeps a tiny share, so
-    # the re-weighting by q / prior stays defined for every class.
-    q = np.maximum(q / q.sum(), _PRIOR_FLOOR)
+    # Clipped at the floor, not 0: a negative solution (noise) must not make a class impossible, and
+    # the re-weighting divides by nothing when every class keeps a positive share.
+    q = np.maximum(w * joint.sum(axis=0), _PRIOR_FLOOR)
     return q / q.sum()
 
 
