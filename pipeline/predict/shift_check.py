@@ -67,8 +67,9 @@ def shift_record(mode: str, alpha: float, oof_probs, oof_y, test_probs, priors: 
     return {"mode": mode, "alpha": alpha, "applied": method is not None, "method": method,
             "g_statistic": round(g, 4), "p_value": p_value,
             "training_labels": class_priors(oof_y, len(prior)).round(6).tolist(),
-            "model_prior": prior.round(6).tolist(),
-            "estimates": {k: v.round(6).tolist() for k, v in estimates.items()}}
+            # full precision: `score` re-applies them, and a floored share (1e-6) must not round to 0
+            "model_prior": prior.tolist(),
+            "estimates": {k: v.tolist() for k, v in estimates.items()}}
 
 
 def apply_shift(probs, record: dict) -> np.ndarray:
