@@ -35,7 +35,7 @@ def _noisy_probs(y: np.ndarray, skill: float, seed: int) -> np.ndarray:
 
 def make_experiment(root, name: str, skill: float, seed: int, folds_name: str = "shared",
                     folds: pd.DataFrame | None = None, tta: bool = True, sidecar_extra: dict | None = None,
-                    test_labels=None):
+                    test_labels=None, competition: dict | None = None):
     """outputs/<name>/ as the pipeline leaves it: config.yaml, fold sidecars, oof(.tta).csv, test_probs.csv."""
     folds_dir = root / "folds"
     folds_dir.mkdir(exist_ok=True)
@@ -49,7 +49,8 @@ def make_experiment(root, name: str, skill: float, seed: int, folds_name: str = 
     cfg = load_config(None, {"experiment": name, "output_dir": str(root / "outputs"),
                              "folds": {"n_splits": K, "name": folds_name, "dir": str(folds_dir)},
                              "data": {"sample_submission": str(sample), "train_csv": str(root / "train.csv"),
-                                      "test_labels": str(test_labels) if test_labels else None}})
+                                      "test_labels": str(test_labels) if test_labels else None},
+                             "competition": competition or {}})
     write_resolved(cfg)
     y = table["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
     oof = _noisy_probs(y, skill, seed)

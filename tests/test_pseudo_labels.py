@@ -164,3 +164,24 @@ def test_a_source_with_other_classes_is_refused(cfg_dict, tmp_path):
         tmp_path / "train.csv", index=False)
     with pytest.raises(ConfigError, match="same classes"):
         build_pseudo_labels(load_config(None, cfg_dict), log=lambda _: None)
+
+
+def test_the_source_rounds_score_row_reads_its_probability_submission_by_id(cfg_dict, tmp_path):
+    """A source whose competition asks for one probability column per class: `make score`'s round-1 row is
+    scored from the probabilities its submission holds (ROC-AUC and log-loss too), each row matched by id."""
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.predict.pseudo import source_score_rows
+
+    pd.DataFrame({"id": TEST_IDS, **{c: "0.3333" for c in MODEL_CLASSES}}).to_csv(tmp_path / "sample.csv", index=False)
+    written = pd.DataFrame([[0.7, 0.1, 0.2], [0.2, 0.5, 0.3], [0.1, 0.2, 0.7], [0.3, 0.6, 0.1]], columns=MODEL_CLASSES)
+    written.insert(0, "id", TEST_IDS)
+    written.iloc[::-1].to_csv(tmp_path / "out" / "src" / "submission.csv", index=False)   # rows in another order
+    cfg = load_config(None, cfg_dict)
+    y = np.array([0, 1, 2, 2])                       # classes in the model's order, for TEST_IDS
+    [row] = source_score_rows(cfg, TEST_IDS, y, MODEL_CLASSES)
+    probs = written[MODEL_CLASSES].to_numpy()
+    assert row["model"] == "round 1 (src): submission.csv"
+    assert row["accuracy"] == 0.75                   # argmax 0, 1, 2, 1 against 0, 1, 2, 2
+    assert row["roc_auc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"))
+    assert row["log_loss"] == pytest.approx(-np.mean(np.log(probs[np.arange(4), y])), abs=1e-9)

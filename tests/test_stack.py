@@ -143,3 +143,34 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["stack", "a", "b", "--output-dir", outputs, "--C", "0"])
     assert "--C must be 'auto' or a positive number, got '0'" in capsys.readouterr().err
+
+
+def test_blend_and_stack_write_the_probabilities_the_competition_asks_for_and_score_them(tmp_path):
+    """A competition scored by log-loss whose sample has one column per class: the blend's and the stack's
+    submissions hold their test probabilities in those columns (not labels), and `make score EXPS=` reads
+    them back, the competition metric first."""
+    from sklearn.metrics import roc_auc_score
+
+    truth = _test_labels(tmp_path)
+    sample = pd.DataFrame({"id": [f"t{i:03d}" for i in range(N_TEST)], **{c: "0.3333" for c in CLASSES}})
+    sample.to_csv(tmp_path / "sample_submission.csv", index=False)
+    competition = {"metric": "log_loss"}
+    make_experiment(tmp_path, "good", skill=0.3, seed=1, test_labels=truth, competition=competition)
+    make_experiment(tmp_path, "weak", skill=0.2, seed=2, test_labels=truth, competition=competition)
+    outputs = tmp_path / "outputs"
+    subs = [blend(["good", "weak"], output_dir=outputs, **QUIET), stack(["good", "weak"], output_dir=outputs, **QUIET)]
+    score_combined(["good", "weak"], output_dir=outputs, **QUIET)
+    y = pd.read_csv(truth)["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    for sub in subs:
+        written = pd.read_csv(sub)
+        assert list(written.columns) == ["id", *CLASSES]
+        probs = pd.read_csv(sub.parent / "test_probs.csv")[COLS].to_numpy()
+        # (test_probs.csv is written to 7 decimals, the submission to 8)
+        np.testing.assert_allclose(written[CLASSES].to_numpy(), probs / probs.sum(axis=1, keepdims=True), atol=1e-6)
+        assert "| part | rows | log_loss |" in (sub.parent / "cv.md").read_text()
+        score = pd.read_csv(sub.parent / "score.csv").set_index("model")
+        assert score.columns[0] == "log_loss"
+        held_back = -np.mean(np.log(written[CLASSES].to_numpy()[np.arange(N_TEST), y]))
+        row = score.loc[f"{sub.parent.name}: submission.csv (submission)"]
+        assert row["log_loss"] == pytest.approx(held_back, rel=1e-6)
+        assert row["roc_auc"] == pytest.approx(roc_auc_score(y, written[CLASSES].to_numpy(), multi_class="ovr"))

@@ -253,7 +253,7 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     from pipeline.predict.cv_table import write_cv
     from pipeline.predict.ensemble import logit_adjust_record, logit_adjust_settings
     from pipeline.predict.probs import class_ids
-    from pipeline.predict.submission import write_submission
+    from pipeline.predict.submission import submission_format, write_submission
     from pipeline.predict.voting import choose_tau, class_priors, fit_weights, logit_adjust, vote, vote_scores
 
     _check_choices(voting, weights, objective)
@@ -288,7 +288,8 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     write_cv(pd.DataFrame(nested["rows"]), out_dir, f"Blend: {' + '.join(names)}", notes, log, metric)
 
     members_test = logit_adjust(test, prior, applied_tau)
-    write_blend_probs(out_dir, first, nested["oof"], vote_scores(members_test, voting, w))
+    test_scores = vote_scores(members_test, voting, w)
+    write_blend_probs(out_dir, first, nested["oof"], test_scores)
     picked = vote(members_test, voting, w)
     write_json_atomic(out_dir / "blend.json", {
         "experiments": names, "weights": dict(zip(names, w.round(6).tolist())),
@@ -301,8 +302,9 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
                    "tau": nested["tau"]}})
     d = first.cfg.data
     sub = out_dir / "submission.csv"
+    fmt = submission_format(first.cfg, classes)   # the competition's format, as its members write it
     write_submission(d.sample_submission, d.id_column, d.target_column, first.test_ids,
-                     [classes[i] for i in picked], sub)
+                     [classes[i] for i in picked], sub, fmt, test_scores)
     log(f"[blend] {voting} vote of {len(members)} experiments, {weights} weights ({weight_text})"
         f"{f', logit adjustment tau={applied_tau:g}' if applied_tau else ''} → {sub}")
     return sub

@@ -19,10 +19,9 @@ import pandas as pd
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.data.pseudo_labels import PSEUDO_COLUMNS, pseudo_labels_path
 from pipeline.data.tables import model_classes, read_test_table, read_train_table
-from pipeline.fileio import file_sha256, read_table, read_text_csv, write_text_if_changed
-from pipeline.metrics import label_metrics
-from pipeline.predict.formats import format_for_config, labels_of
-from pipeline.predict.probs import class_ids, read_test_probs
+from pipeline.fileio import file_sha256, read_table, write_text_if_changed
+from pipeline.predict.probs import read_test_probs
+from pipeline.predict.submission import submission_format, submission_metrics
 from pipeline.predict.voting import logit_adjust
 from pipeline.train.models import read_sidecar
 
@@ -153,15 +152,9 @@ def source_score_rows(cfg: Config, ids, y: np.ndarray, classes: list) -> list[di
     path = Path(cfg.output_dir) / cfg.pseudo.source / "submission.csv"
     if not path.is_file():
         return []
-    sub = read_text_csv(path)
-    fmt = format_for_config(cfg, read_text_csv(cfg.data.sample_submission), classes)
-    predicted = labels_of(sub, fmt, cfg.data.target_column).set_axis(sub[cfg.data.id_column])
-    missing = sorted(set(ids) - set(predicted.index))
-    if missing:
-        raise ValueError(f"{path}: no row for {len(missing)} test id(s) of this experiment, e.g. {missing[:5]}")
-    sub_y = class_ids(predicted.loc[ids], classes, str(path))
-    return [{"model": f"round 1 ({cfg.pseudo.source}): submission.csv", **label_metrics(y, sub_y, len(classes)),
-             "roc_auc": float("nan")}]
+    metrics = submission_metrics(path, submission_format(cfg, classes), cfg.data.id_column, cfg.data.target_column,
+                                 ids, y, classes)
+    return [{"model": f"round 1 ({cfg.pseudo.source}): submission.csv", **metrics}]
 
 
 def pseudo_note(cfg: Config) -> list[str]:

@@ -9,12 +9,12 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.fileio import read_text_csv, write_csv_atomic
-from pipeline.metrics import classification_metrics, label_metrics, log_loss
+from pipeline.metrics import classification_metrics, log_loss
 from pipeline.predict.class_bias import apply_bias
-from pipeline.predict.formats import format_for_config, scores_of
 from pipeline.predict.probs import class_ids, read_test_probs
 from pipeline.predict.pseudo import source_score_rows
 from pipeline.predict.seeds import seed_score_rows
+from pipeline.predict.submission import submission_format, submission_metrics
 from pipeline.predict.shift_check import apply_shift, shift_score_rows
 from pipeline.predict.voting import VOTING_MODES, logit_adjust, vote, vote_scores
 
@@ -51,18 +51,6 @@ def _fitted_rows(y: np.ndarray, probs: np.ndarray, record: dict, mode: str) -> l
     return rows
 
 
-def _submission_metrics(cfg: Config, y: np.ndarray, classes: list) -> dict:
-    """The metrics of submission.csv as written: its labels, or its probabilities read back."""
-    sample = read_text_csv(cfg.data.sample_submission)
-    fmt = format_for_config(cfg, sample, classes)
-    sub = read_text_csv(cfg.exp_dir / "submission.csv")
-    if fmt.kind == "labels":
-        sub_y = class_ids(sub[cfg.data.target_column], classes, "submission.csv")
-        return {**label_metrics(y, sub_y, len(classes)), "roc_auc": float("nan"), "log_loss": float("nan")}
-    scores = scores_of(sub, fmt, cfg.data.target_column)
-    return {**classification_metrics(y, scores), "log_loss": log_loss(y, scores)}
-
-
 def score(cfg: Config, log=print) -> pd.DataFrame:
     """Score the submission, each fold alone and every voting mode on the held-back test labels.
 
@@ -92,7 +80,9 @@ def score(cfg: Config, log=print) -> pd.DataFrame:
     rows += shift_score_rows(y, probs, shift, cfg.ensemble.voting, _vote_metrics,
                              submission=not tau and not bias.get("applied"))
     rows += _fitted_rows(y, apply_shift(probs, shift), record, cfg.ensemble.voting)
-    rows.append({"model": "submission.csv", **_submission_metrics(cfg, y, classes)})
+    rows.append({"model": "submission.csv", **submission_metrics(
+        cfg.exp_dir / "submission.csv", submission_format(cfg, classes), cfg.data.id_column,
+        cfg.data.target_column, ids, y, classes)})
     rows += seed_score_rows(cfg, y) + source_score_rows(cfg, ids, y, classes)   # one seed alone; the source round
     table = pd.DataFrame(rows)
     metric = cfg.competition.metric

@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.fileio import read_table, read_text_csv, write_csv_atomic
-from pipeline.metrics import classification_metrics, label_metrics
+from pipeline.metrics import classification_metrics, log_loss
 from pipeline.predict.blend import load_members
 from pipeline.predict.probs import class_ids, prob_columns
+from pipeline.predict.submission import submission_format, submission_metrics
 from pipeline.predict.voting import soft_vote
 
 __all__ = ["COMBINED_KINDS", "score_combined"]
@@ -36,17 +37,22 @@ def _true_labels(cfg, ids: pd.Series, classes: list) -> np.ndarray:
     return class_ids(truth.loc[ids, cfg.data.target_column], classes, str(cfg.data.test_labels))
 
 
-def _folder_rows(folder: Path, y: np.ndarray, ids: pd.Series, classes: list, target_column: str) -> list[dict]:
-    """The folder's own test probabilities and its submission.csv."""
+def _probability_metrics(y: np.ndarray, probs: np.ndarray) -> dict:
+    return {**classification_metrics(y, probs), "log_loss": log_loss(y, probs)}
+
+
+def _folder_rows(folder: Path, y: np.ndarray, first) -> list[dict]:
+    """The folder's own test probabilities and its submission.csv (in the competition's format)."""
+    ids, classes, d = first.test_ids, first.classes, first.cfg.data
     probs = read_table(folder / "test_probs.csv")
     if not probs["id"].astype(str).equals(ids.astype(str)):
         raise ValueError(f"{folder / 'test_probs.csv'} covers other test ids than its members: it is stale; "
                          f"rerun `make {'stack' if folder.name.startswith('stack') else 'ensemble'} EXPS=...`")
-    sub = class_ids(read_text_csv(folder / "submission.csv")[target_column], classes, str(folder / "submission.csv"))
-    return [{"model": f"{folder.name} (test_probs.csv)",
-             **classification_metrics(y, probs[prob_columns(classes)].to_numpy(np.float64))},
-            {"model": f"{folder.name}: submission.csv (submission)", **label_metrics(y, sub, len(classes)),
-             "roc_auc": float("nan")}]
+    sub = submission_metrics(folder / "submission.csv", submission_format(first.cfg, classes), d.id_column,
+                             d.target_column, ids, y, classes)
+    test = probs[prob_columns(classes)].to_numpy(np.float64)
+    return [{"model": f"{folder.name} (test_probs.csv)", **_probability_metrics(y, test)},
+            {"model": f"{folder.name}: submission.csv (submission)", **sub}]
 
 
 def score_combined(experiments: list[str], output_dir: str | Path = "outputs", log=print) -> list[Path]:
@@ -60,13 +66,14 @@ def score_combined(experiments: list[str], output_dir: str | Path = "outputs", l
     members = load_members(names, output_dir, log=log)
     first = members[0]
     y = _true_labels(first.cfg, first.test_ids, first.classes)
-    base = [{"model": f"{m.name} (soft vote of its folds)", **classification_metrics(y, m.test)} for m in members]
+    base = [{"model": f"{m.name} (soft vote of its folds)", **_probability_metrics(y, m.test)} for m in members]
     base.append({"model": "plain vote (soft, uniform weights)",
-                 **classification_metrics(y, soft_vote(np.stack([m.test for m in members])))})
+                 **_probability_metrics(y, soft_vote(np.stack([m.test for m in members])))})
     written = []
     for folder in found:
-        table = pd.DataFrame(base + _folder_rows(folder, y, first.test_ids, first.classes,
-                                                 first.cfg.data.target_column))
+        table = pd.DataFrame(base + _folder_rows(folder, y, first))
+        metric = first.cfg.competition.metric   # the headline, first as in every other table
+        table = table[["model", metric] + [c for c in table.columns if c not in ("model", metric)]]
         write_csv_atomic(folder / "score.csv", table)
         log(f"[score] {folder}:\n" + table.to_string(index=False, float_format="%.4f"))
         written.append(folder / "score.csv")

@@ -148,15 +148,15 @@ def stack(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     import pandas as pd
 
     from pipeline.fileio import write_json_atomic
-    from pipeline.metrics import macro_f1
+    from pipeline.metrics import metric_value
     from pipeline.predict.blend import load_members, write_blend_probs
     from pipeline.predict.cv_table import write_cv
     from pipeline.predict.probs import class_ids
-    from pipeline.predict.submission import write_submission
+    from pipeline.predict.submission import submission_format, write_submission
 
     members = load_members(experiments, output_dir, oof_source, log)
     first, names = members[0], [m.name for m in members]
-    classes = first.classes
+    classes, metric = first.classes, first.cfg.competition.metric
     y = class_ids(first.labels, classes, f"{first.name} OOF labels")
     oof = np.stack([m.oof for m in members])
     nested, fold_Cs = nested_stack(oof, y, first.folds, C)
@@ -171,9 +171,10 @@ def stack(experiments: list[str | Config], output_dir: str | Path = "outputs", o
              f"(C {'/'.join(f'{c:g}' for c in fold_Cs.values())}). The test set is predicted by the meta-model "
              f"fitted on all {len(y)} OOF rows (C={chosen_C(meta):g}).",
              f"Folds: {first.folds_file} (sha256 {first.folds_hash[:12]}, the same split for every experiment).",
-             f"For contrast, not a score: scored on the very rows it was fitted on, that meta-model shows macro-F1 "
-             f"{macro_f1(y, meta_proba(meta, stack_features(oof), len(classes))):.4f}; the nested row is the honest one."]
-    write_cv(pd.DataFrame(_cv_rows(members, y, nested)), out_dir, f"Stack: {' + '.join(names)}", notes, log)
+             f"For contrast, not a score: scored on the very rows it was fitted on, that meta-model shows {metric} "
+             f"{metric_value(metric, y, meta_proba(meta, stack_features(oof), len(classes))):.4f}; the nested row "
+             "is the honest one."]
+    write_cv(pd.DataFrame(_cv_rows(members, y, nested)), out_dir, f"Stack: {' + '.join(names)}", notes, log, metric)
     write_blend_probs(out_dir, first, nested, test)
     write_json_atomic(out_dir / "stack.json", {
         "experiments": names, "meta_model": "LogisticRegression", "C": C, "C_applied": chosen_C(meta),
@@ -183,6 +184,6 @@ def stack(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     d = first.cfg.data
     sub = out_dir / "submission.csv"
     write_submission(d.sample_submission, d.id_column, d.target_column, first.test_ids,
-                     [classes[i] for i in test.argmax(axis=1)], sub)
+                     [classes[i] for i in test.argmax(axis=1)], sub, submission_format(first.cfg, classes), test)
     log(f"[stack] logistic regression (C={chosen_C(meta):g}) on {len(members)} experiments → {sub}")
     return sub

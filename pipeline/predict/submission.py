@@ -7,9 +7,10 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.fileio import read_text_csv, write_csv_atomic
-from pipeline.predict.formats import SubmissionFormat, check_values, fill
+from pipeline.predict.formats import SubmissionFormat, check_values, fill, format_for_config, scores_of
 
-__all__ = ["write_submission", "validate_submission", "validate_for_config", "SubmissionError"]
+__all__ = ["write_submission", "validate_submission", "validate_for_config", "submission_format",
+           "submission_metrics", "SubmissionError"]
 
 
 class SubmissionError(ValueError):
@@ -35,6 +36,32 @@ def write_submission(sample_path: str | Path, id_column: str, target_column: str
     sub = fill(sample, fmt or SubmissionFormat("labels", (), None, ""), target_column, labels, scores)
     write_csv_atomic(out_path, sub)
     return sub
+
+
+def submission_format(cfg, classes) -> SubmissionFormat:
+    """The format an experiment's (or a blend's first member's) submission is written in."""
+    return format_for_config(cfg, read_text_csv(cfg.data.sample_submission), classes)
+
+
+def submission_metrics(path: str | Path, fmt: SubmissionFormat, id_column: str, target_column: str,
+                       ids, y, classes: list) -> dict:
+    """The metrics of the submission file `path` as written, its rows matched by id to `ids` (the order
+    of the true labels `y`): a label submission by its labels (no ROC-AUC or log-loss), a probability
+    submission by the probabilities it holds."""
+    from pipeline.metrics import classification_metrics, label_metrics, log_loss
+    from pipeline.predict.probs import class_ids
+
+    by_id = read_text_csv(path).set_index(id_column)
+    ids = [str(i) for i in ids]
+    missing = sorted(set(ids) - set(by_id.index))
+    if missing:
+        raise SubmissionError(f"{path}: no row for {len(missing)} test id(s), e.g. {missing[:5]}")
+    sub = by_id.loc[ids].reset_index()
+    if fmt.kind == "labels":
+        predicted = class_ids(sub[target_column], classes, str(path))
+        return {**label_metrics(y, predicted, len(classes)), "roc_auc": float("nan"), "log_loss": float("nan")}
+    scores = scores_of(sub, fmt, target_column)
+    return {**classification_metrics(y, scores), "log_loss": log_loss(y, scores)}
 
 
 def _first_line(mask) -> int:
