@@ -74,3 +74,55 @@ def test_the_stack_block_is_that_of_the_stack_and_blend_files(tmp_path):
     assert "| blend, fitted weights (`make ensemble EXPS=`) | 0.920 | 0.940 |" in block
     assert "| **stack (`make stack EXPS=`)** | 0.880 | 0.970 |" in block
     assert "out of fold: the blend +0.010, the stack -0.030; on the test set: the blend -0.020, the stack +0.010" in block
+
+
+def _write_run(folder, metric, cv_rows: dict, score_rows: dict):
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"part": list(cv_rows), "rows": 10, "accuracy": 0.5, metric: list(cv_rows.values())}).to_csv(
+        folder / "cv.csv", index=False)
+    pd.DataFrame({"model": list(score_rows), metric: list(score_rows.values()), "accuracy": 0.5}).to_csv(
+        folder / "score.csv", index=False)
+    (folder / "run.json").write_text('{"command": "make x", "seconds": 1, "cpu": "z", "date": "2026-11-29"}')
+
+
+def test_the_seed_and_binary_round_tables_come_from_their_runs_files(tmp_path):
+    """Each seed alone against their average (the plain soft vote on test, whatever the submission applied),
+    and the binary variant's table of every fitted choice and second round in its own metric."""
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    for name in ("run.json", "bench.json", "cv.csv", "score.csv"):
+        (figures / name).write_bytes((REPO / FIGURES / name).read_bytes())
+    seeds = {"out-of-fold, TTA (mean)": 0.94, "seed 0 alone: out-of-fold, TTA": 0.93, "seed 1 alone: out-of-fold, TTA": 0.935}
+    _write_run(figures / "seeds", "f1_macro", seeds,
+               {"soft vote (submission)": 0.956, "seed 0 alone, soft vote": 0.95, "seed 1 alone, soft vote": 0.94})
+    odd = {"out-of-fold, TTA (mean)": 0.976, "out-of-fold, TTA + class bias, fitted on the other folds": 0.975}
+    _write_run(figures / "odd", "roc_auc", odd,
+               {"soft vote": 0.97, "soft vote + prior-shift correction (em) (submission)": 0.5,
+                "soft vote + class bias (not applied)": 0.968})
+    _write_run(figures / "odd_pl", "roc_auc", {"out-of-fold, TTA (mean)": 0.99}, {"soft vote (submission)": 0.98})
+    _write_run(figures / "odd_seeds", "roc_auc", {"out-of-fold, TTA (mean)": 0.981, "seed 0 alone: out-of-fold, TTA": 0.977},
+               {"soft vote (submission)": 0.973, "seed 0 alone, soft vote": 0.971})
+    _write_run(figures / "odd_stack", "roc_auc",
+               {"a (oof_tta.csv)": 0.97, "b (oof_tta.csv)": 0.96, "plain vote (soft, uniform weights)": 0.978,
+                "blend soft, fitted weights, nested": 0.977, "stack: x, nested (submission)": 0.979},
+               {"a (soft vote of its folds)": 0.97, "b (soft vote of its folds)": 0.965,
+                "plain vote (soft, uniform weights)": 0.975, "stack-a-b: submission.csv (submission)": 0.976})
+    pd.DataFrame({"model": ["blend-a-b: submission.csv (submission)"], "roc_auc": [0.974]}).to_csv(
+        figures / "odd_stack" / "blend_score.csv", index=False)
+    blocks = render_blocks(figures)
+
+    demo_oof = pd.read_csv(figures / "cv.csv").set_index("part").loc["out-of-fold, TTA (mean)", "f1_macro"]
+    demo_soft = pd.read_csv(figures / "score.csv").set_index("model")["f1_macro"].filter(regex=r"^soft vote( \(submission\))?$")
+    assert f"| `demo` (one seed, 42) | {demo_oof:.3f} | {demo_soft.iloc[0]:.3f} |" in blocks["seeds_runs"]
+    assert "| seed 0 alone | 0.930 | 0.950 |" in blocks["seeds_runs"]
+    assert "| **seeds 0 + 1 averaged within each fold** | 0.940 | 0.956 |" in blocks["seeds_runs"]
+    assert "(seed 1 alone): +0.005 out of fold, +0.016 on the test set" in blocks["seeds_runs"]
+
+    odd_block = blocks["odd_rounds"]
+    assert "| odd/even demo, roc_auc |" in odd_block and "f1_macro" not in odd_block
+    assert "| plain: soft vote of the folds (`demo-odd`) | 0.976 | 0.970 |" in odd_block   # not the EM submission
+    assert "| class bias (a threshold), fitted on the other folds | 0.975 | 0.968 |" in odd_block
+    assert "| **stack (`make stack EXPS=`)** | 0.979 | 0.976 |" in odd_block
+    assert "| blend, fitted weights (`make ensemble EXPS=`) | 0.977 | 0.974 |" in odd_block
+    assert "| pseudo-labels (`demo-odd-pl`) | 0.990 | 0.980 |" in odd_block
+    assert "| seed 0 alone | 0.977 | 0.971 |" in odd_block and "averaged within each fold** | 0.981 | 0.973 |" in odd_block

@@ -22,6 +22,7 @@ import shutil
 import sys
 import subprocess
 import time
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -30,20 +31,48 @@ import pandas as pd
 __all__ = ["FIGURES", "render_blocks", "rewrite_readme", "record_run", "main"]
 
 FIGURES = Path("docs/figures")
+
+
+@dataclass(frozen=True)
+class ExtraRun:
+    commands: str | tuple[str, ...]
+    folder: str                          # its score.csv and cv.csv become docs/figures/<name>/
+    fresh: tuple[str, ...] = ()          # experiment folders removed first (default: `folder`)
+    copies: tuple[tuple[str, str], ...] = ()   # (figure file name, source path) copied too
+
+    @property
+    def command_list(self) -> tuple[str, ...]:
+        return (self.commands,) if isinstance(self.commands, str) else self.commands
+
 DEMO_COMMAND = ["make", "folds", "train", "ensemble", "score"]   # after `make clean`, which runs alone
 BENCH_COMMAND = ["make", "bench"]
-# Further runs the README quotes: name -> (the command, the experiment folder whose score.csv and cv.csv are
-# copied to docs/figures/<name>/). `make docs-run` runs them after the demo (which they may build on);
-# `python -m pipeline.tools.docs --extra NAME` reruns one alone. Blocks `<NAME>_score` and `<NAME>_cv`.
+# Further runs the README quotes: name -> (the command(s), the folder whose score.csv and cv.csv are copied to
+# docs/figures/<name>/, the experiment folders removed first so that the run is timed from scratch, and further
+# files copied: {figure name: source}). `make docs-run` runs them in this order after the demo (which they may
+# build on); `python -m pipeline.tools.docs --extra NAME` reruns one alone. Blocks `<NAME>_score`, `<NAME>_cv`.
+ODD = "CONFIG=configs/demo-odd.yaml"
 EXTRA_RUNS = {
-    "odd": ("make folds train ensemble score validate CONFIG=configs/demo-odd.yaml", "outputs/demo-odd"),
-    "nogroups": ('make folds train ensemble score SET="data.group_column=null experiment=demo-nogroups"',
-                 "outputs/demo-nogroups"),
-    "autogroups": ('make folds train ensemble score '
-                   'SET="data.group_column=null folds.auto_groups=true experiment=demo-autogroups"',
-                   "outputs/demo-autogroups"),
-    "pseudo": ('make train ensemble score SET="experiment=demo-pl folds.name=demo pseudo.source=demo '
-               'pseudo.threshold=0.8 pseudo.max_per_class=0.1"', "outputs/demo-pl"),
+    "odd": ExtraRun(f"make folds train ensemble score validate {ODD}", "outputs/demo-odd"),
+    "nogroups": ExtraRun('make folds train ensemble score SET="data.group_column=null experiment=demo-nogroups"',
+                         "outputs/demo-nogroups"),
+    "autogroups": ExtraRun('make folds train ensemble score '
+                           'SET="data.group_column=null folds.auto_groups=true experiment=demo-autogroups"',
+                           "outputs/demo-autogroups"),
+    "pseudo": ExtraRun('make train ensemble score SET="experiment=demo-pl folds.name=demo pseudo.source=demo '
+                       'pseudo.threshold=0.8 pseudo.max_per_class=0.1"', "outputs/demo-pl"),
+    "seeds": ExtraRun('make train ensemble score SET="experiment=demo-seeds folds.name=demo" SEEDS="0 1"',
+                      "outputs/demo-seeds"),
+    # The binary variant (odd/even, ROC-AUC, a probability submission): stack, pseudo-labels and seeds too.
+    "odd_stack": ExtraRun((f'make train ensemble validate {ODD} SET="experiment=demo-odd2 folds.name=demo-odd '
+                           'model.name=resnet14t"', 'make ensemble EXPS="demo-odd demo-odd2"',
+                           'make stack EXPS="demo-odd demo-odd2"', 'make score EXPS="demo-odd demo-odd2"'),
+                          "outputs/stack-demo-odd-demo-odd2",
+                          ("outputs/demo-odd2", "outputs/blend-demo-odd-demo-odd2", "outputs/stack-demo-odd-demo-odd2"),
+                          (("blend_score.csv", "outputs/blend-demo-odd-demo-odd2/score.csv"),)),
+    "odd_pl": ExtraRun(f'make train ensemble score validate {ODD} SET="experiment=demo-odd-pl folds.name=demo-odd '
+                       'pseudo.source=demo-odd pseudo.threshold=0.9 pseudo.max_per_class=0.3"', "outputs/demo-odd-pl"),
+    "odd_seeds": ExtraRun(f'make train ensemble score validate {ODD} SET="experiment=demo-odd-seeds '
+                          'folds.name=demo-odd" SEEDS="0 1"', "outputs/demo-odd-seeds"),
 }
 LEAK_EVAL_COMMAND = ["python", "-m", "pipeline.tools.leak_eval", "--config", "configs/demo.yaml"]
 # A second experiment on the same folds (another backbone), then its blend and stack with the demo, scored.
@@ -165,26 +194,98 @@ def _cv_block(cv: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _stack_block(cv: pd.DataFrame, stack_score: pd.DataFrame, blend_score: pd.DataFrame) -> str:
-    """Out-of-fold (nested) and held-back test macro-F1 of each member, the plain vote, the blend and the stack."""
-    test = stack_score.set_index("model")["f1_macro"]
-    blend_sub = blend_score[blend_score["model"].str.endswith("submission.csv (submission)")]["f1_macro"].iloc[0]
+def _stack_rows(cv: pd.DataFrame, stack_score: pd.DataFrame, blend_score: pd.DataFrame,
+                metric: str = "f1_macro") -> list[tuple[str, float, float]]:
+    """(row, out-of-fold `metric` with fitted choices nested, held-back test `metric`) of each member, the plain
+    vote, the blend and the stack (their submissions)."""
+    test = stack_score.set_index("model")[metric]
+    blend_sub = blend_score[blend_score["model"].str.endswith("submission.csv (submission)")][metric].iloc[0]
     stack_sub = test[test.index.str.endswith("submission.csv (submission)")].iloc[0]
-    oof = cv.set_index("part")["f1_macro"]
+    oof = cv.set_index("part")[metric]
     members = [p.rsplit(" (", 1)[0] for p in cv["part"] if p.endswith(".csv)")]
     rows = [(f"{m} alone", oof[oof.index.str.startswith(f"{m} (")].iloc[0], test[f"{m} (soft vote of its folds)"])
             for m in members]
-    rows += [("plain vote (soft, uniform weights)", oof["plain vote (soft, uniform weights)"],
-              test["plain vote (soft, uniform weights)"]),
-             ("blend, fitted weights (`make ensemble EXPS=`)", oof["blend soft, fitted weights, nested"], blend_sub),
-             ("**stack (`make stack EXPS=`)**", oof[oof.index.str.startswith("stack:")].iloc[0], stack_sub)]
-    lines = ["| `demo` + `demo2` | out-of-fold macro-F1 (fitted choices nested) | test macro-F1 |", "| --- | --- | --- |"]
-    lines += [f"| {name} | {o:.3f} | {t:.3f} |" for name, o, t in rows]
+    return rows + [("plain vote (soft, uniform weights)", oof["plain vote (soft, uniform weights)"],
+                    test["plain vote (soft, uniform weights)"]),
+                   ("blend, fitted weights (`make ensemble EXPS=`)", oof["blend soft, fitted weights, nested"],
+                    blend_sub),
+                   ("**stack (`make stack EXPS=`)**", oof[oof.index.str.startswith("stack:")].iloc[0], stack_sub)]
+
+
+def _gains_text(rows: list[tuple[str, float, float]]) -> str:
+    """The blend's and the stack's gain over the plain vote (the last three of `_stack_rows`)."""
     (_, vote_oof, vote_test), (_, blend_oof, blend_test), (_, stack_oof, stack_test) = rows[-3:]
-    lines += ["", f"Against the plain vote, out of fold: the blend {blend_oof - vote_oof:+.3f}, the stack "
-              f"{stack_oof - vote_oof:+.3f}; on the test set: the blend {blend_test - vote_test:+.3f}, the stack "
-              f"{stack_test - vote_test:+.3f}."]
+    return (f"Against the plain vote, out of fold: the blend {blend_oof - vote_oof:+.3f}, the stack "
+            f"{stack_oof - vote_oof:+.3f}; on the test set: the blend {blend_test - vote_test:+.3f}, the stack "
+            f"{stack_test - vote_test:+.3f}.")
+
+
+def _table(header: list[str], rows: list[tuple[str, float, float]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+            + [f"| {name} | {o:.3f} | {t:.3f} |" for name, o, t in rows])
+
+
+def _stack_block(cv: pd.DataFrame, stack_score: pd.DataFrame, blend_score: pd.DataFrame) -> str:
+    """Out-of-fold (nested) and held-back test macro-F1 of each member, the plain vote, the blend and the stack."""
+    rows = _stack_rows(cv, stack_score, blend_score)
+    lines = _table(["`demo` + `demo2`", "out-of-fold macro-F1 (fitted choices nested)", "test macro-F1"], rows)
+    return "\n".join(lines + ["", _gains_text(rows)]) + "\n"
+
+
+def _read_run(folder: Path) -> tuple[pd.Series, pd.Series, str]:
+    """(cv.csv by part, score.csv by model, in the competition metric; that metric's name)."""
+    score = pd.read_csv(folder / "score.csv")
+    metric = score.columns[1]          # score.csv's first metric is the competition's
+    return pd.read_csv(folder / "cv.csv").set_index("part")[metric], score.set_index("model")[metric], metric
+
+
+def _oof_tta(cv: pd.Series) -> float:
+    return cv[cv.index.str.startswith("out-of-fold, TTA (")].iloc[0]
+
+
+def _soft_vote(score: pd.Series) -> float:
+    """The plain soft vote of the folds on the test set (whether or not a correction made the submission)."""
+    return score[score.index.str.fullmatch(r"soft vote( \(submission\))?")].iloc[0]
+
+
+def _seed_rows(base: Path, seeds: Path, base_label: str) -> list[tuple[str, float, float]]:
+    """(row, OOF TTA, test soft vote) of the one-seed run, each seed alone and the seeds averaged in each fold."""
+    base_cv, base_score, _ = _read_run(base)
+    cv, score, _ = _read_run(seeds)
+    alone = [re.fullmatch(r"seed (\S+) alone: out-of-fold, TTA", part) for part in cv.index]
+    names = [m[1] for m in alone if m]
+    return ([(base_label, _oof_tta(base_cv), _soft_vote(base_score))]
+            + [(f"seed {s} alone", cv[f"seed {s} alone: out-of-fold, TTA"], score[f"seed {s} alone, soft vote"])
+               for s in names]
+            + [(f"**seeds {' + '.join(names)} averaged within each fold**", _oof_tta(cv), _soft_vote(score))])
+
+
+def _seeds_block(base: Path, seeds: Path) -> str:
+    rows = _seed_rows(base, seeds, "`demo` (one seed, 42)")
+    lines = _table(["`demo-seeds` (folds of `demo`)", "out-of-fold macro-F1 (TTA)", "test macro-F1 (soft vote)"], rows)
+    best = max(rows[1:-1], key=lambda r: r[1])
+    lines += ["", f"Averaged seeds against the best single seed out of fold ({best[0]}): {rows[-1][1] - best[1]:+.3f} "
+              f"out of fold, {rows[-1][2] - best[2]:+.3f} on the test set; single seeds span "
+              f"{min(r[2] for r in rows[:-1]):.3f} – {max(r[2] for r in rows[:-1]):.3f} on the test set."]
     return "\n".join(lines) + "\n"
+
+
+def _odd_rounds_block(figures: Path) -> str:
+    """The binary variant: every fitted choice and second round beside its plain vote, in its metric."""
+    cv, score, metric = _read_run(figures / "odd")
+    plain = ("plain: soft vote of the folds (`demo-odd`)", _oof_tta(cv), _soft_vote(score))
+    bias = ("class bias (a threshold), fitted on the other folds",
+            cv[cv.index.str.startswith("out-of-fold, TTA + class bias")].iloc[0],
+            score[score.index.str.contains("class bias")].iloc[0])
+    stack = figures / "odd_stack"
+    stacked = _stack_rows(*(pd.read_csv(stack / n) for n in ("cv.csv", "score.csv", "blend_score.csv")), metric)
+    pl_cv, pl_score, _ = _read_run(figures / "odd_pl")
+    pseudo = ("pseudo-labels (`demo-odd-pl`)", _oof_tta(pl_cv), _soft_vote(pl_score))
+    seeds = _seed_rows(figures / "odd", figures / "odd_seeds", "one seed (`demo-odd`, 42)")[1:]
+    rows = [plain, bias, *stacked, pseudo, *seeds]
+    lines = _table([f"odd/even demo, {metric}", f"out-of-fold {metric} (fitted choices nested)",
+                    f"test {metric}"], rows)
+    return "\n".join(lines + ["", _gains_text(stacked)]) + "\n"
 
 
 _BENCH_ROWS = [("train", "bare", "train: bare forward + backward + step, in memory"),
@@ -251,15 +352,19 @@ def record_extras(names: list[str], figures: Path = FIGURES, log=print) -> None:
     if unknown:
         raise ValueError(f"unknown extra run(s) {unknown}; known: {sorted(EXTRA_RUNS)}")
     for name in names:
-        command, exp_dir = EXTRA_RUNS[name]
-        shutil.rmtree(exp_dir, ignore_errors=True)   # timed from scratch, like the demo after `make clean`
-        seconds = _timed(shlex.split(command), log)
+        run = EXTRA_RUNS[name]
+        for folder in run.fresh or (run.folder,):
+            shutil.rmtree(folder, ignore_errors=True)   # timed from scratch, like the demo after `make clean`
+        seconds = round(sum(_timed(shlex.split(command), log) for command in run.command_list), 1)
         out = figures / name
         out.mkdir(parents=True, exist_ok=True)
         for file in ("score.csv", "cv.csv"):
-            shutil.copyfile(Path(exp_dir) / file, out / file)
-        (out / "run.json").write_text(json.dumps({"command": command, "seconds": seconds, "cpu": cpu_name(),
-                                                  "date": date.today().isoformat()}, indent=2) + "\n")
+            shutil.copyfile(Path(run.folder) / file, out / file)
+        for file, source in run.copies:
+            shutil.copyfile(source, out / file)
+        (out / "run.json").write_text(json.dumps({"command": "; ".join(run.command_list), "seconds": seconds,
+                                                  "cpu": cpu_name(), "date": date.today().isoformat()},
+                                                 indent=2) + "\n")
         log(f"[docs] wrote {out}/: score.csv, cv.csv, run.json")
 
 
@@ -348,6 +453,10 @@ def render_blocks(figures: Path = FIGURES) -> dict[str, str]:
         blocks["leak_runs"] = _runs_block([("groups withheld (`demo-nogroups`)", figures / "nogroups"),
                                            ("`folds.auto_groups` (`demo-autogroups`)", figures / "autogroups"),
                                            ("groups given (`demo`)", figures)])
+    if (figures / "seeds" / "cv.csv").is_file():
+        blocks["seeds_runs"] = _seeds_block(figures, figures / "seeds")
+    if all((figures / name / "cv.csv").is_file() for name in ("odd", "odd_stack", "odd_pl", "odd_seeds")):
+        blocks["odd_rounds"] = _odd_rounds_block(figures)
     if (figures / "pseudo" / "cv.csv").is_file():
         blocks["pseudo_runs"] = _runs_block([("round 1 (`demo`)", figures), ("pseudo-labels (`demo-pl`)",
                                                                              figures / "pseudo")])

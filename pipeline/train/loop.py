@@ -395,7 +395,8 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
         tracker.log_epoch(epoch, history[-1])
         _save_state(state_dir / "last.pt", **_state_dict(run), epoch=epoch, best=best, best_epoch=best_epoch,
                     history=history, fingerprint=fingerprint)
-        log(_epoch_line(fold, epoch, cfg.train.epochs, train_loss, metrics, lr, history[-1]["seconds"], improved))
+        log(_epoch_line(fold, epoch, cfg.train.epochs, train_loss, metrics, lr, history[-1]["seconds"], improved,
+                        cfg.train.monitor))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
     tracker.close()
@@ -407,9 +408,11 @@ def evaluated_model(run: _Run) -> torch.nn.Module:
     return run.tools.ema.module if run.tools.ema is not None else run.model
 
 
-def _epoch_line(fold, epoch, epochs, train_loss, m, lr, seconds, improved) -> str:
+def _epoch_line(fold, epoch, epochs, train_loss, m, lr, seconds, improved, monitor=None) -> str:
+    # The monitored metric (the one `*` marks the best of) is shown too when it is not already on the line.
+    shown = f" {monitor} {m[monitor]:.4f}" if monitor not in (None, "loss", "accuracy", "f1_macro") and monitor in m else ""
     return (f"[fold {fold}] epoch {epoch + 1}/{epochs} loss {train_loss:.4f} val_loss {m['loss']:.4f} "
-            f"acc {m['accuracy']:.4f} f1 {m['f1_macro']:.4f} lr {lr:.2e} {seconds:.1f}s{' *' if improved else ''}")
+            f"acc {m['accuracy']:.4f} f1 {m['f1_macro']:.4f}{shown} lr {lr:.2e} {seconds:.1f}s{' *' if improved else ''}")
 
 
 def _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint, normalize) -> Path:
