@@ -34,7 +34,7 @@ def test_the_figures_are_those_of_the_run_files(tmp_path):
 
 
 def test_a_readme_block_without_a_generator_is_an_error():
-    with pytest.raises(ValueError, match=r"README blocks with no generator: \['typo'\]"):
+    with pytest.raises(ValueError, match=r"README blocks with no generator, or whose files are missing.*: \['typo'\]"):
         rewrite_readme("<!-- docs:typo -->\nx\n<!-- /docs -->\n", {"run": ""})
 
 
@@ -126,3 +126,18 @@ def test_the_seed_and_binary_round_tables_come_from_their_runs_files(tmp_path):
     assert "| blend, fitted weights (`make ensemble EXPS=`) | 0.977 | 0.974 |" in odd_block
     assert "| pseudo-labels (`demo-odd-pl`) | 0.990 | 0.980 |" in odd_block
     assert "| seed 0 alone | 0.977 | 0.971 |" in odd_block and "averaged within each fold** | 0.981 | 0.973 |" in odd_block
+
+
+def test_the_pseudo_label_list_sentence_counts_the_listed_images_and_the_right_labels(tmp_path):
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    for name in ("run.json", "bench.json", "cv.csv", "score.csv"):
+        (figures / name).write_bytes((REPO / FIGURES / name).read_bytes())
+    _write_run(figures / "pseudo", "f1_macro", {"out-of-fold, TTA (mean)": 0.95},
+               {"fold 0": 0.9, "submission.csv": 0.98})
+    pd.DataFrame({"id": ["t1", "t2", "t3"], "label": ["a", "b", "a"]}).to_csv(figures / "pseudo" / "pseudo_labels.csv",
+                                                                           index=False)
+    pd.DataFrame({"id": ["t0", "t1", "t2", "t3", "t4"], "label": ["a", "a", "a", "a", "b"]}).to_csv(
+        figures / "pseudo" / "test_labels.csv", index=False)
+    block = render_blocks(figures)["pseudo_list"]
+    assert block.startswith("The list held 3 of the 5 test images (1 to 2 per class), 2 of them correctly labelled")

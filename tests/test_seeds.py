@@ -65,6 +65,24 @@ def test_seeds_are_averaged_within_each_fold_before_the_out_of_fold_score(cfg):
     assert read_table(cfg.exp_dir / "submission.csv")["label"].tolist() == ["a", "b"]
 
 
+def test_the_averaged_fold_divides_out_the_mean_of_the_prior_its_seeds_learned(cfg):
+    learned = {0: [0.7, 0.3], 1: [0.5, 0.5]}
+    for s, prior in learned.items():
+        for k in range(2):
+            (seed_config(cfg, s).fold_dir(k) / "train_prior.json").write_text(
+                json.dumps({"classes": ["a", "b"], "prior": prior}))
+    for k in range(2):
+        merge_seeds(cfg, k, log=lambda _: None)
+    assert json.loads((cfg.fold_dir(1) / "train_prior.json").read_text())["prior"] == [0.6, 0.4]
+    notes = []
+    ensemble(cfg, log=notes.append)
+    assert not [n for n in notes if "train_prior.json is missing" in n]
+    # a seed retrained without the file: the old average is removed, not kept beside the new probabilities
+    (seed_config(cfg, 1).fold_dir(0) / "train_prior.json").unlink()
+    merge_seeds(cfg, 0, log=lambda _: None)
+    assert not (cfg.fold_dir(0) / "train_prior.json").exists()
+
+
 def test_seeds_covering_other_rows_are_refused(cfg):
     path = seed_config(cfg, 1).fold_dir(0) / "oof.csv"
     read_table(path).assign(row=[0, 2]).to_csv(path, index=False)

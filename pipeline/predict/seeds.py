@@ -4,10 +4,13 @@ With ``seeds: [0, 1, 2]`` fold k trains once per seed in ``<exp>/seed_<s>/fold_<
 oof.csv, oof_tta.csv, test_probs.csv, exactly as a plain run's fold). `merge_seeds` then writes the
 fold's usual files in ``<exp>/fold_<k>/``, each probability the mean over the seeds, so the ensemble,
 score, blend and report read a seeds run like any other: seeds are averaged within a fold first,
-then the folds are voted. ``fold_<k>/weights.json`` records the classes, the folds file and the seeds.
+then the folds are voted. ``fold_<k>/weights.json`` records the classes, the folds file and the seeds; ``fold_<k>/train_prior.json``
+the mean of the seeds' learned priors.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -19,6 +22,7 @@ from pipeline.predict.cv_table import metrics_row
 from pipeline.predict.probs import PROB_PREFIX, class_ids, prob_columns, read_fold_probs, read_test_probs, stack_folds
 from pipeline.predict.voting import vote, vote_scores
 from pipeline.train.models import read_sidecar
+from pipeline.train.prior import TRAIN_PRIOR_FILE
 
 __all__ = ["average_seed_frames", "merge_seeds", "seed_cv_rows", "seed_score_rows", "seeds_note"]
 
@@ -46,6 +50,24 @@ def average_seed_frames(frames: list[pd.DataFrame], keys: list[str], where: str)
     return out
 
 
+def _merge_train_priors(paths: list, out, classes: list, log) -> None:
+    """The averaged model's prior: the mean of its seeds' train_prior.json priors (equal weights, as the
+    probabilities), so logit adjustment and the prior-shift correction divide out what the seeds learned.
+    Seeds trained before the file existed leave none, and the ensemble falls back to raw counts with a note."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        out.unlink(missing_ok=True)      # a stale average must not outlive its seeds
+        log(f"[seeds] {', '.join(missing)} missing: {out} not written")
+        return
+    records = [json.loads(p.read_text()) for p in paths]
+    for path, record in zip(paths, records):
+        if record.get("classes") != list(classes):
+            raise ValueError(f"{path} lists classes {record.get('classes')}, the fold {classes}; retrain the fold")
+    prior = np.mean([r["prior"] for r in records], axis=0)
+    write_json_atomic(out, {**records[0], "prior": (prior / prior.sum()).round(8).tolist(),
+                            "seeds_averaged": len(records)})
+
+
 def merge_seeds(cfg: Config, fold: int, log=print) -> None:
     """Average fold `fold`'s files over `seeds` into ``<exp>/fold_<fold>/`` (test_probs.csv written last)."""
     if not cfg.seeds:
@@ -62,6 +84,8 @@ def merge_seeds(cfg: Config, fold: int, log=print) -> None:
         write_json_atomic(out / "weights.json", {
             "classes": classes, "fold": fold, "seeds": list(cfg.seeds), "checkpoint": "seed average",
             "folds_file": str(cfg.folds_file), "folds_sha256": file_sha256(cfg.folds_file)})
+        _merge_train_priors([one.fold_dir(fold) / TRAIN_PRIOR_FILE for one in seeds], out / TRAIN_PRIOR_FILE,
+                            classes, log)
         for name, keys in _MERGED.items():
             paths = [one.fold_dir(fold) / name for one in seeds]
             missing = [str(p) for p in paths if not p.is_file()]

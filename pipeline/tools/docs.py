@@ -59,7 +59,9 @@ EXTRA_RUNS = {
                            'SET="data.group_column=null folds.auto_groups=true experiment=demo-autogroups"',
                            "outputs/demo-autogroups"),
     "pseudo": ExtraRun('make train ensemble score SET="experiment=demo-pl folds.name=demo pseudo.source=demo '
-                       'pseudo.threshold=0.8 pseudo.max_per_class=0.1"', "outputs/demo-pl"),
+                       'pseudo.threshold=0.8 pseudo.max_per_class=0.1"', "outputs/demo-pl",
+                       copies=(("pseudo_labels.csv", "outputs/demo-pl/pseudo_labels.csv"),
+                               ("test_labels.csv", "data/demo/test_labels.csv"))),   # to count the right ones
     "seeds": ExtraRun('make train ensemble score SET="experiment=demo-seeds folds.name=demo" SEEDS="0 1"',
                       "outputs/demo-seeds"),
     # The binary variant (odd/even, ROC-AUC, a probability submission): stack, pseudo-labels and seeds too.
@@ -410,6 +412,18 @@ def _runs_block(runs: list[tuple[str, Path]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pseudo_list_block(folder: Path) -> str:
+    """How many test images the list held, per class, and how many of their labels were right (checked against
+    the held-back labels afterwards; the pipeline never reads them for the list)."""
+    listed = pd.read_csv(folder / "pseudo_labels.csv", dtype=str)
+    truth = pd.read_csv(folder / "test_labels.csv", dtype=str).set_index("id")["label"]
+    per_class = listed["label"].value_counts()
+    right = int((listed["label"].to_numpy() == truth.loc[listed["id"]].to_numpy()).sum())
+    return (f"The list held {len(listed)} of the {len(truth)} test images ({per_class.min()} to {per_class.max()} "
+            f"per class), {right} of them correctly labelled (checked afterwards against the held-back labels, "
+            "which the pipeline never read for it).\n")
+
+
 def _headline_block(frame: pd.DataFrame, label: str, metric: str, extra: list[str]) -> str:
     """A narrow table of `frame`: the label column, then `extra` and the headline `metric` (3 decimals)."""
     columns = [label, *extra, metric]
@@ -460,6 +474,7 @@ def render_blocks(figures: Path = FIGURES) -> dict[str, str]:
     if (figures / "pseudo" / "cv.csv").is_file():
         blocks["pseudo_runs"] = _runs_block([("round 1 (`demo`)", figures), ("pseudo-labels (`demo-pl`)",
                                                                              figures / "pseudo")])
+        blocks["pseudo_list"] = _pseudo_list_block(figures / "pseudo")
     return {**blocks, **_extra_blocks(figures)}
 
 
@@ -471,7 +486,8 @@ def rewrite_readme(text: str, blocks: dict[str, str]) -> str:
     """
     unknown = sorted({m["name"] for m in _BLOCK.finditer(text)} - set(blocks))
     if unknown:
-        raise ValueError(f"README blocks with no generator: {unknown}; known: {sorted(blocks)}")
+        raise ValueError(f"README blocks with no generator, or whose files are missing from the figures folder "
+                         f"(commit them, or run `make docs-run`): {unknown}; rendered: {sorted(blocks)}")
     return _BLOCK.sub(lambda m: m.group(1) + blocks[m["name"]] + m.group(4), text)
 
 
