@@ -223,7 +223,7 @@ mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow)
 docs: | $(VENV_OK) ## rewrite the README's generated tables from docs/figures/
 	$(PY) -m pipeline.tools.docs
 
-docs-run: | $(VENV_OK) ## measure the README's figures from scratch (demo, bench, stack, the odd/even, leak and pseudo-label runs; ~40 min here), then make docs
+docs-run: | $(VENV_OK) ## measure the README's figures from scratch (demo, bench, stack, the odd/even, leak and pseudo-label runs; 51 min on a 2-core AMD EPYC), then make docs
 	$(PY) -m pipeline.tools.docs --run
 
 clean: ## remove outputs/ and folds/ (keeps the virtual environment)
