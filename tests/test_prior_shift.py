@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +188,11 @@ def test_off_changes_nothing_and_a_run_without_train_prior_files_falls_back_to_r
     oof = pd.concat(pd.read_csv(cfg.fold_dir(k) / "oof.csv") for k in range(K))
     raw = (oof["label"].value_counts().reindex(CLASSES).to_numpy() + 1) / (len(oof) + 3)
     np.testing.assert_allclose(record["model_prior"], raw, atol=0.01)
+
+
+def test_a_train_prior_of_other_classes_is_refused_with_its_file(tmp_path):
+    cfg, _ = _experiment(tmp_path, [1 / 3, 1 / 3, 1 / 3])
+    stale = cfg.fold_dir(2) / "train_prior.json"
+    write_json_atomic(stale, {"classes": ["cat", "dog"], "prior": [0.5, 0.5]})   # left by another run
+    with pytest.raises(ValueError, match=f"{re.escape(str(stale))} lists classes .*another training run; retrain this fold"):
+        ensemble(cfg, **QUIET)

@@ -7,6 +7,7 @@ real merge and ensemble stages then run on them.
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -108,3 +109,12 @@ def test_adding_a_seed_leaves_the_other_seeds_stamps_and_a_plain_run_s_stamps_as
 def test_one_seed_is_refused_in_favour_of_the_seed_key():
     with pytest.raises(ConfigError, match="seeds: must be null or a list of at least 2"):
         load_config(None, {"seeds": [3]})
+
+
+def test_a_seeds_train_prior_of_other_classes_is_refused_with_its_file(cfg):
+    for s in (0, 1):
+        (seed_config(cfg, s).fold_dir(0) / "train_prior.json").write_text(
+            json.dumps({"classes": ["a", "b"] if s == 0 else ["a", "c"], "prior": [0.5, 0.5]}))
+    stale = seed_config(cfg, 1).fold_dir(0) / "train_prior.json"
+    with pytest.raises(ValueError, match=f"{re.escape(str(stale))} lists classes"):
+        merge_seeds(cfg, 0, log=lambda _: None)

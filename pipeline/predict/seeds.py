@@ -10,8 +10,6 @@ the mean of the seeds' learned priors.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 
@@ -22,7 +20,7 @@ from pipeline.predict.cv_table import metrics_row
 from pipeline.predict.probs import PROB_PREFIX, class_ids, prob_columns, read_fold_probs, read_test_probs, stack_folds
 from pipeline.predict.voting import vote, vote_scores
 from pipeline.train.models import read_sidecar
-from pipeline.train.prior import TRAIN_PRIOR_FILE
+from pipeline.train.prior import TRAIN_PRIOR_FILE, read_train_prior
 
 __all__ = ["average_seed_frames", "merge_seeds", "seed_cv_rows", "seed_score_rows", "seeds_note"]
 
@@ -59,10 +57,7 @@ def _merge_train_priors(paths: list, out, classes: list, log) -> None:
         out.unlink(missing_ok=True)      # a stale average must not outlive its seeds
         log(f"[seeds] {', '.join(missing)} missing: {out} not written")
         return
-    records = [json.loads(p.read_text()) for p in paths]
-    for path, record in zip(paths, records):
-        if record.get("classes") != list(classes):
-            raise ValueError(f"{path} lists classes {record.get('classes')}, the fold {classes}; retrain the fold")
+    records = [read_train_prior(p, classes) for p in paths]
     prior = np.mean([r["prior"] for r in records], axis=0)
     write_json_atomic(out, {**records[0], "prior": (prior / prior.sum()).round(8).tolist(),
                             "seeds_averaged": len(records)})

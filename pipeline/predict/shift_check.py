@@ -6,8 +6,6 @@ The maths is in :mod:`pipeline.predict.prior_shift`; nothing here reads a test l
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from pipeline.config import Config
@@ -15,6 +13,7 @@ from pipeline.predict.cv_table import metrics_row
 from pipeline.predict.prior_shift import (bbse_prior, em_prior, reversed_mix, reweight, shift_test,
                                           simulated_mix)
 from pipeline.predict.voting import class_priors
+from pipeline.train.prior import TRAIN_PRIOR_FILE, read_train_prior
 
 __all__ = ["PRIOR_SHIFT_MODES", "fold_train_priors", "model_prior", "shift_record", "apply_shift", "shift_notes",
            "simulated_shift_rows", "shift_score_rows"]
@@ -29,13 +28,9 @@ def fold_train_priors(cfg: Config, classes: list, oof_y: np.ndarray, oof_folds: 
     labels), with a note: oversampling or class weights are then not divided out."""
     priors = {}
     for k in range(cfg.folds.n_splits):
-        path = cfg.fold_dir(k) / "train_prior.json"
+        path = cfg.fold_dir(k) / TRAIN_PRIOR_FILE
         if path.is_file():
-            record = json.loads(path.read_text())
-            if record.get("classes") != list(classes):
-                raise ValueError(f"{path} lists classes {record.get('classes')}, the folds {classes}: "
-                                 "it is from another training run; retrain this fold")
-            priors[k] = np.asarray(record["prior"], dtype=np.float64)
+            priors[k] = np.asarray(read_train_prior(path, classes)["prior"], dtype=np.float64)
         else:
             log(f"[ensemble] {path} is missing (trained before the effective prior was recorded): fold {k}'s "
                 "prior is its training rows' raw label counts; retrain to divide out sampling and class weights")

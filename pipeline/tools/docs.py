@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.fileio import read_text_csv
+
 __all__ = ["FIGURES", "render_blocks", "rewrite_readme", "record_run", "main"]
 
 FIGURES = Path("docs/figures")
@@ -415,8 +417,8 @@ def _runs_block(runs: list[tuple[str, Path]]) -> str:
 def _pseudo_list_block(folder: Path) -> str:
     """How many test images the list held, per class, and how many of their labels were right (checked against
     the held-back labels afterwards; the pipeline never reads them for the list)."""
-    listed = pd.read_csv(folder / "pseudo_labels.csv", dtype=str)
-    truth = pd.read_csv(folder / "test_labels.csv", dtype=str).set_index("id")["label"]
+    listed = read_text_csv(folder / "pseudo_labels.csv")
+    truth = read_text_csv(folder / "test_labels.csv").set_index("id")["label"]
     per_class = listed["label"].value_counts()
     right = int((listed["label"].to_numpy() == truth.loc[listed["id"]].to_numpy()).sum())
     return (f"The list held {len(listed)} of the {len(truth)} test images ({per_class.min()} to {per_class.max()} "

@@ -7,6 +7,7 @@ is this *effective* prior, not the raw label counts.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from pipeline.data.sampling import epoch_class_frequencies
 from pipeline.fileio import write_json_atomic
 from pipeline.train.losses import loss_class_tilt
 
-__all__ = ["TRAIN_PRIOR_FILE", "effective_prior", "train_prior_record", "write_train_prior"]
+__all__ = ["TRAIN_PRIOR_FILE", "effective_prior", "read_train_prior", "train_prior_record", "write_train_prior"]
 
 TRAIN_PRIOR_FILE = "train_prior.json"
 
@@ -54,3 +55,13 @@ def write_train_prior(cfg: Config, fold_dir: Path, train_targets: np.ndarray, cl
     path = Path(fold_dir) / TRAIN_PRIOR_FILE
     write_json_atomic(path, train_prior_record(cfg, train_targets, classes))
     return path
+
+
+def read_train_prior(path: Path, classes: list) -> dict:
+    """The record of ``train_prior.json`` at `path`, refused when it lists other `classes` than the run's
+    (a file left by another training run would divide out the wrong prior)."""
+    record = json.loads(Path(path).read_text())
+    if record.get("classes") != list(classes):
+        raise ValueError(f"{path} lists classes {record.get('classes')}, the run {list(classes)}: "
+                         "it is from another training run; retrain this fold")
+    return record
