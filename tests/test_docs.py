@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -141,3 +143,58 @@ def test_the_pseudo_label_list_sentence_counts_the_listed_images_and_the_right_l
         figures / "pseudo" / "test_labels.csv", index=False)
     block = render_blocks(figures)["pseudo_list"]
     assert block.startswith("The list held 3 of the 5 test images (1 to 2 per class), 2 of them correctly labelled")
+
+
+def test_the_prior_shift_sentence_comes_from_the_runs_ensemble_score_and_cv_files(tmp_path):
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    for name in ("run.json", "bench.json", "score.csv"):
+        (figures / name).write_bytes((REPO / FIGURES / name).read_bytes())
+    record = json.loads((REPO / FIGURES / "ensemble.json").read_text())
+    record["prior_shift"].update(applied=False, method=None, g_statistic=3.2, p_value=0.4,
+                                 model_prior=[0.3, 0.7], training_labels=[0.2, 0.8],
+                                 estimates={"em": [0.45, 0.55], "bbse": [0.41, 0.59]})
+    (figures / "ensemble.json").write_text(json.dumps(record))
+    cv = pd.read_csv(REPO / FIGURES / "cv.csv")
+    reversed_em = cv["part"].str.startswith("simulated reversed mix: EM correction")
+    cv.loc[reversed_em, "f1_macro"] = 0.5
+    cv.to_csv(figures / "cv.csv", index=False)
+    score = pd.read_csv(figures / "score.csv").set_index("model")["f1_macro"]
+    block = render_blocks(figures)["prior_shift"]
+    assert "G=3, p=0.4, so `auto` leaves the submission unchanged." in block
+    assert "effective prior spans 0.300–0.700 against raw label shares of 0.200–0.800" in block
+    assert "the EM estimate of the test mix spans 0.450–0.550, BBSE's 0.410–0.590" in block
+    assert f"EM-corrected {score['soft vote + prior-shift correction (em) (submission)']:.3f}," in block
+    assert f"the rank vote {score['rank vote']:.3f}." in block
+    plain = cv.loc[cv["part"].str.startswith("simulated reversed mix: no correction"), "f1_macro"].item()
+    assert f"to the reversed mix: {plain:.3f} without and 0.500 with the EM correction" in block
+
+
+def _write_leak_run(folder, oof: float, test: float, folds: tuple, flagged: tuple, rest: tuple):
+    """A run's cv.csv and score.csv with its TTA row and its two leak rows ((rows, accuracy) each)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"part": ["out-of-fold, TTA (mean)", "OOF rows with a cross-fold near-duplicate", "OOF rows without one"],
+                  "rows": [flagged[0] + rest[0], flagged[0], rest[0]], "accuracy": [0.5, flagged[1], rest[1]],
+                  "f1_macro": [oof, 0.1, 0.2]}).to_csv(folder / "cv.csv", index=False)
+    pd.DataFrame({"model": ["fold 0", "fold 1", "submission.csv"], "f1_macro": [*folds, test], "accuracy": 0.5}).to_csv(
+        folder / "score.csv", index=False)
+    (folder / "run.json").write_text('{"command": "make x", "seconds": 1, "cpu": "z", "date": "2026-11-29"}')
+
+
+def test_the_leak_optimism_sentence_comes_from_the_three_runs_files(tmp_path):
+    figures = tmp_path / "figures"
+    _write_leak_run(figures, 0.90, 0.93, (0.88, 0.91), (6, 1.0), (94, 0.93))   # the grouped demo itself
+    for name in ("run.json", "bench.json", "leak_eval.json"):
+        (figures / name).write_bytes((REPO / FIGURES / name).read_bytes())
+    _write_leak_run(figures / "nogroups", 0.99, 0.95, (0.90, 0.94), (80, 0.99), (20, 0.97))
+    _write_leak_run(figures / "autogroups", 0.92, 0.96, (0.89, 0.93), (3, 0.8), (97, 0.92))
+    pd.DataFrame({"similarity": [0.96, 0.97, 0.975]}).to_csv(figures / "autogroups" / "leaks.csv", index=False)
+    pd.DataFrame({"similarity": [0.99] * 4}).to_csv(figures / "leaks.csv", index=False)
+    threshold = json.loads((figures / "leak_eval.json").read_text())["auto_groups (before the split)"]["threshold"]
+    block = render_blocks(figures)["leak_optimism"]
+    assert "OOF macro-F1 (0.990) is 0.05–0.09 above what one fold model scores on the test set and 0.040 above" in block
+    assert "with auto_groups it is 0.920 against the grouped run's 0.900, and 0.040 below its own test score" in block
+    assert "without groups 80 of 100 OOF rows have a copy in another fold (accuracy 0.990; the 20 others: 0.970)" in block
+    assert "flags 3 pairs of similarity 0.9600–0.9750 (3 rows, accuracy 0.800 against 0.920 for the rest)" in block
+    assert f"the threshold auto_groups split on ({threshold:.4f})" in block
+    assert "the 4 look-alike pairs (6 rows) score accuracy 1.000 against 0.930 for the other rows" in block

@@ -2,12 +2,13 @@
 
 ``make docs-run`` runs the demo from scratch (``make clean``, then ``make folds train ensemble score``) and ``make bench``,
 then a second experiment on the same folds with its blend and stack (``STACK_COMMANDS``), times them, and copies what
-the README quotes into ``docs/figures/``: ``score.csv``, ``cv.csv``, ``bench.json``, the stack's and blend's
-``stack_cv.csv``/``stack_score.csv``/``blend_score.csv`` and ``run.json`` (the commands, their wall-clock seconds,
-the CPU, the commit).
+the README quotes into ``docs/figures/``: the demo's ``DEMO_FIGURES`` (``score.csv``, ``cv.csv``, ``ensemble.json``,
+``leaks.csv``), ``bench.json``, the stack's and blend's ``stack_cv.csv``/``stack_score.csv``/``blend_score.csv``,
+each extra run's files in ``<name>/`` and ``run.json`` (the commands, their wall-clock seconds, the CPU, the commit).
 ``make docs`` rewrites every block of the README between ``<!-- docs:NAME -->`` and ``<!-- /docs -->``
-from those files, so no figure in the README is typed by hand; a test checks that the README holds
-exactly what ``make docs`` writes from the committed ``docs/figures/``.
+from those files: the README's measured scores, counts and priors are in these blocks, and the prose around a
+block interprets it without repeating its numbers; a test checks that the README holds exactly what
+``make docs`` writes from the committed ``docs/figures/``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class ExtraRun:
         return (self.commands,) if isinstance(self.commands, str) else self.commands
 
 DEMO_COMMAND = ["make", "folds", "train", "ensemble", "score"]   # after `make clean`, which runs alone
+DEMO_FIGURES = ("score.csv", "cv.csv", "ensemble.json", "leaks.csv")   # copied from outputs/demo/
 BENCH_COMMAND = ["make", "bench"]
 # Further runs the README quotes: name -> (the command(s), the folder whose score.csv and cv.csv are copied to
 # docs/figures/<name>/, the experiment folders removed first so that the run is timed from scratch, and further
@@ -59,7 +61,8 @@ EXTRA_RUNS = {
                          "outputs/demo-nogroups"),
     "autogroups": ExtraRun('make folds train ensemble score '
                            'SET="data.group_column=null folds.auto_groups=true experiment=demo-autogroups"',
-                           "outputs/demo-autogroups"),
+                           "outputs/demo-autogroups",
+                           copies=(("leaks.csv", "outputs/demo-autogroups/leaks.csv"),)),   # the pairs left
     "pseudo": ExtraRun('make train ensemble score SET="experiment=demo-pl folds.name=demo pseudo.source=demo '
                        'pseudo.threshold=0.8 pseudo.max_per_class=0.1"', "outputs/demo-pl",
                        copies=(("pseudo_labels.csv", "outputs/demo-pl/pseudo_labels.csv"),
@@ -121,7 +124,7 @@ def record_run(figures: Path = FIGURES, exp_dir: Path = Path("outputs/demo"), be
     figures.mkdir(parents=True, exist_ok=True)
     for name, source in STACK_FIGURES.items():
         shutil.copyfile(source, figures / name)
-    for name in ("score.csv", "cv.csv"):
+    for name in DEMO_FIGURES:
         shutil.copyfile(exp_dir / name, figures / name)
     shutil.copyfile(bench, figures / "bench.json")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -130,7 +133,7 @@ def record_run(figures: Path = FIGURES, exp_dir: Path = Path("outputs/demo"), be
            "cpu": cpu_name(), "cores": os.cpu_count(), "date": date.today().isoformat(), "commit": commit,
            "epoch_seconds": _epoch_seconds(exp_dir)}
     (figures / "run.json").write_text(json.dumps(run, indent=2) + "\n")
-    log(f"[docs] wrote {figures}/: score.csv, cv.csv, bench.json, run.json")
+    log(f"[docs] wrote {figures}/: {', '.join(DEMO_FIGURES)}, bench.json, run.json")
     return figures
 
 
@@ -381,11 +384,12 @@ def record_leak_eval(figures: Path = FIGURES, log=print) -> None:
 
 
 def _leak_eval_block(found: dict) -> str:
-    lines = ["| case | true cross-fold duplicate pairs | flagged | precision | recall |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| case | true cross-fold duplicate pairs | flagged | precision | recall | similarity threshold |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for case, r in found.items():
         p = "–" if r["precision"] is None or not r["true_pairs"] else f"{r['precision']:.3f}"
         rec = "–" if r["recall"] is None else f"{r['recall']:.3f}"
-        lines.append(f"| {case} | {r['true_pairs']} | {r['flagged']} | {p} | {rec} |")
+        lines.append(f"| {case} | {r['true_pairs']} | {r['flagged']} | {p} | {rec} | {r['threshold']:.4f} |")
     auto = found.get("auto_groups (before the split)", {})
     if "components" in auto:
         lines += ["", f"`{' '.join(LEAK_EVAL_COMMAND)}`: auto_groups' pairs form {auto['components']} components for "
@@ -402,6 +406,36 @@ def _oof_and_test(folder: Path, metric: str = "f1_macro") -> tuple[float, float,
     oof = cv.loc[[p for p in cv.index if p.startswith("out-of-fold, TTA (")][0], metric]
     folds = score.loc[[m for m in score.index if re.fullmatch(r"fold \d+", m)], metric]
     return oof, score.loc["submission.csv", metric], folds.min(), folds.max()
+
+
+def _leak_rows(folder: Path) -> tuple[int, float, int, float]:
+    """(rows with a cross-fold near-duplicate, their accuracy, the other rows, theirs) from a run's cv.csv."""
+    cv = pd.read_csv(folder / "cv.csv").set_index("part")
+    flagged, rest = cv.loc["OOF rows with a cross-fold near-duplicate"], cv.loc["OOF rows without one"]
+    return int(flagged["rows"]), flagged["accuracy"], int(rest["rows"]), rest["accuracy"]
+
+
+def _leak_optimism_block(figures: Path) -> str:
+    """What the three leak runs' OOF and test scores and their CV leak rows say, from their files."""
+    oof, test, low, high = _oof_and_test(figures / "nogroups")
+    auto_oof, auto_test, _, _ = _oof_and_test(figures / "autogroups")
+    grouped_oof = _oof_and_test(figures)[0]
+    n_with, acc_with, n_rest, acc_rest = _leak_rows(figures / "nogroups")
+    auto_with, auto_acc, _, auto_acc_rest = _leak_rows(figures / "autogroups")
+    given_with, given_acc, _, given_acc_rest = _leak_rows(figures)
+    pairs = pd.read_csv(figures / "autogroups" / "leaks.csv")["similarity"]
+    found = json.loads((figures / "leak_eval.json").read_text())
+    return (f"Without groups the OOF macro-F1 ({oof:.3f}) is {oof - high:.2f}–{oof - low:.2f} above what one fold "
+            f"model scores on the test set and {oof - test:.3f} above the submission; with auto_groups it is "
+            f"{auto_oof:.3f} against the grouped run's {grouped_oof:.3f}, and {abs(auto_oof - auto_test):.3f} "
+            f"{'below' if auto_oof < auto_test else 'above'} its own test score. The CV table's leak rows: in the run "
+            f"without groups {n_with} of {n_with + n_rest} OOF rows have a copy in another fold (accuracy "
+            f"{acc_with:.3f}; the {n_rest} others: {acc_rest:.3f}); after auto_groups the check still flags "
+            f"{len(pairs)} pairs of similarity {pairs.min():.4f}–{pairs.max():.4f} ({auto_with} rows, accuracy "
+            f"{auto_acc:.3f} against {auto_acc_rest:.3f} for the rest), under the threshold auto_groups split on "
+            f"({found['auto_groups (before the split)']['threshold']:.4f}); with the groups given, the "
+            f"{len(pd.read_csv(figures / 'leaks.csv'))} look-alike pairs ({given_with} rows) score accuracy {given_acc:.3f} "
+            f"against {given_acc_rest:.3f} for the other rows.\n")
 
 
 def _runs_block(runs: list[tuple[str, Path]]) -> str:
@@ -424,6 +458,37 @@ def _pseudo_list_block(folder: Path) -> str:
     return (f"The list held {len(listed)} of the {len(truth)} test images ({per_class.min()} to {per_class.max()} "
             f"per class), {right} of them correctly labelled (checked afterwards against the held-back labels, "
             "which the pipeline never read for it).\n")
+
+
+def _span(values) -> str:
+    """'low–high' of `values` (3 decimals)."""
+    return f"{min(values):.3f}–{max(values):.3f}"
+
+
+def _prior_shift_block(figures: Path) -> str:
+    """The demo's priors, shift test and corrected scores, from its ensemble.json, score.csv and cv.csv."""
+    record = json.loads((figures / "ensemble.json").read_text())["prior_shift"]
+    cv, score, metric = _read_run(figures)
+    test = score.rename(index=lambda name: name.removesuffix(" (submission)"))
+
+    def simulated(mix: str, what: str) -> float:
+        return cv[next(part for part in cv.index if part.startswith(f"simulated {mix} mix: {what}"))]
+
+    def mix_text(mix: str) -> str:
+        return (f"{simulated(mix, 'no correction'):.3f} without and {simulated(mix, 'EM correction'):.3f} with the "
+                f"EM correction (`auto`: {simulated(mix, 'auto'):.3f})")
+
+    decision = (f"so `auto` applies the {record['method'].upper()} correction" if record["applied"]
+                else "so `auto` leaves the submission unchanged")
+    estimates = record["estimates"]
+    return (f"The G-test of out-of-fold against test predicted classes gives G={record['g_statistic']:.0f}, "
+            f"p={record['p_value']:.1g}, {decision}. The models' effective prior spans {_span(record['model_prior'])} "
+            f"against raw label shares of {_span(record['training_labels'])}; the EM estimate of the test mix spans "
+            f"{_span(estimates['em'])}, BBSE's {_span(estimates['bbse'])}. On the test set ({metric}): the soft vote "
+            f"{test['soft vote']:.3f}, EM-corrected {test['soft vote + prior-shift correction (em)']:.3f}, "
+            f"BBSE-corrected {test['soft vote + prior-shift correction (bbse)']:.3f}, the rank vote "
+            f"{test['rank vote']:.3f}. Out of fold, resampled to a balanced mix: {mix_text('balanced')}; to the "
+            f"reversed mix: {mix_text('reversed')}; to their own training mix: {mix_text('training')}.\n")
 
 
 def _headline_block(frame: pd.DataFrame, label: str, metric: str, extra: list[str]) -> str:
@@ -461,6 +526,8 @@ def render_blocks(figures: Path = FIGURES) -> dict[str, str]:
               "cv": _cv_block(pd.read_csv(figures / "cv.csv")), "bench": _bench_block(bench)}
     if all((figures / name).is_file() for name in STACK_FIGURES):
         blocks["stack"] = _stack_block(*(pd.read_csv(figures / name) for name in STACK_FIGURES))
+    if (figures / "ensemble.json").is_file():
+        blocks["prior_shift"] = _prior_shift_block(figures)
     if (figures / "mutation.json").is_file():   # written by `make mutation`
         blocks["mutation"] = _mutation_block(json.loads((figures / "mutation.json").read_text()))
     if (figures / "leak_eval.json").is_file():
@@ -469,6 +536,9 @@ def render_blocks(figures: Path = FIGURES) -> dict[str, str]:
         blocks["leak_runs"] = _runs_block([("groups withheld (`demo-nogroups`)", figures / "nogroups"),
                                            ("`folds.auto_groups` (`demo-autogroups`)", figures / "autogroups"),
                                            ("groups given (`demo`)", figures)])
+    if all((figures / name).is_file() for name in ("leak_eval.json", "leaks.csv", "autogroups/leaks.csv",
+                                                   "nogroups/cv.csv")):
+        blocks["leak_optimism"] = _leak_optimism_block(figures)
     if (figures / "seeds" / "cv.csv").is_file():
         blocks["seeds_runs"] = _seeds_block(figures, figures / "seeds")
     if all((figures / name / "cv.csv").is_file() for name in ("odd", "odd_stack", "odd_pl", "odd_seeds")):
