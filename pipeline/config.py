@@ -128,8 +128,9 @@ class FoldsConfig(_Section):
     dir: str = "folds"
     # Group suspected near-duplicates (pipeline/data/leaks.py) before splitting, joined with any group column.
     auto_groups: bool = False
-    # The leak rule: a same-class pair is a suspected duplicate above this many robust SDs (see leaks.py).
-    leak_mads: float = Field(6.0, gt=0)
+    # The leak rule (see leaks.py): a same-class pair is a suspected duplicate when its distance after
+    # alignment is under this share of each image's median distance to its nearest look-alikes.
+    leak_ratio: float = Field(0.2, gt=0, lt=1)
 
 
 class ModelConfig(_Section):
@@ -404,6 +405,11 @@ def _range(field: FieldInfo) -> str:
     return named.get(lo) or f"must be {'at least' if lo[0] == '[' else 'greater than'} {lo[1:]}"
 
 
+# Keys an earlier version read, with what replaced them: a config written for it gets told, not just refused.
+_RETIRED = {"folds.leak_mads": "the leak rule is now relative to each image's neighbourhood; set "
+                               "folds.leak_ratio (default 0.2, see README 'Leaks') or remove the key"}
+
+
 def _problem(err: dict) -> tuple[str, str]:
     """(dotted key, one line saying what is wrong) for one of pydantic's errors."""
     model, keys, field = Config, [], None
@@ -417,6 +423,8 @@ def _problem(err: dict) -> tuple[str, str]:
     if kind == "extra_forbidden":
         names = list(model.model_fields)
         unknown = ".".join([*keys, str(err["loc"][len(keys)])])
+        if unknown in _RETIRED:
+            return unknown, f"'{unknown}' is no longer a key: {_RETIRED[unknown]}"
         close = difflib.get_close_matches(str(err["loc"][len(keys)]), names, n=1)
         hint = f" Did you mean '{'.'.join([*keys, close[0]])}'?" if close else ""
         return unknown, f"unknown key '{unknown}'.{hint} Allowed keys here: {', '.join(names)}"

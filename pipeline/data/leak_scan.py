@@ -1,7 +1,8 @@
 """The leak check on a competition's training table: pixel features, the scan, and auto groups.
 
-The features are shift-tolerant RGB thumbnails (:mod:`pipeline.data.leaks`): they exist before training,
-need no download, and a copy moved by a few pixels or re-exposed still matches its original. The same scan
+The features are the images themselves at a working size chosen from them (:mod:`pipeline.data.leak_features`):
+they exist before training and need no download; the alignment (:mod:`pipeline.data.leak_align`) undoes
+a copy's shift, zoom, crop and exposure. The same scan
 serves ``folds.auto_groups`` (before the split), the EDA page and the ensemble's CV row (after it).
 """
 
@@ -11,16 +12,18 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config
-from pipeline.data.leaks import LeakScan, duplicate_groups, shift_tolerant_similarity, suspected_pairs, thumbnails
+from pipeline.data.leak_features import load_gray, working_size
+from pipeline.data.leaks import LeakScan, duplicate_groups, suspected_pairs
 
 __all__ = ["scan_leaks", "auto_groups", "leak_pairs_table"]
 
 
 def scan_leaks(cfg: Config, table: pd.DataFrame, folds=None) -> LeakScan:
     """Suspected duplicate pairs of `table`'s images (same label; in different folds when `folds` is given)."""
-    thumbs = thumbnails(table["image"].tolist())
-    return suspected_pairs(lambda rows: shift_tolerant_similarity(thumbs[rows]), table["label"].to_numpy(),
-                           folds, cfg.folds.leak_mads, features="shift-tolerant 16x16 RGB thumbnails")
+    paths = table["image"].tolist()
+    size = working_size(paths)
+    return suspected_pairs(load_gray(paths, size), table["label"].to_numpy(), folds, cfg.folds.leak_ratio,
+                           features=f"grayscale {size}x{size}, aligned")
 
 
 def auto_groups(cfg: Config, table: pd.DataFrame, log=print) -> np.ndarray:

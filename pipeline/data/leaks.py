@@ -1,18 +1,20 @@
 """Leaks: near-duplicate training images (across folds), told apart from ordinary look-alikes.
 
 A leak is one subject photographed several times with the copies split across folds: the model is then
-validated on a near-copy of a training image and the CV score is optimistic. Fixed hash distances cannot
-tell such copies from different images of one class that merely look alike (every digit "1" resembles
-every other), so the decision here is relative to the data:
+validated on a near-copy of a training image and the CV score is optimistic. How alike two ordinary images of
+one class are differs from class to class (plain T-shirts are near-identical, bags vary) and from image to
+image, so no fixed distance, and no single threshold per dataset, tells a copy from a look-alike. The decision
+here is relative to each image's own neighbourhood:
 
-1. every image is a vector (:func:`thumbnails` → pixel features before training, or a model's embedding);
-2. the similarity of two images is their cosine, for thumbnails the best over small shifts
-   (:func:`shift_tolerant_similarity`), so a copy moved by a few pixels still matches;
-3. the reference is the distribution of every same-class pair (across folds when folds are given) —
-   ordinary look-alikes; duplicates are a tiny share of those pairs, so its median and MAD ignore them;
-4. a pair is a suspected duplicate when its cosine distance, on a log scale (``-log(1 - s)``, which spreads
-   the values near 1 where copies sit), lies more than ``mads`` robust standard deviations
-   (1.4826 × MAD) above the median: an outlier of that distribution, not a fixed threshold.
+1. **candidates**: each image's nearest same-class neighbours under descriptors blind to shifts, zooms and
+   crops (:mod:`pipeline.data.leak_features`), found by an index, never an all-pairs matrix;
+2. **verification**: every candidate pair is aligned (shift, zoom, rotation, crop, exposure;
+   :mod:`pipeline.data.leak_align`) and its distance is 1 - the correlation after the best fit;
+3. **the rule**: a pair is a suspected duplicate when its distance is under ``ratio`` (``folds.leak_ratio``)
+   times *each* image's median distance to its candidates — a copy is many times closer to its original than
+   either is to its look-alikes, while two plain T-shirts are about as close as every other plain T-shirt;
+4. **closure**: the copies of one subject are also copies of each other, so the pairs two suspected pairs
+   imply (a–b and b–c imply a–c) are aligned too and kept when they pass the same rule.
 
 :func:`duplicate_groups` joins suspected pairs (and any given groups) into connected components, the groups
 ``folds.auto_groups`` splits on.
@@ -25,130 +27,95 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["THUMB_SIZE", "MAX_SHIFT", "thumbnails", "cosine_similarity", "shift_tolerant_similarity",
-           "LeakScan", "suspected_pairs", "duplicate_groups", "rows_in_pairs"]
+from pipeline.data.leak_align import aligned_distance
+from pipeline.data.leak_features import fourier_descriptor, moment_descriptor, nearest_neighbours, thumbnail_descriptor
 
-# Thumbnail side: small enough that a shift of a few pixels in the original is under one thumbnail
-# pixel after the blur, large enough to keep a digit's or a face's layout.
-THUMB_SIZE = 16
-# Shifts (thumbnail pixels, each axis) tried when comparing two thumbnails: 2 of 16 = 1/8 of the image.
-MAX_SHIFT = 2
-_BLUR_SIGMA = 0.5
-_ROBUST_SD = 1.4826        # MAD x this = the standard deviation, for normal data
+__all__ = ["NEIGHBOURS", "LeakScan", "suspected_pairs", "duplicate_groups", "rows_in_pairs"]
+
+# Candidates per image and descriptor: enough that a copy is among them, few enough that aligning them all
+# stays linear in the class size.
+NEIGHBOURS = 10
 _TINY = 1e-6
-
-
-def thumbnails(paths, size: int = THUMB_SIZE) -> np.ndarray:
-    """(n, size, size, 3) float32 RGB thumbnails, lightly blurred: pixel features that exist before training.
-
-    A file that cannot be read is an error naming it (the data check runs before the stages that call this).
-    """
-    from PIL import Image
-    from scipy.ndimage import gaussian_filter
-
-    paths = list(paths)
-    out = np.zeros((len(paths), size, size, 3), dtype=np.float32)
-    for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as img:
-                img.draft("RGB", (size * 4, size * 4))  # JPEG: decode at a reduced scale
-                out[i] = np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BOX))
-        except (OSError, ValueError, SyntaxError) as err:
-            raise ValueError(f"leak check: cannot read the training image {path} ({err}); "
-                             "run `make check` to list every unreadable image") from None
-    return gaussian_filter(out, sigma=(0, _BLUR_SIGMA, _BLUR_SIGMA, 0))
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows centred and scaled to length 1 (a flat image becomes the zero vector: similarity 0 to all)."""
-    x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
-    x = x - x.mean(axis=1, keepdims=True)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norm, out=np.zeros_like(x), where=norm > _TINY)
-
-
-def cosine_similarity(features: np.ndarray) -> np.ndarray:
-    """(n, n) cosine similarity of feature rows (embeddings), each row centred first."""
-    unit = _unit(features)
-    return unit @ unit.T
-
-
-def shift_tolerant_similarity(thumbs: np.ndarray, max_shift: int = MAX_SHIFT) -> np.ndarray:
-    """(n, n) best cosine between thumbnail a and thumbnail b shifted by up to `max_shift` pixels per axis.
-
-    The shifted copy's border is filled with its edge pixels; the matrix is made symmetric (a→b or b→a).
-    """
-    thumbs = np.asarray(thumbs, dtype=np.float32)
-    n, h, w = thumbs.shape[:3]
-    r = int(max_shift)
-    pad = np.pad(thumbs, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
-    base = _unit(thumbs)
-    best = np.full((n, n), -1.0, dtype=np.float32)
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            shifted = _unit(pad[:, r + dy:r + dy + h, r + dx:r + dx + w])
-            np.maximum(best, base @ shifted.T, out=best)
-    return np.maximum(best, best.T)
 
 
 @dataclass
 class LeakScan:
-    """The suspected duplicate pairs and the reference distribution that decided them."""
-    pairs: pd.DataFrame        # i, j (row positions, i < j), similarity, score (robust z), strongest first
-    compared: int              # same-class (cross-fold) pairs in the reference distribution
-    median: float              # of -log(1 - similarity) over those pairs
-    scale: float               # 1.4826 x MAD of the same
-    mads: float                # the rule: score > mads
-    features: str              # what the similarities were computed on, for messages
-
-    @property
-    def threshold(self) -> float:
-        """The similarity above which a pair is flagged (the rule, back on the cosine scale)."""
-        return float(1.0 - np.exp(-(self.median + self.mads * self.scale)))
+    """The suspected duplicate pairs and what decided them."""
+    pairs: pd.DataFrame        # i, j (row positions, i < j), similarity (1 - aligned distance), score, strongest first
+    compared: int              # candidate pairs aligned
+    ratio: float               # the rule: distance < ratio x each image's median candidate distance
+    features: str              # what the images were compared on, for messages
 
     def describe(self) -> str:
-        return (f"{len(self.pairs)} suspected duplicate pair(s) among {self.compared} same-class pairs "
-                f"compared ({self.features}); flagged: similarity > {self.threshold:.4f}, i.e. more than "
-                f"{self.mads:g} robust SDs above the median of -log(1 - similarity)")
+        return (f"{len(self.pairs)} suspected duplicate pair(s) among {self.compared} aligned candidate pairs "
+                f"({self.features}); flagged: a pair whose distance after alignment is under {self.ratio:g} x "
+                "each image's median distance to its nearest same-class look-alikes (folds.leak_ratio)")
 
 
-def _log_distance(similarity: np.ndarray) -> np.ndarray:
-    return -np.log(np.clip(1.0 - similarity, _TINY, None))
+def _candidates(images: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """(m, 2) unique pairs (i < j) of `rows`: each row with its k nearest under every descriptor."""
+    sub = images[rows]
+    found = []
+    for descriptor in (fourier_descriptor(sub), moment_descriptor(sub), thumbnail_descriptor(sub)):
+        near = nearest_neighbours(descriptor, k)
+        i, j = np.repeat(rows, near.shape[1]), rows[near.ravel()]
+        found.append(np.minimum(i, j) * len(images) + np.maximum(i, j))     # one int64 per pair: a fast unique
+    codes = np.unique(np.concatenate(found))
+    return np.stack([codes // len(images), codes % len(images)], 1)
 
 
-def suspected_pairs(similarity_of, labels, folds=None, mads: float = 6.0, features: str = "") -> LeakScan:
-    """Same-class pairs (in different folds, when `folds` is given) whose similarity is an outlier.
+def _median_by_row(n_rows: int, pairs: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """Each row's median distance to its candidates (inf for a row without any)."""
+    frame = pd.DataFrame({"row": pairs.ravel(order="F"), "d": np.concatenate([distance, distance])})
+    return frame.groupby("row")["d"].median().reindex(range(n_rows), fill_value=np.inf).to_numpy()
 
-    `similarity_of(rows)` returns the (m, m) similarity matrix of those row positions; it is called once per
-    class, so only same-class pairs are ever computed. Pairs of two classes are never duplicates here (a
-    copy carries its label), which also keeps the memory at the largest class squared.
+
+def _implied_pairs(flagged: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Pairs (i < j) that two flagged pairs sharing a row imply and that are not among `known`."""
+    edges = pd.DataFrame(np.concatenate([flagged, flagged[:, ::-1]]), columns=["a", "b"])
+    two_hop = edges.merge(edges, left_on="b", right_on="a", suffixes=("", "_2"))[["a", "b_2"]].to_numpy()
+    two_hop = two_hop[two_hop[:, 0] < two_hop[:, 1]]
+    if not len(two_hop):
+        return two_hop.reshape(0, 2)
+    two_hop = np.unique(two_hop, axis=0)
+    seen = set(map(tuple, known.tolist()))
+    return np.array([p for p in two_hop.tolist() if tuple(p) not in seen], dtype=np.int64).reshape(-1, 2)
+
+
+def suspected_pairs(images: np.ndarray, labels, folds=None, ratio: float = 0.2, k: int = NEIGHBOURS,
+                    features: str = "") -> LeakScan:
+    """Same-class pairs (in different folds, when `folds` is given) far closer than their neighbourhoods.
+
+    `images` is (n, h, w) grayscale in the rows' order. Pairs of two classes are never duplicates here (a copy
+    carries its label), and the candidates are found per class, so the cost is linear in the class size.
     """
-    if not mads > 0:
-        raise ValueError(f"mads must be positive (robust SDs above the median), got {mads!r}")
+    if not 0 < ratio < 1:
+        raise ValueError(f"ratio must be between 0 and 1 (a copy's distance as a share of its look-alikes'), "
+                         f"got {ratio!r}")
     labels = np.asarray(labels, dtype=object)
-    folds = None if folds is None else np.asarray(folds)
-    rows_i, rows_j, sims = [], [], []
-    for cls in pd.unique(labels):
-        rows = np.flatnonzero(labels == cls)
-        if len(rows) < 2:
-            continue
-        sim = np.asarray(similarity_of(rows))
-        a, b = np.triu_indices(len(rows), k=1)
-        if folds is not None:
-            cross = folds[rows[a]] != folds[rows[b]]
-            a, b = a[cross], b[cross]
-        rows_i.append(rows[a]), rows_j.append(rows[b]), sims.append(sim[a, b])
-    i = np.concatenate(rows_i) if rows_i else np.zeros(0, dtype=np.int64)
-    j = np.concatenate(rows_j) if rows_j else np.zeros(0, dtype=np.int64)
-    s = np.concatenate(sims).astype(np.float64) if sims else np.zeros(0)
-    d = _log_distance(s)
-    median = float(np.median(d)) if len(d) else 0.0
-    scale = max(_ROBUST_SD * float(np.median(np.abs(d - median))) if len(d) else 0.0, _TINY)
-    score = (d - median) / scale
-    keep = score > mads
-    pairs = pd.DataFrame({"i": i[keep], "j": j[keep], "similarity": s[keep], "score": score[keep]})
-    pairs = pairs.sort_values(["score", "i", "j"], ascending=[False, True, True], ignore_index=True)
-    return LeakScan(pairs, int(len(s)), median, scale, float(mads), features)
+    n = len(labels)
+    pairs = [_candidates(images, np.flatnonzero(labels == cls), k) for cls in pd.unique(labels)
+             if (labels == cls).sum() >= 2]
+    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
+    distance = aligned_distance(images, pairs[:, 0], pairs[:, 1])
+    reference = _median_by_row(n, pairs, distance)
+
+    def passes(p, d):
+        return d < ratio * np.minimum(reference[p[:, 0]], reference[p[:, 1]])
+
+    keep = passes(pairs, distance)
+    implied = _implied_pairs(pairs[keep], pairs)
+    implied_distance = aligned_distance(images, implied[:, 0], implied[:, 1])
+    pairs, distance = np.concatenate([pairs, implied]), np.concatenate([distance, implied_distance])
+    keep = np.concatenate([keep, passes(implied, implied_distance)])
+    if folds is not None:
+        folds = np.asarray(folds)
+        keep &= folds[pairs[:, 0]] != folds[pairs[:, 1]]
+    i, j, d = pairs[keep, 0], pairs[keep, 1], distance[keep].astype(np.float64)
+    closer = np.minimum(reference[i], reference[j]) / np.maximum(d, _TINY)
+    found = pd.DataFrame({"i": i, "j": j, "similarity": 1.0 - d, "score": closer})
+    found = found.sort_values(["score", "i", "j"], ascending=[False, True, True], ignore_index=True)
+    return LeakScan(found, int(len(pairs)), float(ratio), features)
 
 
 def duplicate_groups(n_rows: int, pairs: pd.DataFrame, groups=None) -> np.ndarray:

@@ -38,8 +38,22 @@ def leak_cv_rows(cfg: Config, oof: pd.DataFrame, classes: list, log=print) -> tu
     rows = [metrics_row(part, y[mask], probs[mask]) for part, mask in parts.items() if mask.any()]
     note = f"Leak check: {scan.describe()}; {int(leaked.sum())} of {len(leaked)} OOF rows have one (leaks.csv)."
     if len(scan.pairs):
-        note += (" Their OOF score against the rest's shows how optimistic the CV is. If the pairs are the same "
-                 "subject, set data.group_column or folds.auto_groups: true and retrain.")
-        log(f"[ensemble] warning: {len(scan.pairs)} suspected near-duplicate pair(s) across folds "
-            f"({cfg.exp_dir / 'leaks.csv'})")
+        inflation = _inflation(cfg.competition.metric, metrics_row("all", y, probs), rows[-1] if (~leaked).any() else None)
+        note += (f" {inflation} If the pairs are the same subject, set data.group_column or folds.auto_groups: "
+                 "true and retrain.")
+        log(f"[ensemble] warning: {len(scan.pairs)} suspected near-duplicate pair(s) across folds, "
+            f"{int(leaked.sum())} of {len(leaked)} OOF rows affected; {inflation} ({cfg.exp_dir / 'leaks.csv'})")
     return rows, [note]
+
+
+def _inflation(metric: str, everything: dict, rest: dict | None) -> str:
+    """By how much the CV is likely inflated: all OOF rows' score against the score of the rows without a copy."""
+    if rest is None or metric not in everything or metric not in rest:
+        return "Every OOF row has a copy in another fold: the CV cannot estimate its own optimism."
+    gap = everything[metric] - rest[metric]
+    if gap <= 0:
+        return (f"No sign that the copies inflate the CV: the rows without a copy score {rest[metric]:.3f} "
+                f"{metric}, all OOF rows {everything[metric]:.3f}.")
+    return (f"The CV is likely inflated by about {gap:+.3f} {metric}: {everything[metric]:.3f} on all OOF rows "
+            f"against {rest[metric]:.3f} on the rows without a copy (an upper bound: an image with a look-alike "
+            "is also an easy one).")

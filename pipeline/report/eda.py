@@ -320,8 +320,8 @@ def _duplicates_section(cfg: Config, out: Path, table: pd.DataFrame, stats: pd.D
     pairs = leak_pairs_table(table, scan.pairs)
     write_csv_atomic(out / "leaks.csv", pairs)
     head = (f"<h2 id=\"duplicates\">Near-duplicate images across folds</h2><p class=\"note\">{esc(scan.describe())}. "
-            "The reference is every same-class pair in different folds: ordinary look-alikes; a pair is flagged "
-            "only as an outlier of it (folds.leak_mads).</p>")
+            "Each image is compared with its nearest same-class look-alikes after aligning them; a pair is flagged "
+            "only when it is far closer than either image's look-alikes (folds.leak_ratio).</p>")
     if len(pairs):
         rows = len(np.unique(pairs[["row_a", "row_b"]].to_numpy()))
         save_png(pairs_figure(pairs, _FIGURE_PAIRS), out / "leaks.png")

@@ -82,6 +82,10 @@ EXTRA_RUNS = {
                           'folds.name=demo-odd" SEEDS="0 1"', "outputs/demo-odd-seeds"),
 }
 LEAK_EVAL_COMMAND = ["python", "-m", "pipeline.tools.leak_eval", "--config", "configs/demo.yaml"]
+# The same on real images in three copy styles (needs Debian's dataset-fashion-mnist) → leak_sources.json.
+LEAK_SOURCES_COMMAND = [*LEAK_EVAL_COMMAND, "--sources", "digits,fashion", "--styles", "shift,zoom,crop",
+                        "--work", "data/leak_eval"]
+LEAK_BENCH_COMMAND = ["python", "-m", "pipeline.tools.leak_bench", "--images", "100000"]
 # A second experiment on the same folds (another backbone), then its blend and stack with the demo, scored.
 SECOND_EXPERIMENT = "experiment=demo2 folds.name=demo model.name=resnet14t"
 STACK_COMMANDS = [["make", "folds", "train", "ensemble", f"SET={SECOND_EXPERIMENT}"],
@@ -376,27 +380,58 @@ def record_extras(names: list[str], figures: Path = FIGURES, log=print) -> None:
 
 
 def record_leak_eval(figures: Path = FIGURES, log=print) -> None:
-    """The leak detector's precision and recall against the demo's true groups → ``leak_eval.json``."""
-    command = [sys.executable, *LEAK_EVAL_COMMAND[1:]]
-    log(f"[docs] running {' '.join(LEAK_EVAL_COMMAND)}")
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    (figures / "leak_eval.json").write_text(json.dumps(json.loads(out), indent=2) + "\n")
+    """The leak detector against true groups: the demo → ``leak_eval.json``, real sources → ``leak_sources.json``,
+    and the scan of one 100,000-image class → ``leak_bench.json``."""
+    for command, name in [(LEAK_EVAL_COMMAND, "leak_eval.json"), (LEAK_SOURCES_COMMAND, "leak_sources.json")]:
+        log(f"[docs] running {' '.join(command)}")
+        tick = time.perf_counter()
+        out = json.loads(subprocess.run([sys.executable, *command[1:]], check=True, capture_output=True,
+                                        text=True).stdout)
+        out["seconds"] = round(time.perf_counter() - tick, 1)
+        (figures / name).write_text(json.dumps(out, indent=2) + "\n")
+    log(f"[docs] running {' '.join(LEAK_BENCH_COMMAND)}")
+    subprocess.run([sys.executable, *LEAK_BENCH_COMMAND[1:], "--out", str(figures / "leak_bench.json")], check=True)
 
 
-def _leak_eval_block(found: dict) -> str:
-    lines = ["| case | true cross-fold duplicate pairs | flagged | precision | recall | similarity threshold |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for case, r in found.items():
-        p = "–" if r["precision"] is None or not r["true_pairs"] else f"{r['precision']:.3f}"
-        rec = "–" if r["recall"] is None else f"{r['recall']:.3f}"
-        lines.append(f"| {case} | {r['true_pairs']} | {r['flagged']} | {p} | {rec} | {r['threshold']:.4f} |")
-    auto = found.get("auto_groups (before the split)", {})
-    if "components" in auto:
-        lines += ["", f"`{' '.join(LEAK_EVAL_COMMAND)}`: auto_groups' pairs form {auto['components']} components for "
-                  f"the {auto['true_groups']} true groups; {auto['components_mixing_true_groups']} components join "
-                  f"two or more true groups and {auto['true_groups_split_across_folds']} true groups still span two "
-                  "folds."]
+_AUTO = "auto_groups (before the split)"
+
+
+def _leak_eval_row(name: str, found: dict) -> str:
+    given, withheld, auto = found["groups given"], found["groups withheld"], found[_AUTO]
+    share = given["flagged"] / withheld["true_pairs"] if withheld["true_pairs"] else float("nan")
+    probe = [found[case]["probe_oof_f1"] for case in ("groups given", "groups withheld", _AUTO)]
+    return (f"| {name} | {withheld['true_pairs']} | {withheld['precision']:.3f} | {withheld['recall']:.3f} | "
+            f"{given['flagged']} ({share:.1%}) | {auto['precision']:.3f} / {auto['recall']:.3f} | "
+            f"{probe[0]:.3f} / {probe[1]:.3f} / {probe[2]:.3f} |")
+
+
+def _leak_eval_block(demo: dict, sources: dict | None = None) -> str:
+    """One row per data set: the scan's precision/recall with the groups withheld, its flags with them given
+    (and as a share of the true cross-fold pairs), auto_groups' pairs, and the probe's OOF macro-F1."""
+    lines = ["| data set | true cross-fold copy pairs | precision, groups withheld | recall | flags with groups "
+             "given (share of true pairs) | auto_groups precision / recall | probe OOF macro-F1: grouped / "
+             "no groups / auto_groups |", "| --- | --- | --- | --- | --- | --- | --- |",
+             _leak_eval_row("demo (digits, 4 copies, shift + tint)", demo)]
+    for name, found in (sources or {}).items():
+        if name != "seconds":
+            lines.append(_leak_eval_row(f"{name} (3 copies)", found))
+    command = f"`{' '.join(LEAK_EVAL_COMMAND)}` ({demo['seconds']:.0f} s)" if "seconds" in demo else \
+        f"`{' '.join(LEAK_EVAL_COMMAND)}`"
+    if sources:
+        command += f" and `{' '.join(LEAK_SOURCES_COMMAND)}` ({sources['seconds'] / 60:.0f} min)"
+    auto = demo[_AUTO]
+    lines += ["", f"{command}. On the demo auto_groups' pairs form {auto['components']} components for the "
+              f"{auto['true_groups']} true groups; {auto['components_mixing_true_groups']} join two or more true "
+              f"groups and {auto['true_groups_split_across_folds']} true groups still span two folds."]
     return "\n".join(lines) + "\n"
+
+
+def _leak_bench_block(found: dict) -> str:
+    return (f"`{' '.join(LEAK_BENCH_COMMAND)}`: one class of {found['images']:,} images ({found['source']}, "
+            f"{found['size']} px, {found['copies_planted']:,} of them planted copies) scans in {found['seconds']:.0f} s "
+            f"({found['aligned_pairs']:,} candidate pairs aligned, {found['pairs_flagged']:,} flagged) and needs "
+            f"{found['scan_memory_mb']:,} MB beyond the {found['rss_before_scan_mb']:,} MB the process held before it "
+            "(Python, torch, the images).\n")
 
 
 def _oof_and_test(folder: Path, metric: str = "f1_macro") -> tuple[float, float, float, float]:
@@ -411,8 +446,18 @@ def _oof_and_test(folder: Path, metric: str = "f1_macro") -> tuple[float, float,
 def _leak_rows(folder: Path) -> tuple[int, float, int, float]:
     """(rows with a cross-fold near-duplicate, their accuracy, the other rows, theirs) from a run's cv.csv."""
     cv = pd.read_csv(folder / "cv.csv").set_index("part")
-    flagged, rest = cv.loc["OOF rows with a cross-fold near-duplicate"], cv.loc["OOF rows without one"]
+    rest = cv.loc["OOF rows without one"]
+    if "OOF rows with a cross-fold near-duplicate" not in cv.index:      # the check flagged nothing
+        return 0, float("nan"), int(rest["rows"]), rest["accuracy"]
+    flagged = cv.loc["OOF rows with a cross-fold near-duplicate"]
     return int(flagged["rows"]), flagged["accuracy"], int(rest["rows"]), rest["accuracy"]
+
+
+def _left_after_auto(pairs: pd.Series, rows: int, accuracy: float, accuracy_rest: float) -> str:
+    if not len(pairs):
+        return "no pair (every pair the split's scan found is inside one fold)"
+    return (f"{len(pairs)} pairs of similarity {pairs.min():.4f}–{pairs.max():.4f} ({rows} rows, accuracy "
+            f"{accuracy:.3f} against {accuracy_rest:.3f} for the rest)")
 
 
 def _leak_optimism_block(figures: Path) -> str:
@@ -424,18 +469,21 @@ def _leak_optimism_block(figures: Path) -> str:
     auto_with, auto_acc, _, auto_acc_rest = _leak_rows(figures / "autogroups")
     given_with, given_acc, _, given_acc_rest = _leak_rows(figures)
     pairs = pd.read_csv(figures / "autogroups" / "leaks.csv")["similarity"]
-    found = json.loads((figures / "leak_eval.json").read_text())
     return (f"Without groups the OOF macro-F1 ({oof:.3f}) is {oof - high:.2f}–{oof - low:.2f} above what one fold "
             f"model scores on the test set and {oof - test:.3f} above the submission; with auto_groups it is "
             f"{auto_oof:.3f} against the grouped run's {grouped_oof:.3f}, and {abs(auto_oof - auto_test):.3f} "
             f"{'below' if auto_oof < auto_test else 'above'} its own test score. The CV table's leak rows: in the run "
             f"without groups {n_with} of {n_with + n_rest} OOF rows have a copy in another fold (accuracy "
             f"{acc_with:.3f}; the {n_rest} others: {acc_rest:.3f}); after auto_groups the check still flags "
-            f"{len(pairs)} pairs of similarity {pairs.min():.4f}–{pairs.max():.4f} ({auto_with} rows, accuracy "
-            f"{auto_acc:.3f} against {auto_acc_rest:.3f} for the rest), under the threshold auto_groups split on "
-            f"({found['auto_groups (before the split)']['threshold']:.4f}); with the groups given, the "
-            f"{len(pd.read_csv(figures / 'leaks.csv'))} look-alike pairs ({given_with} rows) score accuracy {given_acc:.3f} "
-            f"against {given_acc_rest:.3f} for the other rows.\n")
+            f"{_left_after_auto(pairs, auto_with, auto_acc, auto_acc_rest)}; with the groups given, "
+            f"{_given_flags(len(pd.read_csv(figures / 'leaks.csv')), given_with, given_acc, given_acc_rest)}.\n")
+
+
+def _given_flags(pairs: int, rows: int, accuracy: float, accuracy_rest: float) -> str:
+    if not pairs:
+        return "it flags no pair"
+    return (f"the {pairs} look-alike pairs ({rows} rows) score accuracy {accuracy:.3f} against {accuracy_rest:.3f} "
+            "for the other rows")
 
 
 def _runs_block(runs: list[tuple[str, Path]]) -> str:
@@ -531,7 +579,11 @@ def render_blocks(figures: Path = FIGURES) -> dict[str, str]:
     if (figures / "mutation.json").is_file():   # written by `make mutation`
         blocks["mutation"] = _mutation_block(json.loads((figures / "mutation.json").read_text()))
     if (figures / "leak_eval.json").is_file():
-        blocks["leak_eval"] = _leak_eval_block(json.loads((figures / "leak_eval.json").read_text()))
+        sources = figures / "leak_sources.json"
+        blocks["leak_eval"] = _leak_eval_block(json.loads((figures / "leak_eval.json").read_text()),
+                                               json.loads(sources.read_text()) if sources.is_file() else None)
+    if (figures / "leak_bench.json").is_file():
+        blocks["leak_bench"] = _leak_bench_block(json.loads((figures / "leak_bench.json").read_text()))
     if all((figures / name / "cv.csv").is_file() for name in ("nogroups", "autogroups")):
         blocks["leak_runs"] = _runs_block([("groups withheld (`demo-nogroups`)", figures / "nogroups"),
                                            ("`folds.auto_groups` (`demo-autogroups`)", figures / "autogroups"),
