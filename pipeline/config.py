@@ -64,6 +64,13 @@ def _yaml_float(value: Any) -> Any:
 # A float that also takes an int (1 -> 1.0) or a number written as a string; never a bool.
 Float = Annotated[float, BeforeValidator(_yaml_float)]
 
+
+def literal_choices(annotation) -> tuple:
+    """The documented choices of a key (its Literal's values, also inside `Literal[...] | None`), else ()."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)
+    return next((typing.get_args(a) for a in typing.get_args(annotation) if typing.get_origin(a) is typing.Literal), ())
+
 # Metrics `competition.metric` may name (pipeline.metrics.metric_value), and whether higher is better.
 COMPETITION_METRICS = {"f1_macro": True, "accuracy": True, "roc_auc": True, "log_loss": False, "qwk": True}
 # Metrics `train.monitor` may name, and whether a higher value is better (pipeline.metrics.MAXIMISE);
@@ -82,6 +89,24 @@ class _Section(BaseModel):
     def _rules(self) -> list[tuple[str, bool, str]]:
         """(key, holds, rule) for what types and Field bounds cannot say (rules across keys, list shapes)."""
         return []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _choices_as_written(cls, data):
+        """A documented choice written unquoted: YAML 1.1 reads `off`, `no`, `on`, `yes` as booleans, so a key
+        whose choices include `off` (or `none`) takes false as that choice, and one with `on` takes true."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for key, value in data.items():
+            field = cls.model_fields.get(key)
+            if field is None or not isinstance(value, bool):
+                continue
+            choices = literal_choices(field.annotation)
+            pick = next((c for c in (("on",) if value else ("off", "none")) if c in choices), None)
+            if pick is not None:
+                out[key] = pick
+        return out
 
     @model_validator(mode="after")
     def _check_rules(self):
@@ -431,7 +456,11 @@ def _problem(err: dict) -> tuple[str, str]:
     if kind == "model_type":
         return key, f"{key}: expected a mapping of keys, got {value!r}"
     if kind == "literal_error":
-        return key, f"{key}: '{value}' is not one of: {', '.join(map(str, typing.get_args(field.annotation)))}"
+        choices = ", ".join(map(str, literal_choices(field.annotation)))
+        if isinstance(value, bool):      # an unquoted on/off/yes/no/true/false that no choice of this key means
+            return key, (f"{key}: YAML reads an unquoted on/off/yes/no/true/false as {value!r}, which is not a "
+                         f"choice of this key; write one of: {choices}")
+        return key, f"{key}: '{value}' is not one of: {choices}"
     if kind.endswith("_type"):
         return key, f"{key}: expected {_expected(field.annotation)}, got {value!r} ({type(value).__name__})"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):

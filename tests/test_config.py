@@ -110,3 +110,33 @@ def test_training_keys_change_the_train_fingerprint_only_where_relevant():
 def test_every_shipped_config_loads(name):
     """A typo in a shipped config would stop a new user's first `make`."""
     assert load_config(REPO / "configs" / name).experiment
+
+
+def _documented_choices():
+    """(section, key, choice) for every choice of every key whose values are a fixed list."""
+    from pipeline.config import Config, _is_section, literal_choices
+    for section, field in Config.model_fields.items():
+        if _is_section(field.annotation):
+            for key, leaf in field.annotation.model_fields.items():
+                for choice in literal_choices(leaf.annotation):
+                    yield section, key, choice
+
+
+def test_every_documented_choice_works_unquoted_in_a_file_and_in_set(tmp_path):
+    """`off`, `no`, `on`, `yes` are booleans to YAML 1.1; written unquoted they must still mean the choice."""
+    choices = list(_documented_choices())
+    assert ("ensemble", "prior_shift", "off") in choices and ("train", "amp", "off") in choices
+    for section, key, choice in choices:
+        path = tmp_path / "config.yaml"
+        path.write_text(f"{section}:\n  {key}: {choice}\n")
+        assert getattr(getattr(load_config(path), section), key) == choice, (section, key, "file")
+        assert getattr(getattr(load_config(None, [f"{section}.{key}={choice}"]), section), key) == choice, \
+            (section, key, "SET=")
+
+
+def test_a_boolean_no_choice_means_is_refused_saying_how_yaml_read_it():
+    with pytest.raises(ConfigError, match="ensemble.prior_shift: YAML reads an unquoted on/off/yes/no/true/false "
+                                          "as True, which is not a choice of this key; write one of: off, auto"):
+        load_config(None, ["ensemble.prior_shift=on"])
+    assert load_config(None, ["ensemble.prior_shift=no"]).ensemble.prior_shift == "off"
+    assert load_config(None, ["model.pretrained=yes"]).model.pretrained is True
