@@ -114,9 +114,9 @@ def test_every_shipped_config_loads(name):
 
 def _documented_choices():
     """(section, key, choice) for every choice of every key whose values are a fixed list."""
-    from pipeline.config import Config, _is_section, literal_choices
+    from pipeline.config import Config, is_section, literal_choices
     for section, field in Config.model_fields.items():
-        if _is_section(field.annotation):
+        if is_section(field.annotation):
             for key, leaf in field.annotation.model_fields.items():
                 for choice in literal_choices(leaf.annotation):
                     yield section, key, choice

@@ -1,6 +1,6 @@
 """Build everything a config names, once and cheaply, before any stage does real work.
 
-The config's own checks (pipeline/config.py) see keys, types and ranges. What only the libraries
+The config's own checks (pipeline/config/) see keys, types and ranges. What only the libraries
 can judge is built here, without data, weights or a GPU: the model (on torch's "meta" device, so
 no memory and no download), every training augmentation with its parameters (albumentations'
 strict mode: a misspelt parameter is an error, not silently dropped), every TTA view, the loss
