@@ -96,6 +96,10 @@ def test_planted_duplicate_in_another_fold_is_flagged(leaked):
     assert len(hit) == 1 and float(hit["similarity"].iloc[0]) > 0.999
     assert (pairs["fold_a"] != pairs["fold_b"]).all()
     assert "Possible validation leakage" in html and "planted.png" in html
+    rows = len(np.unique(pairs[["row_a", "row_b"]].to_numpy()))
+    # the warning says how many rows the pairs touch and, from the memorising probe, how much the CV may gain
+    assert f"({rows} of {len(folds)} images)" in html and "a 1-nearest-neighbour probe" in html
+    assert re.search(r"(inflated by up to about \+0\.\d{3} accuracy|no sign that the copies inflate the CV)", html)
     hashed = pd.read_csv(index.parent / "near_duplicates.csv")   # the hash listing still finds the exact copy
     assert int(_pair_rows(hashed, 0, row)["distance"].iloc[0]) == 0
 

@@ -10,6 +10,8 @@ from scipy.ndimage import affine_transform, gaussian_filter, zoom
 
 from pipeline.config import load_config
 from pipeline.data.leak_align import aligned_distance
+from pipeline.data.leak_features import FOURIER_POSES, MOMENT_POSES, fourier_descriptor, moment_descriptor, \
+    nearest_in_poses
 from pipeline.data.leaks import duplicate_groups, rows_in_pairs, suspected_pairs
 
 SIZE = 24
@@ -85,6 +87,63 @@ def test_a_class_of_near_identical_subjects_is_not_flagged_but_its_copy_is():
     assert _pairs(scan) == {(5, 40)}
 
 
+def test_a_subject_photographed_six_times_is_found_although_its_copies_are_its_nearest_neighbours():
+    """Each image of the subject has five copies nearer than any look-alike, in a class of close look-alikes:
+    the reference is measured outside the subject's suspected group, not at a fixed rank its copies fill."""
+    rng = np.random.default_rng(4)
+    others = _class_images(rng, 40, own=0.25)
+    views = [_rephotographed(others[0], shift=s, scale=z, degrees=a, gain=g) for s, z, a, g in
+             [((1.2, -0.4), 1.0, 0, 1.1), ((-0.8, 1.5), 1.05, 3, 0.9), ((0.3, 0.9), 0.96, -4, 1.05),
+              ((-1.5, -1.1), 1.0, 2, 0.95), ((0.6, -1.7), 1.08, 0, 1.0)]]
+    images = np.concatenate([others, np.stack(views)]).astype(np.float32)
+    group = [0, *range(40, 45)]
+    expected = {(a, b) for a in group for b in group if a < b}
+    assert _pairs(suspected_pairs(images, np.array(["a"] * 45, dtype=object))) == expected
+
+
+@pytest.mark.parametrize("describe, poses", [(fourier_descriptor, FOURIER_POSES), (moment_descriptor, MOMENT_POSES)])
+def test_a_zoomed_in_rotated_copy_is_near_its_original_among_the_originals_poses(describe, poses):
+    """Zoomed in by 20 % and turned by 8°, a copy is far from its original as it is (among 200 look-alikes);
+    the original indexed zoomed in and rotated is near it."""
+    rng = np.random.default_rng(4)
+    images = _class_images(rng, 200)
+    images = np.concatenate([images, _rephotographed(images[0], scale=1.2, degrees=8)[None]]).astype(np.float32)
+    assert 0 in nearest_in_poses(images, describe, poses, 3)[-1]
+
+
+def test_nearest_in_poses_lists_distinct_other_images_nearest_first():
+    rng = np.random.default_rng(5)
+    images = _class_images(rng, 12).astype(np.float32)
+    near = nearest_in_poses(images, fourier_descriptor, FOURIER_POSES, 4)
+    assert near.shape == (12, 4)
+    assert all(len(set(row)) == 4 and k not in row for k, row in enumerate(near.tolist()))
+    descriptor = fourier_descriptor(images)
+    first = np.array([np.argsort(((descriptor - d) ** 2).sum(1))[1] for d in descriptor])
+    # The nearest in any pose is at least as near as the nearest unposed: an image's nearest unposed
+    # neighbour is among its neighbours unless several posed ones are nearer still.
+    assert np.mean([f in row for f, row in zip(first, near.tolist())]) > 0.9
+    assert (nearest_in_poses(images[:3], fourier_descriptor, FOURIER_POSES, 5) >= 0).sum(1).tolist() == [2, 2, 2]
+
+
+def test_a_magnified_copy_is_matched_at_its_own_blur():
+    """A crop zoomed back 1.33x is softer than its original; matched at the blur the zoom gives it, it is about
+    as close to its original as a copy moved by a fraction of a pixel, not several times farther."""
+    rng = np.random.default_rng(0)
+    image = gaussian_filter(rng.normal(size=(SIZE, SIZE)), 1.5) + 0.7 * gaussian_filter(rng.normal(size=(SIZE, SIZE)), 0.6)
+    images = np.stack([image, _cropped(image, 3, 3, 3, 3), _rephotographed(image, shift=(0.6, -0.4))])
+    zoomed, shifted = aligned_distance(images.astype(np.float32), [0, 0], [1, 2])
+    assert zoomed < 3 * shifted
+
+
+def test_the_decision_does_not_depend_on_the_folds(constructed):
+    """The scan with folds reports exactly the cross-fold part of the scan without them."""
+    images, labels, _ = constructed
+    folds = np.arange(len(labels)) % 3
+    everything = suspected_pairs(images, labels).pairs
+    crossing = everything[folds[everything["i"]] != folds[everything["j"]]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(suspected_pairs(images, labels, folds).pairs, crossing)
+
+
 def test_alignment_undoes_the_change_a_look_alike_cannot_be_aligned_away(constructed):
     images, _, _ = constructed
     copies = aligned_distance(images, [0, 1, 2, 0], [50, 51, 52, 53])
@@ -158,5 +217,34 @@ def test_two_suspected_pairs_sharing_an_image_propose_the_pair_they_imply():
     """a-b and b-c flagged: a-c is aligned too (the two copies of one subject), unless already compared."""
     from pipeline.data.leaks import _implied_pairs
     flagged = np.array([[0, 1], [1, 2], [5, 7]])
-    assert _implied_pairs(flagged, flagged).tolist() == [[0, 2]]
-    assert _implied_pairs(flagged, np.array([[0, 1], [1, 2], [0, 2]])).tolist() == []
+    assert _implied_pairs(flagged, flagged, 8).tolist() == [[0, 2]]
+    assert _implied_pairs(flagged, np.array([[0, 1], [1, 2], [0, 2]]), 8).tolist() == []
+
+
+def test_the_probe_says_how_much_a_model_that_memorises_gains_from_the_copies(tmp_path, tiny_cfg):
+    """Rows with a copy in another fold are answered by their copy, rows without one are hard (the classes
+    differ little): the probe scores all rows above the rows without a copy, and says by how much. Split with
+    each copy in its original's fold, there is nothing to say."""
+    from PIL import Image
+
+    from pipeline.data.leak_scan import probe_note, scan_and_probe
+    rng = np.random.default_rng(7)
+    images = np.concatenate([_class_images(rng, 40, own=4.0) for _ in range(3)])      # classes barely differ
+    copies = np.stack([_rephotographed(images[k], shift=(1.0, -0.5), gain=1.05) for k in range(0, 120, 4)])
+    images = np.concatenate([images, copies])
+    images = (255 * (images - images.min()) / (images.max() - images.min())).astype(np.uint8)
+    paths = [tmp_path / f"{k}.png" for k in range(len(images))]
+    for path, image in zip(paths, images):
+        Image.fromarray(image).save(path)
+    labels = [f"c{k // 40}" for k in range(120)] + [f"c{k // 40}" for k in range(0, 120, 4)]
+    table = pd.DataFrame({"image": [str(p) for p in paths], "label": labels})
+    folds = np.arange(150) % 3
+    folds[120:] = (folds[0:120:4] + 1) % 3                   # each copy in the fold after its original's
+    scan, probe = scan_and_probe(tiny_cfg, table, folds)
+    assert probe["rows_with_copy"] == rows_in_pairs(150, scan.pairs).sum() == 60
+    assert probe["all"] > probe["without_copy"] + 0.1
+    note = probe_note(probe)
+    assert f"{probe['all']:.3f} accuracy out of fold on all rows and {probe['without_copy']:.3f}" in note
+    assert f"inflated by up to about {probe['all'] - probe['without_copy']:+.3f} accuracy" in note
+    folds[120:] = folds[0:120:4]                                 # each copy in its original's fold
+    assert scan_and_probe(tiny_cfg, table, folds)[1] is None and probe_note(None) == ""

@@ -47,8 +47,9 @@ class FoldsConfig(Section):
     # Group suspected near-duplicates (pipeline/data/leaks.py) before splitting, joined with any group column.
     auto_groups: bool = False
     # The leak rule (see leaks.py): a same-class pair is a suspected duplicate when its distance after
-    # alignment is under this share of each image's median distance to its nearest look-alikes.
-    leak_ratio: float = Field(0.2, gt=0, lt=1)
+    # alignment is under this share of each image's distance to its third-nearest look-alike outside its
+    # suspected group. Lower flags fewer pairs.
+    leak_ratio: float = Field(0.45, gt=0, lt=1)
 
 
 class MaskConfig(Section):

@@ -1,35 +1,45 @@
-"""Pixel features for the leak check: the images at a working size, and descriptors that find copies' neighbours.
+"""Pixel features for the leak check: the images at a working size, and the candidate pairs' neighbours.
 
-Nothing here is downloaded or trained, so the check runs before the split (``folds.auto_groups``). Three
-descriptors propose candidate pairs, each cheap and each blind to a different re-photographing change:
+Nothing here is downloaded or trained, so the check runs before the split (``folds.auto_groups``). Two
+descriptors propose candidate pairs, each blind to part of what re-photographing changes:
 
 * the **Fourier magnitude** of the blurred, windowed image ignores where the subject sits (a shift only
-  changes the phase), and survives exposure (the image is standardised);
-* the **moment-normalised thumbnail** re-centres the subject on its intensity centroid and rescales each axis to
-  its spread, so a zoom or a crop resized back lands on the same frame.
+  changes the phase) and its exposure (the image is standardised);
+* the **moment-normalised thumbnail** re-centres the subject on its intensity centroid and rescales each axis
+  to its spread: a zoom out, or a subject moved within the frame, lands on the same frame.
 
-and a third, the **blurred thumbnail**, catches what both miss when the change is only noise. A copy is
-among the nearest neighbours of its original under at least one of them; the neighbours are found
-by an index (``faiss``, exact), never an all-pairs matrix, and then verified
-by alignment (:mod:`pipeline.data.leak_align`).
+Neither is blind to a zoom in that cuts the subject (a crop resized back) or to a rotation, so every image is
+also indexed in a few **poses** (zoomed in by 12 and 25 %, rotated by ±8°) and each image's nearest
+neighbours are searched among all poses of all others: a crop of an image is close to that image zoomed in.
+The neighbours come from an index (``faiss``), never an all-pairs matrix, and are then verified by alignment
+(:mod:`pipeline.data.leak_align`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MIN_SIZE", "MAX_SIZE", "working_size", "load_gray", "fourier_descriptor", "moment_descriptor",
-           "thumbnail_descriptor", "nearest_neighbours"]
+__all__ = ["MIN_SIZE", "MAX_SIZE", "FOURIER_POSES", "MOMENT_POSES", "working_size", "load_gray",
+           "posed", "fourier_descriptor", "moment_descriptor", "nearest_in_poses"]
 
 # The working size follows the images (their median short side), within these bounds: below 16 px a
 # subject has too little shape to tell from its look-alikes; above 32 px the alignment costs 4x more per
 # doubling and re-photographing changes are already resolved.
 MIN_SIZE, MAX_SIZE = 16, 32
+# (zoom, degrees) of each pose an image is indexed in, the image itself first. Zooms of 1.12 and 1.25 leave
+# any zoom-in of 1.0-1.35 within ~6 % of one of them, which the blurred descriptors absorb; ±8° halves the
+# angle left between a rotated copy and its original. The Fourier magnitude is the descriptor a rotation
+# moves most (its spectrum turns with it), so only it is indexed rotated.
+FOURIER_POSES = ((1.0, 0.0), (1.12, 0.0), (1.25, 0.0), (1.0, 8.0), (1.0, -8.0), (1.12, 8.0), (1.12, -8.0))
+MOMENT_POSES = ((1.0, 0.0), (1.12, 0.0), (1.25, 0.0))
 _SIZE_SAMPLE = 256       # images opened (header only) to choose the size
 _MOMENT_SIZE = 16
 _FOURIER_KEEP = 0.5      # the central (low-frequency) share of the spectrum kept, each axis
 _REDUCED_DIMS = 32       # descriptor dimensions kept (PCA) for a large class: the index's cost is linear in it
-_REDUCE_ABOVE = 5000     # class size above which descriptors are reduced
+_REDUCE_ABOVE = 2000     # class size above which descriptors are reduced
+_EXACT_UP_TO = 200_000   # indexed vectors (images x poses) up to which the search is exact (~30,000 images)
+_PROBES = 16             # cells an approximate search visits, of sqrt(vectors)
+_TRAIN_PER_CELL = 40     # vectors per cell its k-means is trained on (faiss asks for at least 39)
 _CHUNK = 4096            # images per batch where a step's intermediates (complex spectra) are large
 
 
@@ -71,67 +81,122 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 1e-6)
 
 
+def posed(images: np.ndarray, zoom: float, degrees: float) -> np.ndarray:
+    """`images` (n, h, w) zoomed in by `zoom` and rotated by `degrees` about the centre (edges replicated)."""
+    import torch
+
+    from pipeline.data.leak_align import resample
+    if zoom == 1.0 and degrees == 0.0:
+        return images
+    cos, sin = np.cos(np.deg2rad(degrees)) / zoom, np.sin(np.deg2rad(degrees)) / zoom
+    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=torch.float32)
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
+    return resample(x, theta.expand(len(x), 2, 3), images.shape[1:])[:, 0].numpy()
+
+
 def fourier_descriptor(images: np.ndarray) -> np.ndarray:
     """Log-magnitude of the low frequencies of each blurred, Hann-windowed image: blind to shifts."""
     return np.concatenate([_fourier(images[start:start + _CHUNK]) for start in range(0, len(images), _CHUNK)])
 
 
 def _fourier(images: np.ndarray) -> np.ndarray:
+    """The spectrum of a real image is symmetric (|F(u)| = |F(-u)|): half of it (rfft2) says it all."""
+    from scipy.fft import rfft2
     from scipy.ndimage import gaussian_filter
     n, h, w = images.shape
-    blurred = gaussian_filter(images, sigma=(0, 1, 1))
-    blurred = blurred - blurred.mean(axis=(1, 2), keepdims=True)
-    window = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
-    spectrum = np.fft.fftshift(np.abs(np.fft.fft2(blurred * window)), axes=(1, 2))
+    blurred = gaussian_filter(np.asarray(images, dtype=np.float32), sigma=(0, 1, 1))
+    blurred -= blurred.mean(axis=(1, 2), keepdims=True)
+    blurred *= np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
     kh, kw = max(2, int(h * _FOURIER_KEEP) // 2), max(2, int(w * _FOURIER_KEEP) // 2)
-    centre = spectrum[:, h // 2 - kh:h // 2 + kh, w // 2 - kw:w // 2 + kw]
-    return _unit_rows(np.log1p(centre))
+    spectrum = np.abs(rfft2(blurred))                  # (n, h, w // 2 + 1), rows: 0, 1, ..., -1
+    low = np.concatenate([spectrum[:, -kh:, :kw + 1], spectrum[:, :kh, :kw + 1]], axis=1)
+    return _unit_rows(np.log1p(low))
 
 
 def moment_descriptor(images: np.ndarray, size: int = _MOMENT_SIZE) -> np.ndarray:
-    """Each image re-centred on its intensity centroid and scaled per axis to its spread: blind to shifts,
-    zooms and crops. The frame spans two spreads each side of the centroid."""
+    """Each image re-centred on its intensity centroid and scaled per axis to its spread: blind to shifts and
+    to zooms that keep the subject whole. The frame spans two spreads each side of the centroid."""
     import torch
-    import torch.nn.functional as F
 
-    from pipeline.data.leak_align import intensity_moments
+    from pipeline.data.leak_align import intensity_moments, resample
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
     m = intensity_moments(x)
     zero = torch.zeros(len(x))
     theta = torch.stack([torch.stack([2 * m[:, 2], zero, m[:, 0]], 1), torch.stack([zero, 2 * m[:, 3], m[:, 1]], 1)], 1)
-    frames = []
-    for start in range(0, len(x), _CHUNK):
-        sl = slice(start, start + _CHUNK)
-        grid = F.affine_grid(theta[sl], [len(theta[sl]), 1, size, size], align_corners=False)
-        frames.append(F.grid_sample(x[sl], grid, mode="bilinear", padding_mode="border", align_corners=False))
+    frames = [resample(x[start:start + _CHUNK], theta[start:start + _CHUNK], (size, size))
+              for start in range(0, len(x), _CHUNK)]
     return _unit_rows(torch.cat(frames).numpy())
 
 
-def thumbnail_descriptor(images: np.ndarray) -> np.ndarray:
-    """The image itself, heavily blurred and halved: a shift of a pixel or two, or JPEG noise, barely moves it."""
-    from scipy.ndimage import gaussian_filter
-    return _unit_rows(gaussian_filter(images, sigma=(0, 2, 2))[:, ::2, ::2])
+def _posed_descriptors(images: np.ndarray, describe, poses) -> np.ndarray:
+    """(len(poses), n, d) float32: `describe` of every image in every pose, reduced by PCA for a large set
+    (fitted on the images as they are; computed a chunk at a time, so the full-size descriptors of all poses
+    are never held at once)."""
+    n = len(images)
+    reduce = None
+    if n > _REDUCE_ABOVE:
+        from sklearn.decomposition import PCA
+        sample = images[np.linspace(0, n - 1, num=min(n, 20_000)).astype(int)]
+        reduce = PCA(_REDUCED_DIMS, svd_solver="randomized", random_state=0).fit(describe(sample))
+    out = None
+    for p, (zoom, degrees) in enumerate(poses):
+        for start in range(0, n, _CHUNK):
+            chunk = describe(posed(images[start:start + _CHUNK], zoom, degrees))
+            chunk = reduce.transform(chunk) if reduce is not None else chunk
+            if out is None:
+                out = np.empty((len(poses), n, chunk.shape[1]), dtype=np.float32)
+            out[p, start:start + len(chunk)] = chunk
+    return out
 
 
-def nearest_neighbours(descriptor: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """(n, min(k, n-1)) row positions of each row's nearest other rows (Euclidean on unit rows = cosine).
-
-    Exact search (``faiss.IndexFlatL2``); a large class's descriptors are first reduced by PCA, the search's
-    cost being linear in the dimensions.
-    """
+def _index(vectors: np.ndarray):
+    """An exact index for a small set; above it an inverted-file index (k-means cells, a few visited)."""
     import faiss
-    from sklearn.decomposition import PCA
-    n = len(descriptor)
+    dims = vectors.shape[1]
+    if len(vectors) <= _EXACT_UP_TO:
+        index = faiss.IndexFlatL2(dims)
+    else:
+        cells = int(np.sqrt(len(vectors)))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dims), dims, cells)
+        sample = vectors[np.random.default_rng(0).permutation(len(vectors))[:cells * _TRAIN_PER_CELL]]
+        index.train(sample)
+        index.nprobe = _PROBES
+    index.add(vectors)
+    return index
+
+
+def nearest_in_poses(images: np.ndarray, describe, poses, k: int) -> np.ndarray:
+    """(n, k) row positions of each image's k nearest other images, -1 where fewer exist.
+
+    Every image is indexed in every pose and queried as it is; an image's distance to another is its
+    distance to the other's closest pose (so a copy zoomed in, or rotated, is near its original).
+    """
+    n = len(images)
     k = min(k, n - 1)
     if k < 1:
         return np.zeros((n, 0), dtype=np.int64)
-    if n > _REDUCE_ABOVE and descriptor.shape[1] > _REDUCED_DIMS:
-        descriptor = PCA(_REDUCED_DIMS, svd_solver="randomized", random_state=seed).fit_transform(descriptor)
-    descriptor = np.ascontiguousarray(descriptor, dtype=np.float32)
-    index = faiss.IndexFlatL2(descriptor.shape[1])
-    index.add(descriptor)
-    found = index.search(descriptor, k + 1)[1]
-    own = found == np.arange(n)[:, None]
-    # Drop each row itself (usually first; not always, when another row is identical).
-    keep = np.where(own.any(1, keepdims=True), ~own, np.arange(k + 1)[None, :] < k)
-    return found[keep].reshape(n, k)
+    vectors = _posed_descriptors(images, describe, poses)
+    index = _index(np.ascontiguousarray(vectors.reshape(-1, vectors.shape[2])))
+    # Each other image can appear once per pose, the image itself in every pose: ask for enough to keep k.
+    found = index.search(np.ascontiguousarray(vectors[0]), min(len(poses) * (k + 1), len(poses) * n))[1]
+    return _first_distinct(found % n, k)
+
+
+def _first_distinct(found: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the first k distinct entries other than the row itself (faiss pads with -1 -> stays -1)."""
+    n, width = found.shape
+    rows = np.arange(n)[:, None]
+    valid = (found >= 0) & (found != rows)
+    # A repeat of an earlier entry in the row is dropped: sort each row's ids, mark the first of each run.
+    order = np.argsort(np.where(valid, found, n), axis=1, kind="stable")
+    ids = np.take_along_axis(found, order, 1)
+    first = np.ones_like(valid)
+    first[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    keep = np.zeros_like(valid)
+    np.put_along_axis(keep, order, first, 1)
+    keep &= valid
+    # The kept entries in their search order (nearest first), k of them.
+    position = np.where(keep, np.arange(width)[None, :], width)
+    ranked = np.sort(position, axis=1)[:, :k]
+    out = np.where(ranked < width, np.take_along_axis(found, np.minimum(ranked, width - 1), 1), -1)
+    return out.astype(np.int64)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config
-from pipeline.data.leak_scan import leak_pairs_table, scan_leaks
+from pipeline.data.leak_scan import leak_pairs_table, probe_note, scan_and_probe
 from pipeline.fileio import write_csv_atomic, write_text_atomic
 from pipeline.report.near_duplicates import EXACT_LIMIT, cross_fold_duplicates, scan_images
 from pipeline.report.pairs import image_thumb, pairs_figure
@@ -316,7 +316,7 @@ def _samples_section(cfg: Config, out: Path, table: pd.DataFrame, classes: list)
 def _duplicates_section(cfg: Config, out: Path, table: pd.DataFrame, stats: pd.DataFrame, log) -> str:
     """Suspected duplicates across folds (the leak detector): CSV, figure and a warning, or a note that there
     are none; below it the average-hash pairs, a cheap listing that is no warning (look-alikes pass it too)."""
-    scan = scan_leaks(cfg, table, table["fold"].to_numpy())
+    scan, probe = scan_and_probe(cfg, table, table["fold"].to_numpy())
     pairs = leak_pairs_table(table, scan.pairs)
     write_csv_atomic(out / "leaks.csv", pairs)
     head = (f"<h2 id=\"duplicates\">Near-duplicate images across folds</h2><p class=\"note\">{esc(scan.describe())}. "
@@ -327,11 +327,12 @@ def _duplicates_section(cfg: Config, out: Path, table: pd.DataFrame, stats: pd.D
         save_png(pairs_figure(pairs, _FIGURE_PAIRS), out / "leaks.png")
         head += (f'<div class="warn"><b>Possible validation leakage:</b> {len(pairs)} suspected duplicate '
                  f"pair(s) sit in different folds ({rows} of {len(table)} images). A model validated on one has "
-                 "trained on the other, which inflates validation scores; `make ensemble`'s CV table shows by "
-                 "how much (OOF score of these rows against the rest). If the pairs below are one subject, give "
+                 f"trained on the other, which inflates validation scores. {esc(probe_note(probe))} If the pairs "
+                 "below are one subject, give "
                  "them one group (data.group_column) or set folds.auto_groups: true, then `make folds`.</div>"
                  + _img("leaks.png", "suspected duplicate pairs") + html_table(pairs, max_rows=_HTML_PAIRS))
-        log(f"[eda] warning: {len(pairs)} suspected near-duplicate pair(s) across folds (see {out / 'leaks.csv'})")
+        log(f"[eda] warning: {len(pairs)} suspected near-duplicate pair(s) across folds, {rows} of {len(table)} "
+            f"images affected (see {out / 'leaks.csv'}). {probe_note(probe)}")
     else:
         (out / "leaks.png").unlink(missing_ok=True)
         head += '<div class="ok">No suspected duplicate images in different folds.</div>'
