@@ -5,7 +5,8 @@
 The leak detector (:mod:`pipeline.data.leaks`) is measured on data it was not shaped to: two real sources
 (scikit-learn's handwritten digits, 8×8 upscaled to 32×32; Debian's ``dataset-fashion-mnist``, 28×28 product
 photos, ``apt-get install dataset-fashion-mnist``), long-tailed classes (a head of 300 subjects, or all the
-source has, down to a tail of 20), and every subject written as its original plus two copies re-photographed in one style:
+source has, down to a tail of 20), and every subject written as its original plus two copies (``copies``)
+re-photographed in one style:
 
 * ``shift``: moved by up to 2 px (sub-pixel included), exposure ×0.85–1.15;
 * ``zoom``: scaled ×0.9–1.1, rotated ±8°, re-compressed as JPEG (quality 60–90);
@@ -23,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["SOURCES", "STYLES", "FASHION_DIR", "read_idx_images", "read_idx_labels", "load_source", "make_leak_dataset"]
+__all__ = ["SOURCES", "STYLES", "COPIES", "FASHION_DIR", "read_idx_images", "read_idx_labels", "load_source", "make_leak_dataset"]
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 SOURCES = ("digits", "fashion")
 STYLES = ("shift", "zoom", "crop")
-_COPIES = 2            # each subject: the original and this many re-photographed copies
+COPIES = 2             # each subject: the original and this many re-photographed copies (by default)
 _HEAD, _TAIL = 300, 20
 
 
@@ -101,11 +102,15 @@ def _long_tail(classes: np.ndarray) -> dict:
     return {cls: int(round(r)) for cls, r in zip(classes, ratios)}
 
 
-def make_leak_dataset(source: str, style: str, out, seed: int = 0) -> Path:
-    """Write ``out/train.csv`` (image, label, group) and the PNGs; returns the CSV's path."""
+def make_leak_dataset(source: str, style: str, out, seed: int = 0, copies: int = COPIES) -> Path:
+    """Write ``out/train.csv`` (image, label, group) and the PNGs; returns the CSV's path.
+
+    `seed` draws the subjects and their copies' changes; each subject is written with `copies` copies."""
     from PIL import Image
     if style not in STYLES:
         raise ValueError(f"unknown copy style {style!r}: one of {', '.join(STYLES)}")
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise ValueError(f"copies must be a whole number of at least 1 (copies per subject), got {copies!r}")
     images, labels = load_source(source)
     rng = np.random.default_rng(seed)
     out = Path(out)
@@ -115,7 +120,7 @@ def make_leak_dataset(source: str, style: str, out, seed: int = 0) -> Path:
         pool = np.flatnonzero(labels == cls)
         for subject in rng.choice(pool, size=min(n, len(pool)), replace=False):
             group = f"s{subject}"
-            views = [images[subject]] + [_rephotograph(images[subject], style, rng) for _ in range(_COPIES)]
+            views = [images[subject]] + [_rephotograph(images[subject], style, rng) for _ in range(copies)]
             for k, view in enumerate(views):
                 name = f"images/{group}_{k}.png"
                 Image.fromarray(view).save(out / name)
