@@ -183,7 +183,8 @@ def test_auto_groups_keep_each_demo_group_in_one_fold(tiny_cfg_dict):
 
 
 def test_cv_rows_score_the_rows_with_a_cross_fold_duplicate_apart(tiny_cfg_dict):
-    """The demo's groups withheld: the CV rows split the OOF rows by the scan's pairs, and leaks.csv lists them."""
+    """The demo's groups withheld: the CV rows split the OOF rows by the scan's pairs, and leaks.csv lists them.
+    Ten true groups are moved whole into one fold each, so some rows have no copy in another fold."""
     from pipeline.data.fold_file import make_folds
     from pipeline.predict.leak_rows import leak_cv_rows
 
@@ -191,6 +192,10 @@ def test_cv_rows_score_the_rows_with_a_cross_fold_duplicate_apart(tiny_cfg_dict)
     cfg = load_config(None, raw)
     make_folds(cfg, log=lambda *_: None)
     folds = pd.read_csv(cfg.folds_file)
+    truth = pd.read_csv(raw["data"]["train_csv"])["group"].to_numpy()[folds["row"]]
+    for group in pd.unique(truth)[:10]:
+        folds.loc[truth == group, "fold"] = folds.loc[truth == group, "fold"].iloc[0]
+    folds.to_csv(cfg.folds_file, index=False)
     classes = sorted(folds["label"].unique())
     oof = folds[["row", "label", "fold"]].sample(frac=1.0, random_state=0)   # rows found by `row`, not position
     for c in classes:

@@ -15,7 +15,7 @@ here is relative to each image's own neighbourhood:
    times *each* image's distance to its third-nearest candidate outside its own suspected group — a copy
    is far closer to its original than either is to its nearest look-alikes, while a plain T-shirt has
    several other plain T-shirts about as close as the closest one. The groups come from the pairs, so the
-   rule is iterated: it starts from the pairs far under each image's median candidate distance (seeds, which
+   rule is iterated: it starts from the pairs far under each image's eighth-nearest candidate's distance (seeds, which
    need no group), groups them, measures the references outside the groups, flags, and regroups, until
    nothing changes; a subject photographed five times is so found although its own copies are its four
    nearest neighbours;
@@ -33,18 +33,21 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline.data.leak_align import aligned_distance
+from pipeline.data.leak_align import Aligner
 from pipeline.data.leak_features import (FOURIER_POSES, MOMENT_POSES, fourier_descriptor, moment_descriptor,
                                          nearest_in_poses)
 
-__all__ = ["NEIGHBOURS", "LeakScan", "suspected_pairs", "duplicate_groups", "rows_in_pairs"]
+__all__ = ["NEIGHBOURS", "SCREEN", "LeakScan", "suspected_pairs", "duplicate_groups", "rows_in_pairs"]
 
 # Candidates per image and descriptor: enough that a copy is among them and that, beyond a subject's own
 # copies, each image keeps a few look-alikes to measure its neighbourhood by; few enough that aligning them
 # all stays linear in the class size.
 NEIGHBOURS = 8
-# The seeds: distance under this share of each image's median candidate distance (strict: in a class of
-# near-identical subjects the median is itself close, and these pairs start the groups the rule refines).
+# Pairs aligned in full: those among either image's SCREEN nearest after the coarse fit (the rest cannot be a
+# copy or one of the look-alikes the rule measures an image's neighbourhood by: module docstring, 3).
+SCREEN = 8
+# The seeds: distance under this share of each image's SCREEN-th nearest candidate's (strict: in a class of
+# near-identical subjects that one is itself close, and these pairs start the groups the rule refines).
 _SEED_RATIO = 0.1
 # The reference: each image's distance to its (this + 1)-th nearest candidate outside its suspected group
 # (the third: one look-alike that happens to be very close does not decide alone).
@@ -57,7 +60,8 @@ _TINY = 1e-6
 class LeakScan:
     """The suspected duplicate pairs and what decided them."""
     pairs: pd.DataFrame        # i, j (row positions, i < j), similarity (1 - aligned distance), score, strongest first
-    compared: int              # candidate pairs aligned
+    candidates: int            # candidate pairs fitted at the coarse level
+    compared: int              # of them, pairs fitted at the fine level too (and pairs two flagged pairs imply)
     ratio: float               # the rule: distance < ratio x each image's third-nearest look-alike distance
     features: str              # what the images were compared on, for messages
 
@@ -91,21 +95,15 @@ def _sorted_by_row(pairs: np.ndarray, distance: np.ndarray) -> tuple[np.ndarray,
     return rows, d, rank
 
 
-def _median_by_row(n_rows: int, pairs: np.ndarray, distance: np.ndarray) -> np.ndarray:
-    """Each row's median distance to its candidates (inf for a row without any)."""
-    frame = pd.DataFrame({"row": pairs.ravel(order="F"), "d": np.concatenate([distance, distance])})
-    return frame.groupby("row")["d"].median().reindex(range(n_rows), fill_value=np.inf).to_numpy()
-
-
-def _reference(n_rows: int, pairs: np.ndarray, distance: np.ndarray, group: np.ndarray) -> np.ndarray:
-    """Each row's distance to its (_REFERENCE_RANK + 1)-th nearest candidate outside its group: the farthest
-    one when it has fewer, inf when it has none."""
+def _reference(n_rows: int, pairs: np.ndarray, distance: np.ndarray, group: np.ndarray, rank: int) -> np.ndarray:
+    """Each row's distance to its (rank + 1)-th nearest candidate outside its group: the farthest one when it
+    has fewer, inf when it has none."""
     outside = group[pairs[:, 0]] != group[pairs[:, 1]]
-    rows, d, rank = _sorted_by_row(pairs[outside], distance[outside])
+    rows, d, ranks = _sorted_by_row(pairs[outside], distance[outside])
     reference = np.full(n_rows, np.inf)
     last = np.r_[rows[1:] != rows[:-1], True] if len(rows) else np.zeros(0, dtype=bool)
     reference[rows[last]] = d[last]                       # the farthest, unless the wanted rank exists
-    picked = rank == _REFERENCE_RANK
+    picked = ranks == rank
     reference[rows[picked]] = d[picked]
     return reference
 
@@ -123,20 +121,21 @@ def _components(n_rows: int, pairs: np.ndarray) -> np.ndarray:
     return duplicate_groups(n_rows, pd.DataFrame({"i": pairs[:, 0], "j": pairs[:, 1]}))
 
 
-def _flag(images: np.ndarray, pairs: np.ndarray, distance: np.ndarray, ratio: float):
+def _flag(aligner: Aligner, pairs: np.ndarray, distance: np.ndarray, ratio: float):
     """The rule, iterated (module docstring, 3-4): (pairs with the implied ones appended, their distances,
     flagged, each row's final reference)."""
-    n, candidates = len(images), len(pairs)
-    median = _median_by_row(n, pairs, distance)
-    flagged = distance < _SEED_RATIO * np.minimum(median[pairs[:, 0]], median[pairs[:, 1]])
-    reference = median
+    n, candidates = len(aligner.images), len(pairs)
+    # The seeds' reference: each row's SCREEN-th nearest candidate (what the screen kept for every row).
+    reference = _reference(n, pairs, distance, np.arange(n), SCREEN - 1)
+    flagged = distance < _SEED_RATIO * np.minimum(reference[pairs[:, 0]], reference[pairs[:, 1]])
     for _ in range(_MAX_ROUNDS):
         implied = _implied_pairs(pairs[flagged], pairs, n)
         pairs = np.concatenate([pairs, implied])
-        distance = np.concatenate([distance, aligned_distance(images, implied[:, 0], implied[:, 1])])
+        distance = np.concatenate([distance, aligner.distance(implied[:, 0], implied[:, 1])])
         flagged = np.concatenate([flagged, np.zeros(len(implied), dtype=bool)])
         # The references come from the candidates alone: an implied pair is a copy's, not a look-alike's.
-        reference = _reference(n, pairs[:candidates], distance[:candidates], _components(n, pairs[flagged]))
+        reference = _reference(n, pairs[:candidates], distance[:candidates], _components(n, pairs[flagged]),
+                               _REFERENCE_RANK)
         now = flagged | (distance < ratio * np.minimum(reference[pairs[:, 0]], reference[pairs[:, 1]]))
         if (now == flagged).all() and not len(implied):
             break
@@ -159,8 +158,11 @@ def suspected_pairs(images: np.ndarray, labels, folds=None, ratio: float = 0.45,
     pairs = [_candidates(images, np.flatnonzero(labels == cls), k) for cls in pd.unique(labels)
              if (labels == cls).sum() >= 2]
     pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
-    distance = aligned_distance(images, pairs[:, 0], pairs[:, 1])
-    pairs, distance, keep, reference = _flag(images, pairs, distance, ratio)
+    candidates = len(pairs)
+    aligner = Aligner(images)
+    distance = aligner.distance(pairs[:, 0], pairs[:, 1], screen=SCREEN)
+    fitted = ~np.isnan(distance)
+    pairs, distance, keep, reference = _flag(aligner, pairs[fitted], distance[fitted], ratio)
     if folds is not None:
         folds = np.asarray(folds)
         keep &= folds[pairs[:, 0]] != folds[pairs[:, 1]]
@@ -168,7 +170,7 @@ def suspected_pairs(images: np.ndarray, labels, folds=None, ratio: float = 0.45,
     closer = np.minimum(reference[i], reference[j]) / np.maximum(d, _TINY)
     found = pd.DataFrame({"i": i, "j": j, "similarity": 1.0 - d, "score": closer})
     found = found.sort_values(["score", "i", "j"], ascending=[False, True, True], ignore_index=True)
-    return LeakScan(found, int(len(pairs)), float(ratio), features)
+    return LeakScan(found, candidates, int(len(pairs)), float(ratio), features)
 
 
 def duplicate_groups(n_rows: int, pairs: pd.DataFrame, groups=None) -> np.ndarray:

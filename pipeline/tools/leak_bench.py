@@ -6,6 +6,8 @@ The class is real images where they are installed (Debian's fashion-MNIST, every
 test sets as one class, the rest made up of shifted, re-exposed copies of them), else smooth random images
 of one template: what matters is the scan's cost, which is linear in the class size (an index, and a fixed
 number of aligned candidates per image). The images are built in memory: reading files is not the scan.
+Wall seconds depend on what else the machine runs: the result records the CPU seconds and the load average
+before the scan too; measure on a quiet machine.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.data.leaks import suspected_pairs
+from pipeline.fileio import write_text_atomic
 from pipeline.tools.leak_sources import FASHION_DIR, read_idx_images
 
 __all__ = ["large_class", "run_leak_bench"]
@@ -37,8 +41,9 @@ def _originals(n: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     return (0.7 * template + 0.5 * own).astype(np.float32), "smooth random images"
 
 
-def large_class(n: int, seed: int = 0) -> tuple[np.ndarray, str]:
-    """(n, 28, 28) float32 images of one class, a tenth of them shifted copies of others; and their source."""
+def large_class(n: int, seed: int = 0) -> tuple[np.ndarray, str, np.ndarray]:
+    """(n, 28, 28) float32 images of one class, a tenth of them shifted copies of others; their source; and
+    the planted pairs (original's row, copy's row)."""
     from scipy.ndimage import shift
     rng = np.random.default_rng(seed)
     n_copies = int(n * _COPY_SHARE)
@@ -48,7 +53,15 @@ def large_class(n: int, seed: int = 0) -> tuple[np.ndarray, str]:
     picks = rng.choice(len(originals), size=n_copies, replace=False)
     copies = np.stack([shift(originals[k], rng.uniform(-2, 2, size=2), order=1, mode="nearest")
                        * rng.uniform(0.85, 1.15) for k in picks])
-    return np.concatenate([originals, copies]).astype(np.float32), source
+    planted = np.stack([picks, np.arange(n - n_copies, n)], 1)
+    return np.concatenate([originals, copies]).astype(np.float32), source, planted
+
+
+def _flagged(pairs, planted: np.ndarray) -> int:
+    """How many planted (original, copy) pairs the scan flagged."""
+    n = int(planted.max()) + 1
+    found = pairs["i"].to_numpy(dtype=np.int64) * n + pairs["j"].to_numpy(dtype=np.int64)
+    return int(np.isin(planted.min(1) * n + planted.max(1), found).sum())
 
 
 class _PeakMemory:
@@ -77,22 +90,27 @@ class _PeakMemory:
 def run_leak_bench(n_images: int, out: Path | None = None, log=print) -> dict:
     """Time and peak memory of `suspected_pairs` on one class of `n_images`; the memory before it too."""
     importlib.import_module("torch")      # imported by the scan; loaded first so the baseline includes it
-    images, source = large_class(n_images)
+    images, source, planted = large_class(n_images)
+    load = os.getloadavg()[0]
     with _PeakMemory() as memory:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         scan = suspected_pairs(images, np.zeros(n_images, dtype=object))
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     result = {"images": n_images, "size": images.shape[1], "source": source, "seconds": round(seconds, 1),
+              "cpu_seconds": round(cpu, 1), "load_average_before": round(load, 2), "cpus": os.cpu_count(),
+              "candidate_pairs": scan.candidates,
               "aligned_pairs": scan.compared, "pairs_flagged": len(scan.pairs),
-              "copies_planted": int(n_images * _COPY_SHARE), "scan_memory_mb": round(memory.peak - memory.before),
+              "copies_planted": len(planted), "planted_pairs_flagged": _flagged(scan.pairs, planted),
+              "scan_memory_mb": round(memory.peak - memory.before),
               "peak_rss_mb": round(memory.peak), "rss_before_scan_mb": round(memory.before)}
-    log(f"[leak-bench] {n_images} images of one class ({source}, {images.shape[1]} px): {seconds:.1f} s, "
-        f"{scan.compared} pairs aligned, {len(scan.pairs)} flagged ({result['copies_planted']} copies planted); "
+    log(f"[leak-bench] {n_images} images of one class ({source}, {images.shape[1]} px): {seconds:.1f} s "
+        f"({cpu:.1f} s of CPU on {os.cpu_count()} cores, load average {load:.2f} before it), "
+        f"{scan.candidates} candidate pairs, {scan.compared} aligned in full, {len(scan.pairs)} flagged "
+        f"({result['planted_pairs_flagged']} of the {result['copies_planted']} planted copies); "
         f"the scan's memory {result['scan_memory_mb']} MB (the process: {result['peak_rss_mb']} MB at its peak, "
         f"{result['rss_before_scan_mb']} MB before the scan)")
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     return result
 
 

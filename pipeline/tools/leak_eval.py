@@ -2,6 +2,7 @@
 
     python -m pipeline.tools.leak_eval --config configs/demo.yaml
     python -m pipeline.tools.leak_eval --sources digits,fashion --styles shift,zoom,crop --work /tmp/leak
+    ... --out docs/figures/leak_sources.json       (also write the JSON, with the run's seconds)
 
 The second form builds each source x copy style as a dataset (:mod:`pipeline.tools.leak_sources`: real
 images, each subject photographed three times) and evaluates it with the demo config's folds.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -35,6 +37,7 @@ from pipeline.data.leak_features import load_gray
 from pipeline.data.leak_scan import scan_leaks
 from pipeline.data.leaks import duplicate_groups
 from pipeline.data.tables import read_train_table
+from pipeline.fileio import write_text_atomic
 from pipeline.tools.leak_sources import COPIES, make_leak_dataset
 
 __all__ = ["PROBE_SPLITS", "evaluate", "evaluate_sources"]
@@ -136,13 +139,20 @@ def main(argv=None) -> None:
     parser.add_argument("--work", default="data/leak_eval", help="where the source datasets are written")
     parser.add_argument("--seed", type=int, default=0, help="draws the sources' subjects and their copies")
     parser.add_argument("--copies", type=int, default=COPIES, help="copies of each subject in the sources")
+    parser.add_argument("--out", help="also write the JSON here, with the run's seconds (as make docs-run "
+                                      "records it: docs/figures/leak_eval.json for the demo, leak_sources.json "
+                                      "for the sources)")
     args = parser.parse_args(argv)
+    tick = time.perf_counter()
     if args.sources:
         found = evaluate_sources(args.config, args.sources.split(","), args.styles.split(","), args.work, args.set,
                                  args.seed, args.copies)
     else:
         found = evaluate(load_config(args.config, args.set))
     print(json.dumps(found, indent=2))
+    if args.out:
+        found["seconds"] = round(time.perf_counter() - tick, 1)
+        write_text_atomic(args.out, json.dumps(found, indent=2) + "\n")      # in the order made: the table's rows
 
 
 if __name__ == "__main__":
