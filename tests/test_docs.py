@@ -1,4 +1,4 @@
-"""The README's figures are exactly what `make docs` writes from the run files in docs/figures/."""
+"""The pages' figures (README.md, docs/*.md) are exactly what `make docs` writes from the run files in docs/figures/."""
 
 from __future__ import annotations
 
@@ -8,16 +8,30 @@ import shutil
 import pandas as pd
 import pytest
 
-from pipeline.tools.docs import FIGURES, render_blocks, rewrite_readme
+from pipeline.tools.docs import FIGURES, pages, render_blocks, rewrite_blocks, rewrite_pages
 from tests.conftest import REPO
 
 
-def test_the_readme_holds_what_make_docs_writes_from_the_committed_run():
-    readme = (REPO / "README.md").read_text()
+def test_every_page_holds_what_make_docs_writes_from_the_committed_run():
     blocks = render_blocks(REPO / FIGURES)
-    assert rewrite_readme(readme, blocks) == readme, "the README's figures drifted: run `make docs`"
+    texts = [page.read_text() for page in pages(REPO)]
+    for page, text in zip(pages(REPO), texts):
+        assert rewrite_blocks(text, blocks, page.name) == text, f"{page}'s figures drifted: run `make docs`"
     for name in ("run", "score", "cv", "bench"):
-        assert f"<!-- docs:{name} -->\n{blocks[name]}<!-- /docs -->" in readme
+        assert any(f"<!-- docs:{name} -->\n{blocks[name]}<!-- /docs -->" in text for text in texts), name
+
+
+def test_make_docs_rewrites_a_stale_block_on_a_docs_page_and_names_a_page_with_an_unknown_one(tmp_path):
+    shutil.copytree(REPO / FIGURES, tmp_path / FIGURES)
+    (tmp_path / "README.md").write_text("# x\n")
+    stale = tmp_path / "docs" / "demo.md"
+    stale.write_text("intro\n<!-- docs:cv -->\nold table\n<!-- /docs -->\nafter\n")
+    changed = rewrite_pages(tmp_path)
+    assert changed == {tmp_path / "README.md": False, stale: True}
+    assert stale.read_text() == f"intro\n<!-- docs:cv -->\n{render_blocks(REPO / FIGURES)['cv']}<!-- /docs -->\nafter\n"
+    (tmp_path / "docs" / "other.md").write_text("<!-- docs:typo -->\nx\n<!-- /docs -->\n")
+    with pytest.raises(ValueError, match=r"docs/other.md: blocks with no generator.*\['typo'\]"):
+        rewrite_pages(tmp_path)
 
 
 def test_the_figures_are_those_of_the_run_files(tmp_path):
@@ -37,8 +51,8 @@ def test_the_figures_are_those_of_the_run_files(tmp_path):
 
 
 def test_a_readme_block_without_a_generator_is_an_error():
-    with pytest.raises(ValueError, match=r"README blocks with no generator, or whose files are missing.*: \['typo'\]"):
-        rewrite_readme("<!-- docs:typo -->\nx\n<!-- /docs -->\n", {"run": ""})
+    with pytest.raises(ValueError, match=r"README.md: blocks with no generator, or whose files are missing.*: \['typo'\]"):
+        rewrite_blocks("<!-- docs:typo -->\nx\n<!-- /docs -->\n", {"run": ""})
 
 
 def test_an_extra_runs_tables_come_from_its_files_with_the_competition_metric_as_headline(tmp_path):
