@@ -223,10 +223,10 @@ mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow)
 	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2 $(MUTANT_ARGS)
 	$(PY) -m pipeline.tools.mutation_score --out docs/figures/mutation.json $(MUTANT_ARGS)
 
-docs: | $(VENV_OK) ## rewrite the README's generated tables from docs/figures/
+docs: | $(VENV_OK) ## rewrite the generated tables of README.md and docs/*.md from docs/figures/
 	$(PY) -m pipeline.tools.docs
 
-docs-run: | $(VENV_OK) ## measure the README's figures from scratch (demo, bench, stack, the odd/even, leak and pseudo-label runs; 51 min on a 2-core AMD EPYC), then make docs
+docs-run: | $(VENV_OK) ## measure the docs' figures from scratch (demo, bench, stack, the odd/even, leak and pseudo-label runs; 51 min on a 2-core AMD EPYC), then make docs
 	$(PY) -m pipeline.tools.docs --run
 
 clean: ## remove outputs/ and folds/ (keeps the virtual environment)

@@ -21,7 +21,7 @@ def run_block(run: dict) -> str:
             f"{run['cores']} cores and no GPU: `{run['commands']['demo']}` after `make clean` took "
             f"**{minutes(run['seconds']['demo'])}**{epoch_text}; `{run['commands']['bench']}` took "
             f"{minutes(run['seconds']['bench'])}"
-            + (f"; the second model, its blend and stack (`make stack`, below) {minutes(run['seconds']['stack'])}"
+            + (f"; the second model, its blend and stack (`make stack`, [fitted choices](fitted-choices.md)) {minutes(run['seconds']['stack'])}"
                if "stack" in run["seconds"] else "")
             + ". Another CPU, thread count or library version gives other "
             "timings and may change scores in the last digits.\n")
