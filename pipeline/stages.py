@@ -33,11 +33,13 @@ def resolve(cfg: Config, make_vars: bool = False) -> dict[str, str]:
     Returns the Make variables (checked to be safe to paste into rules) when `make_vars`.
     """
     from pipeline.stamps import write_resolved
+    from pipeline.data.layouts import write_layout_files
     from pipeline.data.manifest import write_manifests
     from pipeline.makevars import make_variables
     from pipeline.tools.preflight import preflight
 
     variables = make_variables(cfg) if make_vars else {}   # refused before anything is written
+    write_layout_files(cfg)    # class folders / a test folder → the CSVs every stage reads
     preflight(cfg)
     resolved = write_resolved(cfg)
     write_manifests(cfg)
