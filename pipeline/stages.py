@@ -1,6 +1,7 @@
 """One function per Make stage; each reads files and writes files, the work is in the subpackages.
 
-    resolve   config                      → outputs/<exp>/{config.yaml, stamps/*.json}
+    init      a competition's folder      → configs/<name>.yaml (nothing else; the folder is only read)
+    resolve   config                      → outputs/<exp>/{config.yaml, stamps/*.json}, lists/ of folder layouts
     data      (demo / mask layout)        → the train CSV and images
     check     train CSV, sample, images   → a report (nothing written)
     folds     train CSV                   → folds/<name>.csv
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from pipeline.config import Config, ConfigError, seed_config
 
-__all__ = ["resolve", "demo_data", "mask_data", "check", "folds", "train", "predict", "ensemble", "score",
+__all__ = ["resolve", "init", "demo_data", "mask_data", "check", "folds", "train", "predict", "ensemble", "score",
            "validate", "eda", "report", "tune", "blend", "stack", "score_combined", "pseudo", "merge_seeds"]
 
 
@@ -46,6 +47,13 @@ def resolve(cfg: Config, make_vars: bool = False) -> dict[str, str]:
     if make_vars and not (cfg.data.demo or cfg.mask.enabled) and not Path(cfg.data.train_csv).is_file():
         raise ConfigError(f"data.train_csv: {cfg.data.train_csv} does not exist (set data.demo: true for the demo)")
     return variables or {"RESOLVED": str(resolved)}
+
+
+def init(folder, out=None, force: bool = False, opts=None, log=print) -> Path:
+    """A commented config for a competition's folder (make init DATA=<folder>), each decision printed."""
+    from pipeline.tools.init import init_config
+
+    return init_config(folder, out, force, opts, log)
 
 
 def demo_data(cfg: Config, log=print) -> Path:
