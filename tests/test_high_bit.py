@@ -38,8 +38,9 @@ def dataset16(root: Path) -> None:
 
 
 def test_range_maps_0_65535_onto_0_255():
-    pixels = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
-    assert to_uint8(pixels, "I;16", Scaling("range"), "x.png").tolist() == [[0, 1, 128, 255]]
+    # 65535 = 255 x 257: a pixel v becomes v / 257, rounded (33025 / 257 = 128.502 → 129).
+    pixels = np.array([[0, 257, 32768, 33025, 65535]], dtype=np.uint16)
+    assert to_uint8(pixels, "I;16", Scaling("range"), "x.png").tolist() == [[0, 1, 128, 129, 255]]
 
 
 def test_the_percentile_window_is_the_data_s_and_clips_outside_it(tmp_path):
