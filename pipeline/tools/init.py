@@ -142,6 +142,10 @@ def _decide_classes(reading: Reading) -> None:
     n = len(reading.labels)
     reading.set("train.batch_size", 64 if n >= 1000 else 32, f"{n} training rows")
     reading.set("train.epochs", 10, "a first run; watch the learning curves (make report) before training longer")
+    reading.set("tta.views", ["identity", "hflip"], "a mirrored image is the same class; not so for text, digits or "
+                "left/right classes: then [identity]")
+    reading.set("competition.metric", "f1_macro", "init cannot know the competition's metric: set it (f1_macro, "
+                "accuracy, roc_auc, log_loss, qwk); it picks the kept epoch and every fitted choice")
 
 
 # ---- the mask competition ----------------------------------------------------------------------
