@@ -63,10 +63,10 @@ def build_everything(cfg: Config, classes: list[str] | None) -> None:
     build_loss(cfg.loss, np.ones(n_classes, dtype=np.int64))
     if cfg.model.pretrained_file and not Path(cfg.model.pretrained_file).is_file():
         raise ConfigError(f"model.pretrained_file: {cfg.model.pretrained_file} does not exist")
-    check_pretrained_available(cfg.model)
     model_cfg = cfg.model.model_copy(update={"pretrained": False, "pretrained_file": None})
     with torch.device("meta"):     # shapes only: no memory, no download
         model = create_model(model_cfg, n_classes, classes)
+    check_pretrained_available(cfg.model)     # after create_model: an unknown name is said as such first
     optimizer = build_optimizer(cfg, model)
     build_scheduler(cfg, optimizer, updates_per_epoch=1)
     if cfg.train.amp == "fp16" and cfg.train.device == "cpu":

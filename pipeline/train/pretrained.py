@@ -26,8 +26,13 @@ _HUB_HOST = "huggingface.co"
 def cached_weights(name: str) -> Path | None:
     """The local file timm would load `name`'s pretrained weights from without the network, or None
     (also for a model with no pretrained weights)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    torch_home = os.environ.get("TORCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch"
+    torch_checkpoints = Path(torch_home) / "hub" / "checkpoints"      # torch.hub.get_dir() without importing torch
+    if not any(Path(constants.HF_HUB_CACHE).glob("models--*")) and not any(torch_checkpoints.glob("*")):
+        return None          # both caches empty: no need to import timm (and torch: seconds) to know
     import timm
-    from huggingface_hub import try_to_load_from_cache
 
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
@@ -59,15 +64,18 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def check_pretrained_available(mcfg: ModelConfig) -> None:
-    """ConfigError naming `model.pretrained` when its weights are in no local cache and cannot be downloaded."""
-    if not mcfg.pretrained or cached_weights(mcfg.name) is not None or hub_reachable():
+    """ConfigError naming `model.pretrained` when timm has no weights for the model, or they are in no local
+    cache and cannot be downloaded."""
+    if not mcfg.pretrained:
         return
     import timm
 
     cfg = timm.models.get_pretrained_cfg(mcfg.name)
-    if cfg is None:
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise ConfigError(f"model.pretrained: true, but timm has no pretrained weights for '{mcfg.name}'; "
                           "set model.pretrained: false, or model.pretrained_file to weights of your own")
+    if cached_weights(mcfg.name) is not None or hub_reachable():
+        return
     raise ConfigError(
         f"model.pretrained: true, but the weights of '{mcfg.name}' ({cfg.hf_hub_id or cfg.url}) are in no local "
         f"cache and {_HUB_HOST} cannot be reached (offline), so the first fold would fail. Set model.pretrained: "
