@@ -85,26 +85,27 @@ def _is_sample_name(name: str) -> bool:
 def _image_folders(root: Path) -> list[str]:
     """Sub-folders (one level) holding images directly, and '' when the folder itself does."""
     found = [""] if any(is_image_name(n) for n in os.listdir(root)) else []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.is_dir() and not entry.name.startswith(".") and any(is_image_name(n) for n in os.listdir(entry)):
-            found.append(entry.name)
-    return found
+    return found + [name for name in _subfolders(root) if any(is_image_name(n) for n in os.listdir(root / name))]
+
+
+def _subfolders(folder: Path) -> list[str]:
+    """The visible sub-folders' names, sorted."""
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
 
 
 def _class_parent(root: Path) -> str | None:
     """The folder holding one folder of images per class (`train/<class>/`), if any."""
     found = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if not entry.is_dir() or entry.name.startswith(".") or _is_test_name(entry.name):
-            continue
-        subs = [s for s in os.scandir(entry) if s.is_dir() and not s.name.startswith(".")]
-        if len(subs) >= 2 and all(any(is_image_name(n) for n in os.listdir(s)) for s in subs):
-            found.append(entry.name)
+    for name in (n for n in _subfolders(root) if not _is_test_name(n)):
+        subs = _subfolders(root / name)
+        if len(subs) >= 2 and all(any(is_image_name(n) for n in os.listdir(root / name / s)) for s in subs):
+            found.append(name)
     if len(found) > 1 and "train" in found:
         return "train"
     if len(found) > 1:
-        raise Question(f"{', '.join(found)} all hold class folders; init reads one: rename the others, or write "
-                       "data.class_folders yourself")
+        raise ValueError(f"{', '.join(found)} all hold class folders; init reads one: rename the others, or write "
+                         "the config yourself (data.layout: folders, data.class_folders)")
     return found[0] if found else None
 
 
@@ -142,10 +143,15 @@ def read_folder(folder: str | Path, opts: InitOptions) -> Reading:
 
 def _choose_layout(root: Path, opts: InitOptions) -> str:
     """mask | folders | the train CSV's file name."""
-    if opts.layout == "mask" or (opts.layout is None and _is_mask(root)):
+    if opts.layout in ("mask", None) and _is_mask(root):
         return "mask"
+    if opts.layout == "mask":
+        raise ValueError(f"--layout mask: {root} lacks the mask competition's train/train.csv (id, gender, age, "
+                         "path), train/images/ or eval/info.csv")
     candidates = [n for n in _csvs(root) if not _is_sample_name(n) and not _is_test_name(n)]
     if opts.train_csv:
+        if not (root / opts.train_csv).is_file():
+            raise ValueError(f"--train-csv {opts.train_csv}: no such file in {root}")
         candidates = [opts.train_csv]
     parent = _class_parent(root)
     if opts.layout == "folders" or (opts.layout is None and parent and not candidates):
