@@ -99,13 +99,14 @@ def test_image_paths_in_the_csv(tmp_path):
 def test_the_mask_competition(tmp_path):
     from pipeline.competitions.mask import make_mask_sample
 
-    root = make_mask_sample(tmp_path / "mask", n_people=3, n_eval=4, image_size=(48, 64))
+    root = make_mask_sample(tmp_path / "mask", n_people=12, n_eval=4, image_size=(48, 64))
     before = _listing(root)
     cfg, said = run_init(tmp_path, root)
     assert cfg.mask.enabled and not cfg.mask.sample and cfg.model.heads == "single"
     assert cfg.data.image_root == str(root) and cfg.data.sample_submission == str(root / "eval" / "info.csv")
     assert not Path(cfg.data.train_csv).resolve().is_relative_to(root.resolve())   # written outside the data
     assert cfg.data.test_labels is None
+    assert cfg.folds.n_splits == 2                    # 12 people: 2 per gender x age group
     assert "the mask competition" in said
     assert _listing(root) == before
 

@@ -19,7 +19,7 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.data.sizes import sample_images, typical_size
-from pipeline.fileio import write_text_atomic
+from pipeline.fileio import read_text_csv, write_text_atomic
 from pipeline.tools.detect import InitOptions, Reading, read_folder
 
 __all__ = ["init_config", "InitOptions"]
@@ -161,7 +161,23 @@ def _mask_base(reading: Reading, name: str) -> dict:
     reading.set("data.test_labels", None, "the real competition has no test labels")
     reading.set("mask.sample", False, "the real data is here: never write the synthetic sample")
     reading.images = [str(p) for p in sorted(Path(root, "train", "images").glob("*/*"))[:16]]
+    _mask_folds(reading)
     return config
+
+
+def _mask_folds(reading: Reading) -> None:
+    """folds.n_splits from the people per gender x true age group, what the grouped folds stratify on."""
+    from pipeline.competitions.mask.labels import age_group, parse_age, parse_gender
+
+    people = read_text_csv(reading.root / "train" / "train.csv")
+    units = Counter((parse_gender(g), age_group(parse_age(a))) for g, a in zip(people["gender"], people["age"])
+                    if parse_gender(g) is not None and parse_age(a) is not None)
+    if not units or min(units.values()) < 2:
+        raise ValueError(f"{reading.root}/train/train.csv: a gender x age group has fewer than 2 people; the grouped "
+                         "folds need at least 2")
+    fewest = min(units.values())
+    reading.set("folds.n_splits", min(5, fewest), f"five folds, or fewer so that every fold validates on each gender "
+                f"x age group (the folds keep a person's photos together): the smallest has {fewest} people")
 
 
 # ---- the YAML ----------------------------------------------------------------------------------
