@@ -1,6 +1,7 @@
 # K-fold ensemble + TTA pipeline. Targets are files; the commands below only name them.
 #
 #   make folds train ensemble                 the whole job (embedded demo by default)
+#   make init DATA=path/to/competition        write configs/<name>.yaml for your own data, then CONFIG=that
 #   make folds train ensemble CONFIG=configs/mycomp.yaml SET="train.lr=3e-4 train.epochs=20"
 #   make train FOLD=2                         build one fold (resumes a killed one)
 #   make train ensemble SEEDS="0 1 2" SET=experiment=x   each fold once per seed, averaged within the fold
@@ -76,7 +77,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
 endif
 
-.PHONY: help venv data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench bench-leaks mutation docs docs-run clean
+.PHONY: help venv init data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench bench-leaks mutation docs docs-run clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -91,6 +92,10 @@ $(VENV_OK): pyproject.toml
 	touch $@
 
 # ---- stages -------------------------------------------------------------------------------
+init: | $(VENV_OK) ## write configs/<name>.yaml for a competition's folder: make init DATA=<folder> [OUT=...] [INIT_ARGS="--label species"]
+	@test -n "$(DATA)" || { echo 'usage: make init DATA=<folder> [OUT=configs/<name>.yaml] [INIT_ARGS="--label species"]' >&2; exit 2; }
+	$(PIPELINE) init '$(subst ','\'',$(DATA))' $(if $(OUT),--out '$(subst ','\'',$(OUT))') $(INIT_ARGS)
+
 data: $(TRAIN_CSV) ## write the embedded demo dataset (demo configs only)
 
 # Once the data exists, resolve again: the image manifests and the check against the real classes

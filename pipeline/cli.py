@@ -28,6 +28,30 @@ def cmd_resolve(args) -> None:
     print(" ".join(f"{k}={v}" for k, v in variables.items()) if args.make_vars else variables["RESOLVED"])
 
 
+def cmd_init(args) -> None:
+    from pipeline.tools.detect import InitOptions
+
+    opts = InitOptions(layout=args.layout, train_csv=args.train_csv, image_column=args.image_column,
+                       label=args.label, group=args.group, no_group=args.no_group, sample=args.sample,
+                       id_column=args.id_column)
+    stages.init(args.folder, out=args.out, force=args.force, opts=opts)
+
+
+def _init_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="the competition's folder, as downloaded (only read)")
+    p.add_argument("--out", help="config to write (default: configs/<folder name>.yaml)")
+    p.add_argument("--force", action="store_true", help="replace an existing config")
+    p.add_argument("--layout", choices=("csv", "folders", "mask"), help="how the training images are listed")
+    p.add_argument("--train-csv", help="the CSV listing the training images (a file name in the folder)")
+    p.add_argument("--image-column", help="the train CSV's column naming each image (a path, or an id)")
+    p.add_argument("--label", help="the train CSV's label column")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--group", help="a column whose rows sharing a value stay in one fold (a person, a patient)")
+    group.add_argument("--no-group", action="store_true", help="no group column: rows are split freely")
+    p.add_argument("--sample", help="the sample submission (a file name in the folder)")
+    p.add_argument("--id-column", help="the submission's id column (needed when no sample submission ships)")
+
+
 def cmd_demo_data(args) -> None:
     stages.demo_data(_cfg(args))
 
@@ -182,6 +206,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--make-vars", action="store_true", help="print the variables the Makefile needs")
         if name == "validate":
             p.add_argument("submission", nargs="?", help="CSV to check (default: the experiment's submission)")
+    p = sub.add_parser("init", help="write a commented config for a competition's folder, printing each decision")
+    _init_arguments(p)
+    p.set_defaults(func=cmd_init)
     p = sub.add_parser("blend", help="blend finished experiments, weights fitted on their out-of-fold predictions")
     _blend_arguments(p)
     p.set_defaults(func=cmd_blend)

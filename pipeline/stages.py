@@ -1,6 +1,7 @@
 """One function per Make stage; each reads files and writes files, the work is in the subpackages.
 
-    resolve   config                      → outputs/<exp>/{config.yaml, stamps/*.json}
+    init      a competition's folder      → configs/<name>.yaml (nothing else; the folder is only read)
+    resolve   config                      → outputs/<exp>/{config.yaml, stamps/*.json}, lists/ of folder layouts
     data      (demo / mask layout)        → the train CSV and images
     check     train CSV, sample, images   → a report (nothing written)
     folds     train CSV                   → folds/<name>.csv
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from pipeline.config import Config, ConfigError, seed_config
 
-__all__ = ["resolve", "demo_data", "mask_data", "check", "folds", "train", "predict", "ensemble", "score",
+__all__ = ["resolve", "init", "demo_data", "mask_data", "check", "folds", "train", "predict", "ensemble", "score",
            "validate", "eda", "report", "tune", "blend", "stack", "score_combined", "pseudo", "merge_seeds"]
 
 
@@ -33,17 +34,26 @@ def resolve(cfg: Config, make_vars: bool = False) -> dict[str, str]:
     Returns the Make variables (checked to be safe to paste into rules) when `make_vars`.
     """
     from pipeline.stamps import write_resolved
+    from pipeline.data.layouts import write_layout_files
     from pipeline.data.manifest import write_manifests
     from pipeline.makevars import make_variables
     from pipeline.tools.preflight import preflight
 
     variables = make_variables(cfg) if make_vars else {}   # refused before anything is written
+    write_layout_files(cfg)    # class folders / a test folder → the CSVs every stage reads
     preflight(cfg)
     resolved = write_resolved(cfg)
     write_manifests(cfg)
     if make_vars and not (cfg.data.demo or cfg.mask.enabled) and not Path(cfg.data.train_csv).is_file():
         raise ConfigError(f"data.train_csv: {cfg.data.train_csv} does not exist (set data.demo: true for the demo)")
     return variables or {"RESOLVED": str(resolved)}
+
+
+def init(folder, out=None, force: bool = False, opts=None, log=print) -> Path:
+    """A commented config for a competition's folder (make init DATA=<folder>), each decision printed."""
+    from pipeline.tools.init import init_config
+
+    return init_config(folder, out, force, opts, log)
 
 
 def demo_data(cfg: Config, log=print) -> Path:

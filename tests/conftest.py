@@ -59,3 +59,30 @@ def tiny_cfg(tiny_cfg_dict):
 def write_config(path: Path, cfg: dict) -> Path:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+@pytest.fixture
+def offline_caches(monkeypatch, tmp_path) -> Path:
+    """No network (HF_HUB_OFFLINE) and empty pretrained-weight caches, so that what a test sees decides and not
+    this machine's caches; returns the (empty) Hugging Face hub cache folder."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))     # for subprocesses (make init)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "hf"
+
+
+def cache_weights(hf_cache: Path, model: str) -> Path:
+    """A file where the Hugging Face hub cache keeps `model`'s pretrained weights (its snapshot layout)."""
+    import timm
+
+    repo = timm.models.get_pretrained_cfg(model).hf_hub_id
+    folder = hf_cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    weights = folder / "snapshots" / ("0" * 40) / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights")
+    return weights

@@ -41,7 +41,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.data.image_check import ImageResult, inspect_all, is_high_bit_depth
+from pipeline.data.bit_depth import is_high_bit_depth, scales
+from pipeline.data.image_check import ImageResult, inspect_all
+from pipeline.data.layouts import IMAGE_EXTENSIONS   # the files counted as images when a folder is listed
 from pipeline.data.table_check import ImageRef, check_test, check_train
 
 # Heavy imports (pandas, scikit-learn via pipeline.data.folds, torch via pipeline.data.transforms) happen
@@ -52,8 +54,6 @@ __all__ = ["check_data", "DataReport", "Problem"]
 
 # Lines shown per kind of problem in `DataReport.format()` before "... and N more".
 _MAX_SHOWN = 10
-# Files counted as images when listing the test folder.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # PIL modes that `load_rgb`'s `convert("RGB")` turns into a faithful RGB image.
 _SAFE_MODES = {
     "1": "1-bit black and white",
@@ -191,7 +191,7 @@ def _check_images(run: CheckRun, n_jobs: int) -> None:
         return
     run.report.images_checked = len(paths)
     modes: dict[str, list[tuple[str, ImageRef]]] = defaultdict(list)
-    multi, rotated = [], []
+    multi, rotated, high_bit = [], [], []
     missing_test = 0
     sibling_cache: dict[str, dict[str, list[str]]] = {}
     for path, res in zip(paths, results):
@@ -203,8 +203,11 @@ def _check_images(run: CheckRun, n_jobs: int) -> None:
             missing_test += ref.test
             _report_missing(run, path, ref, also, sibling_cache)
             continue
-        if res.status != "ok" or is_high_bit_depth(res.mode):
+        if res.status != "ok" or (is_high_bit_depth(res.mode) and not scales(run.d.high_bit_depth, res.mode)):
             _report_broken(run, path, res, ref, also)
+            continue
+        if is_high_bit_depth(res.mode):
+            high_bit.append((path, ref, res.mode))
             continue
         if res.mode != "RGB":
             modes[res.mode].append((path, ref))
@@ -214,6 +217,24 @@ def _check_images(run: CheckRun, n_jobs: int) -> None:
             rotated.append((path, ref))
     _check_test_folder(run, missing_test)
     _warn_image_summary(run, modes, multi, rotated)
+    if high_bit:
+        _note_high_bit(run, high_bit)
+
+
+def _note_high_bit(run: CheckRun, high_bit: list) -> None:
+    """The scaling of the 16/32-bit images (data.high_bit_depth), with the window it uses: a warning to read."""
+    from pipeline.data.bit_depth import scaling_for
+
+    path, ref, mode = high_bit[0]
+    try:
+        scaling = scaling_for(run.cfg)
+    except (OSError, ValueError) as exc:
+        run.problem(ref.csv, ref.row, "high-bit-depth", f"the 16/32-bit images cannot be scaled: {exc}", image=path)
+        return
+    found = ", ".join(f"{m} x{n}" for m, n in Counter(m for _, _, m in high_bit).most_common())
+    run.warn(ref.csv, ref.row, "high-bit-scaled",
+             f"{len(high_bit)} image(s) are 16/32-bit ({found}; first: {path}): scaled to 8-bit by "
+             f"{scaling.describe()}, for training and test alike.", image=path)
 
 
 def _warn_image_summary(run: CheckRun, modes: dict, multi: list, rotated: list) -> None:
@@ -331,10 +352,9 @@ def _report_broken(run: CheckRun, path: str, res: ImageResult, ref: ImageRef, al
         else:
             depth = (f"16/32-bit integer pixels (mode {res.mode}): convert('RGB') clips every value above "
                      "255 to white")
-        text = (f"{path} has {depth}{also}. Convert the images to 8-bit yourself before training, "
-                "scaling by the range the data really uses (dividing by 256 is wrong for 12-bit data or "
-                "for images that use only part of the range; e.g. rescale each image's min..max or a "
-                "fixed window to 0..255), then save as 8-bit PNG.")
+        text = (f"{path} has {depth}{also}. Set data.high_bit_depth: percentile (scaled by the training "
+                "images' 0.5th..99.5th percentiles, right for 12-bit data or images that use part of the range) "
+                "or range (16-bit only: 0..65535 → 0..255), or convert the images to 8-bit yourself.")
     run.problem(ref.csv, ref.row, kind, text, image=path)
 
 

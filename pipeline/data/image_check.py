@@ -31,6 +31,8 @@ from typing import NamedTuple
 from joblib import Parallel, delayed, effective_n_jobs
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from pipeline.data.bit_depth import is_high_bit_depth
+
 __all__ = ["ImageResult", "inspect_image", "inspect_chunk", "inspect_all", "is_high_bit_depth"]
 
 # Fewer images than this are checked in-process: starting worker processes costs more.
@@ -109,11 +111,6 @@ def _describe_file(path: str) -> str:
         except UnicodeDecodeError:
             pass
     return f"it is {size} bytes of binary data in no image format PIL knows"
-
-
-def is_high_bit_depth(mode: str | None) -> bool:
-    """True for 16/32-bit integer and float modes, which `convert("RGB")` clips or truncates."""
-    return mode is not None and (mode in ("I", "F") or mode.startswith("I;"))
 
 
 def inspect_all(paths: list[str], n_jobs: int) -> tuple[list[ImageResult], str | None]:

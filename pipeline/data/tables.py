@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config
+from pipeline.data.layouts import LayoutError, TemplatePaths
 from pipeline.fileio import read_table, read_text_csv
 
 __all__ = ["DataError", "read_csv_checked", "safe_join", "read_train_table", "load_fold_table", "model_classes",
@@ -88,7 +89,10 @@ def read_train_table(cfg: Config) -> pd.DataFrame:
         raise DataError(f"{d.train_csv}: blank label in column '{d.label_column}' at line(s) {rows}; "
                         "fill or drop those rows")
     root = Path(d.image_root)
-    images = [str(safe_join(root, p, f"{d.train_csv} line {i + 2}")) for i, p in enumerate(raw[d.image_column])]
+    rels = raw[d.image_column]
+    if d.train_image_template:
+        rels = _template_paths(root, d.train_image_template, "data.train_image_template", rels, d.train_csv)
+    images = [str(safe_join(root, p, f"{d.train_csv} line {i + 2}")) for i, p in enumerate(rels)]
     groups = raw[d.group_column] if d.group_column else pd.Series(range(len(raw))).astype(str)
     label = raw[d.label_column].to_numpy(dtype=object)
     column = lambda name: raw[name].to_numpy(dtype=object) if name else label  # noqa: E731
@@ -127,9 +131,22 @@ def read_test_table(cfg: Config) -> pd.DataFrame:
     if d.test_path_column:
         rel = sample[d.test_path_column]
     else:
-        rel = sample[d.id_column].map(lambda i: d.test_image_template.format(id=i))
+        rel = _template_paths(root, d.test_image_template, "data.test_image_template", sample[d.id_column],
+                              d.sample_submission)
     images = [str(safe_join(root, r, f"{d.sample_submission} line {i + 2}")) for i, r in enumerate(rel)]
     return pd.DataFrame({"id": sample[d.id_column].to_numpy(dtype=object), "image": images})
+
+
+def _template_paths(root: Path, template: str, key: str, ids, csv) -> list[str]:
+    """Each id's image path through `template` (`layouts.TemplatePaths`: the extension found by looking when
+    the template ends in {id}); a DataError naming the CSV line of an id without exactly one image."""
+    paths, out = TemplatePaths(root, template, key), []
+    for i, value in enumerate(ids):
+        try:
+            out.append(paths.rel(value))
+        except LayoutError as exc:
+            raise DataError(f"{csv} line {i + 2}: {exc}") from None
+    return out
 
 
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")

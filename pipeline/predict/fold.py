@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from pipeline.config import Config
+from pipeline.data.bit_depth import scaling_for
 from pipeline.data.cache import BatchNormalize, decoded_for, make_dataset
 from pipeline.data.tables import load_fold_table, read_test_table
 from pipeline.device import loader_workers, resolve_device
@@ -117,8 +118,11 @@ def _predict_fold(cfg: Config, fold: int, log, checkpoints) -> Path:
     train_paths = table["image"].to_numpy()
     test = read_test_table(cfg)
     # The training images' cache is the one training built; the test set gets its own.
-    val_set = make_dataset(cfg.augment, train_paths, rows, decoded=decoded_for(cfg, train_paths, log=log))
-    test_set = make_dataset(cfg.augment, test["image"].to_numpy(), decoded=decoded_for(cfg, test["image"], log=log))
+    scaling = scaling_for(cfg)   # high-bit images: the training images' window, for the test images too
+    val_set = make_dataset(cfg.augment, train_paths, rows, decoded=decoded_for(cfg, train_paths, log=log),
+                           scaling=scaling)
+    test_set = make_dataset(cfg.augment, test["image"].to_numpy(), decoded=decoded_for(cfg, test["image"], log=log),
+                            scaling=scaling)
     classes, oof_merged, oof_views, test_probs = None, {}, {}, {}
     for name, path in paths.items():
         model, meta = load_trained_model(path, device)

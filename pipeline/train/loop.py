@@ -33,6 +33,7 @@ from pipeline.config import Config
 from pipeline.stamps import package_versions
 from pipeline.device import loader_workers, resolve_device, seed_worker
 from pipeline.data.manifest import train_fingerprint
+from pipeline.data.bit_depth import scaling_for
 from pipeline.data.cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset
 from pipeline.fileio import atomic_path, file_sha256, write_csv_atomic
 from pipeline.train.losses import build_loss
@@ -74,7 +75,7 @@ def training_loader(cfg: Config, data: FoldData, device, epoch: int,
     labels = data.targets[data.train_idx]
     rows = data.train_idx[epoch_rows(labels, cfg.sampling.method, cfg.sampling.target_ratio, seed)]
     ds = make_dataset(cfg.augment, data.table["image"].to_numpy(), rows, data.targets[rows], train=True,
-                      decoded=decoded)
+                      decoded=decoded, scaling=scaling_for(cfg))
     ds.transform.set_random_seed(seed)
     drop_last = _mix_enabled(cfg) and len(rows) > cfg.train.batch_size  # Mixup needs even batches
     if cfg.sampling.method == "balanced":
@@ -354,8 +355,8 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
     run = _build_run(cfg, data, device)
     paths = data.table["image"].to_numpy()
     decoded = decoded_for(cfg, paths, log=log)   # every image of the table, shared by all folds
-    val_loader = _loader(make_dataset(cfg.augment, paths, data.val_idx, data.val_targets, decoded=decoded),
-                         cfg, device, persistent=True)
+    val_loader = _loader(make_dataset(cfg.augment, paths, data.val_idx, data.val_targets, decoded=decoded,
+                                      scaling=scaling_for(cfg)), cfg, device, persistent=True)
     history, best, best_epoch, start = [], None, -1, 0
     state = _load_state(state_dir / "last.pt", fingerprint)
     if state is not None:
