@@ -215,9 +215,9 @@ MUTANTS := $(addsuffix __mutmut_*,\
   pipeline.data.sampling.x_* pipeline.train.selection.x_* \
   pipeline.predict.tta.x_merge_view_logits pipeline.predict.tta.x_predict_tta pipeline.predict.tta.x_predict_tta_with_views \
   pipeline.predict.tta.x__view_logits pipeline.predict.tta.x__view_probs pipeline.predict.tta.x__hflip pipeline.predict.tta.x__vflip \
-  pipeline.predict.voting.x_* pipeline.predict.blend.x__blend_rows pipeline.predict.blend.x_check_same_folds \
-  pipeline.predict.blend.x__concat_folds pipeline.predict.submission.x_write_submission \
-  pipeline.predict.submission.x_validate_submission)
+  pipeline.ensemble.voting.x_* pipeline.results.blend.x__blend_rows pipeline.results.blend.x_check_same_folds \
+  pipeline.results.blend.x__concat_folds pipeline.results.submission.x_write_submission \
+  pipeline.results.submission.x_validate_submission)
 MUTANT_ARGS = $(foreach m,$(MUTANTS),'$(m)')   # quoted: the shell must not expand the globs
 mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow) → docs/figures/mutation.json
 	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2 $(MUTANT_ARGS)

@@ -33,7 +33,7 @@ STAGE_KEYS = {
                 "data.id_column", "data.test_image_template", "data.test_path_column",
                 "data.test_root", "data.image_root", "train.device"],
     "ensemble": ["ensemble.", "competition.", "folds.leak_ratio", "data.sample_submission", "data.id_column", "data.target_column"],
-    # The pseudo-label list (pipeline.predict.pseudo): the source's votes, thresholded and capped.
+    # The pseudo-label list (pipeline.results.pseudo): the source's votes, thresholded and capped.
     "pseudo": ["pseudo.", "folds.", "data.sample_submission", "data.id_column", "data.test_image_template",
                "data.test_path_column", "data.test_root", "data.image_root"],
 }

@@ -15,10 +15,10 @@ import torch
 from pipeline.config import load_config
 from pipeline.train.models import load_trained_model, save_weights
 from pipeline.data.fold_file import make_folds
-from pipeline.predict.ensemble import ensemble
+from pipeline.results.ensemble_stage import ensemble
 from pipeline.predict.fold import checkpoint_path, predict_fold
-from pipeline.predict.score import score
-from pipeline.predict.submission import SubmissionError, validate_for_config, validate_submission
+from pipeline.results.score import score
+from pipeline.results.submission import SubmissionError, validate_for_config, validate_submission
 from pipeline.train.loop import fit
 from tests.conftest import tiny_config_dict
 
@@ -241,7 +241,7 @@ def test_validator_accepts_the_pipelines_submission_and_lists_every_problem(copy
 
 
 def test_ids_keep_their_text_exactly(tmp_path):
-    from pipeline.predict.submission import write_submission
+    from pipeline.results.submission import write_submission
 
     sample = tmp_path / "sample.csv"
     sample.write_text("id,label\n007,x\n010,x\n")
@@ -259,7 +259,7 @@ def test_ids_keep_their_text_exactly(tmp_path):
 def test_class_bias_is_fitted_out_of_fold_applied_and_scored(copy_of):
     """With ensemble.class_bias the submission is the soft vote of every fold's biased probabilities; the CV
     row is nested (its own fits, never the full-OOF bias) and `make score` marks the biased vote as submitted."""
-    from pipeline.predict.class_bias import apply_bias
+    from pipeline.ensemble.class_bias import apply_bias
 
     copy_of.ensemble.class_bias = True
     ensemble(copy_of, **QUIET)
@@ -274,8 +274,8 @@ def test_class_bias_is_fitted_out_of_fold_applied_and_scored(copy_of):
     cv = pd.read_csv(copy_of.exp_dir / "cv.csv").set_index("part")
     row = cv.loc["out-of-fold, TTA + class bias, fitted on the other folds"]
     from pipeline.metrics import metric_value
-    from pipeline.predict.nested import nested_probs
-    from pipeline.predict.ensemble import bias_fit
+    from pipeline.ensemble.nested import nested_probs
+    from pipeline.results.ensemble_stage import bias_fit
     oof = pd.read_csv(copy_of.exp_dir / "oof_tta.csv")
     y = np.array([classes.index(v) for v in oof["label"].astype(str)])
     held_out, _ = nested_probs(oof[[f"prob_{c}" for c in classes]].to_numpy(), y, oof["fold"].to_numpy(),

@@ -29,7 +29,7 @@ from pipeline.config import Config
 from pipeline.fileio import read_table, read_text_csv, write_text_atomic
 from pipeline.metrics import confusion, per_class_f1
 from pipeline.train.models import read_sidecar
-from pipeline.predict.formats import format_for_config, labels_of
+from pipeline.results.formats import format_for_config, labels_of
 from pipeline.predict.probs import PROB_PREFIX, class_ids, prob_columns
 from pipeline.report.pairs import pairs_figure
 from pipeline.report.prior_section import prior_shift_section

@@ -10,13 +10,13 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.fileio import read_text_csv, write_csv_atomic
 from pipeline.metrics import classification_metrics, log_loss
-from pipeline.predict.class_bias import apply_bias
+from pipeline.ensemble.class_bias import apply_bias
 from pipeline.predict.probs import class_ids, read_test_probs
-from pipeline.predict.pseudo import source_score_rows
-from pipeline.predict.seeds import seed_score_rows
-from pipeline.predict.submission import submission_format, submission_metrics
-from pipeline.predict.shift_check import apply_shift, shift_score_rows
-from pipeline.predict.voting import VOTING_MODES, logit_adjust, vote, vote_scores
+from pipeline.results.pseudo import source_score_rows
+from pipeline.results.comparisons import seed_score_rows
+from pipeline.results.submission import submission_format, submission_metrics
+from pipeline.results.shift_check import apply_shift, shift_score_rows
+from pipeline.ensemble.voting import VOTING_MODES, logit_adjust, vote, vote_scores
 
 __all__ = ["score"]
 

@@ -9,20 +9,20 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.fileio import folder_lock, read_table, write_csv_atomic, write_json_atomic
-from pipeline.predict.class_bias import apply_bias, fit_class_bias
-from pipeline.predict.cv_table import cv_table, write_cv
+from pipeline.ensemble.class_bias import apply_bias, fit_class_bias
+from pipeline.results.cv_table import cv_table, write_cv
 from pipeline.predict.fold import checkpoint_names
-from pipeline.predict.pseudo import pseudo_note, source_cv_rows
-from pipeline.predict.seeds import seed_cv_rows, seeds_note
-from pipeline.predict.leak_rows import leak_cv_rows
+from pipeline.results.pseudo import pseudo_note, source_cv_rows
+from pipeline.results.comparisons import seed_cv_rows, seeds_note
+from pipeline.results.leak_rows import leak_cv_rows
 from pipeline.predict.probs import (CKPT_PREFIX, class_ids, prob_columns, read_fold_probs, read_test_probs,
                                     stack_folds, view_columns)
 from pipeline.fileio import read_text_csv
-from pipeline.predict.formats import format_for_config
-from pipeline.predict.shift_check import (apply_shift, fold_train_priors, model_prior, shift_notes, shift_record,
+from pipeline.results.formats import format_for_config
+from pipeline.results.shift_check import (apply_shift, fold_train_priors, model_prior, shift_notes, shift_record,
                                           simulated_shift_rows)
-from pipeline.predict.submission import write_submission
-from pipeline.predict.voting import choose_tau, class_priors, logit_adjust, vote, vote_scores
+from pipeline.results.submission import write_submission
+from pipeline.ensemble.voting import choose_tau, class_priors, logit_adjust, vote, vote_scores
 
 __all__ = ["ensemble", "logit_adjust_settings", "logit_adjust_record", "bias_fit"]
 
@@ -88,7 +88,7 @@ def ensemble(cfg: Config, log=print, logit_adjust_on: bool | None = None, tau_gr
     by the class priors to the power tau before voting, tau chosen on OOF macro-F1 over
     ``ensemble.tau_grid``. The CV table always shows what the chosen tau does to the OOF score.
     ``ensemble.prior_shift`` re-weights them to the class mix estimated on the test predictions
-    (:mod:`pipeline.predict.shift_check`) before logit adjustment; both divide out the models' effective
+    (:mod:`pipeline.results.shift_check`) before logit adjustment; both divide out the models' effective
     training prior (``fold_<k>/train_prior.json``).
     """
     with folder_lock(cfg.exp_dir, f"the experiment folder {cfg.exp_dir}", log):

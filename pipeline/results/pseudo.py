@@ -21,8 +21,8 @@ from pipeline.data.pseudo_labels import PSEUDO_COLUMNS, pseudo_labels_path
 from pipeline.data.tables import model_classes, read_test_table, read_train_table
 from pipeline.fileio import file_sha256, read_table, write_text_if_changed
 from pipeline.predict.probs import read_test_probs
-from pipeline.predict.submission import submission_format, submission_metrics
-from pipeline.predict.voting import logit_adjust
+from pipeline.results.submission import submission_format, submission_metrics
+from pipeline.ensemble.voting import logit_adjust
 from pipeline.train.models import read_sidecar
 
 __all__ = ["select_pseudo", "source_config", "voted_test_probs", "build_pseudo_labels", "source_cv_rows",

@@ -11,7 +11,7 @@ prediction is the meta-model fitted on every OOF row, applied to the members' me
 Fold models differ in how they err, so a meta-model fitted on some folds' OOF rows learns quirks of
 those folds' models that do not carry over; its regularisation is therefore chosen (by default) by
 leave-one-fold-out cross-validation inside the rows it is fitted on.
-Members must share folds and classes (:func:`pipeline.predict.blend.check_same_folds`).
+Members must share folds and classes (:func:`pipeline.results.blend.check_same_folds`).
 
 Writes, in ``outputs/stack-<a>-<b>...`` (or `out`): ``cv.csv``/``cv.md`` (each member, the plain vote,
 the blend with nested fitted weights and the nested stack), ``stack.json``, ``oof.csv`` (the nested
@@ -114,7 +114,7 @@ def meta_proba(model, features: np.ndarray, n_classes: int) -> np.ndarray:
 def nested_stack(probs, y: np.ndarray, folds: np.ndarray, C: float | str = DEFAULT_C) -> tuple[np.ndarray, dict]:
     """(N, C) out-of-fold stack probabilities, each fold's rows from a meta-model fitted on the other folds
     (C chosen on those folds alone with ``"auto"``); and ``{fold: C used}``."""
-    from pipeline.predict.nested import apply_per_fold, fit_per_fold
+    from pipeline.ensemble.nested import apply_per_fold, fit_per_fold
 
     x = stack_features(probs)
     n_classes = x.shape[1] // len(probs)
@@ -127,10 +127,10 @@ def _cv_rows(members, y: np.ndarray, nested: np.ndarray) -> list[dict]:
     """Each member, the plain vote, the blend (weights nested) and the stack (nested), on the same OOF rows."""
     import numpy as np
 
-    from pipeline.predict.blend import nested_blend_weights
-    from pipeline.predict.cv_table import metrics_row
-    from pipeline.predict.nested import apply_per_fold
-    from pipeline.predict.voting import soft_vote
+    from pipeline.results.blend import nested_blend_weights
+    from pipeline.results.cv_table import metrics_row
+    from pipeline.ensemble.nested import apply_per_fold
+    from pipeline.ensemble.voting import soft_vote
 
     oof, folds = np.stack([m.oof for m in members]), members[0].folds
     blended = apply_per_fold(folds, nested_blend_weights(oof, y, folds),
@@ -149,10 +149,10 @@ def stack(experiments: list[str | Config], output_dir: str | Path = "outputs", o
 
     from pipeline.fileio import write_json_atomic
     from pipeline.metrics import metric_value
-    from pipeline.predict.blend import load_members, write_blend_probs
-    from pipeline.predict.cv_table import write_cv
+    from pipeline.results.blend import load_members, write_blend_probs
+    from pipeline.results.cv_table import write_cv
     from pipeline.predict.probs import class_ids
-    from pipeline.predict.submission import submission_format, write_submission
+    from pipeline.results.submission import submission_format, write_submission
 
     members = load_members(experiments, output_dir, oof_source, log)
     first, names = members[0], [m.name for m in members]

@@ -11,8 +11,8 @@ import pandas as pd
 from pipeline.fileio import write_csv_atomic, write_text_atomic
 from pipeline.metrics import classification_metrics
 from pipeline.predict.probs import CKPT_PREFIX, class_ids, frame_prob_columns, prob_columns, view_columns
-from pipeline.predict.nested import nested_probs
-from pipeline.predict.voting import log_loss, nested_logit_adjust
+from pipeline.ensemble.nested import nested_probs
+from pipeline.ensemble.voting import log_loss, nested_logit_adjust
 
 __all__ = ["CV_COLUMNS", "cv_columns", "metrics_row", "cv_table", "markdown_table", "write_cv", "text_table"]
 

@@ -37,8 +37,8 @@ __all__ = ["FoldsMismatchError", "Member", "load_experiment", "load_member", "lo
            "OOF_SOURCES", "VOTING_CHOICES", "OBJECTIVES"]
 
 OOF_SOURCES = ("auto", "tta", "plain")
-VOTING_CHOICES = ("soft", "hard", "geometric", "rank")   # = pipeline.predict.voting.VOTING_MODES (a test checks)
-OBJECTIVES = ("logloss", "f1", "metric")                         # = pipeline.predict.voting.WEIGHT_OBJECTIVES
+VOTING_CHOICES = ("soft", "hard", "geometric", "rank")   # = pipeline.ensemble.voting.VOTING_MODES (a test checks)
+OBJECTIVES = ("logloss", "f1", "metric")                         # = pipeline.ensemble.voting.WEIGHT_OBJECTIVES
 
 
 class FoldsMismatchError(ValueError):
@@ -175,9 +175,9 @@ def _blend_rows(probs: np.ndarray, y: np.ndarray, folds: np.ndarray, weights: di
                 chosen: tuple[str, str] | None) -> list[dict]:
     """Every voting mode with every kind of weights, each fold's rows voted with that fold's weights
     (``{kind: {fold: weights}}``; the fitted ones were fitted on the other folds, so the rows are nested)."""
-    from pipeline.predict.cv_table import metrics_row
-    from pipeline.predict.nested import apply_per_fold
-    from pipeline.predict.voting import VOTING_MODES, vote, vote_scores
+    from pipeline.results.cv_table import metrics_row
+    from pipeline.ensemble.nested import apply_per_fold
+    from pipeline.ensemble.voting import VOTING_MODES, vote, vote_scores
 
     rows = []
     for mode in VOTING_MODES:
@@ -198,7 +198,7 @@ def _decision_scores(probs: np.ndarray, voting: str, weights: np.ndarray) -> np.
     metric such as the log-loss sees probabilities), its decisions as one-hot rows for hard/rank votes."""
     import numpy as np
 
-    from pipeline.predict.voting import vote, vote_scores
+    from pipeline.ensemble.voting import vote, vote_scores
 
     if voting in ("soft", "geometric"):
         return vote_scores(probs, voting, weights)
@@ -207,9 +207,9 @@ def _decision_scores(probs: np.ndarray, voting: str, weights: np.ndarray) -> np.
 
 def nested_blend_weights(oof: np.ndarray, y: np.ndarray, folds: np.ndarray, objective: str = "logloss",
                          metric: str = "f1_macro") -> dict:
-    """``{fold: weights fitted on the other folds' OOF rows}`` (see :func:`pipeline.predict.voting.fit_weights`)."""
-    from pipeline.predict.nested import fit_per_fold
-    from pipeline.predict.voting import fit_weights
+    """``{fold: weights fitted on the other folds' OOF rows}`` (see :func:`pipeline.ensemble.voting.fit_weights`)."""
+    from pipeline.ensemble.nested import fit_per_fold
+    from pipeline.ensemble.voting import fit_weights
 
     return fit_per_fold(folds, lambda rest: fit_weights(oof[:, rest], y[rest], objective, metric))
 
@@ -218,8 +218,8 @@ def _nested_logit_adjust(oof: np.ndarray, y: np.ndarray, folds: np.ndarray, weig
                          grid, metric: str = "f1_macro") -> tuple[np.ndarray, np.ndarray, dict]:
     """The blend's OOF scores and decisions with each fold's members logit-adjusted by the prior and tau
     chosen on the other folds, then voted with ``weigh(other folds' rows)``; and ``{fold: tau}``."""
-    from pipeline.predict.nested import apply_per_fold, fit_per_fold
-    from pipeline.predict.voting import choose_tau, class_priors, logit_adjust, vote, vote_scores
+    from pipeline.ensemble.nested import apply_per_fold, fit_per_fold
+    from pipeline.ensemble.voting import choose_tau, class_priors, logit_adjust, vote, vote_scores
 
     n_classes = oof.shape[2]
 
@@ -242,19 +242,19 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     """Blend experiments (names under `output_dir`, or configs) into one submission; returns its path.
 
     `weights`: ``fitted`` (on the OOF probabilities, by `objective`: ``logloss`` or ``f1``; see
-    :func:`pipeline.predict.voting.fit_weights`) or ``uniform``. `voting` combines the members (any of
-    :data:`pipeline.predict.voting.VOTING_MODES`, weighted). Logit adjustment (default: the first
+    :func:`pipeline.ensemble.voting.fit_weights`) or ``uniform``. `voting` combines the members (any of
+    :data:`pipeline.ensemble.voting.VOTING_MODES`, weighted). Logit adjustment (default: the first
     experiment's ``ensemble.logit_adjust`` / ``ensemble.tau_grid``) chooses tau on the blended OOF.
     """
     import numpy as np
     import pandas as pd
 
     from pipeline.fileio import write_json_atomic
-    from pipeline.predict.cv_table import write_cv
-    from pipeline.predict.ensemble import logit_adjust_record, logit_adjust_settings
+    from pipeline.results.cv_table import write_cv
+    from pipeline.results.ensemble_stage import logit_adjust_record, logit_adjust_settings
     from pipeline.predict.probs import class_ids
-    from pipeline.predict.submission import submission_format, write_submission
-    from pipeline.predict.voting import choose_tau, class_priors, fit_weights, logit_adjust, vote, vote_scores
+    from pipeline.results.submission import submission_format, write_submission
+    from pipeline.ensemble.voting import choose_tau, class_priors, fit_weights, logit_adjust, vote, vote_scores
 
     _check_choices(voting, weights, objective)
     members = load_members(experiments, output_dir, oof_source, log)
@@ -317,9 +317,9 @@ def _nested_cv(members: list[Member], y: np.ndarray, voting: str, weights: str, 
     ``tau`` per fold."""
     import numpy as np
 
-    from pipeline.predict.cv_table import metrics_row
-    from pipeline.predict.nested import apply_per_fold
-    from pipeline.predict.voting import fit_weights, vote_scores
+    from pipeline.results.cv_table import metrics_row
+    from pipeline.ensemble.nested import apply_per_fold
+    from pipeline.ensemble.voting import fit_weights, vote_scores
 
     oof, folds = np.stack([m.oof for m in members]), members[0].folds
     uniform = np.full(len(members), 1.0 / len(members))
@@ -338,7 +338,7 @@ def _nested_cv(members: list[Member], y: np.ndarray, voting: str, weights: str, 
 
 
 def _check_choices(voting: str, weights: str, objective: str) -> None:
-    from pipeline.predict.voting import VOTING_MODES, WEIGHT_OBJECTIVES
+    from pipeline.ensemble.voting import VOTING_MODES, WEIGHT_OBJECTIVES
 
     if voting not in VOTING_MODES:
         raise ValueError(f"--voting: unknown mode {voting!r}; valid: {', '.join(VOTING_MODES)}")
