@@ -11,8 +11,8 @@ from sklearn.metrics import log_loss as sk_log_loss
 from pipeline.config import ConfigError, load_config
 from pipeline.metrics import COMPETITION_METRICS, metric_gain, metric_value
 from pipeline.ensemble.class_bias import apply_bias, fit_class_bias
-from pipeline.ensemble.nested import nested_probs
-from pipeline.results.ensemble_stage import bias_fit
+from pipeline.ensemble.chain import Nested, Rows, nested_chain
+from pipeline.ensemble.steps.factors import ClassBiasStep, LogitAdjustStep
 from pipeline.results.formats import check_values, detect_format, fill, scores_of
 from pipeline.ensemble.voting import choose_tau, class_priors
 
@@ -97,18 +97,18 @@ def test_nested_fits_never_see_the_held_folds_labels():
     y, p = _case(n=300, classes=3, seed=3)
     p = apply_bias(p, [0.0, -1.0, 0.5])
     folds = np.arange(300) % 3
-    fit = bias_fit("f1_macro", 3, tau_grid=[0.0, 0.5, 1.0])
-    out, _ = nested_probs(p, y, folds, fit)
+    steps = [LogitAdjustStep((0.0, 0.5, 1.0), "f1_macro"), ClassBiasStep("f1_macro")]
+    out = nested_chain(steps, Rows(p, y, folds))
     flipped = y.copy()
     flipped[folds == 0] = (y[folds == 0] + 1) % 3
-    again, _ = nested_probs(p, flipped, folds, fit)
+    again = nested_chain(steps, Rows(p, flipped, folds))
     np.testing.assert_array_equal(out[folds == 0], again[folds == 0])
     assert not np.array_equal(out[folds != 0], again[folds != 0])
 
 
 def test_nested_refuses_a_single_fold():
     with pytest.raises(ValueError, match="two or more folds"):
-        nested_probs(np.full((4, 2), 0.5), np.zeros(4, int), np.zeros(4, int), bias_fit("f1_macro", 2))
+        Nested(Rows(np.full((4, 2), 0.5), np.zeros(4, int), np.zeros(4, int))).add(ClassBiasStep("f1_macro"))
 
 
 # ---- submission formats -------------------------------------------------------------------------------

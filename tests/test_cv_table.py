@@ -273,13 +273,17 @@ def test_class_bias_is_fitted_out_of_fold_applied_and_scored(copy_of):
     assert sub["label"].tolist() == [classes[i] for i in expected]
     cv = pd.read_csv(copy_of.exp_dir / "cv.csv").set_index("part")
     row = cv.loc["out-of-fold, TTA + class bias, fitted on the other folds"]
+    from pipeline.ensemble.chain import Rows, nested_chain
+    from pipeline.ensemble.steps.factors import ClassBiasStep
+    from pipeline.ensemble.steps.selection import CheckpointsStep, ViewsStep
     from pipeline.metrics import metric_value
-    from pipeline.ensemble.nested import nested_probs
-    from pipeline.results.ensemble_stage import bias_fit
+    from pipeline.predict.probs import candidate_probs, candidates_of
     oof = pd.read_csv(copy_of.exp_dir / "oof_tta.csv")
     y = np.array([classes.index(v) for v in oof["label"].astype(str)])
-    held_out, _ = nested_probs(oof[[f"prob_{c}" for c in classes]].to_numpy(), y, oof["fold"].to_numpy(),
-                         bias_fit("f1_macro", len(classes)))
+    found = candidates_of(oof, classes)
+    steps = [ViewsStep(found.views, [tuple(range(len(found.views)))], "f1_macro"),
+             CheckpointsStep(found.checkpoints, [(0,)], "f1_macro"), ClassBiasStep("f1_macro")]
+    held_out = nested_chain(steps, Rows(candidate_probs(oof, classes, found), y, oof["fold"].to_numpy()))
     assert row["f1_macro"] == pytest.approx(metric_value("f1_macro", y, held_out), abs=1e-12)
     table = score(copy_of, **QUIET).set_index("model")
     assert table.loc["soft vote + class bias (submission)", "f1_macro"] == table.loc["submission.csv", "f1_macro"]

@@ -15,7 +15,7 @@ from pipeline.config import load_config
 from pipeline.data.sampling import balanced_sample_weights, epoch_class_frequencies, oversample_indices
 from pipeline.fileio import write_json_atomic
 from pipeline.results.ensemble_stage import ensemble
-from pipeline.ensemble.prior_shift import bbse_prior, em_prior, reweight, shift_test
+from pipeline.ensemble.label_shift import bbse_prior, em_prior, reweight, shift_test
 from pipeline.results.score import score
 from pipeline.ensemble.voting import logit_adjust
 from pipeline.report.prior_section import prior_shift_section

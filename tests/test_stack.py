@@ -10,7 +10,8 @@ import pytest
 
 from pipeline.results.blend import FoldsMismatchError, blend
 from pipeline.results.score_blend import score_combined
-from pipeline.results.stack import C_GRID, stack
+from pipeline.ensemble.steps.combine import C_GRID
+from pipeline.results.stack import stack
 from tests.test_blend import CLASSES, K, N_TEST, QUIET, _folds_frame, _relabel_fold, make_experiment
 
 COLS = [f"prob_{c}" for c in CLASSES]

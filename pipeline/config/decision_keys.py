@@ -32,6 +32,8 @@ class EnsembleConfig(Section):
     tau_grid: list = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
     prior_shift: Literal["off", "auto", "em", "bbse"] = "auto"   # re-weight to the estimated test class mix
     prior_shift_alpha: Float = Field(0.01, gt=0, lt=1)         # auto: correct when the shift test's p < alpha
+    # auto: a step is applied when its nested gain exceeds this many times its noise (pipeline.ensemble.gain)
+    auto_margin: Float = Field(2.0, ge=0)
 
     def _rules(self):
         names = [str(n) for n in self.checkpoints]

@@ -11,8 +11,7 @@ import pandas as pd
 from pipeline.fileio import write_csv_atomic, write_text_atomic
 from pipeline.metrics import classification_metrics
 from pipeline.predict.probs import CKPT_PREFIX, class_ids, frame_prob_columns, prob_columns, view_columns
-from pipeline.ensemble.nested import nested_probs
-from pipeline.ensemble.voting import log_loss, nested_logit_adjust
+from pipeline.ensemble.voting import log_loss
 
 __all__ = ["CV_COLUMNS", "cv_columns", "metrics_row", "cv_table", "markdown_table", "write_cv", "text_table"]
 
@@ -36,14 +35,9 @@ def metrics_row(part: str, y: np.ndarray, probs: np.ndarray, predicted=None, **e
             "log_loss": log_loss(probs, y) if len(y) else float("nan"), **extra}
 
 
-def cv_table(oof: pd.DataFrame, classes: list, oof_tta: pd.DataFrame | None = None, merge: str = "mean",
-             tau_grid=None, metric: str = "f1_macro", fitted: dict | None = None,
-             priors: dict | None = None) -> pd.DataFrame:
+def cv_table(oof: pd.DataFrame, classes: list, oof_tta: pd.DataFrame | None = None, merge: str = "mean") -> pd.DataFrame:
     """Each fold and the whole out-of-fold set without TTA (oof.csv); with TTA, each view alone and each
-    checkpoint (oof_tta.csv); then, with a `tau_grid`, the (TTA) probabilities after logit adjustment with
-    each fold's tau chosen on the other folds by `metric` (nested, so the row is not scored on the rows that
-    chose it), dividing out `priors` (``{fold: the prior its model was trained on}``) when given; then one
-    nested row per entry of `fitted` ({name: fit}, see `nested.nested_probs`)."""
+    checkpoint (oof_tta.csv). The chain's rows (:mod:`pipeline.results.chain_rows`) follow them."""
     y = class_ids(oof["label"], classes, "oof.csv")
     probs = oof[frame_prob_columns(oof)].to_numpy()
     folds = oof["fold"].to_numpy()
@@ -51,23 +45,11 @@ def cv_table(oof: pd.DataFrame, classes: list, oof_tta: pd.DataFrame | None = No
     rows.append(metrics_row("out-of-fold, no TTA", y, probs))
     if oof_tta is not None:
         y_tta = class_ids(oof_tta["label"], classes, "oof_tta.csv")
-        tta = oof_tta[prob_columns(classes)].to_numpy()
-        rows.append(metrics_row(f"out-of-fold, TTA ({merge})", y_tta, tta))
+        rows.append(metrics_row(f"out-of-fold, TTA ({merge})", y_tta, oof_tta[prob_columns(classes)].to_numpy()))
         for view, cols in view_columns(oof_tta, classes).items():
             rows.append(metrics_row(f"out-of-fold, view {view}", y_tta, oof_tta[cols].to_numpy()))
         for ckpt, cols in view_columns(oof_tta, classes, CKPT_PREFIX).items():
             rows.append(metrics_row(f"out-of-fold, checkpoint {ckpt}", y_tta, oof_tta[cols].to_numpy()))
-        y, probs, folds = y_tta, tta, oof_tta["fold"].to_numpy()
-    if tau_grid is not None:
-        what = "TTA" if oof_tta is not None else "no TTA"
-        adjusted, taus = nested_logit_adjust(probs, y, folds, tau_grid, metric, priors)
-        chosen = "/".join(f"{t:g}" for t in taus.values())
-        rows.append(metrics_row(f"out-of-fold, {what} + logit adjustment, tau from the other folds ({chosen})", y,
-                                adjusted))
-    for name, fit in (fitted or {}).items():
-        what = "TTA" if oof_tta is not None else "no TTA"
-        rows.append(metrics_row(f"out-of-fold, {what} + {name}, fitted on the other folds", y,
-                                nested_probs(probs, y, folds, fit)[0]))
     return pd.DataFrame(rows)
 
 

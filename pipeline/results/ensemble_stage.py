@@ -1,35 +1,59 @@
-"""The ensemble stage: every fold's out-of-fold and test probabilities → the CV table and the submission."""
+"""The ensemble stage: read every fold's probabilities, run the chain, write the CV table, ensemble.json and the
+submission.
+
+The chain (:mod:`pipeline.ensemble.plan`, decided by :mod:`pipeline.ensemble.decide`) is fitted on the
+out-of-fold rows and scored nested; what it applies to the test set is recorded in ensemble.json's
+``submission`` entry, from which the submission is computed (:func:`pipeline.ensemble.record.apply_submission`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.config import Config
-from pipeline.fileio import folder_lock, read_table, write_csv_atomic, write_json_atomic
-from pipeline.ensemble.class_bias import apply_bias, fit_class_bias
-from pipeline.results.cv_table import cv_table, write_cv
+from pipeline.ensemble.chain import Rows
+from pipeline.ensemble.decide import Decision, decide
+from pipeline.ensemble.plan import Settings, factor_choices, selection_choices, shift_choice
+from pipeline.ensemble.record import apply_submission, submission_entry
+from pipeline.fileio import folder_lock, read_table, read_text_csv, write_csv_atomic, write_json_atomic
 from pipeline.predict.fold import checkpoint_names
-from pipeline.results.pseudo import pseudo_note, source_cv_rows
+from pipeline.predict.probs import (MERGED, Candidates, candidate_probs, candidates_of, class_ids, read_fold_probs,
+                                    stack_folds)
+from pipeline.results.chain_rows import chain_rows, legacy_records
 from pipeline.results.comparisons import seed_cv_rows, seeds_note
-from pipeline.results.leak_rows import leak_cv_rows
-from pipeline.predict.probs import (CKPT_PREFIX, class_ids, prob_columns, read_fold_probs, read_test_probs,
-                                    stack_folds, view_columns)
-from pipeline.fileio import read_text_csv
+from pipeline.results.cv_table import cv_table, write_cv
 from pipeline.results.formats import format_for_config
-from pipeline.results.shift_check import (apply_shift, fold_train_priors, model_prior, shift_notes, shift_record,
-                                          simulated_shift_rows)
+from pipeline.results.leak_rows import leak_cv_rows
+from pipeline.results.pseudo import pseudo_note, source_cv_rows
+from pipeline.results.shift_check import fold_train_priors, model_prior, shift_notes, shift_record, simulated_shift_rows
 from pipeline.results.submission import write_submission
-from pipeline.ensemble.voting import choose_tau, class_priors, logit_adjust, vote, vote_scores
 
-__all__ = ["ensemble", "logit_adjust_settings", "logit_adjust_record", "bias_fit"]
+__all__ = ["Inputs", "read_inputs", "chain_settings", "ensemble"]
 
 
-def _oof_table(cfg: Config) -> tuple[pd.DataFrame, list]:
-    frames, classes = read_fold_probs(cfg, "oof.csv")
-    return stack_folds(frames), classes
+@dataclass
+class Inputs:
+    """Everything the chain is fitted on and applied to, read from the fold folders."""
+    classes: list
+    oof: pd.DataFrame                 # the trainer's oof.csv rows (best weights, no TTA), every fold
+    oof_tta: pd.DataFrame | None      # the predict stage's oof_tta.csv rows, every fold (None: predicted before)
+    y: np.ndarray
+    folds: np.ndarray
+    candidates: Candidates            # the (checkpoint, view) pairs both the OOF and the test files hold
+    oof_probs: np.ndarray             # (K, V, N, C)
+    ids: pd.Series
+    test_frames: list                 # every fold's test_probs.csv
+    test_probs: np.ndarray            # (F, K, V, T, C)
+    priors: dict                      # {fold: the prior its model learned}
+
+    @property
+    def base(self) -> pd.DataFrame:
+        """The OOF rows the chain starts from: TTA (oof_tta.csv) where predicted, else oof.csv."""
+        return self.oof_tta if self.oof_tta is not None else self.oof
 
 
 def _oof_tta_table(cfg: Config, oof: pd.DataFrame, log=print) -> pd.DataFrame | None:
@@ -52,117 +76,120 @@ def _oof_tta_table(cfg: Config, oof: pd.DataFrame, log=print) -> pd.DataFrame | 
     return stack_folds(frames)
 
 
-def logit_adjust_settings(cfg: Config, logit_adjust_on=None, tau_grid=None) -> tuple[bool, list[float]]:
-    """(apply it?, tau grid): the arguments where given, else ``ensemble.logit_adjust`` / ``ensemble.tau_grid``."""
-    on = cfg.ensemble.logit_adjust if logit_adjust_on is None else logit_adjust_on
-    grid = cfg.ensemble.tau_grid if tau_grid is None else tau_grid
-    return bool(on), [float(t) for t in grid]
+def _test_frames(cfg: Config, classes: list) -> tuple[pd.Series, list]:
+    frames, test_classes = read_fold_probs(cfg, "test_probs.csv")
+    if test_classes != classes:
+        raise ValueError(f"the test predictions are of classes {test_classes}, the OOF rows of {classes}; rerun predict")
+    ids = frames[0]["id"]
+    for k, f in enumerate(frames):
+        if not f["id"].equals(ids):
+            raise ValueError(f"fold {k}'s test predictions cover other ids than fold 0's; rerun `make ensemble`")
+    return ids, frames
 
 
-def logit_adjust_record(applied: bool, tau: float, chosen_tau: float, grid, prior: np.ndarray, curve,
-                        metric: str = "f1_macro") -> dict:
-    """The ``logit_adjust`` entry of ensemble.json / blend.json (`score` reads its tau and prior back).
-    The curve holds the metric signed so that higher is better (the log-loss negated)."""
-    return {"applied": bool(applied), "tau": tau, "chosen_tau": chosen_tau, "grid": grid, "metric": metric,
-            "prior": prior.round(6).tolist(), "oof_gain_by_tau": [[t, round(f, 6)] for t, f in curve]}
+def _shared_candidates(base: pd.DataFrame, tests: list, classes: list, checkpoint: str, log) -> Candidates:
+    """The (checkpoint, view) pairs the OOF rows and every fold's test file hold alike; else only the merged ones."""
+    found = [candidates_of(f, classes, checkpoint) for f in [base, *tests]]
+    if all(c == found[0] for c in found):
+        return found[0]
+    log("[ensemble] the OOF and test files hold different views or checkpoints (some predicted before the "
+        "per-view test columns existed): the chain uses the merged probabilities; rerun the predict stage")
+    return MERGED
 
 
-def bias_fit(metric: str, n_classes: int, tau_grid=None, model_prior=None):
-    """The class-bias fit for `nested.nested_probs` and for the submission: on the rows it is given, first the
-    logit adjustment (when `tau_grid`: tau chosen on those rows; the prior is `model_prior`, what the models
-    were trained on, else those rows' class frequencies), then the bias, both by `metric`."""
-    def fit(p: np.ndarray, y: np.ndarray):
-        prior = class_priors(y, n_classes) if model_prior is None else np.asarray(model_prior)
-        tau = 0.0
-        if tau_grid is not None:
-            tau, _ = choose_tau(p, y, prior, tau_grid, metric=metric)
-        bias = fit_class_bias(logit_adjust(p, prior, tau), y, metric)
-        return (lambda q: apply_bias(logit_adjust(q, prior, tau), bias)), bias
-    return fit
+def read_inputs(cfg: Config, log=print) -> Inputs:
+    """Every fold's OOF rows (oof.csv, oof_tta.csv) and test probabilities, checked against each other."""
+    frames, classes = read_fold_probs(cfg, "oof.csv")
+    oof = stack_folds(frames)
+    oof_tta = _oof_tta_table(cfg, oof, log)
+    base = oof_tta if oof_tta is not None else oof
+    ids, tests = _test_frames(cfg, classes)
+    candidates = _shared_candidates(base, tests, classes, checkpoint_names(cfg)[0], log)
+    y = class_ids(base["label"], classes, "oof.csv")
+    folds = base["fold"].to_numpy()
+    return Inputs(classes, oof, oof_tta, y, folds, candidates, candidate_probs(base, classes, candidates), ids, tests,
+                  np.stack([candidate_probs(f, classes, candidates) for f in tests]),
+                  fold_train_priors(cfg, classes, y, folds, log))
+
+
+def chain_settings(cfg: Config, logit_adjust_on: bool | None = None, tau_grid=None) -> Settings:
+    """The chain's settings from the config; `logit_adjust_on` and `tau_grid` override theirs when given."""
+    e = cfg.ensemble
+    return Settings(views="all", checkpoints="listed",
+                    logit_adjust=e.logit_adjust if logit_adjust_on is None else logit_adjust_on,
+                    class_bias=e.class_bias, tau_grid=tuple(e.tau_grid if tau_grid is None else tau_grid),
+                    merge=cfg.tta.merge)
 
 
 def ensemble(cfg: Config, log=print, logit_adjust_on: bool | None = None, tau_grid=None) -> Path:
-    """Vote the folds' test probabilities into the submission; report the cross-validation table.
+    """Run the chain on the folds' predictions; write the CV table, ensemble.json and the submission.
 
-    With ``ensemble.logit_adjust`` (or `logit_adjust_on`), every fold's test probabilities are divided
-    by the class priors to the power tau before voting, tau chosen on OOF macro-F1 over
-    ``ensemble.tau_grid``. The CV table always shows what the chosen tau does to the OOF score.
-    ``ensemble.prior_shift`` re-weights them to the class mix estimated on the test predictions
-    (:mod:`pipeline.results.shift_check`) before logit adjustment; both divide out the models' effective
-    training prior (``fold_<k>/train_prior.json``).
+    The chain chooses the TTA views and checkpoints, then fits the logit adjustment and the class bias on the
+    OOF rows, each scored nested (:mod:`pipeline.ensemble.decide`). ``ensemble.prior_shift`` re-weights the
+    test probabilities to the class mix estimated on them (:mod:`pipeline.results.shift_check`).
     """
     with folder_lock(cfg.exp_dir, f"the experiment folder {cfg.exp_dir}", log):
-        return _ensemble(cfg, log, logit_adjust_on, tau_grid)
+        return _ensemble(cfg, log, chain_settings(cfg, logit_adjust_on, tau_grid))
 
 
-def _ensemble(cfg: Config, log, logit_adjust_on: bool | None, tau_grid) -> Path:
-    oof, classes = _oof_table(cfg)
-    write_csv_atomic(cfg.exp_dir / "oof.csv", oof)
-    oof_tta = _oof_tta_table(cfg, oof, log)
-    if oof_tta is not None:
-        write_csv_atomic(cfg.exp_dir / "oof_tta.csv", oof_tta, float_format="%.7g")
-    adjust, grid = logit_adjust_settings(cfg, logit_adjust_on, tau_grid)
-    base = oof_tta if oof_tta is not None else oof
-    y = class_ids(base["label"], classes, "oof.csv")
-    metric, base_probs = cfg.competition.metric, base[prob_columns(classes)].to_numpy()
-    priors = fold_train_priors(cfg, classes, y, base["fold"].to_numpy(), log)
-    prior = model_prior(priors)   # what the models learned (sampling, class weights), not the raw counts
-    tau, curve = choose_tau(base_probs, y, prior, grid, metric=metric)
-    applied_tau = tau if adjust else 0.0
-    fit_bias = bias_fit(metric, len(classes), grid if adjust else None, prior)
-    bias_name = "logit adjustment + class bias" if adjust else "class bias"
-    cv = cv_table(oof, classes, oof_tta, cfg.tta.merge, grid, metric, {bias_name: fit_bias}, priors)
-    cv = pd.concat([cv, pd.DataFrame(simulated_shift_rows(base_probs, y, prior, cfg.ensemble.prior_shift_alpha))],
-                   ignore_index=True)
-    bias = fit_bias(base_probs, y)[1]
-    state = "applied to the test probabilities" if adjust else "not applied (ensemble.logit_adjust: false)"
-    bias_state = "applied" if cfg.ensemble.class_bias else "not applied (ensemble.class_bias: false)"
-    notes = [f"Logit adjustment p / prior^tau (prior: the models' effective training prior): tau={tau:g} chosen "
-             f"on all OOF rows' {metric} over "
-             f"[{', '.join(f'{t:g}' for t in grid)}]; {state}. Its CV row is nested: each fold adjusted "
-             "with the tau and prior chosen on the other folds.",
-             f"Class bias p * exp(b) fitted on all OOF rows' {metric}"
-             f"{' after the logit adjustment' if adjust else ''}: b = [{', '.join(f'{b:g}' for b in bias)}] "
-             f"({', '.join(map(str, classes))}); {bias_state}. Its CV row is nested: each fold with the bias "
-             "fitted on the other folds."]
-    ckpts = list(view_columns(oof_tta, classes, CKPT_PREFIX)) if oof_tta is not None else []
-    if ckpts:
-        notes.append(f"The TTA, view and logit-adjustment rows average the checkpoints ({', '.join(ckpts)}); "
-                     "the fold and 'no TTA' rows are the trainer's oof.csv (best weights).")
-    leak_rows, leak_notes = leak_cv_rows(cfg, base, classes, log)
+def _ensemble(cfg: Config, log, settings: Settings) -> Path:
+    inputs = read_inputs(cfg, log)
+    write_csv_atomic(cfg.exp_dir / "oof.csv", inputs.oof)
+    if inputs.oof_tta is not None:
+        write_csv_atomic(cfg.exp_dir / "oof_tta.csv", inputs.oof_tta, float_format="%.7g")
+    metric, prior = cfg.competition.metric, model_prior(inputs.priors)
+    plan = (selection_choices(settings, inputs.candidates.views, inputs.candidates.checkpoints, metric)
+            + factor_choices(settings, metric, prior))
+    rows = Rows(inputs.oof_probs, inputs.y, inputs.folds, inputs.test_probs, prior)
+    states, decisions = decide(plan, rows, metric, margin=cfg.ensemble.auto_margin)
+    selected = states[1]                         # the chosen predictions (views, checkpoints), no factor yet
+    shift = shift_record(cfg.ensemble.prior_shift, cfg.ensemble.prior_shift_alpha, selected.full.probs, inputs.y,
+                         selected.test(), inputs.priors)
+    correction = shift_choice("on" if shift["applied"] else "off", cfg.ensemble.prior_shift, shift["method"] or "em",
+                              prior, len(inputs.ids))
+    more, shifted = decide([correction], rows, metric, margin=cfg.ensemble.auto_margin,
+                              start=states[-1])
+    chain, decisions = more[-1], decisions + shifted
+    log_factor = sum((np.asarray(f.params()["log_factor"]) for f in chain.fitted[2:]), np.zeros(len(inputs.classes)))
+    _write_cv(cfg, inputs, decisions, chain.oof(), selected.oof(), prior, shift, log)
+    entry = submission_entry(inputs.classes, len(inputs.test_frames), cfg.ensemble.voting, inputs.candidates,
+                             chain.fitted[0].params()["views"], cfg.tta.merge, chain.fitted[1].params()["checkpoints"],
+                             log_factor)
+    return _write_submission(cfg, inputs, decisions, entry, shift, log)
+
+
+def _write_cv(cfg: Config, inputs: Inputs, decisions: list[Decision], final_oof: np.ndarray, selected_oof: np.ndarray,
+              prior, shift: dict, log) -> None:
+    metric = cfg.competition.metric
+    cv = cv_table(inputs.oof, inputs.classes, inputs.oof_tta, cfg.tta.merge)
+    steps = chain_rows(decisions, inputs.y, final_oof, "TTA" if inputs.oof_tta is not None else "no TTA")
+    simulated = simulated_shift_rows(selected_oof, inputs.y, prior, cfg.ensemble.prior_shift_alpha)
+    leak_rows, leak_notes = leak_cv_rows(cfg, inputs.base, inputs.classes, log)
     comparisons = leak_rows + seed_cv_rows(cfg) + source_cv_rows(cfg)   # leaks; one seed alone; the source round
-    if comparisons:
-        cv = pd.concat([cv, pd.DataFrame(comparisons)], ignore_index=True)
-    notes += leak_notes + seeds_note(cfg) + pseudo_note(cfg)
-    ids, probs, _ = read_test_probs(cfg)
-    shift = shift_record(cfg.ensemble.prior_shift, cfg.ensemble.prior_shift_alpha, base_probs, y, probs, priors)
-    notes += shift_notes(shift, classes, applied_tau)
+    cv = pd.concat([cv, pd.DataFrame(steps), pd.DataFrame(simulated), pd.DataFrame(comparisons)], ignore_index=True)
+    notes = [*(f"{d.name}: {d.why}." for d in decisions), *leak_notes, *seeds_note(cfg), *pseudo_note(cfg),
+             *shift_notes(shift, inputs.classes, 0.0)]
+    if len(inputs.candidates.checkpoints) > 1:
+        notes.append(f"The TTA and view rows average the checkpoints ({', '.join(inputs.candidates.checkpoints)}); "
+                     "the fold and 'no TTA' rows are the trainer's oof.csv (best weights).")
     write_cv(cv, cfg.exp_dir, f"Cross-validation: {cfg.experiment}", notes, log, metric)
-    # The order: the prior-shift correction first (logit adjustment's factor commutes with it), then the
-    # logit adjustment and the class bias, as they were fitted on the OOF rows.
-    probs = apply_shift(probs, shift)
-    if applied_tau:
-        probs = logit_adjust(probs, prior, applied_tau)
-    if cfg.ensemble.class_bias:
-        probs = apply_bias(probs, bias)
-    picked = vote(probs, cfg.ensemble.voting)
-    labels = [classes[i] for i in picked]
-    fmt = format_for_config(cfg, read_text_csv(cfg.data.sample_submission), classes)
+
+
+def _write_submission(cfg: Config, inputs: Inputs, decisions: list[Decision], entry: dict, shift: dict, log) -> Path:
+    probs, scores, picked = apply_submission(entry, inputs.test_frames)
+    fmt = format_for_config(cfg, read_text_csv(cfg.data.sample_submission), inputs.classes)
     write_json_atomic(cfg.exp_dir / "ensemble.json", {
-        "voting": cfg.ensemble.voting, "folds": len(probs), "classes": classes,
+        "voting": cfg.ensemble.voting, "folds": len(probs), "classes": inputs.classes, "metric": cfg.competition.metric,
         "submission_format": fmt.kind, "positive_class": fmt.positive,
-        "checkpoints": checkpoint_names(cfg), "oof_source": "oof_tta.csv" if oof_tta is not None else "oof.csv",
-        "metric": metric, "logit_adjust": logit_adjust_record(adjust, applied_tau, tau, grid, prior, curve, metric),
-        "class_bias": {"applied": bool(cfg.ensemble.class_bias), "bias": bias.round(6).tolist(),
-                       "after_logit_adjustment": bool(adjust)},
-        "prior_shift": shift})
+        "oof_source": "oof_tta.csv" if inputs.oof_tta is not None else "oof.csv",
+        "chain": [d.as_dict() for d in decisions], "submission": entry,
+        **legacy_records(decisions), "prior_shift": shift})
     out = cfg.exp_dir / "submission.csv"
-    write_submission(cfg.data.sample_submission, cfg.data.id_column, cfg.data.target_column, ids, labels, out,
-                     fmt, vote_scores(probs, cfg.ensemble.voting))
-    adj = f", logit adjustment tau={applied_tau:g}" if applied_tau else ""
-    adj += f", prior-shift correction ({shift['method']})" if shift["applied"] else ""
-    adj += ", class bias" if cfg.ensemble.class_bias else ""
+    write_submission(cfg.data.sample_submission, cfg.data.id_column, cfg.data.target_column, inputs.ids,
+                     [inputs.classes[i] for i in picked], out, fmt, scores)
+    applied = [d.name for d in decisions if d.applied]
     positive = f" of class '{fmt.positive}'" if fmt.positive else ""
-    log(f"[ensemble] {cfg.ensemble.voting} voting over {len(probs)} folds{adj} → {out} "
+    log(f"[ensemble] {cfg.ensemble.voting} voting over {len(probs)} folds; views {', '.join(entry['views'])}; "
+        f"checkpoints {', '.join(entry['checkpoints'])}; applied: {', '.join(applied) or 'nothing'} → {out} "
         f"({fmt.kind}{positive}: {fmt.why})")
     return out

@@ -1,4 +1,10 @@
-"""`make score`: the submission, each fold and every voting mode scored on held-back test labels."""
+"""`make score`: the submission, each fold, every voting mode and each step of the chain scored on held-back labels.
+
+The submission's probabilities are recomputed from ensemble.json's ``submission`` entry
+(:func:`pipeline.ensemble.record.apply_submission`), and each step of the chain is scored toggled: the
+submission without each applied step, and with each step that was not applied, so the held-back labels
+show what every decision of the chain did.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +14,20 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config
+from pipeline.ensemble.record import apply_submission
+from pipeline.ensemble.voting import VOTING_MODES, vote, vote_scores
 from pipeline.fileio import read_text_csv, write_csv_atomic
 from pipeline.metrics import classification_metrics, log_loss
-from pipeline.ensemble.class_bias import apply_bias
-from pipeline.predict.probs import class_ids, read_test_probs
-from pipeline.results.pseudo import source_score_rows
+from pipeline.predict.probs import class_ids, read_fold_probs, read_test_probs
 from pipeline.results.comparisons import seed_score_rows
+from pipeline.results.pseudo import source_score_rows
+from pipeline.results.shift_check import shift_score_rows
 from pipeline.results.submission import submission_format, submission_metrics
-from pipeline.results.shift_check import apply_shift, shift_score_rows
-from pipeline.ensemble.voting import VOTING_MODES, logit_adjust, vote, vote_scores
 
-__all__ = ["score"]
+__all__ = ["vote_metrics", "chain_variants", "score"]
 
 
-def _vote_metrics(y: np.ndarray, probs: np.ndarray, mode: str) -> dict:
+def vote_metrics(y: np.ndarray, probs: np.ndarray, mode: str) -> dict:
     """The metrics of a vote: its decisions, ROC-AUC from its scores, the log-loss where they are probabilities."""
     scores = vote_scores(probs, mode)
     probabilities = mode in ("soft", "geometric")
@@ -29,57 +35,91 @@ def _vote_metrics(y: np.ndarray, probs: np.ndarray, mode: str) -> dict:
             "log_loss": log_loss(y, scores) if probabilities else float("nan")}
 
 
-def _fitted_rows(y: np.ndarray, probs: np.ndarray, record: dict, mode: str) -> list[dict]:
-    """The held-back score of each choice the ensemble fitted out of fold (ensemble.json), whether or not
-    it was applied, the applied one marked as the submission; `probs` after any prior-shift correction."""
-    adjustment, bias = record.get("logit_adjust", {}), record.get("class_bias")
-    tau = float(adjustment.get("tau", 0.0))
-    shift = record.get("prior_shift") or {}
-    shifted = f" + prior-shift correction ({shift['method']})" if shift.get("applied") else ""
-    voting = f"{mode} vote{shifted}"   # `probs` come corrected when the submission was
+def _label(step: dict) -> str:
+    fitted = step["fitted"]
+    if step["step"] == "logit_adjust":
+        return f"logit adjustment tau={fitted['tau']:g}"
+    if step["step"] == "prior_shift":
+        return f"prior-shift correction ({fitted.get('method')})"
+    if step["step"] in ("views", "checkpoints"):
+        return f"{step['step']} {'+'.join(fitted[step['step']])}"
+    return step["step"].replace("_", " ")
+
+
+def _differs(step: dict) -> bool:
+    """Whether a selection step's applied choice differs from what stands without it."""
+    key = step["step"]
+    return step["applied"] and step["baseline"] is not None and step["fitted"][key] != step["baseline"][key]
+
+
+def chain_variants(record: dict) -> list[tuple[str, dict]]:
+    """(name, submission entry) of the submission and of each step toggled: an applied step removed, a step
+    that was not applied added (the selection steps: their choice swapped with what stood instead)."""
+    entry, steps = record["submission"], record.get("chain", [])
+    mode = entry["voting"]
+    applied = [_label(s) for s in steps if (s["applied"] and s["baseline"] is None) or _differs(s)]
+    name = " + ".join([f"{mode} vote", *applied])
+    out = [(name + " (submission)", entry)]
+    for s in steps:
+        factor = np.asarray(s["fitted"].get("log_factor", np.zeros(len(entry["classes"]))))
+        if s["step"] in ("views", "checkpoints"):
+            if s["baseline"] is None or s["fitted"][s["step"]] == s["baseline"][s["step"]]:
+                continue
+            other = s["baseline"] if s["applied"] else s["fitted"]
+            variant = {**entry, s["step"]: other[s["step"]]}
+        else:
+            variant = {**entry, "log_factor": (np.asarray(entry["log_factor"]) + (-factor if s["applied"] else factor)).tolist()}
+        what = f"without {_label(s)}" if (s["applied"] and s["step"] not in ("views", "checkpoints")) else \
+            (f"with {_label({**s, 'fitted': other})} instead" if s["step"] in ("views", "checkpoints") else
+             f"+ {_label(s)} (not applied)")
+        out.append((f"{name}, {what}", variant))
+    return out
+
+
+def _true_labels(cfg: Config, ids, classes: list) -> np.ndarray:
+    if not cfg.data.test_labels:
+        raise ValueError("data.test_labels is not set: scoring needs the true test labels")
+    truth = read_text_csv(cfg.data.test_labels).set_index(cfg.data.id_column)
+    missing = sorted(set(ids) - set(truth.index))
+    if missing:
+        raise ValueError(f"{cfg.data.test_labels}: no true label for {len(missing)} test id(s), e.g. {missing[:5]}")
+    return class_ids(truth.loc[ids, cfg.data.target_column], classes, str(cfg.data.test_labels))
+
+
+def _chain_rows(record: dict, frames: list, y: np.ndarray, plain: dict) -> list[dict]:
+    """The submission's chain and its toggles; a submission that is one of the `plain` rows takes its place."""
     rows = []
-    if tau:
-        adjusted = logit_adjust(probs, np.asarray(adjustment["prior"]), tau)
-        chosen = " (submission)" if not (bias and bias["applied"]) else ""
-        rows.append({"model": f"{voting} + logit adjustment tau={tau:g}{chosen}",
-                     **_vote_metrics(y, adjusted, mode)})
-    if bias:
-        base = logit_adjust(probs, np.asarray(adjustment["prior"]), tau) if tau else probs
-        name = f"{voting}{' + logit adjustment' if tau else ''} + class bias"
-        rows.append({"model": name + (" (submission)" if bias["applied"] else " (not applied)"),
-                     **_vote_metrics(y, apply_bias(base, bias["bias"]), mode)})
+    for name, entry in chain_variants(record):
+        probs, _, _ = apply_submission(entry, frames)
+        row = {"model": name, **vote_metrics(y, probs, entry["voting"])}
+        bare = name.removesuffix(" (submission)")
+        if bare in plain:      # the submission is one of the plain rows: that row, scored as submitted
+            plain[bare] = row
+        else:
+            rows.append(row)
     return rows
 
 
 def score(cfg: Config, log=print) -> pd.DataFrame:
-    """Score the submission, each fold alone and every voting mode on the held-back test labels.
+    """Score the submission, each fold alone, every voting mode and each toggled step on the held-back labels.
 
     Each vote is scored from its own scores (soft/geometric: the averaged probabilities, hard: the
     vote shares, rank: the rank averages), so ROC-AUC ranks rows by what the vote computed. A label
     submission's row has no ROC-AUC; a probability submission is scored from the probabilities it holds.
     The competition metric (``competition.metric``) is the first column.
     """
-    if not cfg.data.test_labels:
-        raise ValueError("data.test_labels is not set: scoring needs the true test labels")
     ids, probs, classes = read_test_probs(cfg)
-    truth = read_text_csv(cfg.data.test_labels).set_index(cfg.data.id_column)
-    missing = sorted(set(ids) - set(truth.index))
-    if missing:
-        raise ValueError(f"{cfg.data.test_labels}: no true label for {len(missing)} test id(s), e.g. {missing[:5]}")
-    y = class_ids(truth.loc[ids, cfg.data.target_column], classes, str(cfg.data.test_labels))
+    y = _true_labels(cfg, ids, classes)
     rows = [{"model": f"fold {k}", **classification_metrics(y, probs[k]), "log_loss": log_loss(y, probs[k])}
             for k in range(len(probs))]
     settings = cfg.exp_dir / "ensemble.json"
     record = json.loads(settings.read_text()) if settings.is_file() else {}
-    shift, bias = record.get("prior_shift", {}), record.get("class_bias", {})
-    tau = record.get("logit_adjust", {}).get("tau")
-    plain = not tau and not shift.get("applied") and not bias.get("applied")
-    for mode in VOTING_MODES:
-        chosen = " (submission)" if mode == cfg.ensemble.voting and plain else ""
-        rows.append({"model": f"{mode} vote{chosen}", **_vote_metrics(y, probs, mode)})
-    rows += shift_score_rows(y, probs, shift, cfg.ensemble.voting, _vote_metrics,
-                             submission=not tau and not bias.get("applied"))
-    rows += _fitted_rows(y, apply_shift(probs, shift), record, cfg.ensemble.voting)
+    plain = {f"{mode} vote": {"model": f"{mode} vote", **vote_metrics(y, probs, mode)} for mode in VOTING_MODES}
+    shift = record.get("prior_shift") or {}
+    for row in shift_score_rows(y, probs, shift, cfg.ensemble.voting, vote_metrics, submission=False):
+        plain[row["model"].removesuffix(" (applied)")] = {**row, "model": row["model"].removesuffix(" (applied)")}
+    chain = _chain_rows(record, read_fold_probs(cfg, "test_probs.csv")[0], y, plain) if "submission" in record else []
+    rows += list(plain.values()) + chain
     rows.append({"model": "submission.csv", **submission_metrics(
         cfg.exp_dir / "submission.csv", submission_format(cfg, classes), cfg.data.id_column,
         cfg.data.target_column, ids, y, classes)})

@@ -1,7 +1,7 @@
 """The ensemble stage's prior-shift step: the folds' training priors, the test-mix estimates and the decision
 (``ensemble.prior_shift``), the CV table's notes and simulated-shift rows, and the `make score` rows.
 
-The maths is in :mod:`pipeline.ensemble.prior_shift`; nothing here reads a test label.
+The maths is in :mod:`pipeline.ensemble.label_shift`; nothing here reads a test label.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.results.cv_table import metrics_row
-from pipeline.ensemble.prior_shift import (bbse_prior, em_prior, reversed_mix, reweight, shift_test,
+from pipeline.ensemble.label_shift import (bbse_prior, em_prior, reversed_mix, reweight, shift_test,
                                           simulated_mix)
 from pipeline.ensemble.voting import class_priors
 from pipeline.train.prior import TRAIN_PRIOR_FILE, read_train_prior
