@@ -288,3 +288,34 @@ def test_class_bias_is_fitted_out_of_fold_applied_and_scored(copy_of):
     table = score(copy_of, **QUIET).set_index("model")
     assert table.loc["soft vote + class bias (submission)", "f1_macro"] == table.loc["submission.csv", "f1_macro"]
     assert "soft vote (submission)" not in table.index and "soft vote" in table.index
+
+
+def test_everything_on_auto_records_its_choices_and_the_submission_follows_the_record(copy_of):
+    """tta.select, ensemble.checkpoints, logit_adjust, class_bias on auto: ensemble.json holds each step's
+    decision with its nested gain and noise, the chosen views and checkpoints, and the submission is what its
+    submission entry gives from the folds' test files; no step is applied whose gain is not above its noise."""
+    from pipeline.ensemble.record import apply_submission
+
+    for k in range(copy_of.folds.n_splits):
+        predict_fold(copy_of, k, checkpoints=["best", "last"], **QUIET)
+    copy_of.tta.select, copy_of.ensemble.checkpoints = "auto", "auto"
+    copy_of.ensemble.logit_adjust = copy_of.ensemble.class_bias = "auto"
+    ensemble(copy_of, **QUIET)
+    record = json.loads((copy_of.exp_dir / "ensemble.json").read_text())
+    steps = {s["step"]: s for s in record["chain"]}
+    assert list(steps) == ["views", "checkpoints", "logit_adjust", "class_bias", "prior_shift"]
+    for s in steps.values():
+        assert s["applied"] == (s["setting"] == "on" or (s["setting"] == "auto" and s["gain"] > 2 * s["noise"]))
+        assert np.isfinite(s["gain"]) and s["noise"] >= 0 and s["why"]
+    views = steps["views"]["fitted"]["views"] if steps["views"]["applied"] else VIEWS
+    assert record["submission"]["views"] == views
+    assert set(record["submission"]["checkpoints"]) <= {"best", "last"}
+    assert len(steps["views"]["fitted"]["candidates"]) == 3           # all, identity alone, hflip alone
+    classes = _classes(copy_of)
+    frames = [pd.read_csv(copy_of.fold_dir(k) / "test_probs.csv", dtype={"id": str}) for k in range(3)]
+    _, _, picked = apply_submission(record["submission"], frames)
+    sub = pd.read_csv(copy_of.exp_dir / "submission.csv", dtype=str)
+    assert sub["label"].tolist() == [classes[i] for i in picked]
+    table = score(copy_of, **QUIET).set_index("model")
+    submitted = table.index[table.index.str.endswith("(submission)")]
+    assert len(submitted) == 1 and table.loc[submitted[0], "f1_macro"] == table.loc["submission.csv", "f1_macro"]

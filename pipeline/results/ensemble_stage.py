@@ -21,6 +21,7 @@ from pipeline.ensemble.plan import Settings, factor_choices, selection_choices, 
 from pipeline.ensemble.record import apply_submission, submission_entry
 from pipeline.fileio import folder_lock, read_table, read_text_csv, write_csv_atomic, write_json_atomic
 from pipeline.predict.fold import checkpoint_names
+from pipeline.predict.tta import canonical_views
 from pipeline.predict.probs import (MERGED, Candidates, candidate_probs, candidates_of, class_ids, read_fold_probs,
                                     stack_folds)
 from pipeline.results.chain_rows import chain_rows, legacy_records
@@ -114,8 +115,8 @@ def read_inputs(cfg: Config, log=print) -> Inputs:
 
 def chain_settings(cfg: Config, logit_adjust_on: bool | None = None, tau_grid=None) -> Settings:
     """The chain's settings from the config; `logit_adjust_on` and `tau_grid` override theirs when given."""
-    e = cfg.ensemble
-    return Settings(views="all", checkpoints="listed",
+    e, select = cfg.ensemble, cfg.tta.select
+    return Settings(views=canonical_views(select) if isinstance(select, list) else select, checkpoints="auto" if e.checkpoints == "auto" else "listed",
                     logit_adjust=e.logit_adjust if logit_adjust_on is None else logit_adjust_on,
                     class_bias=e.class_bias, tau_grid=tuple(e.tau_grid if tau_grid is None else tau_grid),
                     merge=cfg.tta.merge)
