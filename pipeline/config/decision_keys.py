@@ -41,8 +41,11 @@ class EnsembleConfig(Section):
     logit_adjust: Literal["auto", "on", "off"] = "auto"   # p / prior^tau, tau chosen on the OOF competition.metric
     class_bias: Literal["auto", "on", "off"] = "auto"     # p * exp(b), one b per class fitted out of fold
     tau_grid: list = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
-    prior_shift: Literal["off", "auto", "em", "bbse"] = "auto"   # re-weight to the estimated test class mix
-    prior_shift_alpha: Float = Field(0.01, gt=0, lt=1)         # auto: correct when the shift test's p < alpha
+    # Re-weight to the test class mix estimated on the test predictions. auto: calibrated EM, applied when a shift
+    # is found (p < prior_shift_alpha), its estimate is reliable and its simulated gain exceeds the noise;
+    # em | bbse | calibrated_em: forced on with that estimator
+    prior_shift: Literal["off", "auto", "em", "bbse", "calibrated_em"] = "auto"
+    prior_shift_alpha: Float = Field(0.01, gt=0, lt=1)         # auto: a shift is found when the test's p < alpha
     # auto: a step is applied when its nested gain exceeds this many times its noise (pipeline.ensemble.gain)
     auto_margin: Float = Field(2.0, ge=0)
 

@@ -38,6 +38,7 @@ class Choice:
     value: object = None
     fixed: str = ""
     evaluate: Callable[[Nested, Nested, str], tuple[Gain, dict]] | None = None
+    veto: Callable[[Gain, dict], str | None] | None = None   # auto: a reason not to apply it whatever its gain
 
 
 @dataclass
@@ -104,9 +105,11 @@ def decide(plan: list[Choice], rows: Rows, metric: str, margin: float = 2.0,
         candidate = chain.add(choice.step)
         base = chain.add(choice.baseline) if choice.baseline is not None else chain
         gain, extra = (choice.evaluate or _default_evaluate)(base, candidate, metric)
-        applied = choice.setting == "on" or (choice.setting == "auto" and exceeds_noise(gain, margin))
+        vetoed = choice.veto(gain, extra) if choice.setting == "auto" and choice.veto else None
+        applied = choice.setting == "on" or (choice.setting == "auto" and not vetoed and exceeds_noise(gain, margin))
+        why = f"auto: {vetoed}" if vetoed else _why(choice, applied, gain, margin)
         decisions.append(Decision(
-            choice.name, choice.setting, choice.key, choice.value, applied, _why(choice, applied, gain, margin), gain,
+            choice.name, choice.setting, choice.key, choice.value, applied, why, gain,
             candidate.fitted[-1].params(), candidate.per_fold(),
             base.fitted[-1].params() if choice.baseline is not None else None, extra, scored(candidate.oof()), metric))
         chain = candidate if applied else base

@@ -15,7 +15,9 @@ import numpy as np
 
 from pipeline.ensemble.decide import Choice
 from pipeline.ensemble.steps.factors import ClassBiasStep, LogitAdjustStep
-from pipeline.ensemble.steps.prior_shift import PriorShiftStep, simulate, simulated_gain
+from pipeline.ensemble.label_shift import shift_test
+from pipeline.ensemble.steps.factors import apply_log_factor
+from pipeline.ensemble.steps.prior_shift import PriorShiftStep, fit_estimator, simulate, simulated_gain
 from pipeline.ensemble.steps.selection import CheckpointsStep, ViewsStep, view_candidates
 
 __all__ = ["Settings", "switch", "selection_choices", "factor_choices", "shift_choice"]
@@ -91,20 +93,47 @@ def factor_choices(settings: Settings, metric: str, prior=None) -> list[Choice]:
                    "ensemble.class_bias", settings.class_bias)]
 
 
-def shift_choice(setting: str, value, method: str, prior, test_rows: int, fixed: str = "") -> Choice:
-    """The prior-shift correction by `method`, scored by simulation: the nested OOF rows drawn to the mix it
-    estimated on the test set, `test_rows` at a time (:func:`pipeline.ensemble.steps.prior_shift.simulate`)."""
-    prior = tuple(float(v) for v in prior)
-
+def _shift_evaluate(method: str, prior: tuple, test_rows: int):
+    """The simulation that scores the correction, and the shift test, on the chain before it."""
     def evaluate(base, candidate, metric):
-        mix = candidate.fitted[-1].params()["estimate"]
-        found = simulate(method, base.oof(), base.oof(factors=False), base.rows.y, prior, mix, test_rows, metric)
+        mix = np.asarray(candidate.fitted[-1].params()["estimate"])
+        raw = base.oof(factors=False)
+        estimator = fit_estimator(method, raw, base.rows.y, prior)
+        found = simulate(estimator, base.oof(), raw, base.rows.y, mix, test_rows, metric)
+        test = base.test()
+        test_raw = test if base.full.log_factor is None else apply_log_factor(test, -base.full.log_factor)
+        g, p_value = shift_test(raw, test_raw.mean(axis=0))
         errors = np.asarray(found["errors"])
-        shift = float(np.abs(np.asarray(mix) - np.bincount(base.rows.y, minlength=len(prior)) / len(base.rows.y)).sum())
-        return simulated_gain(found), {"simulation": {
-            "draws": len(errors), "rows_per_draw": test_rows, "mix": list(mix), "estimate_l1_error": float(errors.mean()),
-            "estimate_l1_error_sd": float(errors.std(ddof=1)) if len(errors) > 1 else 0.0,
-            "shift_l1_from_training_labels": shift}, "_pooled": found["pooled"]}
+        return simulated_gain(found, test_rows, len(raw)), {"simulation": {
+            "draws": len(errors), "rows_per_draw": test_rows, "oof_rows": len(raw), "mix": mix.tolist(),
+            "gain_sd_per_draw": float(np.std(found["gains"], ddof=1)),
+            "estimate_l1_error": float(errors.mean()), "estimate_l1_error_sd": float(errors.std(ddof=1)),
+            "shift_l1": float(np.abs(mix - estimator.reference).sum()), "g_statistic": g, "shift_p_value": p_value},
+            "_pooled": found["pooled"]}
+    return evaluate
 
-    return Choice("prior_shift", setting, PriorShiftStep(method, prior), None, "ensemble.prior_shift", value, fixed,
-                  evaluate)
+
+def _shift_veto(alpha: float):
+    """`auto`'s further conditions: a shift was found, and the estimate's error is less than half the shift."""
+    def veto(gain, extra):
+        sim = extra["simulation"]
+        if sim["shift_p_value"] >= alpha:
+            return (f"no shift found (G-test of OOF against test predicted classes p={sim['shift_p_value']:.2g}, "
+                    f"not below ensemble.prior_shift_alpha {alpha:g})")
+        if sim["estimate_l1_error"] > sim["shift_l1"] / 2:
+            return (f"the estimate is unreliable: on simulated test sets its error (L1 {sim['estimate_l1_error']:.3f}) "
+                    f"is more than half the shift it estimates (L1 {sim['shift_l1']:.3f}); the vote is left alone")
+        return None
+    return veto
+
+
+def shift_choice(mode: str, prior, test_rows: int, alpha: float, value=None) -> Choice:
+    """The prior-shift correction for ``ensemble.prior_shift`` = `mode` (auto: calibrated EM, applied when a
+    shift is found, the estimate is reliable and the simulated gain exceeds its noise; em, bbse,
+    calibrated_em: forced on; off), scored by simulation at the mix it estimates, `test_rows` rows a draw."""
+    method = "calibrated_em" if mode in ("auto", "off") else mode
+    setting = mode if mode in ("auto", "off") else "on"
+    prior = tuple(float(v) for v in prior)
+    return Choice("prior_shift", setting, PriorShiftStep(method, prior), None, "ensemble.prior_shift",
+                  mode if value is None else value, evaluate=_shift_evaluate(method, prior, test_rows),
+                  veto=_shift_veto(alpha))

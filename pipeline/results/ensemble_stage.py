@@ -30,6 +30,7 @@ from pipeline.results.cv_table import cv_table, write_cv
 from pipeline.results.formats import format_for_config
 from pipeline.results.leak_rows import leak_cv_rows
 from pipeline.results.pseudo import pseudo_note, source_cv_rows
+from pipeline.ensemble.steps.prior_shift import fit_estimator
 from pipeline.results.shift_check import fold_train_priors, model_prior, shift_notes, shift_record, simulated_shift_rows
 from pipeline.results.submission import write_submission
 
@@ -144,13 +145,11 @@ def _ensemble(cfg: Config, log, settings: Settings) -> Path:
     rows = Rows(inputs.oof_probs, inputs.y, inputs.folds, inputs.test_probs, prior)
     states, decisions = decide(plan, rows, metric, margin=cfg.ensemble.auto_margin)
     selected = states[1]                         # the chosen predictions (views, checkpoints), no factor yet
-    shift = shift_record(cfg.ensemble.prior_shift, cfg.ensemble.prior_shift_alpha, selected.full.probs, inputs.y,
-                         selected.test(), inputs.priors)
-    correction = shift_choice("on" if shift["applied"] else "off", cfg.ensemble.prior_shift, shift["method"] or "em",
-                              prior, len(inputs.ids))
-    more, shifted = decide([correction], rows, metric, margin=cfg.ensemble.auto_margin,
-                              start=states[-1])
+    correction = shift_choice(cfg.ensemble.prior_shift, prior, len(inputs.ids), cfg.ensemble.prior_shift_alpha)
+    more, shifted = decide([correction], rows, metric, margin=cfg.ensemble.auto_margin, start=states[-1])
     chain, decisions = more[-1], decisions + shifted
+    shift = shift_record(shifted[0], cfg.ensemble.prior_shift_alpha, selected.full.probs, inputs.y, selected.test(),
+                         prior)
     log_factor = sum((np.asarray(f.params()["log_factor"]) for f in chain.fitted[2:]), np.zeros(len(inputs.classes)))
     _write_cv(cfg, inputs, decisions, chain.oof(), selected.oof(), prior, shift, log)
     entry = submission_entry(inputs.classes, len(inputs.test_frames), cfg.ensemble.voting, inputs.candidates,
@@ -164,12 +163,13 @@ def _write_cv(cfg: Config, inputs: Inputs, decisions: list[Decision], final_oof:
     metric = cfg.competition.metric
     cv = cv_table(inputs.oof, inputs.classes, inputs.oof_tta, cfg.tta.merge)
     steps = chain_rows(decisions, inputs.y, final_oof, "TTA" if inputs.oof_tta is not None else "no TTA")
-    simulated = simulated_shift_rows(selected_oof, inputs.y, prior, cfg.ensemble.prior_shift_alpha)
+    estimator = fit_estimator(decisions[-1].fitted["method"], selected_oof, inputs.y, prior)
+    simulated = simulated_shift_rows(selected_oof, inputs.y, estimator, cfg.ensemble.prior_shift_alpha)
     leak_rows, leak_notes = leak_cv_rows(cfg, inputs.base, inputs.classes, log)
     comparisons = leak_rows + seed_cv_rows(cfg) + source_cv_rows(cfg)   # leaks; one seed alone; the source round
     cv = pd.concat([cv, pd.DataFrame(steps), pd.DataFrame(simulated), pd.DataFrame(comparisons)], ignore_index=True)
     notes = [*(f"{d.name}: {d.why}." for d in decisions), *leak_notes, *seeds_note(cfg), *pseudo_note(cfg),
-             *shift_notes(shift, inputs.classes, 0.0)]
+             *shift_notes(shift, inputs.classes)]
     if len(inputs.candidates.checkpoints) > 1:
         notes.append(f"The TTA and view rows average the checkpoints ({', '.join(inputs.candidates.checkpoints)}); "
                      "the fold and 'no TTA' rows are the trainer's oof.csv (best weights).")

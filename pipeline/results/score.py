@@ -69,10 +69,11 @@ def chain_variants(record: dict) -> list[tuple[str, dict]]:
             variant = {**entry, s["step"]: other[s["step"]]}
         else:
             variant = {**entry, "log_factor": (np.asarray(entry["log_factor"]) + (-factor if s["applied"] else factor)).tolist()}
-        what = f"without {_label(s)}" if (s["applied"] and s["step"] not in ("views", "checkpoints")) else \
-            (f"with {_label({**s, 'fitted': other})} instead" if s["step"] in ("views", "checkpoints") else
-             f"+ {_label(s)} (not applied)")
-        out.append((f"{name}, {what}", variant))
+        if s["step"] in ("views", "checkpoints"):
+            what = f"with {_label({**s, 'fitted': other})} instead"
+        else:
+            what = f"without {_label(s)}" if s["applied"] else f"+ {_label(s)} (not applied)"
+        out.append((f"submission {what}", variant))
     return out
 
 
@@ -116,8 +117,8 @@ def score(cfg: Config, log=print) -> pd.DataFrame:
     record = json.loads(settings.read_text()) if settings.is_file() else {}
     plain = {f"{mode} vote": {"model": f"{mode} vote", **vote_metrics(y, probs, mode)} for mode in VOTING_MODES}
     shift = record.get("prior_shift") or {}
-    for row in shift_score_rows(y, probs, shift, cfg.ensemble.voting, vote_metrics, submission=False):
-        plain[row["model"].removesuffix(" (applied)")] = {**row, "model": row["model"].removesuffix(" (applied)")}
+    for row in shift_score_rows(y, probs, shift, cfg.ensemble.voting, vote_metrics):
+        plain[row["model"]] = row
     chain = _chain_rows(record, read_fold_probs(cfg, "test_probs.csv")[0], y, plain) if "submission" in record else []
     rows += list(plain.values()) + chain
     rows.append({"model": "submission.csv", **submission_metrics(

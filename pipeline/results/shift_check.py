@@ -1,7 +1,9 @@
-"""The ensemble stage's prior-shift step: the folds' training priors, the test-mix estimates and the decision
-(``ensemble.prior_shift``), the CV table's notes and simulated-shift rows, and the `make score` rows.
+"""The prior shift in the results: the folds' training priors, ensemble.json's ``prior_shift`` entry (every
+estimator's estimate and correction, the shift test, what the chain decided), the CV table's notes and
+simulated-mix rows, and the `make score` rows.
 
-The maths is in :mod:`pipeline.ensemble.label_shift`; nothing here reads a test label.
+The decision is the chain's (:mod:`pipeline.ensemble.steps.prior_shift`, :func:`pipeline.ensemble.plan.shift_choice`);
+the maths is in :mod:`pipeline.ensemble.label_shift`. Nothing here reads a test label.
 """
 
 from __future__ import annotations
@@ -9,17 +11,20 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.config import Config
-from pipeline.results.cv_table import metrics_row
-from pipeline.ensemble.label_shift import (bbse_prior, em_prior, reversed_mix, reweight, shift_test,
-                                          simulated_mix)
+from pipeline.ensemble.decide import Decision
+from pipeline.ensemble.label_shift import reversed_mix, reweight, shift_test, simulated_mix
+from pipeline.ensemble.steps.factors import apply_log_factor
+from pipeline.ensemble.steps.prior_shift import METHODS, Estimator, fit_estimator
 from pipeline.ensemble.voting import class_priors
+from pipeline.results.cv_table import metrics_row
 from pipeline.train.prior import TRAIN_PRIOR_FILE, read_train_prior
 
-__all__ = ["PRIOR_SHIFT_MODES", "fold_train_priors", "model_prior", "shift_record", "apply_shift", "shift_notes",
+__all__ = ["PRIOR_SHIFT_MODES", "fold_train_priors", "model_prior", "shift_record", "shift_notes",
            "simulated_shift_rows", "shift_score_rows"]
 
-PRIOR_SHIFT_MODES = ("off", "auto", "em", "bbse")
+PRIOR_SHIFT_MODES = ("off", "auto", *METHODS)
 _SIMULATION_SEED = 0
+_NAMES = {"em": "EM", "bbse": "BBSE", "calibrated_em": "calibrated EM (BCTS, then EM)"}
 
 
 def fold_train_priors(cfg: Config, classes: list, oof_y: np.ndarray, oof_folds: np.ndarray, log=print) -> dict:
@@ -44,95 +49,83 @@ def model_prior(priors: dict) -> np.ndarray:
     return mean / mean.sum()
 
 
-def shift_record(mode: str, alpha: float, oof_probs, oof_y, test_probs, priors: dict) -> dict:
-    """Estimate the test mix from the folds' test probabilities (F, N, C) alone, test the shift, decide.
-
-    ``auto`` applies the EM estimate only when the G-test of OOF against test predicted classes has
-    p < `alpha`; ``em`` / ``bbse`` always apply that estimate; ``off`` nothing (the estimates are
-    still reported). The record goes into ensemble.json; :func:`apply_shift` replays it.
-    """
-    if mode not in PRIOR_SHIFT_MODES:
-        raise ValueError(f"ensemble.prior_shift: {mode!r} is not one of: {', '.join(PRIOR_SHIFT_MODES)}")
-    voted = np.asarray(test_probs, dtype=np.float64).mean(axis=0)   # EM needs probabilities: the soft vote
-    prior = model_prior(priors)
-    em, _ = em_prior(voted, prior)
-    estimates = {"em": em, "bbse": bbse_prior(oof_probs, oof_y, voted)}
-    g, p_value = shift_test(oof_probs, voted)
-    method = {"off": None, "em": "em", "bbse": "bbse", "auto": "em" if p_value < alpha else None}[mode]
-    return {"mode": mode, "alpha": alpha, "applied": method is not None, "method": method,
-            "g_statistic": round(g, 4), "p_value": p_value,
-            "training_labels": class_priors(oof_y, len(prior)).round(6).tolist(),
-            # full precision: `score` re-applies them, and a floored share (1e-6) must not round to 0
-            "model_prior": prior.tolist(),
-            "estimates": {k: v.tolist() for k, v in estimates.items()}}
-
-
-def apply_shift(probs, record: dict) -> np.ndarray:
-    """`probs` moved from the model prior to the applied estimate (unchanged when none was applied)."""
-    if not record or not record.get("applied"):
-        return np.asarray(probs, dtype=np.float64)
-    return reweight(probs, record["model_prior"], record["estimates"][record["method"]])
+def shift_record(decision: Decision, alpha: float, oof_probs, oof_y, test_probs, prior) -> dict:
+    """ensemble.json's ``prior_shift`` entry: the chain's decision (``applied``, ``method``, ``why``, its
+    simulation), the shift test, and every estimator's estimate and per-class ``log_factor`` from the OOF
+    rows (N, C) and every fold's test rows (F, T, C) as the chosen views and checkpoints give them.
+    Full precision: `make score` re-applies them (a floored share of 1e-6 must not round to 0)."""
+    prior = np.asarray(prior, dtype=np.float64)
+    estimators = {m: fit_estimator(m, oof_probs, oof_y, prior) for m in METHODS}
+    estimates = {m: e.estimate(test_probs) for m, e in estimators.items()}
+    sim = decision.extra.get("simulation", {})
+    return {"mode": decision.value, "alpha": alpha, "applied": decision.applied,
+            "method": decision.fitted["method"] if decision.applied else None, "why": decision.why,
+            "g_statistic": sim.get("g_statistic"), "p_value": sim.get("shift_p_value"),
+            "training_labels": class_priors(oof_y, len(prior)).tolist(), "model_prior": prior.tolist(),
+            "estimates": {m: q.tolist() for m, q in estimates.items()},
+            "log_factors": {m: estimators[m].log_factor(q).tolist() for m, q in estimates.items()},
+            "calibration": estimators["calibrated_em"].params()["calibration"], "simulation": sim}
 
 
 def _fmt(prior) -> str:
     return "[" + ", ".join(f"{v:.3f}" for v in prior) + "]"
 
 
-def shift_notes(record: dict, classes: list, tau: float) -> list[str]:
-    """The CV table's notes: the priors, the shift test and what was applied, in which order."""
-    est = record["estimates"]
-    decision = (f"applied the {record['method'].upper()} correction p * q / prior" if record["applied"]
-                else "left the predictions unchanged")
-    order = (f" Logit adjustment (tau={tau:g}) divides by the model prior after it; both are per-class "
-             "factors, so the order does not change the result, and the test mix is estimated on the "
-             "unadjusted probabilities." if tau else "")
+def shift_notes(record: dict, classes: list) -> list[str]:
+    """The CV table's notes: the priors, the estimates, the shift test and what the chain decided."""
+    est, sim = record["estimates"], record.get("simulation") or {}
+    cal = record["calibration"]
+    error = (f" On {sim['draws']} simulated test sets at the estimated mix the {_NAMES[record.get('method') or 'calibrated_em']}"
+             f" estimate is off by L1 {sim['estimate_l1_error']:.3f} (sd {sim['estimate_l1_error_sd']:.3f}) against a "
+             f"shift of {sim['shift_l1']:.3f}." if sim else "")
     return [f"Class priors ({', '.join(map(str, classes))}): training labels {_fmt(record['training_labels'])}; "
             f"model (effective, what sampling, class weights and smoothing made it learn) "
-            f"{_fmt(record['model_prior'])}; test set estimated by EM {_fmt(est['em'])}, by BBSE "
-            f"{_fmt(est['bbse'])}.",
+            f"{_fmt(record['model_prior'])}; test set estimated by EM {_fmt(est['em'])}, by BBSE {_fmt(est['bbse'])}, "
+            f"by calibrated EM {_fmt(est['calibrated_em'])} (temperature {cal['temperature']:.2f}).",
             f"Prior shift: G-test of the OOF against the test predicted classes G={record['g_statistic']:.1f}, "
-            f"p={record['p_value']:.2g} (alpha {record['alpha']:g}); ensemble.prior_shift={record['mode']} "
-            f"{decision}.{order}"]
+            f"p={record['p_value']:.2g} (alpha {record['alpha']:g}); ensemble.prior_shift={record['mode']}: "
+            f"{record['why']}.{error}"]
 
 
 def _l1(a, b) -> float:
     return float(np.abs(np.asarray(a) - np.asarray(b)).sum())
 
 
-def simulated_shift_rows(probs, y, prior, alpha: float) -> list[dict]:
-    """CV rows: the OOF rows resampled to a balanced mix, to the reversed mix and to their own mix (no
-    shift); each scored as it is, after the EM correction (estimated from the resample's predictions
-    alone, the labels only draw the resample and score it), and after ``auto``'s choice."""
+def simulated_shift_rows(probs, y, estimator: Estimator, alpha: float) -> list[dict]:
+    """CV rows: the OOF rows (N, C, as the models gave them) resampled to a balanced mix, to the reversed mix
+    and to their own mix (no shift); each scored as it is, after `estimator`'s correction (estimated from the
+    resample's predictions alone, the labels only draw the resample and score it), and after the shift
+    test's choice alone (corrected when it finds a shift)."""
     probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y)
     counts = np.bincount(y, minlength=probs.shape[1])
     mixes = {"balanced": np.where(counts > 0, 1.0, 0.0), "reversed": reversed_mix(counts), "training": counts}
+    reference, name = estimator.reference, _NAMES[estimator.method]
     rows = []
-    for name, mix in mixes.items():
+    for mix_name, mix in mixes.items():
         mix = mix / mix.sum()
         idx = simulated_mix(y, mix, len(y), _SIMULATION_SEED)
         p, t = probs[idx], y[idx]
-        em, _ = em_prior(p, prior)
-        corrected = reweight(p, prior, em)
+        q = estimator.estimate(p)
+        corrected = apply_log_factor(p, estimator.log_factor(q))
         _, p_value = shift_test(probs, p)
         auto = corrected if p_value < alpha else p
-        what = f"simulated {name} mix"
-        rows += [metrics_row(f"{what}: no correction (model prior off by L1 {_l1(prior, mix):.3f})", t, p,
-                             prior_l1=_l1(prior, mix)),
-                 metrics_row(f"{what}: EM correction (estimated prior off by L1 {_l1(em, mix):.3f})", t, corrected,
-                             prior_l1=_l1(em, mix)),
-                 metrics_row(f"{what}: auto ({'applied' if p_value < alpha else 'unchanged'}, p={p_value:.2g})",
-                             t, auto, shift_p_value=p_value)]
+        what = f"simulated {mix_name} mix"
+        rows += [metrics_row(f"{what}: no correction (the posteriors' prior off by L1 {_l1(reference, mix):.3f})",
+                             t, p, prior_l1=_l1(reference, mix)),
+                 metrics_row(f"{what}: EM correction ({name}; estimated prior off by L1 {_l1(q, mix):.3f})", t,
+                             corrected, prior_l1=_l1(q, mix)),
+                 metrics_row(f"{what}: auto's shift test ({'corrected' if p_value < alpha else 'unchanged'}, "
+                             f"p={p_value:.2g})", t, auto, shift_p_value=p_value)]
     return rows
 
 
-def shift_score_rows(y, probs, record: dict, voting: str, vote_metrics, submission: bool) -> list[dict]:
-    """`make score` rows of the vote after each estimate's correction (the plain vote has its own rows);
-    the applied one is marked ``(submission)`` when `submission`."""
+def shift_score_rows(y, probs, record: dict, voting: str, vote_metrics) -> list[dict]:
+    """`make score` rows of the plain vote after each estimator's correction (a record of an older version:
+    its EM and BBSE estimates re-weighted from the model prior)."""
     rows = []
+    factors = (record or {}).get("log_factors")
     for method, estimate in (record or {}).get("estimates", {}).items():
-        applied = record.get("applied") and record.get("method") == method
-        mark = " (submission)" if applied and submission else (" (applied)" if applied else "")
-        shifted = reweight(probs, record["model_prior"], estimate)
-        rows.append({"model": f"{voting} vote + prior-shift correction ({method}){mark}",
-                     **vote_metrics(y, shifted, voting)})
+        shifted = (apply_log_factor(probs, factors[method]) if factors else
+                   reweight(probs, record["model_prior"], estimate))
+        rows.append({"model": f"{voting} vote + prior-shift correction ({method})", **vote_metrics(y, shifted, voting)})
     return rows
