@@ -142,7 +142,8 @@ def test_auto_chooses_a_view_subset_that_helps():
     probs = np.stack([_model(y, 3, 0.3, rng), rng.dirichlet(np.ones(3), size=len(y))])[None]
     names = ("identity", "noise")
     every = ViewsStep(names, [(0, 1)], F1)
-    d = _decide(Choice("views", "auto", ViewsStep(names, view_candidates(list(names)), F1), every), Rows(probs, y, folds))
+    choice = Choice("views", "auto", ViewsStep(names, view_candidates(list(names)), F1), every)
+    d = _decide(choice, Rows(probs, y, folds))
     assert d.applied and d.gain.gain > 2 * d.gain.noise and d.fitted["views"] == ["identity"]
 
 
@@ -161,8 +162,8 @@ def _fold_dependent_views(n=600, seed=0):
 def test_auto_leaves_a_view_subset_that_hurts_out_of_fold():
     rows = _fold_dependent_views()
     names = ("identity", "hflip")
-    d = _decide(Choice("views", "auto", ViewsStep(names, view_candidates(list(names)), F1), ViewsStep(names, [(0, 1)], F1)),
-                rows)
+    every = ViewsStep(names, [(0, 1)], F1)
+    d = _decide(Choice("views", "auto", ViewsStep(names, view_candidates(list(names)), F1), every), rows)
     assert d.per_fold[0]["views"] == ["hflip"] and d.per_fold[1]["views"] == ["identity"]
     assert d.gain.gain < 0 and not d.applied and "not positive" in d.why
     assert d.baseline["views"] == ["identity", "hflip"]
@@ -172,7 +173,8 @@ def test_auto_chooses_the_checkpoint_that_helps():
     y, folds, rng = _rows()
     probs = np.stack([_model(y, 3, 0.1, rng), _model(y, 3, 0.4, rng)])            # (K=2: best, last)
     step = CheckpointsStep(("best", "last"), [(0,), (1,), (0, 1)], F1)
-    d = _decide(Choice("checkpoints", "auto", step, CheckpointsStep(("best", "last"), [(0,)], F1)), Rows(probs, y, folds))
+    best = CheckpointsStep(("best", "last"), [(0,)], F1)
+    d = _decide(Choice("checkpoints", "auto", step, best), Rows(probs, y, folds))
     assert d.applied and d.fitted["checkpoints"] in (["last"], ["best", "last"])
 
 

@@ -116,13 +116,19 @@ def test_cv_table_has_no_tta_tta_and_every_view_in_csv_and_markdown(copy_of):
     assert by.loc["out-of-fold, view identity", "f1_macro"] == pytest.approx(
         by.loc["out-of-fold, no TTA", "f1_macro"], abs=1e-9)   # identity alone = no TTA
 
-    rows = _markdown_rows((copy_of.exp_dir / "cv.md").read_text())
+    md = (copy_of.exp_dir / "cv.md").read_text()
+    assert md.index("**Submission**") < md.index("## The chain") < md.index("## Every row")   # the answer first
+    every_row = md[md.index("## Every row"):]
+    rows = _markdown_rows(every_row[:every_row.index("\n\n", every_row.index("|"))])
     assert rows[0] == ["part", "rows", "f1_macro", "accuracy"]
-    assert [r[0] for r in rows[1:]] == parts
-    for r, f1 in zip(rows[1:], cv["f1_macro"]):
-        assert float(r[2]) == pytest.approx(f1, abs=5e-5)
+    folded = {r[0] for block in md.split("<details>")[1:] for r in _markdown_rows(block.split("</details>")[0])[1:]}
+    assert [r[0] for r in rows[1:]] == [p for p in parts if p not in folded]     # the rest, folded, in order
+    assert folded <= set(parts)
+    for r in rows[1:]:
+        assert float(r[2]) == pytest.approx(by.loc[r[0], "f1_macro"], abs=5e-5)
     text = "\n".join(printed)
     assert "out-of-fold, TTA (mean)" in text and "log_loss" not in text  # the printed table stays narrow
+    assert text.index("Submission:") < text.index("out-of-fold, TTA (mean)")
     assert (copy_of.exp_dir / "oof_tta.csv").is_file()
     assert validate_submission(copy_of.exp_dir / "submission.csv", copy_of.data.sample_submission, "id", "label",
                                _classes(copy_of)) == []

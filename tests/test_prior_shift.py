@@ -177,7 +177,7 @@ def test_auto_corrects_a_shifted_test_set_without_reading_its_labels(tmp_path):
     cv_md = (cfg.exp_dir / "cv.md").read_text()
     for text in ["simulated balanced mix: EM correction", "simulated reversed mix: no correction (the posteriors' prior",
                  "simulated training mix: auto's shift test (unchanged", "estimated by EM", "by calibrated EM",
-                 "simulated estimated mix", "auto: its nested gain exceeds 2 x its noise"]:
+                 "simulated estimated mix", "auto: its simulated gain exceeds 2 x its noise"]:
         assert text in cv_md, text
     section = prior_shift_section(cfg, CLASSES)
     assert "data:image/png;base64," in section and "the calibrated EM correction was applied" in section

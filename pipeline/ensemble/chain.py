@@ -30,14 +30,12 @@ __all__ = ["Rows", "Fitted", "Step", "fit_chain", "transform_chain", "Nested", "
 class Rows:
     """What a step is fitted on: the OOF probabilities (..., N, C), their labels and folds, and (for a step
     fitted on the test predictions, such as the prior shift) the test probabilities (F, ..., T, C), both as
-    the steps before it left them. `model_prior` is the class prior the models were trained on; `log_factor`
-    the per-class factors the steps so far applied (their sum; None: none), which a step that needs the
-    probabilities as the models gave them divides out."""
+    the steps before it left them. `log_factor` is the sum of the per-class factors the steps so far applied
+    (None: none), which a step that needs the probabilities as the models gave them divides out."""
     probs: np.ndarray
     y: np.ndarray
     folds: np.ndarray
     test: np.ndarray | None = None
-    model_prior: np.ndarray | None = None
     log_factor: np.ndarray | None = None
 
     def take(self, mask: np.ndarray) -> "Rows":

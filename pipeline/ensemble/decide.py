@@ -39,6 +39,7 @@ class Choice:
     fixed: str = ""
     evaluate: Callable[[Nested, Nested, str], tuple[Gain, dict]] | None = None
     veto: Callable[[Gain, dict], str | None] | None = None   # auto: a reason not to apply it whatever its gain
+    gain_kind: str = "nested"      # how the gain was measured, for the record's words
 
 
 @dataclass
@@ -89,11 +90,12 @@ def _why(choice: Choice, applied: bool, gain: Gain, margin: float) -> str:
         return f"forced on ({setting})"
     if choice.setting == "off":
         return f"not applied ({setting})"
+    kind = choice.gain_kind
     if applied:
-        return f"auto: its nested gain exceeds {margin:g} x its noise"
+        return f"auto: its {kind} gain exceeds {margin:g} x its noise"
     if gain.gain <= 0:
-        return "auto: its nested gain is not positive"
-    return f"auto: its nested gain is within {margin:g} x its noise"
+        return f"auto: its {kind} gain is not positive"
+    return f"auto: its {kind} gain is within {margin:g} x its noise"
 
 
 def decide(plan: list[Choice], rows: Rows, metric: str, margin: float = 2.0,

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.ensemble.decide import Choice
-from pipeline.ensemble.steps.factors import ClassBiasStep, LogitAdjustStep
 from pipeline.ensemble.label_shift import shift_test
-from pipeline.ensemble.steps.factors import apply_log_factor
+from pipeline.ensemble.steps.factors import ClassBiasStep, LogitAdjustStep, apply_log_factor
 from pipeline.ensemble.steps.prior_shift import PriorShiftStep, fit_estimator, simulate, simulated_gain
 from pipeline.ensemble.steps.selection import CheckpointsStep, ViewsStep, view_candidates
 
@@ -40,11 +39,14 @@ def switch(value) -> str:
 class Settings:
     """The settings the plan follows (from the config, or a blend's arguments)."""
     views: object = "all"            # tta.select: all | auto | [view, ...]
-    checkpoints: object = "listed"   # listed (average every predicted one) | auto
+    checkpoints: object = "listed"   # listed (average every predicted one) | auto | [names] (exactly these)
     logit_adjust: object = "off"
     class_bias: object = "off"
     tau_grid: tuple = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
     merge: str = "mean"
+    prior_shift: str = "auto"        # ensemble.prior_shift: auto | off | em | bbse | calibrated_em
+    prior_shift_alpha: float = 0.01
+    margin: float = 2.0              # ensemble.auto_margin
 
 
 def _views_choice(settings: Settings, views: tuple, metric: str) -> Choice:
@@ -66,6 +68,13 @@ def _views_choice(settings: Settings, views: tuple, metric: str) -> Choice:
 
 def _checkpoints_choice(settings: Settings, checkpoints: tuple, metric: str) -> Choice:
     every = tuple(range(len(checkpoints)))
+    if isinstance(settings.checkpoints, (list, tuple)):    # exactly these of the predicted ones
+        unknown = [c for c in settings.checkpoints if c not in checkpoints]
+        if unknown:
+            raise ValueError(f"ensemble.checkpoints: {unknown} were not predicted (predicted: {list(checkpoints)})")
+        chosen = tuple(checkpoints.index(c) for c in settings.checkpoints)
+        return Choice("checkpoints", "on", CheckpointsStep(checkpoints, [chosen], metric),
+                      CheckpointsStep(checkpoints, [every], metric), "ensemble.checkpoints", list(settings.checkpoints))
     if settings.checkpoints != "auto" or len(checkpoints) == 1:
         fixed = ("only one checkpoint was predicted" if settings.checkpoints == "auto" else "")
         listed = CheckpointsStep(checkpoints, [every], metric)
@@ -136,4 +145,4 @@ def shift_choice(mode: str, prior, test_rows: int, alpha: float, value=None) -> 
     prior = tuple(float(v) for v in prior)
     return Choice("prior_shift", setting, PriorShiftStep(method, prior), None, "ensemble.prior_shift",
                   mode if value is None else value, evaluate=_shift_evaluate(method, prior, test_rows),
-                  veto=_shift_veto(alpha))
+                  veto=_shift_veto(alpha), gain_kind="simulated")

@@ -212,6 +212,7 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     from pipeline.ensemble.steps.combine import BlendStep
     from pipeline.ensemble.steps.factors import LogitAdjustStep
     from pipeline.fileio import write_json_atomic
+    from pipeline.metrics import metric_value
     from pipeline.predict.probs import class_ids
     from pipeline.results.chain_rows import legacy_records
     from pipeline.results.cv_table import metrics_row, write_cv
@@ -248,7 +249,15 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
     mark = " (submission)" if adjusting.applied else ""
     table.append(metrics_row(f"blend {voting}, {_KIND_LABELS[weights]} + logit adjustment, tau from the other "
                              f"folds ({taus}){mark}", y, adjusting.oof))
-    write_cv(pd.DataFrame(table), out_dir, f"Blend: {' + '.join(names)}", notes, log, metric)
+    applied = f" + logit adjustment (tau={adjusting.fitted['tau']:g})" if adjusting.applied else ""
+    summary = [("Submission", f"{voting} vote of {len(members)} experiments, {weights} weights ({weight_text})"
+                              + applied),
+               ("Out-of-fold estimate", f"{metric_value(metric, y, chain.oof()):.4f} {metric} on {len(y)} OOF rows, "
+                                        "weights and tau fitted on the other folds")]
+    if not adjusting.applied:
+        summary.append(("Not applied", f"logit adjustment (gain {adjusting.gain.gain:+.4f} ± "
+                                       f"{adjusting.gain.noise:.4f}): {adjusting.why}"))
+    write_cv(pd.DataFrame(table), out_dir, f"Blend: {' + '.join(names)}", notes, log, metric, summary)
 
     test_scores = chain.test()
     write_blend_probs(out_dir, first, chain.oof(), test_scores)

@@ -50,7 +50,8 @@ def chain_rows(decisions: list[Decision], y: np.ndarray, final_oof: np.ndarray, 
         marks = dict(step=d.name, gain=d.gain.gain, noise=d.gain.noise, applied=d.applied, decision=d.why)
         if "_pooled" in d.extra:   # scored on simulated test sets, not on the OOF rows: a few draws pooled
             truth, without, corrected = d.extra["_pooled"]
-            what = f"simulated estimated mix ({len(truth)} rows: {d.extra['simulation']['draws']} draws' first ones pooled)"
+            draws = d.extra["simulation"]["draws"]
+            what = f"simulated estimated mix ({len(truth)} rows: {draws} draws' first ones pooled)"
             rows += [metrics_row(f"{what}: no correction", truth, without),
                      metrics_row(f"{what}: + prior-shift correction ({d.fitted['method']})", truth, corrected, **marks)]
         elif d.oof is not None:

@@ -77,13 +77,35 @@ def markdown_table(frame: pd.DataFrame, columns: list[str] | None = None, float_
 
 
 def write_cv(cv: pd.DataFrame, out_dir: Path, title: str, notes: list[str] = (), log=print,
-             metric: str = "f1_macro") -> None:
-    """Save ``cv.csv`` (every metric) and ``cv.md`` (the narrow table, `metric` first), and print the narrow table."""
+             metric: str = "f1_macro", summary: list[tuple[str, str]] = (), steps: pd.DataFrame | None = None,
+             folded: dict[str, list[str]] | None = None) -> None:
+    """Save ``cv.csv`` (every row, every metric) and ``cv.md``, and print it: the `summary` ((label, text) pairs)
+    and the chain's `steps` first, then the narrow table (`metric` first) without the rows `folded` holds
+    (``{why: [part, ...]}``: rows that carry nothing here), which follow in a closed block, then the notes."""
+    from pipeline.results.summary import as_markdown, as_text
+
     write_csv_atomic(out_dir / "cv.csv", cv)
     columns = cv_columns(metric)
-    md = [f"# {title}", "", markdown_table(cv, columns), ""] + ([*notes, ""] if notes else [])
+    hidden = {part for parts in (folded or {}).values() for part in parts}
+    shown = cv[~cv["part"].isin(hidden)]
+    md, text = [f"# {title}", ""], []
+    if summary:
+        md += [as_markdown(summary), ""]
+        text += [as_text(summary), ""]
+    if steps is not None and len(steps):
+        md += ["## The chain", "", markdown_table(steps), ""]
+        text += [text_table(steps, [c for c in steps.columns if c != "why"]), ""]
+    md += ["## Every row" if summary else "", "", markdown_table(shown, columns), ""]
+    text += [text_table(shown, columns)]
+    for why, parts in (folded or {}).items():
+        rows = cv[cv["part"].isin(parts)]
+        if len(rows):
+            md += [f"<details><summary>{len(rows)} rows folded: {why}</summary>", "", markdown_table(rows, columns),
+                   "", "</details>", ""]
+            text += [f"({len(rows)} rows folded: {why}; see cv.md)"]
+    md += [*notes, ""] if notes else []
     write_text_atomic(out_dir / "cv.md", "\n".join(md))
-    log(f"[cv] {title}:\n" + text_table(cv, columns) + "".join(f"\n{n}" for n in notes))
+    log(f"[cv] {title}:\n" + "\n".join(text) + "".join(f"\n{n}" for n in notes))
 
 
 def text_table(frame: pd.DataFrame, columns: list[str], float_format: str = "%.4f") -> str:

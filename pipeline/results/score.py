@@ -1,5 +1,8 @@
 """`make score`: the submission, each fold, every voting mode and each step of the chain scored on held-back labels.
 
+Writes ``score.csv`` (every metric) and ``score.md``, and prints it: the summary first (the submission's held-back
+score against its out-of-fold estimate and the plain vote, what each step did), then the table.
+
 The submission's probabilities are recomputed from ensemble.json's ``submission`` entry
 (:func:`pipeline.ensemble.record.apply_submission`), and each step of the chain is scored toggled: the
 submission without each applied step, and with each step that was not applied, so the held-back labels
@@ -16,15 +19,17 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.ensemble.record import apply_submission
 from pipeline.ensemble.voting import VOTING_MODES, vote, vote_scores
-from pipeline.fileio import read_text_csv, write_csv_atomic
+from pipeline.fileio import read_text_csv, write_csv_atomic, write_text_atomic
 from pipeline.metrics import classification_metrics, log_loss
 from pipeline.predict.probs import class_ids, read_fold_probs, read_test_probs
 from pipeline.results.comparisons import seed_score_rows
 from pipeline.results.pseudo import source_score_rows
 from pipeline.results.shift_check import shift_score_rows
+from pipeline.results.cv_table import markdown_table
 from pipeline.results.submission import submission_format, submission_metrics
+from pipeline.results.summary import as_markdown, as_text, score_items
 
-__all__ = ["vote_metrics", "chain_variants", "score"]
+__all__ = ["vote_metrics", "chain_variants", "true_labels", "score"]
 
 
 def vote_metrics(y: np.ndarray, probs: np.ndarray, mode: str) -> dict:
@@ -52,14 +57,15 @@ def _differs(step: dict) -> bool:
     return step["applied"] and step["baseline"] is not None and step["fitted"][key] != step["baseline"][key]
 
 
-def chain_variants(record: dict) -> list[tuple[str, dict]]:
-    """(name, submission entry) of the submission and of each step toggled: an applied step removed, a step
-    that was not applied added (the selection steps: their choice swapped with what stood instead)."""
+def chain_variants(record: dict) -> list[tuple[str, dict, str | None]]:
+    """(name, submission entry, the step toggled) of the submission (no step) and of each step toggled: an
+    applied step removed, a step that was not applied added (the selection steps: their choice swapped with
+    what stood instead)."""
     entry, steps = record["submission"], record.get("chain", [])
     mode = entry["voting"]
     applied = [_label(s) for s in steps if (s["applied"] and s["baseline"] is None) or _differs(s)]
     name = " + ".join([f"{mode} vote", *applied])
-    out = [(name + " (submission)", entry)]
+    out = [(name + " (submission)", entry, None)]
     for s in steps:
         factor = np.asarray(s["fitted"].get("log_factor", np.zeros(len(entry["classes"]))))
         if s["step"] in ("views", "checkpoints"):
@@ -68,16 +74,18 @@ def chain_variants(record: dict) -> list[tuple[str, dict]]:
             other = s["baseline"] if s["applied"] else s["fitted"]
             variant = {**entry, s["step"]: other[s["step"]]}
         else:
-            variant = {**entry, "log_factor": (np.asarray(entry["log_factor"]) + (-factor if s["applied"] else factor)).tolist()}
+            toggled = np.asarray(entry["log_factor"]) + (-factor if s["applied"] else factor)
+            variant = {**entry, "log_factor": toggled.tolist()}
         if s["step"] in ("views", "checkpoints"):
             what = f"with {_label({**s, 'fitted': other})} instead"
         else:
             what = f"without {_label(s)}" if s["applied"] else f"+ {_label(s)} (not applied)"
-        out.append((f"submission {what}", variant))
+        out.append((f"submission {what}", variant, s["step"]))
     return out
 
 
-def _true_labels(cfg: Config, ids, classes: list) -> np.ndarray:
+def true_labels(cfg: Config, ids, classes: list) -> np.ndarray:
+    """The held-back labels (``data.test_labels``) of the test `ids`, as class indices."""
     if not cfg.data.test_labels:
         raise ValueError("data.test_labels is not set: scoring needs the true test labels")
     truth = read_text_csv(cfg.data.test_labels).set_index(cfg.data.id_column)
@@ -90,9 +98,9 @@ def _true_labels(cfg: Config, ids, classes: list) -> np.ndarray:
 def _chain_rows(record: dict, frames: list, y: np.ndarray, plain: dict) -> list[dict]:
     """The submission's chain and its toggles; a submission that is one of the `plain` rows takes its place."""
     rows = []
-    for name, entry in chain_variants(record):
+    for name, entry, step in chain_variants(record):
         probs, _, _ = apply_submission(entry, frames)
-        row = {"model": name, **vote_metrics(y, probs, entry["voting"])}
+        row = {"model": name, **vote_metrics(y, probs, entry["voting"]), **({"step": step} if step else {})}
         bare = name.removesuffix(" (submission)")
         if bare in plain:      # the submission is one of the plain rows: that row, scored as submitted
             plain[bare] = row
@@ -110,7 +118,7 @@ def score(cfg: Config, log=print) -> pd.DataFrame:
     The competition metric (``competition.metric``) is the first column.
     """
     ids, probs, classes = read_test_probs(cfg)
-    y = _true_labels(cfg, ids, classes)
+    y = true_labels(cfg, ids, classes)
     rows = [{"model": f"fold {k}", **classification_metrics(y, probs[k]), "log_loss": log_loss(y, probs[k])}
             for k in range(len(probs))]
     settings = cfg.exp_dir / "ensemble.json"
@@ -129,5 +137,11 @@ def score(cfg: Config, log=print) -> pd.DataFrame:
     metric = cfg.competition.metric
     table = table[["model", metric] + [c for c in table.columns if c not in ("model", metric)]]
     write_csv_atomic(cfg.exp_dir / "score.csv", table)
-    log(table.to_string(index=False, float_format="%.4f"))
+    items = score_items(record, table, metric) if "submission" in record else []
+    narrow = [c for c in ["model", metric, "f1_macro", "accuracy", "roc_auc", "log_loss"] if c in table.columns]
+    narrow = list(dict.fromkeys(narrow))
+    write_text_atomic(cfg.exp_dir / "score.md", "\n".join(
+        [f"# Held-back score: {cfg.experiment}", "", *([as_markdown(items), ""] if items else []),
+         markdown_table(table, narrow), ""]))
+    log((as_text(items) + "\n\n" if items else "") + table[narrow].to_string(index=False, float_format="%.4f"))
     return table

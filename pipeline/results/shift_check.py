@@ -37,8 +37,8 @@ def fold_train_priors(cfg: Config, classes: list, oof_y: np.ndarray, oof_folds: 
         if path.is_file():
             priors[k] = np.asarray(read_train_prior(path, classes)["prior"], dtype=np.float64)
         else:
-            log(f"[ensemble] {path} is missing (trained before the effective prior was recorded): fold {k}'s "
-                "prior is its training rows' raw label counts; retrain to divide out sampling and class weights")
+            log(f"{path} is missing (trained before the effective prior was recorded): fold {k}'s prior is its "
+                "training rows' raw label counts; retrain to divide out sampling and class weights")
             priors[k] = class_priors(oof_y[oof_folds != k] if (oof_folds != k).any() else oof_y, len(classes))
     return priors
 
@@ -75,16 +75,16 @@ def shift_notes(record: dict, classes: list) -> list[str]:
     """The CV table's notes: the priors, the estimates, the shift test and what the chain decided."""
     est, sim = record["estimates"], record.get("simulation") or {}
     cal = record["calibration"]
-    error = (f" On {sim['draws']} simulated test sets at the estimated mix the {_NAMES[record.get('method') or 'calibrated_em']}"
-             f" estimate is off by L1 {sim['estimate_l1_error']:.3f} (sd {sim['estimate_l1_error_sd']:.3f}) against a "
-             f"shift of {sim['shift_l1']:.3f}." if sim else "")
+    method = _NAMES[record.get("method") or "calibrated_em"]
+    error = (f" On {sim['draws']} simulated test sets at the estimated mix the {method} estimate is off by L1 "
+             f"{sim['estimate_l1_error']:.3f} (sd {sim['estimate_l1_error_sd']:.3f}) against a shift of "
+             f"{sim['shift_l1']:.3f}." if sim else "")
     return [f"Class priors ({', '.join(map(str, classes))}): training labels {_fmt(record['training_labels'])}; "
             f"model (effective, what sampling, class weights and smoothing made it learn) "
             f"{_fmt(record['model_prior'])}; test set estimated by EM {_fmt(est['em'])}, by BBSE {_fmt(est['bbse'])}, "
             f"by calibrated EM {_fmt(est['calibrated_em'])} (temperature {cal['temperature']:.2f}).",
             f"Prior shift: G-test of the OOF against the test predicted classes G={record['g_statistic']:.1f}, "
-            f"p={record['p_value']:.2g} (alpha {record['alpha']:g}); ensemble.prior_shift={record['mode']}: "
-            f"{record['why']}.{error}"]
+            f"p={record['p_value']:.2g} (alpha {record['alpha']:g}); {record['why']}.{error}"]
 
 
 def _l1(a, b) -> float:

@@ -98,8 +98,12 @@ def stack(experiments: list[str | Config], output_dir: str | Path = "outputs", o
              f"For contrast, not a score: scored on the very rows it was fitted on, that meta-model shows {metric} "
              f"{metric_value(metric, y, chain.full.probs):.4f}; the nested row "
              "is the honest one."]
+    summary = [("Submission", f"stack: logistic regression (C={chosen_C(meta):g}) on the log-probabilities of "
+                              f"{', '.join(names)}"),
+               ("Out-of-fold estimate", f"{metric_value(metric, y, nested):.4f} {metric} on {len(y)} OOF rows, each "
+                                        "fold's meta-model fitted on the other folds")]
     write_cv(pd.DataFrame(_cv_rows(members, y, rows, nested, metric)), out_dir, f"Stack: {' + '.join(names)}",
-             notes, log, metric)
+             notes, log, metric, summary)
     write_blend_probs(out_dir, first, nested, test)
     write_json_atomic(out_dir / "stack.json", {
         "experiments": names, "meta_model": "LogisticRegression", "C": C, "C_applied": chosen_C(meta),

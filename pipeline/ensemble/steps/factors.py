@@ -65,8 +65,8 @@ class LogitAdjustStep:
 
 @dataclass(frozen=True)
 class ClassBiasStep:
-    """``p * exp(b)``, one b per class by coordinate ascent on `metric` (:func:`pipeline.ensemble.class_bias.fit_class_bias`;
-    two classes: a decision threshold)."""
+    """``p * exp(b)``, one b per class by coordinate ascent on `metric`
+    (:func:`pipeline.ensemble.class_bias.fit_class_bias`; two classes: a decision threshold)."""
     metric: str
     name: str = "class_bias"
 
