@@ -267,14 +267,14 @@ def test_the_submission_entry_reproduces_the_chains_test_probabilities():
     found = candidates_of(frames[0].assign(**{f"@{k}:prob_{c}": 0.0 for k in ckpts for c in classes},
                                            **{f"{v}:prob_{c}": 0.0 for v in views for c in classes}), classes)
     rows = Rows(oof, y, folds, np.stack([candidate_probs(f, classes, found) for f in frames]))
-    plan = [Choice("views", "on", ViewsStep(tuple(views), [(1,)], F1, "geometric_mean")),
+    plan = [Choice("views", "on", ViewsStep(tuple(views), [(0, 1)], F1, "geometric_mean")),
             Choice("checkpoints", "on", CheckpointsStep(tuple(ckpts), [(0, 1)], F1)),
             Choice("logit_adjust", "on", LogitAdjustStep((1.0,), F1, (0.5, 0.3, 0.2))),
             Choice("class_bias", "on", ClassBiasStep(F1))]
     states, _ = decide(plan, rows, F1)
     chain = states[-1]
     factor = sum(np.asarray(f.params()["log_factor"]) for f in chain.fitted[2:])
-    entry = submission_entry(classes, 5, "soft", found, ["hflip"], "geometric_mean", ckpts, factor)
+    entry = submission_entry(classes, 5, "soft", found, views, "geometric_mean", ckpts, factor)
     probs, scores, picked = apply_submission(entry, frames)
     np.testing.assert_allclose(probs, chain.test(), atol=1e-12)
     np.testing.assert_array_equal(picked, chain.test().mean(axis=0).argmax(axis=1))
