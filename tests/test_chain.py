@@ -280,3 +280,24 @@ def test_the_submission_entry_reproduces_the_chains_test_probabilities():
     np.testing.assert_array_equal(picked, chain.test().mean(axis=0).argmax(axis=1))
     with pytest.raises(ValueError, match="lack columns"):
         apply_submission({**entry, "views": ["vflip"]}, frames)
+
+
+# ---- the settings -----------------------------------------------------------------------------------------
+
+def test_older_configs_keep_their_meaning_true_and_false_are_on_and_off(tmp_path):
+    import yaml
+
+    from pipeline.config import load_config
+    from pipeline.results.ensemble_stage import chain_settings
+    from tests.conftest import REPO
+
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        load_config(path)                                       # every checked-in config still loads
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump({"ensemble": {"logit_adjust": True, "class_bias": False,
+                                                "checkpoints": ["best", "last"]}, "tta": {"select": "all"}}))
+    settings = chain_settings(load_config(old))
+    assert (settings.logit_adjust, settings.class_bias, settings.checkpoints, settings.views) == ("on", "off", "listed",
+                                                                                                  "all")
+    default = chain_settings(load_config(None, {}))
+    assert (default.logit_adjust, default.class_bias, default.views, default.prior_shift) == ("auto",) * 4
