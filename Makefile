@@ -214,15 +214,18 @@ test: $(VENV_OK) ## the layer contract (pyproject.toml), unused names, then the 
 	$(PY) -m pytest
 
 # The functions that decide the answer: folds, sampling, a fold's split and kept epoch, TTA merging,
-# voting, logit adjustment, blending and the submission. Not part of `make test` (16 min on 2 cores here).
+# voting, logit adjustment, blending, the post-processing chain (its nested loop, the auto decisions, their
+# noise, the submission record) and the submission. Not part of `make test` (16 min on 2 cores here).
+# x* covers functions (x_name) and methods (xǁClassǁname).
 MUTANTS := $(addsuffix __mutmut_*,\
   pipeline.data.folds.x_assign_folds pipeline.data.folds.x_training_indices_for_fold pipeline.data.folds.x__check_groups \
   pipeline.data.sampling.x_* pipeline.train.selection.x_* \
   pipeline.predict.tta.x_merge_view_logits pipeline.predict.tta.x_predict_tta pipeline.predict.tta.x_predict_tta_with_views \
   pipeline.predict.tta.x__view_logits pipeline.predict.tta.x__view_probs pipeline.predict.tta.x__hflip pipeline.predict.tta.x__vflip \
-  pipeline.predict.voting.x_* pipeline.predict.blend.x__blend_rows pipeline.predict.blend.x_check_same_folds \
-  pipeline.predict.blend.x__concat_folds pipeline.predict.submission.x_write_submission \
-  pipeline.predict.submission.x_validate_submission)
+  pipeline.ensemble.voting.x_* pipeline.results.blend.x__blend_rows pipeline.results.blend.x_check_same_folds \
+  pipeline.ensemble.chain.x* pipeline.ensemble.decide.x* pipeline.ensemble.gain.x* pipeline.ensemble.record.x* \
+  pipeline.results.blend.x__concat_folds pipeline.results.submission.x_write_submission \
+  pipeline.results.submission.x_validate_submission)
 MUTANT_ARGS = $(foreach m,$(MUTANTS),'$(m)')   # quoted: the shell must not expand the globs
 mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow) → docs/figures/mutation.json
 	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2 $(MUTANT_ARGS)

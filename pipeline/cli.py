@@ -125,8 +125,8 @@ def cmd_score_blend(args) -> None:
 
 
 def _stack_arguments(p: argparse.ArgumentParser) -> None:
-    from pipeline.predict.blend import OOF_SOURCES
-    from pipeline.predict.stack import DEFAULT_C, parse_C
+    from pipeline.results.blend import OOF_SOURCES
+    from pipeline.results.stack import DEFAULT_C, parse_C
 
     def c_value(text: str):
         try:
@@ -145,7 +145,7 @@ def _stack_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _blend_arguments(p: argparse.ArgumentParser) -> None:
-    from pipeline.predict.blend import OBJECTIVES, OOF_SOURCES, VOTING_CHOICES   # a light module: choices only
+    from pipeline.results.blend import OBJECTIVES, OOF_SOURCES, VOTING_CHOICES   # a light module: choices only
 
     p.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names (folders under --output-dir)")
     p.add_argument("--output-dir", default="outputs", help="where the experiments live (default: %(default)s)")

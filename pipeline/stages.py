@@ -141,25 +141,25 @@ def merge_seeds(cfg: Config, fold_ids=None, log=print) -> None:
 
 
 def pseudo(cfg: Config, log=print) -> Path:
-    from pipeline.predict.pseudo import build_pseudo_labels
+    from pipeline.results.pseudo import build_pseudo_labels
 
     return build_pseudo_labels(cfg, log)
 
 
 def ensemble(cfg: Config, log=print) -> Path:
-    from pipeline.predict.ensemble import ensemble as vote_folds
+    from pipeline.results.ensemble_stage import ensemble as vote_folds
 
     return vote_folds(cfg, log=log)
 
 
 def score(cfg: Config, log=print):
-    from pipeline.predict.score import score as score_submission
+    from pipeline.results.score import score as score_submission
 
     return score_submission(cfg, log=log)
 
 
 def validate(cfg: Config, path=None) -> Path:
-    from pipeline.predict.submission import validate_for_config
+    from pipeline.results.submission import validate_for_config
 
     return validate_for_config(cfg, path)
 
@@ -183,18 +183,18 @@ def tune(cfg: Config, trials=None, storage=None, out_config=None, study_name=Non
 
 
 def blend(experiments: list[str], **options) -> Path:
-    from pipeline.predict.blend import blend as blend_experiments
+    from pipeline.results.blend import blend as blend_experiments
 
     return blend_experiments(experiments, **options)
 
 
 def stack(experiments: list[str], **options) -> Path:
-    from pipeline.predict.stack import stack as stack_experiments
+    from pipeline.results.stack import stack as stack_experiments
 
     return stack_experiments(experiments, **options)
 
 
 def score_combined(experiments: list[str], output_dir="outputs", log=print) -> list[Path]:
-    from pipeline.predict.score_blend import score_combined as score_folders
+    from pipeline.results.score_blend import score_combined as score_folders
 
     return score_folders(experiments, output_dir=output_dir, log=log)

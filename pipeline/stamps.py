@@ -29,11 +29,12 @@ STAGE_KEYS = {
     "train": ["seed", "seeds", "pseudo.", "folds.", "model.", "augment.", "sampling.", "train.", "loss.", "mask.", "data.train_csv",
               "data.image_root", "data.image_column", "data.label_column", "data.group_column",
               "data.true_label_column", "data.train_image_template", "data.high_bit_depth"],
-    "predict": ["tta.", "ensemble.checkpoints", "augment.image_size", "augment.pre_resize_crop", "augment.mean", "augment.std", "data.sample_submission",
+    # tta.select is the ensemble's: choosing among the predicted views predicts nothing again
+    "predict": ["tta.views", "tta.merge", "tta.batch_size", "ensemble.checkpoints", "augment.image_size", "augment.pre_resize_crop", "augment.mean", "augment.std", "data.sample_submission",
                 "data.id_column", "data.test_image_template", "data.test_path_column",
                 "data.test_root", "data.image_root", "train.device", "data.high_bit_depth"],
-    "ensemble": ["ensemble.", "competition.", "folds.leak_ratio", "data.sample_submission", "data.id_column", "data.target_column"],
-    # The pseudo-label list (pipeline.predict.pseudo): the source's votes, thresholded and capped.
+    "ensemble": ["ensemble.", "competition.", "tta.select", "tta.merge", "folds.leak_ratio", "data.sample_submission", "data.id_column", "data.target_column"],
+    # The pseudo-label list (pipeline.results.pseudo): the source's votes, thresholded and capped.
     "pseudo": ["pseudo.", "folds.", "data.sample_submission", "data.id_column", "data.test_image_template",
                "data.test_path_column", "data.test_root", "data.image_root"],
 }

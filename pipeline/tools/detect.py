@@ -356,7 +356,7 @@ def _group_column(frame: pd.DataFrame, image_column: str, label: str, opts: Init
 
 def _read_test_side(root: Path, reading: Reading, opts: InitOptions) -> None:
     from pipeline.data.tables import class_list
-    from pipeline.predict.formats import detect_format
+    from pipeline.results.formats import detect_format
 
     path = _sample_path(root, opts)
     if path is None:

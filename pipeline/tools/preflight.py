@@ -52,12 +52,16 @@ def build_everything(cfg: Config, classes: list[str] | None) -> None:
     from pipeline.train.models import create_model
     from pipeline.train.pretrained import check_pretrained_available
     from pipeline.train.optim import build_optimizer, build_scheduler
-    from pipeline.predict.tta import parse_views
+    from pipeline.predict.tta import canonical_views, parse_views
 
     n_classes = len(classes) if classes else _default_classes(cfg)
     build_transform(cfg.augment, train=True)
     try:
-        parse_views(cfg.tta.views)
+        views = [v.name for v in parse_views(cfg.tta.views)]
+        unknown = [name for name in canonical_views(cfg.tta.select) if name not in views]
+        if unknown:
+            raise ValueError(f"tta.select: {unknown} not among tta.views {views} (the views predicted; the select "
+                             "list keeps a subset of them)")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     build_loss(cfg.loss, np.ones(n_classes, dtype=np.int64))

@@ -4,6 +4,7 @@ A choice fitted on out-of-fold (OOF) rows (blend weights, a logit-adjustment tau
 scored on those same rows reports a gain that is partly the fit to their noise. Nested, each fold's
 rows are scored with what was fitted on the *other* folds only, so no row ever helps fit its own
 prediction; the average over the folds is what the choice earns on rows it has not seen.
+:class:`pipeline.ensemble.chain.Nested` is built on these two helpers: the package's one nested loop.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["fit_per_fold", "apply_per_fold", "nested_probs"]
+__all__ = ["fit_per_fold", "apply_per_fold"]
 
 
 def fit_per_fold(folds, fit: Callable[[np.ndarray], object]) -> dict:
@@ -28,11 +29,14 @@ def fit_per_fold(folds, fit: Callable[[np.ndarray], object]) -> dict:
     return {k.item(): fit(folds != k) for k in keys}
 
 
-def apply_per_fold(folds, fitted: dict, apply: Callable[[object, np.ndarray], np.ndarray]) -> np.ndarray:
-    """Each fold's rows from ``apply(fitted[fold], its row mask)``, assembled in row order.
+def apply_per_fold(folds, fitted: dict, apply: Callable[[object, np.ndarray], np.ndarray], axis: int = 0) -> np.ndarray:
+    """Each fold's rows from ``apply(fitted[fold], its row mask)``, assembled in row order along `axis`
+    (the rows' axis of what `apply` returns; -2 for probabilities (..., rows, classes)).
 
     >>> apply_per_fold([0, 1, 0], {0: 10, 1: 20}, lambda f, held: np.full(held.sum(), f))
     array([10, 20, 10])
+    >>> apply_per_fold([0, 1, 0], {0: 1, 1: 2}, lambda f, held: np.full((2, held.sum(), 1), f), axis=-2)[0, :, 0]
+    array([1, 2, 1])
     """
     folds = np.asarray(folds)
     missing = sorted(set(np.unique(folds).tolist()) - set(fitted))
@@ -41,26 +45,8 @@ def apply_per_fold(folds, fitted: dict, apply: Callable[[object, np.ndarray], np
     out = None
     for k, model in fitted.items():
         held = folds == k
-        part = np.asarray(apply(model, held))
+        part = np.moveaxis(np.asarray(apply(model, held)), axis, 0)
         if out is None:
             out = np.empty((len(folds),) + part.shape[1:], dtype=part.dtype)
         out[held] = part
-    return out
-
-
-def nested_probs(probs, y, folds, fit) -> tuple[np.ndarray, dict]:
-    """Each fold's rows of `probs` (N, C) transformed by what `fit` chose on the other folds' rows.
-
-    `fit(p_rest, y_rest)` returns ``(transform, choice)``; the result is the transformed (N, C)
-    probabilities and ``{fold: choice}``. The held fold's labels are never passed to `fit`.
-
-    >>> def fit(p, y):
-    ...     return (lambda q: q * 0 + len(y)), len(y)
-    >>> out, choices = nested_probs(np.zeros((5, 2)), np.zeros(5, int), np.array([0, 0, 1, 1, 1]), fit)
-    >>> choices, out[:, 0].tolist()
-    ({0: 3, 1: 2}, [3.0, 3.0, 2.0, 2.0, 2.0])
-    """
-    p, y = np.asarray(probs, dtype=np.float64), np.asarray(y)
-    fitted = fit_per_fold(folds, lambda rest: fit(p[rest], y[rest]))
-    out = apply_per_fold(folds, fitted, lambda f, held: f[0](p[held]))
-    return out, {k: f[1] for k, f in fitted.items()}
+    return np.moveaxis(out, 0, axis)

@@ -33,12 +33,12 @@ if TYPE_CHECKING:  # the heavy imports (numpy, pandas, torch via stages) happen 
     from pipeline.config import Config
 
 __all__ = ["FoldsMismatchError", "Member", "load_experiment", "load_member", "load_members", "check_same_folds",
-           "nested_blend_weights", "write_blend_probs", "blend",
+           "write_blend_probs", "blend",
            "OOF_SOURCES", "VOTING_CHOICES", "OBJECTIVES"]
 
 OOF_SOURCES = ("auto", "tta", "plain")
-VOTING_CHOICES = ("soft", "hard", "geometric", "rank")   # = pipeline.predict.voting.VOTING_MODES (a test checks)
-OBJECTIVES = ("logloss", "f1", "metric")                         # = pipeline.predict.voting.WEIGHT_OBJECTIVES
+VOTING_CHOICES = ("soft", "hard", "geometric", "rank")   # = pipeline.ensemble.voting.VOTING_MODES (a test checks)
+OBJECTIVES = ("logloss", "f1", "metric")                         # = pipeline.ensemble.voting.WEIGHT_OBJECTIVES
 
 
 class FoldsMismatchError(ValueError):
@@ -171,69 +171,25 @@ def check_same_folds(members: list[Member]) -> None:
                              f"{first.cfg.data.sample_submission} vs {m.cfg.data.sample_submission})")
 
 
-def _blend_rows(probs: np.ndarray, y: np.ndarray, folds: np.ndarray, weights: dict[str, dict],
-                chosen: tuple[str, str] | None) -> list[dict]:
-    """Every voting mode with every kind of weights, each fold's rows voted with that fold's weights
-    (``{kind: {fold: weights}}``; the fitted ones were fitted on the other folds, so the rows are nested)."""
-    from pipeline.predict.cv_table import metrics_row
-    from pipeline.predict.nested import apply_per_fold
-    from pipeline.predict.voting import VOTING_MODES, vote, vote_scores
-
-    rows = []
-    for mode in VOTING_MODES:
-        for kind, per_fold in weights.items():
-            mark = " (submission)" if (mode, kind) == chosen else ""
-            not_probs = {"log_loss": float("nan")} if mode in ("hard", "rank") else {}
-            scores = apply_per_fold(folds, per_fold, lambda w, held: vote_scores(probs[:, held], mode, w))
-            picked = apply_per_fold(folds, per_fold, lambda w, held: vote(probs[:, held], mode, w))
-            rows.append(metrics_row(f"blend {mode}, {_KIND_LABELS[kind]}{mark}", y, scores, picked, **not_probs))
-    return rows
-
-
 _KIND_LABELS = {"uniform": "uniform weights", "fitted": "fitted weights, nested"}
 
 
-def _decision_scores(probs: np.ndarray, voting: str, weights: np.ndarray) -> np.ndarray:
-    """What the blend's tau is chosen on: the vote's scores for soft/geometric votes (so a probability
-    metric such as the log-loss sees probabilities), its decisions as one-hot rows for hard/rank votes."""
-    import numpy as np
+def _blend_rows(rows, metric: str, objective: str, chosen: tuple[str, str] | None) -> list[dict]:
+    """Every voting mode with every kind of weights, nested (each fold's rows voted with the weights fitted on
+    the other folds; uniform weights fit nothing); `chosen` (mode, kind) is marked as the submission."""
+    from pipeline.ensemble.chain import nested_chain
+    from pipeline.ensemble.steps.combine import BlendStep
+    from pipeline.ensemble.voting import VOTING_MODES
+    from pipeline.results.cv_table import metrics_row
 
-    from pipeline.predict.voting import vote, vote_scores
-
-    if voting in ("soft", "geometric"):
-        return vote_scores(probs, voting, weights)
-    return np.eye(probs.shape[2])[vote(probs, voting, weights)]
-
-
-def nested_blend_weights(oof: np.ndarray, y: np.ndarray, folds: np.ndarray, objective: str = "logloss",
-                         metric: str = "f1_macro") -> dict:
-    """``{fold: weights fitted on the other folds' OOF rows}`` (see :func:`pipeline.predict.voting.fit_weights`)."""
-    from pipeline.predict.nested import fit_per_fold
-    from pipeline.predict.voting import fit_weights
-
-    return fit_per_fold(folds, lambda rest: fit_weights(oof[:, rest], y[rest], objective, metric))
-
-
-def _nested_logit_adjust(oof: np.ndarray, y: np.ndarray, folds: np.ndarray, weigh, voting: str,
-                         grid, metric: str = "f1_macro") -> tuple[np.ndarray, np.ndarray, dict]:
-    """The blend's OOF scores and decisions with each fold's members logit-adjusted by the prior and tau
-    chosen on the other folds, then voted with ``weigh(other folds' rows)``; and ``{fold: tau}``."""
-    from pipeline.predict.nested import apply_per_fold, fit_per_fold
-    from pipeline.predict.voting import choose_tau, class_priors, logit_adjust, vote, vote_scores
-
-    n_classes = oof.shape[2]
-
-    def fit(rest):
-        w, prior = weigh(rest), class_priors(y[rest], n_classes)
-        tau, _ = choose_tau(oof[:, rest], y[rest], prior, grid,
-                            combine=lambda p: _decision_scores(p, voting, w), metric=metric)
-        return w, prior, tau
-
-    fitted = fit_per_fold(folds, fit)
-    adjusted = lambda f, held: logit_adjust(oof[:, held], f[1], f[2])   # noqa: E731
-    scores = apply_per_fold(folds, fitted, lambda f, held: vote_scores(adjusted(f, held), voting, f[0]))
-    picked = apply_per_fold(folds, fitted, lambda f, held: vote(adjusted(f, held), voting, f[0]))
-    return scores, picked, {k: f[2] for k, f in fitted.items()}
+    out = []
+    for mode in VOTING_MODES:
+        for kind, label in _KIND_LABELS.items():
+            mark = " (submission)" if (mode, kind) == chosen else ""
+            not_probs = {"log_loss": float("nan")} if mode in ("hard", "rank") else {}
+            scores = nested_chain([BlendStep(mode, kind, objective, metric)], rows)
+            out.append(metrics_row(f"blend {mode}, {label}{mark}", rows.y, scores, **not_probs))
+    return out
 
 
 def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", out: str | Path | None = None,
@@ -241,104 +197,91 @@ def blend(experiments: list[str | Config], output_dir: str | Path = "outputs", o
           logit_adjust_on: bool | None = None, tau_grid=None, log=print) -> Path:
     """Blend experiments (names under `output_dir`, or configs) into one submission; returns its path.
 
-    `weights`: ``fitted`` (on the OOF probabilities, by `objective`: ``logloss`` or ``f1``; see
-    :func:`pipeline.predict.voting.fit_weights`) or ``uniform``. `voting` combines the members (any of
-    :data:`pipeline.predict.voting.VOTING_MODES`, weighted). Logit adjustment (default: the first
-    experiment's ``ensemble.logit_adjust`` / ``ensemble.tau_grid``) chooses tau on the blended OOF.
+    The chain: the members' `voting` vote (any of :data:`pipeline.ensemble.voting.VOTING_MODES`) with weights
+    ``fitted`` on the OOF probabilities by `objective` (:func:`pipeline.ensemble.voting.fit_weights`) or
+    ``uniform``, then the logit adjustment of the vote's scores (default: the first experiment's
+    ``ensemble.logit_adjust`` / ``ensemble.tau_grid``; ``auto`` applies it when its nested gain exceeds its
+    noise), both scored nested (:mod:`pipeline.ensemble.decide`).
     """
     import numpy as np
     import pandas as pd
 
+    from pipeline.ensemble.chain import Rows
+    from pipeline.ensemble.decide import Choice, decide
+    from pipeline.ensemble.plan import switch
+    from pipeline.ensemble.steps.combine import BlendStep
+    from pipeline.ensemble.steps.factors import LogitAdjustStep
     from pipeline.fileio import write_json_atomic
-    from pipeline.predict.cv_table import write_cv
-    from pipeline.predict.ensemble import logit_adjust_record, logit_adjust_settings
+    from pipeline.metrics import metric_value
     from pipeline.predict.probs import class_ids
-    from pipeline.predict.submission import submission_format, write_submission
-    from pipeline.predict.voting import choose_tau, class_priors, fit_weights, logit_adjust, vote, vote_scores
+    from pipeline.results.chain_rows import legacy_records
+    from pipeline.results.cv_table import metrics_row, write_cv
+    from pipeline.results.submission import submission_format, write_submission
 
     _check_choices(voting, weights, objective)
     members = load_members(experiments, output_dir, oof_source, log)
     first, names = members[0], [m.name for m in members]
-    classes = first.classes
+    classes, metric, e = first.classes, first.cfg.competition.metric, first.cfg.ensemble
     y = class_ids(first.labels, classes, f"{first.name} OOF labels")
-    oof = np.stack([m.oof for m in members])
-    test = np.stack([m.test for m in members])
-    uniform = np.full(len(members), 1.0 / len(members))
-    metric = first.cfg.competition.metric
-    fitted = fit_weights(oof, y, objective, metric)   # on every OOF row: what the test set gets
-    w = fitted if weights == "fitted" else uniform
+    rows = Rows(np.stack([m.oof for m in members]), y, first.folds, np.stack([m.test for m in members]))
+    adjust = switch(e.logit_adjust if logit_adjust_on is None else logit_adjust_on)
+    grid = tuple(float(t) for t in (e.tau_grid if tau_grid is None else tau_grid))
+    plan = [Choice("blend", "on", BlendStep(voting, weights, objective, metric), None, "--weights", weights),
+            Choice("logit_adjust", adjust, LogitAdjustStep(grid, metric), None, "ensemble.logit_adjust",
+                   e.logit_adjust if logit_adjust_on is None else logit_adjust_on)]
+    states, decisions = decide(plan, rows, metric, margin=e.auto_margin)
+    chain, weighing, adjusting = states[-1], decisions[0], decisions[1]
+    fitted = BlendStep(voting, "fitted", objective, metric).fit(rows).weights   # on every OOF row, for the record
+    w = np.asarray(weighing.fitted["weights"])
 
-    adjust, grid = logit_adjust_settings(first.cfg, logit_adjust_on, tau_grid)
-    prior = class_priors(y, len(classes))
-    tau, curve = choose_tau(oof, y, prior, grid, combine=lambda p: _decision_scores(p, voting, w), metric=metric)
-    applied_tau = tau if adjust else 0.0   # 0 is the identity
-
-    # With adjustment on, the submission's recipe is "choose tau on the OOF rows, apply it" even where
-    # every row chose 0, so its honest CV row is the nested adjustment's (each fold's own tau).
-    nested = _nested_cv(members, y, voting, weights, objective, grid, adjust, metric)
     out_dir = Path(out) if out is not None else Path(output_dir) / ("blend-" + "-".join(names))
     weight_text = ", ".join(f"{m.name} {x:.3f}" for m, x in zip(members, fitted))
-    state = "applied to the test probabilities" if adjust else "not applied"
+    taus = "/".join(f"{p['tau']:g}" for p in adjusting.per_fold.values())
     notes = [f"Fitted weights ({objective} on {first.oof_source}, all {len(y)} OOF rows, used for the test set): "
              f"{weight_text}. The CV rows of fitted choices are nested: each fold's rows are blended with the "
              "weights (and tau) fitted on the other folds only.",
              f"Folds: {' = '.join(dict.fromkeys(str(m.folds_file) for m in members))} "
              f"(sha256 {first.folds_hash[:12]}, the same split for every experiment).",
-             f"Logit adjustment p / prior^tau: tau={tau:g} chosen on all OOF rows' {metric}; {state}."]
-    write_cv(pd.DataFrame(nested["rows"]), out_dir, f"Blend: {' + '.join(names)}", notes, log, metric)
+             f"Logit adjustment p / prior^tau of the vote's scores: tau={adjusting.fitted['tau']:g} chosen on all OOF "
+             f"rows' {metric}; nested gain {adjusting.gain.gain:+.4f} ± {adjusting.gain.noise:.4f}; {adjusting.why}."]
+    table = [metrics_row(f"{m.name} ({m.oof_source})", y, m.oof) for m in members]
+    table += _blend_rows(rows, metric, objective, None if adjusting.applied else (voting, weights))
+    mark = " (submission)" if adjusting.applied else ""
+    table.append(metrics_row(f"blend {voting}, {_KIND_LABELS[weights]} + logit adjustment, tau from the other "
+                             f"folds ({taus}){mark}", y, adjusting.oof))
+    applied = f" + logit adjustment (tau={adjusting.fitted['tau']:g})" if adjusting.applied else ""
+    summary = [("Submission", f"{voting} vote of {len(members)} experiments, {weights} weights ({weight_text})"
+                              + applied),
+               ("Out-of-fold estimate", f"{metric_value(metric, y, chain.oof()):.4f} {metric} on {len(y)} OOF rows, "
+                                        "weights and tau fitted on the other folds")]
+    if not adjusting.applied:
+        summary.append(("Not applied", f"logit adjustment (gain {adjusting.gain.gain:+.4f} ± "
+                                       f"{adjusting.gain.noise:.4f}): {adjusting.why}"))
+    write_cv(pd.DataFrame(table), out_dir, f"Blend: {' + '.join(names)}", notes, log, metric, summary)
 
-    members_test = logit_adjust(test, prior, applied_tau)
-    test_scores = vote_scores(members_test, voting, w)
-    write_blend_probs(out_dir, first, nested["oof"], test_scores)
-    picked = vote(members_test, voting, w)
+    test_scores = chain.test()
+    write_blend_probs(out_dir, first, chain.oof(), test_scores)
     write_json_atomic(out_dir / "blend.json", {
-        "experiments": names, "weights": dict(zip(names, w.round(6).tolist())),
-        "fitted_weights": dict(zip(names, fitted.round(6).tolist())), "weights_kind": weights,
+        "experiments": names, "weights": dict(zip(names, w.tolist())),
+        "fitted_weights": dict(zip(names, fitted.tolist())), "weights_kind": weights,
         "objective": objective, "voting": voting, "oof_source": first.oof_source,
         "folds_file": str(first.folds_file), "folds_sha256": first.folds_hash, "classes": classes,
-        "metric": metric, "logit_adjust": logit_adjust_record(adjust, applied_tau, tau, grid, prior, curve, metric),
-        "nested": {"fitted_weights": {k: dict(zip(names, v.round(6).tolist()))
-                                      for k, v in nested["fitted_weights"].items()},
-                   "tau": nested["tau"]}})
+        "metric": metric, **legacy_records(decisions), "chain": [d.as_dict() for d in decisions],
+        "nested": {f"{weights}_weights": {k: dict(zip(names, p["weights"])) for k, p in weighing.per_fold.items()},
+                   "tau": {k: p["tau"] for k, p in adjusting.per_fold.items()}}})
     d = first.cfg.data
     sub = out_dir / "submission.csv"
     fmt = submission_format(first.cfg, classes)   # the competition's format, as its members write it
     write_submission(d.sample_submission, d.id_column, d.target_column, first.test_ids,
-                     [classes[i] for i in picked], sub, fmt, test_scores)
+                     [classes[i] for i in test_scores.argmax(axis=1)], sub, fmt, test_scores)
+    applied_tau = adjusting.fitted["tau"] if adjusting.applied else 0.0
     log(f"[blend] {voting} vote of {len(members)} experiments, {weights} weights ({weight_text})"
         f"{f', logit adjustment tau={applied_tau:g}' if applied_tau else ''} → {sub}")
     return sub
 
 
-def _nested_cv(members: list[Member], y: np.ndarray, voting: str, weights: str, objective: str, grid,
-               adjust: bool, metric: str = "f1_macro") -> dict:
-    """The blend's CV rows, every fitted choice nested (fitted on the other folds, scored on the held one):
-    ``rows``, ``oof`` (the submission recipe's nested OOF scores, for oof.csv), ``fitted_weights`` and
-    ``tau`` per fold."""
-    import numpy as np
-
-    from pipeline.predict.cv_table import metrics_row
-    from pipeline.predict.nested import apply_per_fold
-    from pipeline.predict.voting import fit_weights, vote_scores
-
-    oof, folds = np.stack([m.oof for m in members]), members[0].folds
-    uniform = np.full(len(members), 1.0 / len(members))
-    per_fold = {"uniform": {k.item(): uniform for k in np.unique(folds)},
-                "fitted": nested_blend_weights(oof, y, folds, objective, metric)}
-    weigh = ((lambda rest: fit_weights(oof[:, rest], y[rest], objective, metric)) if weights == "fitted"
-             else (lambda _: uniform))
-    adj_scores, adj_picked, taus = _nested_logit_adjust(oof, y, folds, weigh, voting, grid, metric)
-    rows = [metrics_row(f"{m.name} ({m.oof_source})", y, m.oof) for m in members]
-    rows += _blend_rows(oof, y, folds, per_fold, None if adjust else (voting, weights))
-    chosen = "/".join(f"{t:g}" for t in taus.values())
-    rows.append(metrics_row(f"blend {voting}, {_KIND_LABELS[weights]} + logit adjustment, tau from the other "
-                            f"folds ({chosen}){' (submission)' if adjust else ''}", y, adj_scores, adj_picked))
-    plain = apply_per_fold(folds, per_fold[weights], lambda w, held: vote_scores(oof[:, held], voting, w))
-    return {"rows": rows, "oof": adj_scores if adjust else plain, "fitted_weights": per_fold["fitted"], "tau": taus}
-
-
 def _check_choices(voting: str, weights: str, objective: str) -> None:
-    from pipeline.predict.voting import VOTING_MODES, WEIGHT_OBJECTIVES
+    from pipeline.ensemble.voting import VOTING_MODES, WEIGHT_OBJECTIVES
 
     if voting not in VOTING_MODES:
         raise ValueError(f"--voting: unknown mode {voting!r}; valid: {', '.join(VOTING_MODES)}")

@@ -11,7 +11,7 @@ from pipeline.data.leak_scan import leak_pairs_table, scan_leaks
 from pipeline.data.leaks import rows_in_pairs
 from pipeline.data.tables import DataError, load_fold_table
 from pipeline.fileio import write_csv_atomic
-from pipeline.predict.cv_table import metrics_row
+from pipeline.results.cv_table import metrics_row
 from pipeline.predict.probs import class_ids, prob_columns
 
 __all__ = ["leak_cv_rows"]

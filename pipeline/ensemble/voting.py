@@ -37,7 +37,7 @@ from pipeline.metrics import log_loss as _log_loss, metric_gain
 
 __all__ = ["VOTING_MODES", "soft_vote", "vote_shares", "hard_vote", "geometric_vote", "rank_average", "vote", "vote_scores",
            "WEIGHT_OBJECTIVES", "DEFAULT_TAU_GRID", "log_loss", "fit_weights", "class_priors", "logit_adjust",
-           "choose_tau", "nested_logit_adjust"]
+           "choose_tau"]
 
 VOTING_MODES = ("soft", "hard", "geometric", "rank")
 
@@ -334,36 +334,6 @@ def logit_adjust(probs, prior, tau: float) -> np.ndarray:
     logits = np.log(np.maximum(p, _LOG_FLOOR)) - tau * np.log(prior)
     e = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def nested_logit_adjust(probs, y, folds, grid: Sequence[float] = DEFAULT_TAU_GRID,
-                        metric: str = "f1_macro", priors: dict | None = None) -> tuple[np.ndarray, dict]:
-    """Out-of-fold probabilities logit-adjusted honestly: each fold's rows with the tau (and prior)
-    chosen on the *other* folds' rows, so the score of the result is not fitted on the rows it scores.
-
-    Returns the adjusted (N, C) probabilities and ``{fold: tau}``. A fold's prior is ``priors[fold]``
-    (the prior its model was trained on) when given, else the other folds' label frequencies (its
-    training rows' raw counts).
-
-    >>> y = np.array([0] * 8 + [1] * 2 + [0] * 8 + [1] * 2)
-    >>> p = np.array(([[0.9, 0.1]] * 8 + [[0.6, 0.4]] * 2) * 2)
-    >>> adjusted, taus = nested_logit_adjust(p, y, np.repeat([0, 1], 10), [0, 0.5, 1])
-    >>> taus, adjusted.argmax(axis=1).tolist() == y.tolist()
-    ({0: 0.5, 1: 0.5}, True)
-    """
-    p = _check_probs(np.asarray(probs, dtype=np.float64)[None])[0]
-    y = _check_labels(y, p.shape[0], p.shape[1])
-    folds = np.asarray(folds)
-    out, taus = np.empty_like(p), {}
-    for k in np.unique(folds):
-        held, rest = folds == k, folds != k
-        if not rest.any():   # a single fold: nothing to choose on but itself
-            rest = held
-        prior = np.asarray(priors[k.item()]) if priors is not None else class_priors(y[rest], p.shape[1])
-        tau, _ = choose_tau(p[rest], y[rest], prior, grid, metric=metric)
-        taus[k.item()] = tau
-        out[held] = logit_adjust(p[held], prior, tau)
-    return out, taus
 
 
 def choose_tau(probs, y, prior, grid: Sequence[float] = DEFAULT_TAU_GRID,

@@ -5,8 +5,9 @@ over a grid to maximise the competition metric on the OOF rows. For two classes 
 matters, so only class 1's bias moves: that is a decision threshold (p1 > 1 / (1 + e^b)).
 
 A bias fitted on the OOF rows and scored on the same rows always looks like a gain; the CV table's
-row comes from :func:`pipeline.predict.nested.nested_probs`: each fold's rows get the bias fitted on the
-*other* folds, so the score is measured on rows the choice never saw.
+row comes from the chain (:class:`pipeline.ensemble.chain.Nested`, the step
+:class:`pipeline.ensemble.steps.factors.ClassBiasStep`): each fold's rows get the bias fitted on the *other*
+folds, so the score is measured on rows the choice never saw.
 """
 
 from __future__ import annotations

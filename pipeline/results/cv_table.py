@@ -11,8 +11,7 @@ import pandas as pd
 from pipeline.fileio import write_csv_atomic, write_text_atomic
 from pipeline.metrics import classification_metrics
 from pipeline.predict.probs import CKPT_PREFIX, class_ids, frame_prob_columns, prob_columns, view_columns
-from pipeline.predict.nested import nested_probs
-from pipeline.predict.voting import log_loss, nested_logit_adjust
+from pipeline.ensemble.voting import log_loss
 
 __all__ = ["CV_COLUMNS", "cv_columns", "metrics_row", "cv_table", "markdown_table", "write_cv", "text_table"]
 
@@ -36,14 +35,9 @@ def metrics_row(part: str, y: np.ndarray, probs: np.ndarray, predicted=None, **e
             "log_loss": log_loss(probs, y) if len(y) else float("nan"), **extra}
 
 
-def cv_table(oof: pd.DataFrame, classes: list, oof_tta: pd.DataFrame | None = None, merge: str = "mean",
-             tau_grid=None, metric: str = "f1_macro", fitted: dict | None = None,
-             priors: dict | None = None) -> pd.DataFrame:
+def cv_table(oof: pd.DataFrame, classes: list, oof_tta: pd.DataFrame | None = None, merge: str = "mean") -> pd.DataFrame:
     """Each fold and the whole out-of-fold set without TTA (oof.csv); with TTA, each view alone and each
-    checkpoint (oof_tta.csv); then, with a `tau_grid`, the (TTA) probabilities after logit adjustment with
-    each fold's tau chosen on the other folds by `metric` (nested, so the row is not scored on the rows that
-    chose it), dividing out `priors` (``{fold: the prior its model was trained on}``) when given; then one
-    nested row per entry of `fitted` ({name: fit}, see `nested.nested_probs`)."""
+    checkpoint (oof_tta.csv). The chain's rows (:mod:`pipeline.results.chain_rows`) follow them."""
     y = class_ids(oof["label"], classes, "oof.csv")
     probs = oof[frame_prob_columns(oof)].to_numpy()
     folds = oof["fold"].to_numpy()
@@ -51,23 +45,11 @@ def cv_table(oof: pd.DataFrame, classes: list, oof_tta: pd.DataFrame | None = No
     rows.append(metrics_row("out-of-fold, no TTA", y, probs))
     if oof_tta is not None:
         y_tta = class_ids(oof_tta["label"], classes, "oof_tta.csv")
-        tta = oof_tta[prob_columns(classes)].to_numpy()
-        rows.append(metrics_row(f"out-of-fold, TTA ({merge})", y_tta, tta))
+        rows.append(metrics_row(f"out-of-fold, TTA ({merge})", y_tta, oof_tta[prob_columns(classes)].to_numpy()))
         for view, cols in view_columns(oof_tta, classes).items():
             rows.append(metrics_row(f"out-of-fold, view {view}", y_tta, oof_tta[cols].to_numpy()))
         for ckpt, cols in view_columns(oof_tta, classes, CKPT_PREFIX).items():
             rows.append(metrics_row(f"out-of-fold, checkpoint {ckpt}", y_tta, oof_tta[cols].to_numpy()))
-        y, probs, folds = y_tta, tta, oof_tta["fold"].to_numpy()
-    if tau_grid is not None:
-        what = "TTA" if oof_tta is not None else "no TTA"
-        adjusted, taus = nested_logit_adjust(probs, y, folds, tau_grid, metric, priors)
-        chosen = "/".join(f"{t:g}" for t in taus.values())
-        rows.append(metrics_row(f"out-of-fold, {what} + logit adjustment, tau from the other folds ({chosen})", y,
-                                adjusted))
-    for name, fit in (fitted or {}).items():
-        what = "TTA" if oof_tta is not None else "no TTA"
-        rows.append(metrics_row(f"out-of-fold, {what} + {name}, fitted on the other folds", y,
-                                nested_probs(probs, y, folds, fit)[0]))
     return pd.DataFrame(rows)
 
 
@@ -95,13 +77,35 @@ def markdown_table(frame: pd.DataFrame, columns: list[str] | None = None, float_
 
 
 def write_cv(cv: pd.DataFrame, out_dir: Path, title: str, notes: list[str] = (), log=print,
-             metric: str = "f1_macro") -> None:
-    """Save ``cv.csv`` (every metric) and ``cv.md`` (the narrow table, `metric` first), and print the narrow table."""
+             metric: str = "f1_macro", summary: list[tuple[str, str]] = (), steps: pd.DataFrame | None = None,
+             folded: dict[str, list[str]] | None = None) -> None:
+    """Save ``cv.csv`` (every row, every metric) and ``cv.md``, and print it: the `summary` ((label, text) pairs)
+    and the chain's `steps` first, then the narrow table (`metric` first) without the rows `folded` holds
+    (``{why: [part, ...]}``: rows that carry nothing here), which follow in a closed block, then the notes."""
+    from pipeline.results.summary import as_markdown, as_text
+
     write_csv_atomic(out_dir / "cv.csv", cv)
     columns = cv_columns(metric)
-    md = [f"# {title}", "", markdown_table(cv, columns), ""] + ([*notes, ""] if notes else [])
+    hidden = {part for parts in (folded or {}).values() for part in parts}
+    shown = cv[~cv["part"].isin(hidden)]
+    md, text = [f"# {title}", ""], []
+    if summary:
+        md += [as_markdown(summary), ""]
+        text += [as_text(summary), ""]
+    if steps is not None and len(steps):
+        md += ["## The chain", "", markdown_table(steps), ""]
+        text += [text_table(steps, [c for c in steps.columns if c != "why"]), ""]
+    md += ["## Every row" if summary else "", "", markdown_table(shown, columns), ""]
+    text += [text_table(shown, columns)]
+    for why, parts in (folded or {}).items():
+        rows = cv[cv["part"].isin(parts)]
+        if len(rows):
+            md += [f"<details><summary>{len(rows)} rows folded: {why}</summary>", "", markdown_table(rows, columns),
+                   "", "</details>", ""]
+            text += [f"({len(rows)} rows folded: {why}; see cv.md)"]
+    md += [*notes, ""] if notes else []
     write_text_atomic(out_dir / "cv.md", "\n".join(md))
-    log(f"[cv] {title}:\n" + text_table(cv, columns) + "".join(f"\n{n}" for n in notes))
+    log(f"[cv] {title}:\n" + "\n".join(text) + "".join(f"\n{n}" for n in notes))
 
 
 def text_table(frame: pd.DataFrame, columns: list[str], float_format: str = "%.4f") -> str:

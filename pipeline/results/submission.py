@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.fileio import read_text_csv, write_csv_atomic
-from pipeline.predict.formats import SubmissionFormat, check_values, fill, format_for_config, scores_of
+from pipeline.results.formats import SubmissionFormat, check_values, fill, format_for_config, scores_of
 
 __all__ = ["write_submission", "validate_submission", "validate_for_config", "submission_format",
            "submission_metrics", "SubmissionError"]
@@ -130,7 +130,7 @@ def validate_for_config(cfg, path: str | Path | None = None) -> Path:
     CSV's labels. Raises SubmissionError listing every problem; returns the path when valid.
     """
     from pipeline.data.tables import model_classes, read_train_table
-    from pipeline.predict.formats import format_for_config
+    from pipeline.results.formats import format_for_config
     from pipeline.train.models import read_sidecar
 
     path = Path(path) if path is not None else cfg.exp_dir / "submission.csv"

@@ -20,9 +20,10 @@ from pipeline.config import Config, ConfigError, load_config
 from pipeline.data.pseudo_labels import PSEUDO_COLUMNS, pseudo_labels_path
 from pipeline.data.tables import model_classes, read_test_table, read_train_table
 from pipeline.fileio import file_sha256, read_table, write_text_if_changed
-from pipeline.predict.probs import read_test_probs
-from pipeline.predict.submission import submission_format, submission_metrics
-from pipeline.predict.voting import logit_adjust
+from pipeline.ensemble.record import apply_submission
+from pipeline.predict.probs import read_fold_probs, read_test_probs
+from pipeline.results.submission import submission_format, submission_metrics
+from pipeline.ensemble.voting import logit_adjust
 from pipeline.train.models import read_sidecar
 
 __all__ = ["select_pseudo", "source_config", "voted_test_probs", "build_pseudo_labels", "source_cv_rows",
@@ -82,8 +83,10 @@ def _check_same_folds(cfg: Config, source: Config) -> None:
 def voted_test_probs(source: Config) -> tuple[pd.Series, np.ndarray, list]:
     """(test ids, averaged fold probabilities (N, C), classes) of a finished experiment.
 
-    Finished means its ``submission.csv`` exists; the logit adjustment its ensemble applied (ensemble.json)
-    is applied here too, so the pseudo-labels are the classes its submission voted for (soft voting).
+    Finished means its ``submission.csv`` exists; its chain (ensemble.json's ``submission`` entry: the views,
+    checkpoints and per-class factors it applied) is applied here too, so the pseudo-labels are the classes its
+    submission's probabilities favour (their soft vote). A source ensembled by an older version applies its
+    recorded logit adjustment only.
     """
     submission = source.exp_dir / "submission.csv"
     if not submission.is_file():
@@ -91,8 +94,11 @@ def voted_test_probs(source: Config) -> tuple[pd.Series, np.ndarray, list]:
                                 f"'{source.experiment}' is not finished; run `make ensemble` for it first")
     ids, probs, classes = read_test_probs(source)
     settings = source.exp_dir / "ensemble.json"
-    adjust = json.loads(settings.read_text()).get("logit_adjust", {}) if settings.is_file() else {}
-    if float(adjust.get("tau", 0.0)):
+    record = json.loads(settings.read_text()) if settings.is_file() else {}
+    if "submission" in record:
+        probs, _, _ = apply_submission(record["submission"], read_fold_probs(source, "test_probs.csv")[0])
+    elif float(record.get("logit_adjust", {}).get("tau", 0.0)):
+        adjust = record["logit_adjust"]
         probs = logit_adjust(probs, np.asarray(adjust["prior"]), float(adjust["tau"]))
     return ids, probs.mean(axis=0), classes
 

@@ -16,10 +16,10 @@ import pandas as pd
 
 from pipeline.fileio import read_table, read_text_csv, write_csv_atomic
 from pipeline.metrics import classification_metrics, log_loss
-from pipeline.predict.blend import load_members
+from pipeline.results.blend import load_members
 from pipeline.predict.probs import class_ids, prob_columns
-from pipeline.predict.submission import submission_format, submission_metrics
-from pipeline.predict.voting import soft_vote
+from pipeline.results.submission import submission_format, submission_metrics
+from pipeline.ensemble.voting import soft_vote
 
 __all__ = ["COMBINED_KINDS", "score_combined"]
 
