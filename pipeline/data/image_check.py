@@ -48,6 +48,7 @@ class ImageResult(NamedTuple):
     detail: str = ""      # the exception text, for broken files
     frames: int = 1
     rotated: bool = False  # an EXIF orientation tag other than "upright"
+    size: tuple[int, int] | None = None   # (width, height) from the header, when it could be read
 
 
 def inspect_image(path: str) -> ImageResult:
@@ -79,7 +80,7 @@ def inspect_image(path: str) -> ImageResult:
         return ImageResult("too-large", mode, str(exc))
     except Exception as exc:  # noqa: BLE001 -- any decoder error means load_rgb would fail too
         return ImageResult("corrupt", mode, f"{type(exc).__name__}: {exc}")
-    return ImageResult("ok", mode, "", frames, rotated)
+    return ImageResult("ok", mode, "", frames, rotated, size)
 
 
 def inspect_chunk(paths: list[str]) -> list[ImageResult]:

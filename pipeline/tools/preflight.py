@@ -77,10 +77,15 @@ def _default_classes(cfg: Config) -> int:
 _BUILT = ("model", "augment", "tta", "loss", "train")
 
 
-def preflight(cfg: Config) -> bool:
+def preflight(cfg: Config, train_table=None) -> bool:
     """Check `cfg` by building everything it names, unless these sections and these classes passed
-    before; returns True when the full check ran."""
-    classes = _classes(cfg)
+    before; returns True when the full check ran. `train_table`: `read_train_table(cfg)`, when the
+    caller has read it already."""
+    if train_table is not None:
+        from pipeline.data.tables import model_classes
+        classes = model_classes(train_table)
+    else:
+        classes = _classes(cfg)
     built = {k: v for k, v in config_to_dict(cfg).items() if k in _BUILT}
     key = hashlib.sha256(json.dumps([built, classes], sort_keys=True, default=str).encode())
     stamp = cfg.exp_dir / "stamps" / "preflight.json"
