@@ -135,6 +135,16 @@ def test_an_image_broken_after_a_good_check_is_refused_by_the_next_stage(tmp_pat
     assert not cfg.folds_file.exists() and not cfg.fold_dir(0).exists()
 
 
+def test_an_image_broken_after_the_folds_is_refused_by_the_eda(tmp_path):
+    root, raw = _dataset(tmp_path)
+    cfg = load_config(None, raw)
+    stages.folds(cfg, log=lambda *_: None)         # checks every image (no `make check` before it)
+    _junk_keeping_size_and_time(root / "train" / "dog_0.png")
+    with pytest.raises(DataError, match="dog_0.png is not an image PIL can read"):
+        stages.eda(cfg, log=lambda *_: None)
+    assert not (cfg.exp_dir / "eda" / "index.html").exists()
+
+
 def test_verdicts_written_by_two_processes_are_merged(tmp_path):
     root, _ = _dataset(tmp_path)
     store = tmp_path / "outputs" / ".stamps" / "image_checks.json"
