@@ -169,3 +169,26 @@ def test_a_damaged_verdict_file_means_checking_again(tmp_path):
     stages.check(cfg, n_jobs=1, log=lines.append)
     assert "unchanged since an earlier check" not in lines[0]
     assert json.loads(path.read_text())["format"] == 1
+
+
+# ---- the benchmark's generated data -------------------------------------------------------------
+
+@pytest.mark.parametrize("kind, n, shape", [("png", 300, (28, 28)), ("jpeg", 100, (512, 384))])
+def test_a_generated_set_passes_the_check_and_is_written_once(tmp_path, kind, n, shape):
+    from pipeline.tools.scale_data import write_image_set
+
+    root = write_image_set(tmp_path / "set", n, kind=kind, n_jobs=1, log=lambda *_: None)
+    ext = "png" if kind == "png" else "jpg"
+    raw = {"output_dir": str(tmp_path / "outputs"), "folds": {"n_splits": 2, "dir": str(tmp_path / "folds")},
+           "data": {"train_csv": str(root / "train.csv"), "image_root": str(root), "group_column": "group",
+                    "sample_submission": str(root / "sample_submission.csv"), "id_column": "id",
+                    "target_column": "label", "test_image_template": "test/{id}." + ext}}
+    from pipeline.data.check import check_data
+    report = check_data(load_config(None, raw), n_jobs=1)
+    assert report.ok, report.format()
+    assert (report.train_rows, report.test_rows) == (n, n // 10)
+    with Image.open(root / "train" / f"0000007.{ext}") as img:
+        assert img.size == shape
+    before = (root / "train.csv").stat().st_mtime_ns
+    write_image_set(root, n, kind=kind, n_jobs=1, log=lambda *_: None)
+    assert (root / "train.csv").stat().st_mtime_ns == before
