@@ -88,9 +88,9 @@ def check(cfg: Config, n_jobs: int = -1, log=print) -> None:
     report = check_data(cfg, n_jobs=n_jobs, verdicts=verdicts)
     verdicts.save()
     log(report.raise_if_failed().format())
-    seconds = time.perf_counter() - tick
-    decoded = report.images_checked - report.images_reused
-    log(f"[check] {seconds:.1f} s; {decoded} image(s) decoded ({decoded / max(seconds, 1e-9):.0f} images/s)")
+    seconds, n = time.perf_counter() - tick, report.images_checked
+    log(f"[check] {n} images in {seconds:.1f} s ({n / max(seconds, 1e-9):.0f} images/s; "
+        f"{n - report.images_reused} decoded, {report.images_reused} verdicts reused)")
 
 
 def folds(cfg: Config, log=print) -> Path:

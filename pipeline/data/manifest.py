@@ -73,7 +73,7 @@ def image_entries(paths, hashed: bool = False, memory: dict | None = None) -> li
             continue
         key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         known = memory.get(path)
-        if known is None or known[:4] != key:
+        if not isinstance(known, list) or len(known) != 5 or known[:4] != key:   # new, changed or damaged
             known = memory[path] = key + [_sha256(path)]
         entries.append([path, st.st_size, st.st_mtime_ns, known[4]])
     return entries

@@ -19,8 +19,8 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.fileio import read_table, read_text_csv
 
-__all__ = ["DataError", "read_csv_checked", "safe_join", "RootGuard", "read_train_table", "load_fold_table", "model_classes",
-           "read_test_table", "class_list"]
+__all__ = ["DataError", "read_csv_checked", "safe_join", "RootGuard", "read_train_table", "load_fold_table",
+           "model_classes", "read_test_table", "class_list"]
 
 
 class DataError(ValueError):
@@ -56,7 +56,7 @@ def _refuse_lexical_escape(root, rel: str, where: str) -> None:
 def _refuse_outside(root, rel: str, where: str, path: str, real_root: str) -> None:
     """Refuse `path` when its real location (links resolved) is not the root or under it."""
     real = os.path.realpath(path)
-    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+    if not _is_under(real, real_root):
         raise DataError(f"{where}: image path '{rel}' is a link that leads out of the data root {root} "
                         f"(to {real}); it was not opened. Copy the file under the root, or set the root "
                         "to a folder that holds it")
