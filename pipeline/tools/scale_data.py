@@ -29,7 +29,8 @@ N_CLASSES = 10
 _GROUP_SIZE = 3
 _COPY_EVERY = 50
 _TEST_SHARE = 10         # one test image per this many training images
-_BLOCK = 2000            # images made (and written by one worker task) at once
+_BLOCK = 2000            # images made (and written by one worker task) at once, at most
+_BLOCK_VALUES = 20_000_000   # ... and at most this many pixel values (float32 intermediates: ~80 MB each)
 _DONE = ".complete"
 
 
@@ -86,8 +87,10 @@ def _write_images(kind: str, folder: Path, names: list[str], labels: np.ndarray,
     from joblib import Parallel, delayed
 
     folder.mkdir(parents=True, exist_ok=True)
-    starts = range(0, len(names), _BLOCK)
-    Parallel(n_jobs=n_jobs)(delayed(_write_block)(kind, str(folder), names[s:s + _BLOCK], labels[s:s + _BLOCK],
+    (h, w), _, _ = KINDS[kind]
+    block = min(_BLOCK, max(16, _BLOCK_VALUES // (h * w * templates.shape[3])))   # a few hundred MB a worker
+    starts = range(0, len(names), block)
+    Parallel(n_jobs=n_jobs)(delayed(_write_block)(kind, str(folder), names[s:s + block], labels[s:s + block],
                                                   seed * 1_000_003 + s, templates) for s in starts)
 
 
