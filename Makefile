@@ -77,7 +77,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
 endif
 
-.PHONY: help venv init data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench bench-leaks mutation docs docs-run clean
+.PHONY: help venv init data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench bench-leaks bench-scale mutation docs docs-run clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -207,6 +207,11 @@ bench: | $(VENV_OK) ## training/prediction efficiency vs the bare model → outp
 
 bench-leaks: | $(VENV_OK) ## the leak scan of one 100,000-image class: seconds and memory → outputs/leak_bench.json
 	$(PY) -m pipeline.tools.leak_bench --images 100000 --out $(OUTPUT_DIR)/leak_bench.json
+
+SCALE_SIZES ?= 10000,30000,100000
+SCALE_JPEG_SIZES ?= 30000
+bench-scale: | $(VENV_OK) ## every stage's seconds, images/s and memory at 10k-100k images, log-log slopes (about an hour) → outputs/bench_scale.json
+	$(PY) -m pipeline.tools.bench_scale --sizes $(SCALE_SIZES) --jpeg-sizes '$(SCALE_JPEG_SIZES)' --out $(OUTPUT_DIR)/bench_scale.json $(BENCH_SCALE_ARGS)
 
 test: $(VENV_OK) ## the layer contract (pyproject.toml), unused names, then the test suite
 	$(VENV)/bin/lint-imports

@@ -281,7 +281,8 @@ def build_cache(paths: Sequence[str], size: int, crop: Sequence[int] | None, cac
             if stale != final:          # same images, same geometry, another key: never valid again
                 _remove_quietly(stale)
     if log is not None:
-        log(f"[cache] decoded {len(paths)} images at {size}x{size} in {seconds:.1f}s → {final} "
+        log(f"[cache] decoded {len(paths)} images at {size}x{size} in {seconds:.1f}s "
+            f"({len(paths) / max(seconds, 1e-9):.0f} images/s) → {final} "
             f"({final.stat().st_size / 2**20:.1f} MiB)")
     return DecodedImages(final, key, size, crop, built=True, seconds=seconds)
 

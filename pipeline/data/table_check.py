@@ -110,7 +110,7 @@ def _read_csv(run, path: str, columns: dict[str, str], what: str, key: str):
 
 def _add_ref(run, root: Path, rel, index: int, csv: str, column_desc: str, test: bool) -> str | None:
     """Record an image path from a CSV cell; return its key, or None if blank or escaping its root."""
-    from pipeline.data.tables import DataError, safe_join
+    from pipeline.data.tables import DataError, RootGuard
 
     row = _line(index)
     if rel is None or (isinstance(rel, float) and rel != rel) or not str(rel).strip():
@@ -118,12 +118,15 @@ def _add_ref(run, root: Path, rel, index: int, csv: str, column_desc: str, test:
                     "or drop the row.")
         return None
     rel = str(rel)
+    guard = run.guards.get(str(root))
+    if guard is None:       # one per root: each folder is resolved once, not each image
+        guard = run.guards[str(root)] = RootGuard(root)
     try:
-        full = safe_join(root, rel, f"{column_desc}")
+        full = guard.join(rel, f"{column_desc}")
     except DataError as exc:
         run.problem(csv, row, "path-escapes-root", f"{exc}.", image=rel)
         return None
-    key = os.path.normpath(str(full))
+    key = os.path.normpath(full)
     run.refs.setdefault(key, []).append(ImageRef(csv, row, rel, test))
     return key
 
@@ -236,7 +239,7 @@ def _check_folds(run, frame, present: set) -> None:
     else:
         counts, unit = labels.value_counts(), "rows"
     _check_class_sizes(run, counts, unit, strat)
-    if not grouped or len(run.report.problems) > n_before or not usable.all():
+    if not grouped or len(run.report.problems) > n_before or not usable.all() or not run.dry_run_folds:
         return
     # Without groups the checks above are complete (StratifiedKFold splits any classes of at
     # least k rows). With groups, run the real assignment (StratifiedGroupKFold's greedy split can

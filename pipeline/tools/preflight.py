@@ -93,14 +93,15 @@ _BUILT = ("model", "augment", "tta", "loss", "train")
 _IMAGES = ("layout", "train_csv", "image_root", "image_column", "train_image_template")
 
 
-def preflight(cfg: Config, log=_stderr) -> bool:
+def preflight(cfg: Config, train_table=None, log=_stderr) -> bool:
     """Check `cfg` by building everything it names, and warn (to `log`) when a few sampled training images are
     much larger than augment.image_size, unless these sections, classes and images passed before; returns True
-    when the full check ran."""
+    when the full check ran. `train_table`: `read_train_table(cfg)`, when the caller has read it already
+    (Make runs resolve at every call: the table is read once for both)."""
     from pipeline.data.sizes import sample_images, size_warning
     from pipeline.data.tables import model_classes
 
-    table = _train_table(cfg)
+    table = train_table if train_table is not None else _train_table(cfg)
     classes = model_classes(table) if table is not None else None
     built = {k: v for k, v in config_to_dict(cfg).items() if k in _BUILT}
     images = {k: getattr(cfg.data, k) for k in _IMAGES}
