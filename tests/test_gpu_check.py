@@ -114,7 +114,7 @@ def test_a_check_out_of_time_or_broken_fails_keeping_its_figures_and_the_others_
     fake_gpu(bench=slow, parallel=broken)
     result = gpu_check.run_gpu_check(tmp_path / "g.json", log=lambda *_: None)
     by_name = {c["name"]: c for c in result["checks"]}
-    assert not by_name["bench"]["passed"] and by_name["bench"]["why"].startswith("out of time (130 s)")
+    assert not by_name["bench"]["passed"] and by_name["bench"]["why"].startswith("out of time (100 s)")
     assert by_name["bench"]["figures"] == {"demo": {"error": "partial"}}
     assert not by_name["parallel"]["passed"] and "KeyError" in by_name["parallel"]["why"]
     assert by_name["resume"]["passed"] and not result["passed"]
@@ -279,3 +279,26 @@ def test_weights_difference_and_metrics_agreement(tmp_path):
     pd.DataFrame({"epoch": [0, 1], "val_loss": [1.0, 0.6], "seconds": [9, 9]}).to_csv(tmp_path / "b.csv", index=False)
     assert metrics_agree(tmp_path / "a.csv", tmp_path / "b.csv", 1)      # seconds do not count
     assert not metrics_agree(tmp_path / "a.csv", tmp_path / "b.csv", 2)
+
+
+# ---- a check's runs rehearsed on the CPU (the same commands, `train.device: cpu`) ---------------
+
+def _rehearsal(tmp_path, epochs):
+    data = tmp_path / "data"
+    overrides = {"data.train_csv": data / "train.csv", "data.image_root": data,
+                 "data.sample_submission": data / "sample_submission.csv", "data.test_labels": data / "test_labels.csv",
+                 "data.demo_scale": 0.2, "model.name": "test_resnet", "train.epochs": epochs,
+                 "train.warmup_epochs": 0, "train.batch_size": 32, "tta.views": "[identity]"}
+    (tmp_path / "work").mkdir()
+    return gpu_runs.Session(work=tmp_path / "work", device="cpu", overrides=overrides, make_jobs=2)
+
+
+@pytest.mark.slow
+def test_resume_run_kills_a_fold_inside_an_epoch_through_make_and_finds_the_same_weights(tmp_path):
+    import time
+
+    figures = {}
+    gpu_runs.run_resume_check(_rehearsal(tmp_path, epochs=4), figures, time.monotonic() + 900)
+    assert figures["killed_mid_epoch"] and figures["epochs_before_kill"] >= 1 and figures["resumed"]
+    assert figures["weights"]["identical"] and figures["metrics_agree_before_kill"]
+    assert judge_resume(figures) == (True, "bit-identical weights to the uninterrupted run")

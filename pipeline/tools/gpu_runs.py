@@ -229,7 +229,8 @@ def run_parallel_check(session: Session, figures: dict, deadline: float) -> None
     ensure_demo_data(session, deadline)
     cmd = make_command(session, ["folds", "train"], exp, jobs=2, variables={"FOLD": "0 1", "GPUS": session.gpu})
     figures["make"] = _parallel_run(session, cmd, exp, [0, 1], deadline, "make")
-    sets = _sets(session, exp, {"parallel.gpus": f"[{session.gpu},{session.gpu}]"} if session.device == "cuda" else {})
+    # two GPU slots on one GPU (on a CPU rehearsal too: the workers' GPU resource is what is exercised)
+    sets = _sets(session, exp, {"parallel.gpus": f"[{session.gpu},{session.gpu}]"})
     cmd = [session.python, "-m", "pipeline", "train", "--config", "configs/demo.yaml", "--backend", "dask",
            "--fold", "2", "3", "--set", *[f"{k}={v}" for k, v in sets.items()]]
     figures["dask"] = _parallel_run(session, cmd, exp, [2, 3], deadline, "dask")
@@ -270,14 +271,20 @@ def run_resume_check(session: Session, figures: dict, deadline: float) -> None:
     ref = _start(make_command(session, ["folds", "train"], straight, variables={"FOLD": "0"}), logs["straight"])
     kill_dir = session.outputs / killed / "fold_0"
     proc = _start(make_command(session, ["folds", "train"], killed, variables={"FOLD": "0"}), logs["killed"])
-    epochs = _kill_inside_epoch(proc, kill_dir, deadline)
-    figures.update(tolerance=FOLD_OOF_TOLERANCE, epochs_before_kill=epochs,
-                   killed_mid_epoch=epochs > 0 and not (kill_dir / "weights.safetensors").is_file()
-                   and (kill_dir / "state" / "last.pt").is_file())
-    rc = run_logged(make_command(session, ["train"], killed, variables={"FOLD": "0"}), logs["rerun"], deadline,
-                    "the resumed fold")
-    figures["resumed"] = f"resuming after epoch {epochs}/" in logs["rerun"].read_text()
-    if rc != 0 or _wait(ref, deadline, "the uninterrupted fold") != 0:
+    try:
+        epochs = _kill_inside_epoch(proc, kill_dir, deadline)
+        figures.update(tolerance=FOLD_OOF_TOLERANCE, epochs_before_kill=epochs,
+                       killed_mid_epoch=epochs > 0 and not (kill_dir / "weights.safetensors").is_file()
+                       and (kill_dir / "state" / "last.pt").is_file())
+        rc = run_logged(make_command(session, ["train"], killed, variables={"FOLD": "0"}), logs["rerun"], deadline,
+                        "the resumed fold")
+        figures["resumed"] = f"resuming after epoch {epochs}/" in logs["rerun"].read_text()
+        ref_rc = _wait(ref, deadline, "the uninterrupted fold")
+    finally:   # out of time or broken: no training outlives the check
+        for p in (proc, ref):
+            if p.poll() is None:
+                _kill(p)
+    if rc != 0 or ref_rc != 0:
         failed = "rerun" if rc != 0 else "straight"
         figures["error"] = f"the {failed} run failed: {log_tail(logs[failed])}"
         return
