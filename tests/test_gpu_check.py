@@ -302,3 +302,38 @@ def test_resume_run_kills_a_fold_inside_an_epoch_through_make_and_finds_the_same
     assert figures["killed_mid_epoch"] and figures["epochs_before_kill"] >= 1 and figures["resumed"]
     assert figures["weights"]["identical"] and figures["metrics_agree_before_kill"]
     assert judge_resume(figures) == (True, "bit-identical weights to the uninterrupted run")
+
+
+# ---- bench beside a GPU: its variants and headline, exercised on the CPU -------------------------
+
+def test_bound_names_the_slower_of_the_model_and_its_loader():
+    from pipeline.tools.bench import bound
+
+    result = {"headline_variants": {"train": "cache_u8_w8"},
+              "train": {"bare": {"images_per_s": 3000.0}, "cache_u8_w8": {"images_per_s": 2000.0, "workers": 8}},
+              "loader": {"warm_train_u8_w8": {"images_per_s": 2100.0}, "warm_train_u8": {"images_per_s": 400.0}}}
+    b = bound(result)
+    assert (b["by"], b["loader_variant"], b["loader_images_per_s"]) == ("the loader", "warm_train_u8_w8", 2100.0)
+    result["loader"]["warm_train_u8_w8"]["images_per_s"] = 9000.0
+    assert bound(result)["by"] == "the model"
+
+
+@pytest.mark.slow
+def test_bench_beside_a_gpu_heads_with_the_auto_worker_variant(tmp_path, demo_dir, monkeypatch):
+    """The variants bench measures beside a GPU (as `bench_report` lists them for cuda), run on the CPU."""
+    from pipeline.tools import bench, bench_report
+    from pipeline.tools.gpu_verdicts import bench_figures
+
+    for name in ("train_variants", "predict_variants", "loader_variants", "headline_variant"):
+        monkeypatch.setattr(bench, name, lambda _device, workers, real=getattr(bench_report, name): real("cuda", workers))
+    lines = []
+    result = bench.run_bench(tmp_path / "b.json", model="test_resnet", image_size=16, batch_size=8, steps=2,
+                             repeats=1, large_images=0, data_dir=demo_dir, workers=1, log=lines.append)
+    assert result["headline_variants"] == {"train": "cache_u8_w1", "predict": "cache_u8_w1"}
+    assert set(result["train"]) == {"bare", "cache_u8", "disk_w1", "cache_u8_w1"}
+    assert result["train"]["cache_u8_w1"]["paired"] is False and result["predict"]["cache_u8_w1"]["workers"] == 1
+    assert result["bound"]["loader_variant"] == "warm_train_u8_w1"
+    assert result["training_headline"]["median"] == result["train"]["cache_u8_w1"]["efficiency"]
+    table = next(line for line in lines if line.startswith("bench:"))
+    assert "train  cache warm, uint8 + batch Normalize, 1 worker (default)" in table
+    assert bench_figures(result)["settings"]["loader_workers"] == 1

@@ -138,7 +138,8 @@ def _train_phase(ctx, repeats: int, log) -> dict:
     for name, v in variants.items():
         out[name] = summary(times[name], mems[name], n, {
             "efficiency": round(median_of(effs[name]), 3), "efficiency_all": [round(e, 3) for e in effs[name]],
-            "paired": v.workers == 0, "workers": v.workers, "torch_threads": v.threads or torch.get_num_threads()})
+            "paired": v.workers == 0, "kind": v.kind, "workers": v.workers, "threads_set": v.threads,
+            "torch_threads": v.threads or torch.get_num_threads()})
     ctx["net"] = net
     return out
 
@@ -194,7 +195,7 @@ def _predict_phase(ctx, repeats: int, log) -> dict:
     for name, v in variants.items():
         out[name] = summary(times[name], mems[name], nv, {
             "efficiency": round(median_of(effs[name]), 3), "efficiency_all": [round(e, 3) for e in effs[name]],
-            "paired": v.workers == 0, "workers": v.workers,
+            "paired": v.workers == 0, "kind": v.kind, "workers": v.workers,
             "images_only_per_s": round(median_of([n / s for s in times[name]]), 1)})
     return out
 
@@ -214,7 +215,8 @@ def _loader_phase(ctx, repeats: int, log) -> dict:
             s, m = measure(lambda: loader_only(loader, device, norm), children=v.workers > 0)
             times.setdefault(name, []).append(s)
             mems.setdefault(name, []).append(m)
-    return {name: summary(times[name], mems[name], n) for name in variants}
+    return {name: summary(times[name], mems[name], n, {"kind": v.kind, "workers": v.workers, "train": v.train})
+            for name, v in variants.items()}
 
 
 def _large_phase(ctx, tmp: Path, n_images: int, size: int, repeats: int, log) -> dict:

@@ -68,16 +68,19 @@ _KIND_LABELS = {"disk": "disk: decode + transform (cache off)", "cache": "cache 
                 "u8": "cache warm, uint8 + batch Normalize", "memory": "in-memory batches (the views' own cost)"}
 
 
-def _label(phase: str, name: str, v: Variant, headline: str) -> str:
-    extra = (f", {v.workers} worker{'s' if v.workers > 1 else ''}" if v.workers else "") + \
-        (f", {v.threads} thread" if v.threads else "")
-    return f"{phase:<7}{_KIND_LABELS[v.kind]}{extra}{' (default)' if name == headline else ''}"
+def _label(phase: str, name: str, d: dict, headline: str) -> str:
+    """A measured variant's row label, from what the result records of it (kind, workers, threads)."""
+    workers, threads = d["workers"], d.get("threads_set")
+    extra = (f", {workers} worker{'s' if workers > 1 else ''}" if workers else "") + \
+        (f", {threads} thread" if threads else "")
+    return f"{phase:<7}{_KIND_LABELS[d['kind']]}{extra}{' (default)' if name == headline else ''}"
 
 
-def _loader_label(v: Variant) -> str:
-    state = "cold (decode + " if v.kind == "disk" else "warm (cache + "
-    what = ("aug" if v.train else "eval transform") + (", uint8, batch norm.)" if v.kind == "u8" else " + normalise)")
-    workers = f", {v.workers} workers" if v.workers else ""
+def _loader_label(d: dict) -> str:
+    state = "cold (decode + " if d["kind"] == "disk" else "warm (cache + "
+    what = ("aug" if d["train"] else "eval transform") + \
+        (", uint8, batch norm.)" if d["kind"] == "u8" else " + normalise)")
+    workers = f", {d['workers']} workers" if d["workers"] else ""
     return f"loader {state}{what}{workers}"
 
 
@@ -104,14 +107,17 @@ def table(result: dict) -> str:
 
     t, p, lo, heads = result["train"], result["predict"], result["loader"], result["headline_variants"]
     row("train  bare fwd+bwd+step, in-memory", t["bare"])
-    for name, v in train_variants(_device_type(m), m["loader_workers"]).items():
-        row(_label("train", name, v, heads["train"]), t[name])
+    for name, d in t.items():
+        if name != "bare":
+            row(_label("train", name, d, heads["train"]), d)
     row(f"TTA    bare forward ({len(p['views'])} views), in-memory", p["bare"])
     lines.append(f"TTA views: {'+'.join(p['views'])}; images/s below counts every view (images x views)")
-    for name, v in predict_variants(_device_type(m), m["loader_workers"]).items():
-        row(_label("TTA", name, v, heads["predict"]), p[name])
-    for name, v in loader_variants(_device_type(m), m["loader_workers"]).items():
-        row(_loader_label(v), lo[name])
+    for name, d in p.items():
+        if name not in ("bare", "views"):
+            row(_label("TTA", name, d, heads["predict"]), d)
+    for name, d in lo.items():
+        if name != "cache_build":
+            row(_loader_label(d), d)
     cb = lo["cache_build"]
     lines.append(f"cache build ({cb['images']} images at {m['image_size']}px): {cb['seconds']:.2f}s, "
                  f"{cb['mb']:.1f} MB on disk; reuse check {cb['reuse_ms']:.1f} ms")
@@ -131,10 +137,6 @@ def table(result: dict) -> str:
         else:
             lines.append(f"headline: {phase} efficiency UNRELIABLE, {judged['why']}")
     return "\n".join(lines)
-
-
-def _device_type(meta: dict) -> str:
-    return meta["device"].split(":")[0]
 
 
 def _large_lines(lg: dict | None) -> list[str]:

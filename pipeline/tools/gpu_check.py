@@ -141,7 +141,7 @@ def run_gpu_check(out_json: str | Path = "outputs/gpu-check.json", only: list[st
     refusal = cuda_refusal()
     if refusal:
         raise RuntimeError(refusal)
-    out_json = Path(out_json)
+    out_json = Path(out_json).resolve()      # the runs' commands run in the repository, wherever this was called
     work = out_json.parent / "gpu-check"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
