@@ -307,7 +307,7 @@ def test_resume_run_kills_a_fold_inside_an_epoch_through_make_and_finds_the_same
 # ---- bench beside a GPU: its variants and headline, exercised on the CPU -------------------------
 
 def test_bound_names_the_slower_of_the_model_and_its_loader():
-    from pipeline.tools.bench import bound
+    from pipeline.tools.bench_report import bound
 
     result = {"headline_variants": {"train": "cache_u8_w8"},
               "train": {"bare": {"images_per_s": 3000.0}, "cache_u8_w8": {"images_per_s": 2000.0, "workers": 8}},

@@ -50,15 +50,15 @@ from pipeline.data.cache import BatchNormalize, build_cache
 from pipeline.data.transforms import load_rgb
 from pipeline.device import loader_workers, resolve_amp, resolve_channels_last
 from pipeline.fileio import write_json_atomic
-from pipeline.tools.bench_report import (TARGETS, headline_variant, loader_variants, predict_variants, table,
-                                         train_variants)
+from pipeline.tools.bench_report import (TARGETS, bound, expected_efficiency, headline_variant, loader_variants,
+                                         predict_variants, table, train_variants)
 from pipeline.tools.measure import (SPREAD_TOLERANCE, Paired, PeakRSS, judge_efficiency, load1, measure, median_of,
                                     reset_hwm, rotated, summary, torch_threads)
 from pipeline.tools.workloads import (PHOTO_VIEWS, bare_predict, bare_train, bench_dataset, demo_augment, demo_table,
                                       loader_only, make_loader, photo_augment, photo_table, pipeline_predict,
                                       pipeline_train, training_rows, write_large_images)
 
-__all__ = ["run_bench", "bound", "judge_efficiency", "PeakRSS", "main", "SPREAD_TOLERANCE", "TARGETS"]
+__all__ = ["run_bench", "judge_efficiency", "PeakRSS", "main", "SPREAD_TOLERANCE", "TARGETS"]
 
 DEMO_VIEWS = ["identity", "scale_0.9", "scale_1.1"]
 MASK_COMPETITION_IMAGES = 18_900   # 2700 people x 7 photos: for the per-epoch extrapolation
@@ -279,32 +279,6 @@ def _large_phase(ctx, tmp: Path, n_images: int, size: int, repeats: int, log) ->
 
 
 
-def _expected_efficiency(result: dict) -> None:
-    """Cross-check, robust to load bursts: with the loader in the main process, a step costs the
-    bare step plus the loader's time for one batch, so efficiency ~ t_bare / (t_bare + t_loader)."""
-    bare = 1 / result["train"]["bare"]["images_per_s"]
-    for variant, loader in (("disk", "cold_train"), ("cache", "warm_train"), ("cache_u8", "warm_train_u8")):
-        if variant in result["train"] and loader in result["loader"]:
-            data = 1 / result["loader"][loader]["images_per_s"]
-            result["train"][variant]["efficiency_expected_from_loader"] = round(bare / (bare + data), 3)
-
-
-def bound(result: dict) -> dict:
-    """What sets the default training variant's pace: the model alone or its loader alone (the slower).
-
-    The loader's rate is that of the default variant's loader (the same workers); with workers beside
-    a GPU the two overlap, so the pipeline runs at about the slower one's pace.
-    """
-    headline = result["headline_variants"]["train"]
-    workers = result["train"][headline]["workers"]
-    loader_name = f"warm_train_u8_w{workers}" if workers else "warm_train_u8"
-    bare = result["train"]["bare"]["images_per_s"]
-    loader = result["loader"][loader_name]["images_per_s"]
-    return {"by": "the loader" if loader < bare else "the model", "bare_images_per_s": bare,
-            "loader_images_per_s": loader, "loader_variant": loader_name,
-            "pipeline_images_per_s": result["train"][headline]["images_per_s"]}
-
-
 def run_bench(out_json: str | Path = "outputs/bench.json", device: str = "cpu", model: str = "resnet10t",
               image_size: int = 32, batch_size: int = 64, n_images: int | None = None, steps: int | None = None,
               repeats: int = 5, large_images: int = 200, large_size: int = 224, data_dir: str | Path | None = None,
@@ -387,7 +361,7 @@ def _run_bench(out_json, dev, model, image_size, batch_size, n_images, steps, re
         result["predict"] = _predict_phase(ctx, repeats, log)
         result["loader"] = _loader_phase(ctx, repeats, log)
         result["loader"]["cache_build"] = ctx["cache_build"]
-        _expected_efficiency(result)
+        expected_efficiency(result)
         result["bound"] = bound(result)
         if large_images:
             result["large"] = _large_phase(ctx, tmp, large_images, large_size, repeats, log)

@@ -1,4 +1,5 @@
-"""What `make bench` compares on a device, and the table it prints.
+"""What `make bench` compares on a device, what its result says (the efficiency the loader alone allows,
+what bounds the pace), and the table it prints.
 
 A variant is one way of feeding the model: the dataset kind ('disk': decode + the whole transform every
 epoch, `data.cache: false`; 'cache': the decode cache with albumentations' per-image Normalize; 'u8':
@@ -10,7 +11,7 @@ prediction use by default on that device: no workers on the CPU, `train.num_work
 from __future__ import annotations
 
 __all__ = ["Variant", "train_variants", "predict_variants", "loader_variants", "headline_variant", "TARGETS",
-           "table"]
+           "expected_efficiency", "bound", "table"]
 
 from typing import NamedTuple
 
@@ -82,6 +83,32 @@ def _loader_label(d: dict) -> str:
         (", uint8, batch norm.)" if d["kind"] == "u8" else " + normalise)")
     workers = f", {d['workers']} workers" if d["workers"] else ""
     return f"loader {state}{what}{workers}"
+
+
+def expected_efficiency(result: dict) -> None:
+    """Cross-check, robust to load bursts: with the loader in the main process, a step costs the
+    bare step plus the loader's time for one batch, so efficiency ~ t_bare / (t_bare + t_loader)."""
+    bare = 1 / result["train"]["bare"]["images_per_s"]
+    for variant, loader in (("disk", "cold_train"), ("cache", "warm_train"), ("cache_u8", "warm_train_u8")):
+        if variant in result["train"] and loader in result["loader"]:
+            data = 1 / result["loader"][loader]["images_per_s"]
+            result["train"][variant]["efficiency_expected_from_loader"] = round(bare / (bare + data), 3)
+
+
+def bound(result: dict) -> dict:
+    """What sets the default training variant's pace: the model alone or its loader alone (the slower).
+
+    The loader's rate is that of the default variant's loader (the same workers); with workers beside
+    a GPU the two overlap, so the pipeline runs at about the slower one's pace.
+    """
+    headline = result["headline_variants"]["train"]
+    workers = result["train"][headline]["workers"]
+    loader_name = f"warm_train_u8_w{workers}" if workers else "warm_train_u8"
+    bare = result["train"]["bare"]["images_per_s"]
+    loader = result["loader"][loader_name]["images_per_s"]
+    return {"by": "the loader" if loader < bare else "the model", "bare_images_per_s": bare,
+            "loader_images_per_s": loader, "loader_variant": loader_name,
+            "pipeline_images_per_s": result["train"][headline]["images_per_s"]}
 
 
 def table(result: dict) -> str:
