@@ -220,6 +220,21 @@ def test_make_command_runs_the_demo_on_cuda_under_the_work_folder_with_this_inte
         gpu_runs.make_command(gpu_runs.Session(work=tmp_path / "a b"), ["train"], "x")
 
 
+def test_a_run_past_its_deadline_is_killed_with_everything_it_started(tmp_path):
+    import time
+
+    marker = tmp_path / "survived"
+    script = f"(sleep 1.5; touch {marker}) & sleep 30"       # a child of the shell, like a fold under Make
+    tick = time.monotonic()
+    with pytest.raises(gpu_runs.CheckTimeout, match="the fake fold was still running"):
+        gpu_runs.run_logged(["sh", "-c", script], tmp_path / "log", tick + 0.5, "the fake fold")
+    assert time.monotonic() - tick < 5
+    time.sleep(2)
+    assert not marker.exists()
+    with pytest.raises(RuntimeError, match="`no-such-make` is not installed"):
+        gpu_runs.run_logged(["no-such-make"], tmp_path / "log", time.monotonic() + 5, "x")
+
+
 def test_gpus_and_parallel_gpus_name_the_first_visible_gpu(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     assert gpu_check._first_visible_gpu() == "3"

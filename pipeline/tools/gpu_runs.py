@@ -16,20 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline.tools.gpu_verdicts import AMP_VARIANTS, OOF_TOLERANCE, bench_figures
+from pipeline.tools.gpu_verdicts import AMP_VARIANTS, FOLD_OOF_TOLERANCE, OOF_TOLERANCE, bench_figures
 from pipeline.tools.run_files import (epoch_seconds, fold_dirs, foreign_fold_files, metrics_agree, oof_score,
                                      weights_difference)
 
 __all__ = ["Session", "CheckTimeout", "run_logged", "make_command", "run_bench_check", "run_amp_check",
-           "run_parallel_check", "run_resume_check", "FOLD_OOF_TOLERANCE"]
+           "run_parallel_check", "run_resume_check"]
+
+REPO = Path(__file__).resolve().parents[2]     # the commands run here, where the Makefile is
 
 DEMO_BENCH = ["--repeats", "3", "--large-images", "0"]
 PHOTO_BENCH = ["--data", "photos", "--photos", "256", "--model", "resnet50", "--image-size", "224",
                "--batch-size", "128", "--amp", "bf16", "--channels-last", "on", "--steps", "12", "--repeats", "3",
                "--large-images", "0"]
 BENCH_SHARE = {"demo": 0.35, "photos": 0.65}   # of the bench check's time
-# One fold's out-of-fold score (about 450 demo rows) varies more than the five folds' together.
-FOLD_OOF_TOLERANCE = 2 * OOF_TOLERANCE
 POLL_S = 0.25
 
 
@@ -37,13 +37,10 @@ class CheckTimeout(Exception):
     """A run outlived its check's deadline; its process group was killed."""
 
 
-REPO = Path(__file__).resolve().parents[2]
-
-
 @dataclass
 class Session:
     """Where and how the checks run: the work folder, the GPU's id for `GPUS=` and `parallel.gpus`, the
-    interpreter (also Make's `PY`), the repository whose Makefile runs.
+    interpreter (also Make's `PY`).
 
     `device` 'cpu' and `overrides` (config keys set on every demo run) exist for rehearsing the runs'
     mechanics on a CPU in tests; `variants` the precisions the amp check compares (the first is the
@@ -56,7 +53,6 @@ class Session:
     device: str = "cuda"
     overrides: dict = field(default_factory=dict)
     variants: dict = field(default_factory=lambda: dict(AMP_VARIANTS))
-    repo: Path = REPO
 
     @property
     def outputs(self) -> Path:
@@ -73,8 +69,10 @@ def _start(cmd: list[str], log_file: Path, cwd: Path = REPO) -> subprocess.Popen
     with open(log_file, "a") as fh:
         fh.write(f"$ {' '.join(cmd)}\n")
         fh.flush()
-        # its own process group: a kill reaches Make and every process it started
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
+        try:   # its own process group: a kill reaches Make and every process it started
+            return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
+        except FileNotFoundError:
+            raise RuntimeError(f"`{cmd[0]}` is not installed on this machine (not on PATH); the check needs it") from None
 
 
 def _kill(proc: subprocess.Popen) -> None:
