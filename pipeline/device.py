@@ -8,7 +8,7 @@ import re
 
 import torch
 
-__all__ = ["resolve_device", "resolve_amp", "resolve_channels_last", "bf16_supported", "loader_workers",
+__all__ = ["resolve_device", "resolve_amp", "amp_name", "resolve_channels_last", "bf16_supported", "loader_workers",
            "seed_worker", "usable_cpus", "make_jobs", "share_cores_with_make_jobs"]
 
 
@@ -52,6 +52,11 @@ def resolve_amp(setting: str, device: torch.device) -> torch.dtype | None:
             raise RuntimeError("train.amp: fp16 needs CUDA; use bf16, auto or off on the CPU")
         return torch.float16
     raise ValueError(f"train.amp: '{setting}' is not one of: auto, off, bf16, fp16")
+
+
+def amp_name(dtype: torch.dtype | None) -> str:
+    """The `train.amp` value an autocast dtype stands for: 'off', 'bf16' or 'fp16'."""
+    return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def resolve_channels_last(setting: bool | str, device: torch.device) -> bool:

@@ -48,7 +48,7 @@ import torch
 from pipeline.config import AugmentConfig, TrainConfig
 from pipeline.data.cache import BatchNormalize, build_cache
 from pipeline.data.transforms import load_rgb
-from pipeline.device import loader_workers, resolve_amp, resolve_channels_last
+from pipeline.device import amp_name, loader_workers, resolve_amp, resolve_channels_last
 from pipeline.fileio import write_json_atomic
 from pipeline.tools.bench_report import (TARGETS, bound, expected_efficiency, headline_variant, loader_variants,
                                          predict_variants, table, train_variants)
@@ -349,7 +349,7 @@ def _run_bench(out_json, dev, model, image_size, batch_size, n_images, steps, re
         result = {"meta": {
             "model": model, "image_size": image_size, "batch_size": batch_size, "steps": steps,
             "images": steps * batch_size, "repeats": repeats, "device": str(dev), "data": settings["data"],
-            "amp": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype],
+            "amp": amp_name(amp_dtype),
             "channels_last": ctx["channels_last"], "loader_workers": ctx["workers"],
             "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),

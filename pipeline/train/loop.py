@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from pipeline.config import Config
 from pipeline.stamps import package_versions
-from pipeline.device import loader_workers, resolve_amp, resolve_channels_last, resolve_device, seed_worker
+from pipeline.device import amp_name, loader_workers, resolve_amp, resolve_channels_last, resolve_device, seed_worker
 from pipeline.data.manifest import train_fingerprint
 from pipeline.data.cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset
 from pipeline.fileio import atomic_path, file_sha256, write_csv_atomic
@@ -413,7 +413,7 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
 
 def _precision_note(tools: StepTools) -> str:
     """How the steps compute, as the fold's first line says it (`auto` settings resolved)."""
-    parts = ([f"{_AMP_NAMES[tools.amp_dtype]} autocast"] if tools.amp_dtype is not None else []) + \
+    parts = ([f"{amp_name(tools.amp_dtype)} autocast"] if tools.amp_dtype is not None else []) + \
         (["channels_last"] if tools.channels_last else [])
     return f" ({', '.join(parts)})" if parts else ""
 
@@ -429,9 +429,6 @@ def _epoch_line(fold, epoch, epochs, train_loss, m, lr, seconds, improved, monit
             f"acc {m['accuracy']:.4f} f1 {m['f1_macro']:.4f}{shown} lr {lr:.2e} {seconds:.1f}s{' *' if improved else ''}")
 
 
-_AMP_NAMES = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
 def _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint, tools: StepTools) -> Path:
     """Out-of-fold probabilities from the best weights, then the weights themselves (last)."""
     out = cfg.fold_dir(fold)
@@ -440,7 +437,7 @@ def _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint, 
               "fingerprint": fingerprint, "image_size": cfg.augment.image_size, "folds_file": str(cfg.folds_file),
               "folds_sha256": file_sha256(cfg.folds_file),
               # what `auto` chose on the machine that trained it
-              "device": device.type, "amp": _AMP_NAMES[tools.amp_dtype], "channels_last": tools.channels_last}
+              "device": device.type, "amp": amp_name(tools.amp_dtype), "channels_last": tools.channels_last}
     # The final epoch's weights (EMA if on) can join the vote beside the best (ensemble.checkpoints).
     save_weights(model, out / "last.safetensors", {**common, "checkpoint": "last"})
     model.load_state_dict(load_weights(out / "state" / "best.safetensors"))
