@@ -77,7 +77,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
 endif
 
-.PHONY: help venv init data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench bench-leaks bench-scale mutation docs docs-run clean
+.PHONY: help venv init data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench gpu-check bench-leaks bench-scale mutation docs docs-run clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -204,6 +204,9 @@ DEVICE ?=
 BENCH_ARGS ?=
 bench: | $(VENV_OK) ## training/prediction efficiency vs the bare model → outputs/bench.json (DEVICE=cuda)
 	$(PIPELINE) bench --out $(OUTPUT_DIR)/bench.json $(if $(DEVICE),--device $(DEVICE)) $(BENCH_ARGS)
+
+gpu-check: | $(VENV_OK) ## on a CUDA machine: bench, the demo in fp32/bf16/fp16/compile, two folds on one GPU, resume (< 8 min) → outputs/gpu-check.json
+	$(PIPELINE) gpu-check --out $(OUTPUT_DIR)/gpu-check.json
 
 bench-leaks: | $(VENV_OK) ## the leak scan of one 100,000-image class: seconds and memory → outputs/leak_bench.json
 	$(PY) -m pipeline.tools.leak_bench --images 100000 --out $(OUTPUT_DIR)/leak_bench.json

@@ -219,10 +219,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("experiments", nargs="+", metavar="EXP", help="the experiments the blend / stack was made of")
     p.add_argument("--output-dir", default="outputs", help="where the experiments live (default: %(default)s)")
     p.set_defaults(func=cmd_score_blend)
-    # Listed for --help only: main() hands `bench ...` to pipeline.tools.bench before parsing, so that
+    # Listed for --help only: main() hands `bench ...` (`gpu-check ...`) to pipeline.tools before parsing, so that
     # building this parser (at every Make parse) never imports torch.
     sub.add_parser("bench", help="throughput of the data path vs the bare model → outputs/bench.json "
                                  "(python -m pipeline bench --help)")
+    sub.add_parser("gpu-check", help="the CUDA paths proved on a GPU in under 8 minutes → outputs/gpu-check.json "
+                                     "(python -m pipeline gpu-check --help)")
     return parser
 
 
@@ -231,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         from pipeline.tools.bench import main as bench_main
         return bench_main(argv[1:])
+    if argv[:1] == ["gpu-check"]:
+        from pipeline.tools.gpu_check import main as gpu_check_main
+        return gpu_check_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         args.func(args)

@@ -297,7 +297,8 @@ def test_bench_smoke(tmp_path, demo_dir):
     assert torch.get_num_threads() == threads
     saved = json.loads(out.read_text())
     assert set(saved) == {"meta", "train", "predict", "loader", "large", "training_efficiency",
-                          "prediction_efficiency", "training_headline", "prediction_headline"}
+                          "prediction_efficiency", "training_headline", "prediction_headline", "headline_variants",
+                          "bound"}
     assert {"bare", "disk", "cache", "cache_u8"} <= set(saved["train"])
     assert saved["train"]["cache_u8"]["images_per_s"] > 0 and "peak_rss_mb" in saved["loader"]["cold_train"]
     assert result["training_efficiency"] == saved["training_efficiency"]
