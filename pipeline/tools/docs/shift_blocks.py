@@ -28,8 +28,10 @@ def prior_shift_block(figures: Path) -> str:
         return (f"{simulated(mix, 'no correction'):.3f} without and {simulated(mix, 'EM correction'):.3f} with the "
                 f"EM correction (`auto`: {simulated(mix, 'auto'):.3f})")
 
-    decision = (f"so `auto` applies the {record['method'].upper()} correction" if record["applied"]
-                else "so `auto` leaves the submission unchanged")
+    decision = (f"and `auto` applies the {record['method'].upper()} correction" if record["applied"]
+                else "and `auto` leaves the submission unchanged")
+    if record.get("why"):
+        decision += f" ({record['why'].rstrip('.')})"
     estimates = record["estimates"]
     return (f"The G-test of out-of-fold against test predicted classes gives G={record['g_statistic']:.0f}, "
             f"p={record['p_value']:.1g}, {decision}. The models' effective prior spans {_span(record['model_prior'])} "
