@@ -77,7 +77,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
 endif
 
-.PHONY: help venv init data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench gpu-check bench-leaks bench-scale mutation docs docs-run clean
+.PHONY: help venv init data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench gpu-check bench-leaks bench-scale auto-eval mutation docs docs-run clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -210,6 +210,18 @@ gpu-check: | $(VENV_OK) ## on a CUDA machine: bench, the demo in fp32/bf16/fp16/
 
 bench-leaks: | $(VENV_OK) ## the leak scan of one 100,000-image class: seconds and memory → outputs/leak_bench.json
 	$(PY) -m pipeline.tools.leak_bench --images 100000 --out $(OUTPUT_DIR)/leak_bench.json
+
+# Does `auto` earn its place? The demo, the odd/even demo and a long-tailed fashion-MNIST set (Debian's
+# dataset-fashion-mnist) trained with best and last checkpoints, then every variant scored on held-back labels.
+AUTO_EVAL_SET = ensemble.checkpoints=auto
+auto-eval: | $(VENV_OK) ## plain vote vs auto vs each step forced on held-back labels (3 trainings, ~40 min) → docs/figures/auto_steps.json
+	$(MAKE) folds train ensemble CONFIG=configs/demo.yaml SET="experiment=demo-auto $(AUTO_EVAL_SET)"
+	$(MAKE) folds train ensemble CONFIG=configs/demo-odd.yaml SET="experiment=demo-odd-auto $(AUTO_EVAL_SET)"
+	test -f data/fashion-lt/config.yaml || $(PY) -m pipeline.tools.fashion_lt --out data/fashion-lt
+	$(MAKE) folds train ensemble CONFIG=data/fashion-lt/config.yaml SET="experiment=fashion-lt-auto $(AUTO_EVAL_SET)"
+	$(PY) -m pipeline.tools.auto_eval --config $(OUTPUT_DIR)/demo-auto/config.yaml \
+	  --config $(OUTPUT_DIR)/demo-odd-auto/config.yaml --config $(OUTPUT_DIR)/fashion-lt-auto/config.yaml \
+	  --out docs/figures/auto_steps.json
 
 SCALE_SIZES ?= 10000,30000,100000
 SCALE_JPEG_SIZES ?= 30000

@@ -166,7 +166,7 @@ def test_the_prior_shift_sentence_comes_from_the_runs_ensemble_score_and_cv_file
     for name in ("run.json", "bench.json", "score.csv"):
         (figures / name).write_bytes((REPO / FIGURES / name).read_bytes())
     record = json.loads((REPO / FIGURES / "ensemble.json").read_text())
-    record["prior_shift"].update(applied=False, method=None, g_statistic=3.2, p_value=0.4,
+    record["prior_shift"].update(applied=False, method=None, g_statistic=3.2, p_value=0.4, why="no shift found",
                                  model_prior=[0.3, 0.7], training_labels=[0.2, 0.8],
                                  estimates={"em": [0.45, 0.55], "bbse": [0.41, 0.59]})
     (figures / "ensemble.json").write_text(json.dumps(record))
@@ -176,7 +176,7 @@ def test_the_prior_shift_sentence_comes_from_the_runs_ensemble_score_and_cv_file
     cv.to_csv(figures / "cv.csv", index=False)
     score = pd.read_csv(figures / "score.csv").set_index("model")["f1_macro"]
     block = render_blocks(figures)["prior_shift"]
-    assert "G=3, p=0.4, so `auto` leaves the submission unchanged." in block
+    assert "G=3, p=0.4, and `auto` leaves the submission unchanged: no shift found." in block
     assert "effective prior spans 0.300–0.700 against raw label shares of 0.200–0.800" in block
     assert "the EM estimate of the test mix spans 0.450–0.550, BBSE's 0.410–0.590" in block
     assert f"EM-corrected {score['soft vote + prior-shift correction (em) (submission)']:.3f}," in block

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.tools.machine import cpu_name
 from pipeline.tools.scale_data import write_image_set
 
 __all__ = ["STAGES", "run_bench_scale", "measure", "slope", "main"]
@@ -271,7 +272,7 @@ def _figure(result: dict, path: Path) -> Path:
 
 def _machine() -> dict:
     import psutil
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(),
             "memory_gb": round(psutil.virtual_memory().total / 2 ** 30, 1), "python": platform.python_version()}
 
 

@@ -22,15 +22,18 @@ def _applied(variant: dict) -> str:
 
 
 def auto_steps_block(figures: Path) -> str:
-    """One row per experiment: each variant's held-back score (its nested OOF estimate in brackets), auto minus
-    the plain vote, and what auto applied."""
+    """One column per experiment, one row per variant: its held-back score (its nested OOF estimate in brackets),
+    then auto minus the plain vote and what auto applied."""
     found = json.loads((figures / AUTO_STEPS).read_text())
-    head = "| experiment (metric, test rows) | " + " | ".join(_COLUMNS) + " | auto − plain | auto applied |"
-    lines = [head, "| --- " * (len(_COLUMNS) + 3) + "|"]
-    for name, run in found.items():
-        cells = [f"{run['variants'][c]['test']:.4f} ({run['variants'][c]['oof']:.4f})" for c in _COLUMNS]
-        lines.append(f"| {name} ({run['metric']}, {run['test_rows']}) | " + " | ".join(cells)
-                     + f" | {run['auto_minus_plain_test']:+.4f} | {_applied(run['variants']['auto'])} |")
+    runs = list(found.items())
+    lines = ["| variant | " + " | ".join(f"{name} ({run['metric']}, {run['test_rows']} test rows)" for name, run in runs)
+             + " |", "| --- " * (len(runs) + 1) + "|"]
+    for variant in _COLUMNS:
+        cells = [f"{run['variants'][variant]['test']:.4f} ({run['variants'][variant]['oof']:.4f})" for _, run in runs]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    lines.append("| **auto − plain vote** | " + " | ".join(f"**{run['auto_minus_plain_test']:+.4f}**" for _, run in runs)
+                 + " |")
+    lines.append("| auto kept | " + " | ".join(_applied(run["variants"]["auto"]) for _, run in runs) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -15,22 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.tools.machine import cpu_name
 from pipeline.tools.docs.commands import (BENCH_COMMAND, DEMO_COMMAND, DEMO_FIGURES, EXTRA_RUNS, FIGURES,
                                          LEAK_BENCH_COMMAND, LEAK_EVAL_COMMAND, LEAK_SOURCES_COMMAND, STACK_COMMANDS,
                                          STACK_FIGURES)
 
 __all__ = ["cpu_name", "record_run", "record_extras", "record_leak_eval"]
-
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _timed(command: list[str], log) -> float:

@@ -31,7 +31,7 @@ def prior_shift_block(figures: Path) -> str:
     decision = (f"and `auto` applies the {record['method'].upper()} correction" if record["applied"]
                 else "and `auto` leaves the submission unchanged")
     if record.get("why"):
-        decision += f" ({record['why'].rstrip('.')})"
+        decision += f": {record['why'].rstrip('.')}"
     estimates = record["estimates"]
     return (f"The G-test of out-of-fold against test predicted classes gives G={record['g_statistic']:.0f}, "
             f"p={record['p_value']:.1g}, {decision}. The models' effective prior spans {_span(record['model_prior'])} "
