@@ -1,6 +1,7 @@
 # K-fold ensemble + TTA pipeline. Targets are files; the commands below only name them.
 #
 #   make folds train ensemble                 the whole job (embedded demo by default)
+#   make init DATA=path/to/competition        write configs/<name>.yaml for your own data, then CONFIG=that
 #   make folds train ensemble CONFIG=configs/mycomp.yaml SET="train.lr=3e-4 train.epochs=20"
 #   make train FOLD=2                         build one fold (resumes a killed one)
 #   make train ensemble SEEDS="0 1 2" SET=experiment=x   each fold once per seed, averaged within the fold
@@ -76,7 +77,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
 endif
 
-.PHONY: help venv data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench bench-leaks mutation docs docs-run clean
+.PHONY: help venv init data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench gpu-check bench-leaks bench-scale auto-eval mutation docs docs-run clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -91,6 +92,10 @@ $(VENV_OK): pyproject.toml
 	touch $@
 
 # ---- stages -------------------------------------------------------------------------------
+init: | $(VENV_OK) ## write configs/<name>.yaml for a competition's folder: make init DATA=<folder> [OUT=...] [INIT_ARGS="--label species"]
+	@test -n "$(DATA)" || { echo 'usage: make init DATA=<folder> [OUT=configs/<name>.yaml] [INIT_ARGS="--label species"]' >&2; exit 2; }
+	$(PIPELINE) init '$(subst ','\'',$(DATA))' $(if $(OUT),--out '$(subst ','\'',$(OUT))') $(INIT_ARGS)
+
 data: $(TRAIN_CSV) ## write the embedded demo dataset (demo configs only)
 
 # Once the data exists, resolve again: the image manifests and the check against the real classes
@@ -200,8 +205,28 @@ BENCH_ARGS ?=
 bench: | $(VENV_OK) ## training/prediction efficiency vs the bare model → outputs/bench.json (DEVICE=cuda)
 	$(PIPELINE) bench --out $(OUTPUT_DIR)/bench.json $(if $(DEVICE),--device $(DEVICE)) $(BENCH_ARGS)
 
+gpu-check: | $(VENV_OK) ## on a CUDA machine: bench, the demo in fp32/bf16/fp16/compile, two folds on one GPU, resume (< 8 min) → outputs/gpu-check.json
+	$(PIPELINE) gpu-check --out $(OUTPUT_DIR)/gpu-check.json
+
 bench-leaks: | $(VENV_OK) ## the leak scan of one 100,000-image class: seconds and memory → outputs/leak_bench.json
 	$(PY) -m pipeline.tools.leak_bench --images 100000 --out $(OUTPUT_DIR)/leak_bench.json
+
+# Does `auto` earn its place? The demo, the odd/even demo and a long-tailed fashion-MNIST set (Debian's
+# dataset-fashion-mnist) trained with best and last checkpoints, then every variant scored on held-back labels.
+AUTO_EVAL_SET = ensemble.checkpoints=auto
+auto-eval: | $(VENV_OK) ## plain vote vs auto vs each step forced on held-back labels (3 trainings, ~40 min) → docs/figures/auto_steps.json
+	$(MAKE) folds train ensemble CONFIG=configs/demo.yaml SET="experiment=demo-auto $(AUTO_EVAL_SET)"
+	$(MAKE) folds train ensemble CONFIG=configs/demo-odd.yaml SET="experiment=demo-odd-auto $(AUTO_EVAL_SET)"
+	test -f data/fashion-lt/config.yaml || $(PY) -m pipeline.tools.fashion_lt --out data/fashion-lt
+	$(MAKE) folds train ensemble CONFIG=data/fashion-lt/config.yaml SET="experiment=fashion-lt-auto $(AUTO_EVAL_SET)"
+	$(PY) -m pipeline.tools.auto_eval --config $(OUTPUT_DIR)/demo-auto/config.yaml \
+	  --config $(OUTPUT_DIR)/demo-odd-auto/config.yaml --config $(OUTPUT_DIR)/fashion-lt-auto/config.yaml \
+	  --out docs/figures/auto_steps.json
+
+SCALE_SIZES ?= 10000,30000,100000
+SCALE_JPEG_SIZES ?= 30000
+bench-scale: | $(VENV_OK) ## every stage's seconds, images/s and memory at 10k-100k images, log-log slopes (about an hour) → outputs/bench_scale.json
+	$(PY) -m pipeline.tools.bench_scale --sizes $(SCALE_SIZES) --jpeg-sizes '$(SCALE_JPEG_SIZES)' --out $(OUTPUT_DIR)/bench_scale.json $(BENCH_SCALE_ARGS)
 
 test: $(VENV_OK) ## the layer contract (pyproject.toml), unused names, then the test suite
 	$(VENV)/bin/lint-imports
@@ -209,24 +234,27 @@ test: $(VENV_OK) ## the layer contract (pyproject.toml), unused names, then the 
 	$(PY) -m pytest
 
 # The functions that decide the answer: folds, sampling, a fold's split and kept epoch, TTA merging,
-# voting, logit adjustment, blending and the submission. Not part of `make test` (16 min on 2 cores here).
+# voting, logit adjustment, blending, the post-processing chain (its nested loop, the auto decisions, their
+# noise, the submission record) and the submission. Not part of `make test` (16 min on 2 cores here).
+# x* covers functions (x_name) and methods (xǁClassǁname).
 MUTANTS := $(addsuffix __mutmut_*,\
   pipeline.data.folds.x_assign_folds pipeline.data.folds.x_training_indices_for_fold pipeline.data.folds.x__check_groups \
   pipeline.data.sampling.x_* pipeline.train.selection.x_* \
   pipeline.predict.tta.x_merge_view_logits pipeline.predict.tta.x_predict_tta pipeline.predict.tta.x_predict_tta_with_views \
   pipeline.predict.tta.x__view_logits pipeline.predict.tta.x__view_probs pipeline.predict.tta.x__hflip pipeline.predict.tta.x__vflip \
-  pipeline.predict.voting.x_* pipeline.predict.blend.x__blend_rows pipeline.predict.blend.x_check_same_folds \
-  pipeline.predict.blend.x__concat_folds pipeline.predict.submission.x_write_submission \
-  pipeline.predict.submission.x_validate_submission)
+  pipeline.ensemble.voting.x_* pipeline.results.blend.x__blend_rows pipeline.results.blend.x_check_same_folds \
+  pipeline.ensemble.chain.x* pipeline.ensemble.decide.x* pipeline.ensemble.gain.x* pipeline.ensemble.record.x* \
+  pipeline.results.blend.x__concat_folds pipeline.results.submission.x_write_submission \
+  pipeline.results.submission.x_validate_submission)
 MUTANT_ARGS = $(foreach m,$(MUTANTS),'$(m)')   # quoted: the shell must not expand the globs
 mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow) → docs/figures/mutation.json
 	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2 $(MUTANT_ARGS)
 	$(PY) -m pipeline.tools.mutation_score --out docs/figures/mutation.json $(MUTANT_ARGS)
 
-docs: | $(VENV_OK) ## rewrite the README's generated tables from docs/figures/
+docs: | $(VENV_OK) ## rewrite the generated tables of README.md and docs/*.md from docs/figures/
 	$(PY) -m pipeline.tools.docs
 
-docs-run: | $(VENV_OK) ## measure the README's figures from scratch (demo, bench, stack, the odd/even, leak and pseudo-label runs; 51 min on a 2-core AMD EPYC), then make docs
+docs-run: | $(VENV_OK) ## measure the docs' figures from scratch (demo, bench, stack, the odd/even, leak and pseudo-label runs; 51 min on a 2-core AMD EPYC), then make docs
 	$(PY) -m pipeline.tools.docs --run
 
 clean: ## remove outputs/ and folds/ (keeps the virtual environment)

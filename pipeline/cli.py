@@ -28,6 +28,30 @@ def cmd_resolve(args) -> None:
     print(" ".join(f"{k}={v}" for k, v in variables.items()) if args.make_vars else variables["RESOLVED"])
 
 
+def cmd_init(args) -> None:
+    from pipeline.tools.detect import InitOptions
+
+    opts = InitOptions(layout=args.layout, train_csv=args.train_csv, image_column=args.image_column,
+                       label=args.label, group=args.group, no_group=args.no_group, sample=args.sample,
+                       id_column=args.id_column)
+    stages.init(args.folder, out=args.out, force=args.force, opts=opts)
+
+
+def _init_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="the competition's folder, as downloaded (only read)")
+    p.add_argument("--out", help="config to write (default: configs/<folder name>.yaml)")
+    p.add_argument("--force", action="store_true", help="replace an existing config")
+    p.add_argument("--layout", choices=("csv", "folders", "mask"), help="how the training images are listed")
+    p.add_argument("--train-csv", help="the CSV listing the training images (a file name in the folder)")
+    p.add_argument("--image-column", help="the train CSV's column naming each image (a path, or an id)")
+    p.add_argument("--label", help="the train CSV's label column")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--group", help="a column whose rows sharing a value stay in one fold (a person, a patient)")
+    group.add_argument("--no-group", action="store_true", help="no group column: rows are split freely")
+    p.add_argument("--sample", help="the sample submission (a file name in the folder)")
+    p.add_argument("--id-column", help="the submission's id column (needed when no sample submission ships)")
+
+
 def cmd_demo_data(args) -> None:
     stages.demo_data(_cfg(args))
 
@@ -101,8 +125,8 @@ def cmd_score_blend(args) -> None:
 
 
 def _stack_arguments(p: argparse.ArgumentParser) -> None:
-    from pipeline.predict.blend import OOF_SOURCES
-    from pipeline.predict.stack import DEFAULT_C, parse_C
+    from pipeline.results.blend import OOF_SOURCES
+    from pipeline.results.stack import DEFAULT_C, parse_C
 
     def c_value(text: str):
         try:
@@ -121,7 +145,7 @@ def _stack_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _blend_arguments(p: argparse.ArgumentParser) -> None:
-    from pipeline.predict.blend import OBJECTIVES, OOF_SOURCES, VOTING_CHOICES   # a light module: choices only
+    from pipeline.results.blend import OBJECTIVES, OOF_SOURCES, VOTING_CHOICES   # a light module: choices only
 
     p.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names (folders under --output-dir)")
     p.add_argument("--output-dir", default="outputs", help="where the experiments live (default: %(default)s)")
@@ -182,6 +206,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--make-vars", action="store_true", help="print the variables the Makefile needs")
         if name == "validate":
             p.add_argument("submission", nargs="?", help="CSV to check (default: the experiment's submission)")
+    p = sub.add_parser("init", help="write a commented config for a competition's folder, printing each decision")
+    _init_arguments(p)
+    p.set_defaults(func=cmd_init)
     p = sub.add_parser("blend", help="blend finished experiments, weights fitted on their out-of-fold predictions")
     _blend_arguments(p)
     p.set_defaults(func=cmd_blend)
@@ -192,10 +219,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("experiments", nargs="+", metavar="EXP", help="the experiments the blend / stack was made of")
     p.add_argument("--output-dir", default="outputs", help="where the experiments live (default: %(default)s)")
     p.set_defaults(func=cmd_score_blend)
-    # Listed for --help only: main() hands `bench ...` to pipeline.tools.bench before parsing, so that
+    # Listed for --help only: main() hands `bench ...` (`gpu-check ...`) to pipeline.tools before parsing, so that
     # building this parser (at every Make parse) never imports torch.
     sub.add_parser("bench", help="throughput of the data path vs the bare model → outputs/bench.json "
                                  "(python -m pipeline bench --help)")
+    sub.add_parser("gpu-check", help="the CUDA paths proved on a GPU in under 8 minutes → outputs/gpu-check.json "
+                                     "(python -m pipeline gpu-check --help)")
     return parser
 
 
@@ -204,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         from pipeline.tools.bench import main as bench_main
         return bench_main(argv[1:])
+    if argv[:1] == ["gpu-check"]:
+        from pipeline.tools.gpu_check import main as gpu_check_main
+        return gpu_check_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         args.func(args)

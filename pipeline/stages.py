@@ -1,8 +1,9 @@
 """One function per Make stage; each reads files and writes files, the work is in the subpackages.
 
-    resolve   config                      → outputs/<exp>/{config.yaml, stamps/*.json}
+    init      a competition's folder      → configs/<name>.yaml (nothing else; the folder is only read)
+    resolve   config                      → outputs/<exp>/{config.yaml, stamps/*.json}, lists/ of folder layouts
     data      (demo / mask layout)        → the train CSV and images
-    check     train CSV, sample, images   → a report (nothing written)
+    check     train CSV, sample, images   → a report; each image's verdict kept (data.verdicts)
     folds     train CSV                   → folds/<name>.csv
     pseudo    a finished experiment       → pseudo_labels.csv (its confident test images; pseudo.source)
     train     folds file, images          → fold_<k>/{weights.safetensors, oof.csv, metrics.csv, ...}
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from pipeline.config import Config, ConfigError, seed_config
 
-__all__ = ["resolve", "demo_data", "mask_data", "check", "folds", "train", "predict", "ensemble", "score",
+__all__ = ["resolve", "init", "demo_data", "mask_data", "check", "folds", "train", "predict", "ensemble", "score",
            "validate", "eda", "report", "tune", "blend", "stack", "score_combined", "pseudo", "merge_seeds"]
 
 
@@ -33,17 +34,31 @@ def resolve(cfg: Config, make_vars: bool = False) -> dict[str, str]:
     Returns the Make variables (checked to be safe to paste into rules) when `make_vars`.
     """
     from pipeline.stamps import write_resolved
+    from pipeline.data.layouts import write_layout_files
     from pipeline.data.manifest import write_manifests
+    from pipeline.data.tables import read_train_table
     from pipeline.makevars import make_variables
     from pipeline.tools.preflight import preflight
 
     variables = make_variables(cfg) if make_vars else {}   # refused before anything is written
-    preflight(cfg)
+    write_layout_files(cfg)    # class folders / a test folder → the CSVs every stage reads
+    try:
+        table = read_train_table(cfg)      # read once for both: Make runs this at every call
+    except (OSError, ValueError):
+        table = None                       # not there yet (demo, mask) or broken: each says so its own way
+    preflight(cfg, table)
     resolved = write_resolved(cfg)
-    write_manifests(cfg)
+    write_manifests(cfg, table)
     if make_vars and not (cfg.data.demo or cfg.mask.enabled) and not Path(cfg.data.train_csv).is_file():
         raise ConfigError(f"data.train_csv: {cfg.data.train_csv} does not exist (set data.demo: true for the demo)")
     return variables or {"RESOLVED": str(resolved)}
+
+
+def init(folder, out=None, force: bool = False, opts=None, log=print) -> Path:
+    """A commented config for a competition's folder (make init DATA=<folder>), each decision printed."""
+    from pipeline.tools.init import init_config
+
+    return init_config(folder, out, force, opts, log)
 
 
 def demo_data(cfg: Config, log=print) -> Path:
@@ -71,10 +86,21 @@ def mask_data(cfg: Config, log=print) -> Path:
 
 
 def check(cfg: Config, n_jobs: int = -1, log=print) -> None:
-    """Scan the CSVs and every image once; raise listing every problem, else print the summary."""
-    from pipeline.data.check import check_data
+    """Scan the CSVs and every image not checked unchanged before; raise listing every problem, else print
+    the summary. The verdicts are kept for the next stages (:mod:`pipeline.data.verdicts`)."""
+    import time
 
-    log(check_data(cfg, n_jobs=n_jobs).raise_if_failed().format())
+    from pipeline.data.check import check_data
+    from pipeline.data.verdicts import Verdicts, verdicts_path
+
+    tick = time.perf_counter()
+    verdicts = Verdicts(verdicts_path(cfg))
+    report = check_data(cfg, n_jobs=n_jobs, verdicts=verdicts)
+    verdicts.save()
+    log(report.raise_if_failed().format())
+    seconds, n = time.perf_counter() - tick, report.images_checked
+    log(f"[check] {n} images in {seconds:.1f} s ({n / max(seconds, 1e-9):.0f} images/s; "
+        f"{n - report.images_reused} decoded, {report.images_reused} verdicts reused)")
 
 
 def folds(cfg: Config, log=print) -> Path:
@@ -96,11 +122,18 @@ def train(cfg: Config, fold_ids=None, backend=None, scheduler=None, gpus=None, f
 
     With `seeds:` each fold trains once per seed (all of them, or `seeds`) in ``seed_<s>/fold_<k>/``.
     """
+    from pipeline.data.check import require_train_images
+
+    configs = _seed_configs(cfg, seeds) if cfg.seeds or seeds else None
+    require_train_images(cfg)      # an image broken since the check is refused before any training
+    if configs is not None:
+        return {one.seed: _train(one, fold_ids, backend, scheduler, gpus, force) for one in configs}
+    return _train(cfg, fold_ids, backend, scheduler, gpus, force)
+
+
+def _train(cfg: Config, fold_ids, backend, scheduler, gpus, force: bool) -> dict:
     from pipeline.device import share_cores_with_make_jobs
     from pipeline.train.parallel import parse_gpus, pin_gpu, run_folds
-
-    if cfg.seeds or seeds:
-        return {one.seed: train(one, fold_ids, backend, scheduler, gpus, force) for one in _seed_configs(cfg, seeds)}
 
     share_cores_with_make_jobs()
     fold_ids = list(fold_ids) if fold_ids is not None else list(range(cfg.folds.n_splits))
@@ -131,25 +164,25 @@ def merge_seeds(cfg: Config, fold_ids=None, log=print) -> None:
 
 
 def pseudo(cfg: Config, log=print) -> Path:
-    from pipeline.predict.pseudo import build_pseudo_labels
+    from pipeline.results.pseudo import build_pseudo_labels
 
     return build_pseudo_labels(cfg, log)
 
 
 def ensemble(cfg: Config, log=print) -> Path:
-    from pipeline.predict.ensemble import ensemble as vote_folds
+    from pipeline.results.ensemble_stage import ensemble as vote_folds
 
     return vote_folds(cfg, log=log)
 
 
 def score(cfg: Config, log=print):
-    from pipeline.predict.score import score as score_submission
+    from pipeline.results.score import score as score_submission
 
     return score_submission(cfg, log=log)
 
 
 def validate(cfg: Config, path=None) -> Path:
-    from pipeline.predict.submission import validate_for_config
+    from pipeline.results.submission import validate_for_config
 
     return validate_for_config(cfg, path)
 
@@ -173,18 +206,18 @@ def tune(cfg: Config, trials=None, storage=None, out_config=None, study_name=Non
 
 
 def blend(experiments: list[str], **options) -> Path:
-    from pipeline.predict.blend import blend as blend_experiments
+    from pipeline.results.blend import blend as blend_experiments
 
     return blend_experiments(experiments, **options)
 
 
 def stack(experiments: list[str], **options) -> Path:
-    from pipeline.predict.stack import stack as stack_experiments
+    from pipeline.results.stack import stack as stack_experiments
 
     return stack_experiments(experiments, **options)
 
 
 def score_combined(experiments: list[str], output_dir="outputs", log=print) -> list[Path]:
-    from pipeline.predict.score_blend import score_combined as score_folders
+    from pipeline.results.score_blend import score_combined as score_folders
 
     return score_folders(experiments, output_dir=output_dir, log=log)

@@ -28,19 +28,22 @@ STAGE_KEYS = {
               "data.stratify_column", "folds.auto_groups", "folds.leak_ratio"],
     "train": ["seed", "seeds", "pseudo.", "folds.", "model.", "augment.", "sampling.", "train.", "loss.", "mask.", "data.train_csv",
               "data.image_root", "data.image_column", "data.label_column", "data.group_column",
-              "data.true_label_column"],
-    "predict": ["tta.", "ensemble.checkpoints", "augment.image_size", "augment.pre_resize_crop", "augment.mean", "augment.std", "data.sample_submission",
+              "data.true_label_column", "data.train_image_template", "data.high_bit_depth"],
+    # tta.select is the ensemble's: choosing among the predicted views predicts nothing again
+    "predict": ["tta.views", "tta.merge", "tta.batch_size", "ensemble.checkpoints", "augment.image_size", "augment.pre_resize_crop", "augment.mean", "augment.std", "data.sample_submission",
                 "data.id_column", "data.test_image_template", "data.test_path_column",
-                "data.test_root", "data.image_root", "train.device"],
-    "ensemble": ["ensemble.", "competition.", "folds.leak_ratio", "data.sample_submission", "data.id_column", "data.target_column"],
-    # The pseudo-label list (pipeline.predict.pseudo): the source's votes, thresholded and capped.
+                "data.test_root", "data.image_root", "train.device", "data.high_bit_depth"],
+    "ensemble": ["ensemble.", "competition.", "tta.select", "tta.merge", "folds.leak_ratio", "data.sample_submission", "data.id_column", "data.target_column"],
+    # The pseudo-label list (pipeline.results.pseudo): the source's votes, thresholded and capped.
     "pseudo": ["pseudo.", "folds.", "data.sample_submission", "data.id_column", "data.test_image_template",
                "data.test_path_column", "data.test_root", "data.image_root"],
 }
 
 # Keys left out of stamps and fingerprints while the feature is off (the switch key is null), so that
 # adding the feature changed no finished run's fingerprint: old folds are not retrained.
-_OFF_WHILE_NULL = {"seeds": "seeds", "pseudo.": "pseudo.source"}
+_OFF_WHILE_NULL = {"seeds": "seeds", "pseudo.": "pseudo.source", "data.train_image_template": "data.train_image_template"}
+# The same for keys whose "off" is a value: at it, they are left out.
+_OFF_AT = {"data.high_bit_depth": "refuse"}
 
 # The stages each seed of a `seeds` run has its own stamps for (in <exp>/seed_<s>/stamps/).
 SEED_STAGES = ("train", "predict")
@@ -50,6 +53,7 @@ def _stage_subset(cfg: Config, stage: str) -> dict:
     flat = flatten(config_to_dict(cfg))
     prefixes = STAGE_KEYS[stage]
     off = [prefix for prefix, switch in _OFF_WHILE_NULL.items() if flat.get(switch) is None]
+    off += [key for key, value in _OFF_AT.items() if flat.get(key) == value]
     return {k: v for k, v in sorted(flat.items()) if matches(k, prefixes) and not matches(k, off)}
 
 

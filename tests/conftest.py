@@ -29,10 +29,11 @@ def tiny_config_dict(root: Path, data_dir: Path) -> dict:
     })
     cfg["model"] = {"name": "test_resnet", "pretrained": False}
     cfg["train"].update({"epochs": 1, "batch_size": 32, "warmup_epochs": 0, "device": "cpu"})
-    cfg["tta"] = {"views": ["identity", "hflip"], "merge": "mean"}
-    # A 1-epoch model on 30 test images: whether `auto` finds a prior shift there is noise. These runs
-    # check the plain votes; the prior shift is tested on known posteriors in test_prior_shift.py.
-    cfg.setdefault("ensemble", {})["prior_shift"] = "off"
+    cfg["tta"] = {"views": ["identity", "hflip"], "merge": "mean", "select": "all"}
+    # A 1-epoch model on 30 test images: whether `auto` applies a step there is noise. These runs check the
+    # plain votes; `auto` is tested on constructed OOF files (test_chain.py, test_prior_shift.py) and once on
+    # a tiny trained run (test_cv_table.py).
+    cfg.setdefault("ensemble", {}).update(prior_shift="off", logit_adjust="off", class_bias="off")
     return cfg
 
 
@@ -59,3 +60,30 @@ def tiny_cfg(tiny_cfg_dict):
 def write_config(path: Path, cfg: dict) -> Path:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+@pytest.fixture
+def offline_caches(monkeypatch, tmp_path) -> Path:
+    """No network (HF_HUB_OFFLINE) and empty pretrained-weight caches, so that what a test sees decides and not
+    this machine's caches; returns the (empty) Hugging Face hub cache folder."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))     # for subprocesses (make init)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "hf"
+
+
+def cache_weights(hf_cache: Path, model: str) -> Path:
+    """A file where the Hugging Face hub cache keeps `model`'s pretrained weights (its snapshot layout)."""
+    import timm
+
+    repo = timm.models.get_pretrained_cfg(model).hf_hub_id
+    folder = hf_cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    weights = folder / "snapshots" / ("0" * 40) / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights")
+    return weights

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.predict.blend import FoldsMismatchError, blend
+from pipeline.results.blend import FoldsMismatchError, blend
 from pipeline.config import load_config
 from pipeline.stamps import write_resolved
 from pipeline.fileio import write_json_atomic
-from pipeline.predict.submission import validate_submission
+from pipeline.results.submission import validate_submission
 
 CLASSES = ["cat", "dog", "fox"]
 N_ROWS, N_TEST, K = 90, 12, 3
@@ -191,8 +191,8 @@ def test_the_command_line_module_stays_light_and_in_step_with_the_ensemble_modul
     import subprocess
     import sys
 
-    from pipeline.predict import blend as blend_mod
-    from pipeline.predict.voting import VOTING_MODES, WEIGHT_OBJECTIVES
+    from pipeline.results import blend as blend_mod
+    from pipeline.ensemble.voting import VOTING_MODES, WEIGHT_OBJECTIVES
 
     assert blend_mod.VOTING_CHOICES == VOTING_MODES and blend_mod.OBJECTIVES == WEIGHT_OBJECTIVES
     code = ("import sys, pipeline.cli; pipeline.cli._parser(); "
@@ -218,7 +218,7 @@ def test_every_blend_row_scores_the_weighted_vote_it_names(tmp_path):
     with that fold's weights (uniform, or the nested ones blend.json records); log loss only where the vote
     gives probabilities (soft, geometric)."""
     from pipeline.metrics import macro_f1
-    from pipeline.predict.voting import VOTING_MODES, vote
+    from pipeline.ensemble.voting import VOTING_MODES, vote
 
     make_experiment(tmp_path, "good", skill=0.3, seed=1)
     make_experiment(tmp_path, "weak", skill=0.2, seed=2)

@@ -171,9 +171,9 @@ def test_a_failing_build_leaves_no_cache_file(images, tmp_path, monkeypatch):
     real = cache_mod._decode_chunk
     calls = []
 
-    def explode(out, start, paths, geom):
+    def explode(out, start, paths, geom, *rest):
         calls.append(start)
-        real(out, start, paths[:1], geom)   # part of the work is written...
+        real(out, start, paths[:1], geom, *rest)   # part of the work is written...
         raise RuntimeError("killed mid-build")
 
     monkeypatch.setattr(cache_mod, "_decode_chunk", explode)
@@ -200,8 +200,8 @@ import sys, time
 from pathlib import Path
 import pipeline.data.cache as c
 real = c._decode_chunk
-def slow(out, start, paths, geom):
-    real(out, start, paths, geom)
+def slow(out, start, paths, geom, *rest):
+    real(out, start, paths, geom, *rest)
     Path(sys.argv[2]).touch()
     time.sleep(60)
 c._decode_chunk = slow
@@ -297,7 +297,8 @@ def test_bench_smoke(tmp_path, demo_dir):
     assert torch.get_num_threads() == threads
     saved = json.loads(out.read_text())
     assert set(saved) == {"meta", "train", "predict", "loader", "large", "training_efficiency",
-                          "prediction_efficiency", "training_headline", "prediction_headline"}
+                          "prediction_efficiency", "training_headline", "prediction_headline", "headline_variants",
+                          "bound"}
     assert {"bare", "disk", "cache", "cache_u8"} <= set(saved["train"])
     assert saved["train"]["cache_u8"]["images_per_s"] > 0 and "peak_rss_mb" in saved["loader"]["cold_train"]
     assert result["training_efficiency"] == saved["training_efficiency"]

@@ -10,11 +10,11 @@ from sklearn.metrics import log_loss as sk_log_loss
 
 from pipeline.config import ConfigError, load_config
 from pipeline.metrics import COMPETITION_METRICS, metric_gain, metric_value
-from pipeline.predict.class_bias import apply_bias, fit_class_bias
-from pipeline.predict.nested import nested_probs
-from pipeline.predict.ensemble import bias_fit
-from pipeline.predict.formats import check_values, detect_format, fill, scores_of
-from pipeline.predict.voting import choose_tau, class_priors
+from pipeline.ensemble.class_bias import apply_bias, fit_class_bias
+from pipeline.ensemble.chain import Nested, Rows, nested_chain
+from pipeline.ensemble.steps.factors import ClassBiasStep, LogitAdjustStep
+from pipeline.results.formats import check_values, detect_format, fill, scores_of
+from pipeline.ensemble.voting import choose_tau, class_priors
 
 
 def _case(n=300, classes=4, seed=0):
@@ -67,7 +67,7 @@ def test_tau_is_chosen_by_the_metric_it_is_given():
         tau, curve = choose_tau(p, y, prior, grid, metric=metric)
         gains = {t: g for t, g in curve}
         assert tau == max(grid, key=lambda t: (gains[t], -t))
-        from pipeline.predict.voting import logit_adjust
+        from pipeline.ensemble.voting import logit_adjust
         assert gains[tau] == pytest.approx(metric_gain(metric, y, logit_adjust(p, prior, tau)))
 
 
@@ -97,18 +97,18 @@ def test_nested_fits_never_see_the_held_folds_labels():
     y, p = _case(n=300, classes=3, seed=3)
     p = apply_bias(p, [0.0, -1.0, 0.5])
     folds = np.arange(300) % 3
-    fit = bias_fit("f1_macro", 3, tau_grid=[0.0, 0.5, 1.0])
-    out, _ = nested_probs(p, y, folds, fit)
+    steps = [LogitAdjustStep((0.0, 0.5, 1.0), "f1_macro"), ClassBiasStep("f1_macro")]
+    out = nested_chain(steps, Rows(p, y, folds))
     flipped = y.copy()
     flipped[folds == 0] = (y[folds == 0] + 1) % 3
-    again, _ = nested_probs(p, flipped, folds, fit)
+    again = nested_chain(steps, Rows(p, flipped, folds))
     np.testing.assert_array_equal(out[folds == 0], again[folds == 0])
     assert not np.array_equal(out[folds != 0], again[folds != 0])
 
 
 def test_nested_refuses_a_single_fold():
     with pytest.raises(ValueError, match="two or more folds"):
-        nested_probs(np.full((4, 2), 0.5), np.zeros(4, int), np.zeros(4, int), bias_fit("f1_macro", 2))
+        Nested(Rows(np.full((4, 2), 0.5), np.zeros(4, int), np.zeros(4, int))).add(ClassBiasStep("f1_macro"))
 
 
 # ---- submission formats -------------------------------------------------------------------------------
@@ -173,10 +173,10 @@ def test_binary_demo_writes_validates_and_scores_a_probability_submission(tmp_pa
     import pipeline.report.run_report as run_report
     from pipeline.competitions.demo import make_demo_dataset
     from pipeline.data.fold_file import make_folds
-    from pipeline.predict.ensemble import ensemble
+    from pipeline.results.ensemble_stage import ensemble
     from pipeline.predict.fold import predict_fold
-    from pipeline.predict.score import score
-    from pipeline.predict.submission import SubmissionError, validate_for_config
+    from pipeline.results.score import score
+    from pipeline.results.submission import SubmissionError, validate_for_config
     from pipeline.train.loop import fit
     from tests.conftest import tiny_config_dict
 

@@ -15,10 +15,10 @@ import torch
 from pipeline.config import load_config
 from pipeline.train.models import load_trained_model, save_weights
 from pipeline.data.fold_file import make_folds
-from pipeline.predict.ensemble import ensemble
+from pipeline.results.ensemble_stage import ensemble
 from pipeline.predict.fold import checkpoint_path, predict_fold
-from pipeline.predict.score import score
-from pipeline.predict.submission import SubmissionError, validate_for_config, validate_submission
+from pipeline.results.score import score
+from pipeline.results.submission import SubmissionError, validate_for_config, validate_submission
 from pipeline.train.loop import fit
 from tests.conftest import tiny_config_dict
 
@@ -116,13 +116,19 @@ def test_cv_table_has_no_tta_tta_and_every_view_in_csv_and_markdown(copy_of):
     assert by.loc["out-of-fold, view identity", "f1_macro"] == pytest.approx(
         by.loc["out-of-fold, no TTA", "f1_macro"], abs=1e-9)   # identity alone = no TTA
 
-    rows = _markdown_rows((copy_of.exp_dir / "cv.md").read_text())
+    md = (copy_of.exp_dir / "cv.md").read_text()
+    assert md.index("**Submission**") < md.index("## The chain") < md.index("## Every row")   # the answer first
+    every_row = md[md.index("## Every row"):]
+    rows = _markdown_rows(every_row[:every_row.index("\n\n", every_row.index("|"))])
     assert rows[0] == ["part", "rows", "f1_macro", "accuracy"]
-    assert [r[0] for r in rows[1:]] == parts
-    for r, f1 in zip(rows[1:], cv["f1_macro"]):
-        assert float(r[2]) == pytest.approx(f1, abs=5e-5)
+    folded = {r[0] for block in md.split("<details>")[1:] for r in _markdown_rows(block.split("</details>")[0])[1:]}
+    assert [r[0] for r in rows[1:]] == [p for p in parts if p not in folded]     # the rest, folded, in order
+    assert folded <= set(parts)
+    for r in rows[1:]:
+        assert float(r[2]) == pytest.approx(by.loc[r[0], "f1_macro"], abs=5e-5)
     text = "\n".join(printed)
     assert "out-of-fold, TTA (mean)" in text and "log_loss" not in text  # the printed table stays narrow
+    assert text.index("Submission:") < text.index("out-of-fold, TTA (mean)")
     assert (copy_of.exp_dir / "oof_tta.csv").is_file()
     assert validate_submission(copy_of.exp_dir / "submission.csv", copy_of.data.sample_submission, "id", "label",
                                _classes(copy_of)) == []
@@ -241,7 +247,7 @@ def test_validator_accepts_the_pipelines_submission_and_lists_every_problem(copy
 
 
 def test_ids_keep_their_text_exactly(tmp_path):
-    from pipeline.predict.submission import write_submission
+    from pipeline.results.submission import write_submission
 
     sample = tmp_path / "sample.csv"
     sample.write_text("id,label\n007,x\n010,x\n")
@@ -259,7 +265,7 @@ def test_ids_keep_their_text_exactly(tmp_path):
 def test_class_bias_is_fitted_out_of_fold_applied_and_scored(copy_of):
     """With ensemble.class_bias the submission is the soft vote of every fold's biased probabilities; the CV
     row is nested (its own fits, never the full-OOF bias) and `make score` marks the biased vote as submitted."""
-    from pipeline.predict.class_bias import apply_bias
+    from pipeline.ensemble.class_bias import apply_bias
 
     copy_of.ensemble.class_bias = True
     ensemble(copy_of, **QUIET)
@@ -273,14 +279,49 @@ def test_class_bias_is_fitted_out_of_fold_applied_and_scored(copy_of):
     assert sub["label"].tolist() == [classes[i] for i in expected]
     cv = pd.read_csv(copy_of.exp_dir / "cv.csv").set_index("part")
     row = cv.loc["out-of-fold, TTA + class bias, fitted on the other folds"]
+    from pipeline.ensemble.chain import Rows, nested_chain
+    from pipeline.ensemble.steps.factors import ClassBiasStep
+    from pipeline.ensemble.steps.selection import CheckpointsStep, ViewsStep
     from pipeline.metrics import metric_value
-    from pipeline.predict.nested import nested_probs
-    from pipeline.predict.ensemble import bias_fit
+    from pipeline.predict.probs import candidate_probs, candidates_of
     oof = pd.read_csv(copy_of.exp_dir / "oof_tta.csv")
     y = np.array([classes.index(v) for v in oof["label"].astype(str)])
-    held_out, _ = nested_probs(oof[[f"prob_{c}" for c in classes]].to_numpy(), y, oof["fold"].to_numpy(),
-                         bias_fit("f1_macro", len(classes)))
+    found = candidates_of(oof, classes)
+    steps = [ViewsStep(found.views, [tuple(range(len(found.views)))], "f1_macro"),
+             CheckpointsStep(found.checkpoints, [(0,)], "f1_macro"), ClassBiasStep("f1_macro")]
+    held_out = nested_chain(steps, Rows(candidate_probs(oof, classes, found), y, oof["fold"].to_numpy()))
     assert row["f1_macro"] == pytest.approx(metric_value("f1_macro", y, held_out), abs=1e-12)
     table = score(copy_of, **QUIET).set_index("model")
     assert table.loc["soft vote + class bias (submission)", "f1_macro"] == table.loc["submission.csv", "f1_macro"]
     assert "soft vote (submission)" not in table.index and "soft vote" in table.index
+
+
+def test_everything_on_auto_records_its_choices_and_the_submission_follows_the_record(copy_of):
+    """tta.select, ensemble.checkpoints, logit_adjust, class_bias on auto: ensemble.json holds each step's
+    decision with its nested gain and noise, the chosen views and checkpoints, and the submission is what its
+    submission entry gives from the folds' test files; no step is applied whose gain is not above its noise."""
+    from pipeline.ensemble.record import apply_submission
+
+    for k in range(copy_of.folds.n_splits):
+        predict_fold(copy_of, k, checkpoints=["best", "last"], **QUIET)
+    copy_of.tta.select, copy_of.ensemble.checkpoints = "auto", "auto"
+    copy_of.ensemble.logit_adjust = copy_of.ensemble.class_bias = "auto"
+    ensemble(copy_of, **QUIET)
+    record = json.loads((copy_of.exp_dir / "ensemble.json").read_text())
+    steps = {s["step"]: s for s in record["chain"]}
+    assert list(steps) == ["views", "checkpoints", "logit_adjust", "class_bias", "prior_shift"]
+    for s in steps.values():
+        assert s["applied"] == (s["setting"] == "on" or (s["setting"] == "auto" and s["gain"] > 2 * s["noise"]))
+        assert np.isfinite(s["gain"]) and s["noise"] >= 0 and s["why"]
+    views = steps["views"]["fitted"]["views"] if steps["views"]["applied"] else VIEWS
+    assert record["submission"]["views"] == views
+    assert set(record["submission"]["checkpoints"]) <= {"best", "last"}
+    assert len(steps["views"]["fitted"]["candidates"]) == 3           # all, identity alone, hflip alone
+    classes = _classes(copy_of)
+    frames = [pd.read_csv(copy_of.fold_dir(k) / "test_probs.csv", dtype={"id": str}) for k in range(3)]
+    _, _, picked = apply_submission(record["submission"], frames)
+    sub = pd.read_csv(copy_of.exp_dir / "submission.csv", dtype=str)
+    assert sub["label"].tolist() == [classes[i] for i in picked]
+    table = score(copy_of, **QUIET).set_index("model")
+    submitted = table.index[table.index.str.endswith("(submission)")]
+    assert len(submitted) == 1 and table.loc[submitted[0], "f1_macro"] == table.loc["submission.csv", "f1_macro"]

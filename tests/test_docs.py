@@ -1,4 +1,4 @@
-"""The README's figures are exactly what `make docs` writes from the run files in docs/figures/."""
+"""The pages' figures (README.md, docs/*.md) are exactly what `make docs` writes from the run files in docs/figures/."""
 
 from __future__ import annotations
 
@@ -8,16 +8,30 @@ import shutil
 import pandas as pd
 import pytest
 
-from pipeline.tools.docs import FIGURES, render_blocks, rewrite_readme
+from pipeline.tools.docs import FIGURES, pages, render_blocks, rewrite_blocks, rewrite_pages
 from tests.conftest import REPO
 
 
-def test_the_readme_holds_what_make_docs_writes_from_the_committed_run():
-    readme = (REPO / "README.md").read_text()
+def test_every_page_holds_what_make_docs_writes_from_the_committed_run():
     blocks = render_blocks(REPO / FIGURES)
-    assert rewrite_readme(readme, blocks) == readme, "the README's figures drifted: run `make docs`"
+    texts = [page.read_text() for page in pages(REPO)]
+    for page, text in zip(pages(REPO), texts):
+        assert rewrite_blocks(text, blocks, page.name) == text, f"{page}'s figures drifted: run `make docs`"
     for name in ("run", "score", "cv", "bench"):
-        assert f"<!-- docs:{name} -->\n{blocks[name]}<!-- /docs -->" in readme
+        assert any(f"<!-- docs:{name} -->\n{blocks[name]}<!-- /docs -->" in text for text in texts), name
+
+
+def test_make_docs_rewrites_a_stale_block_on_a_docs_page_and_names_a_page_with_an_unknown_one(tmp_path):
+    shutil.copytree(REPO / FIGURES, tmp_path / FIGURES)
+    (tmp_path / "README.md").write_text("# x\n")
+    stale = tmp_path / "docs" / "demo.md"
+    stale.write_text("intro\n<!-- docs:cv -->\nold table\n<!-- /docs -->\nafter\n")
+    changed = rewrite_pages(tmp_path)
+    assert changed == {tmp_path / "README.md": False, stale: True}
+    assert stale.read_text() == f"intro\n<!-- docs:cv -->\n{render_blocks(REPO / FIGURES)['cv']}<!-- /docs -->\nafter\n"
+    (tmp_path / "docs" / "other.md").write_text("<!-- docs:typo -->\nx\n<!-- /docs -->\n")
+    with pytest.raises(ValueError, match=r"docs/other.md: blocks with no generator.*\['typo'\]"):
+        rewrite_pages(tmp_path)
 
 
 def test_the_figures_are_those_of_the_run_files(tmp_path):
@@ -37,8 +51,8 @@ def test_the_figures_are_those_of_the_run_files(tmp_path):
 
 
 def test_a_readme_block_without_a_generator_is_an_error():
-    with pytest.raises(ValueError, match=r"README blocks with no generator, or whose files are missing.*: \['typo'\]"):
-        rewrite_readme("<!-- docs:typo -->\nx\n<!-- /docs -->\n", {"run": ""})
+    with pytest.raises(ValueError, match=r"README.md: blocks with no generator, or whose files are missing.*: \['typo'\]"):
+        rewrite_blocks("<!-- docs:typo -->\nx\n<!-- /docs -->\n", {"run": ""})
 
 
 def test_an_extra_runs_tables_come_from_its_files_with_the_competition_metric_as_headline(tmp_path):
@@ -152,7 +166,7 @@ def test_the_prior_shift_sentence_comes_from_the_runs_ensemble_score_and_cv_file
     for name in ("run.json", "bench.json", "score.csv"):
         (figures / name).write_bytes((REPO / FIGURES / name).read_bytes())
     record = json.loads((REPO / FIGURES / "ensemble.json").read_text())
-    record["prior_shift"].update(applied=False, method=None, g_statistic=3.2, p_value=0.4,
+    record["prior_shift"].update(applied=False, method=None, g_statistic=3.2, p_value=0.4, why="no shift found",
                                  model_prior=[0.3, 0.7], training_labels=[0.2, 0.8],
                                  estimates={"em": [0.45, 0.55], "bbse": [0.41, 0.59]})
     (figures / "ensemble.json").write_text(json.dumps(record))
@@ -162,7 +176,7 @@ def test_the_prior_shift_sentence_comes_from_the_runs_ensemble_score_and_cv_file
     cv.to_csv(figures / "cv.csv", index=False)
     score = pd.read_csv(figures / "score.csv").set_index("model")["f1_macro"]
     block = render_blocks(figures)["prior_shift"]
-    assert "G=3, p=0.4, so `auto` leaves the submission unchanged." in block
+    assert "G=3, p=0.4, and `auto` leaves the submission unchanged: no shift found." in block
     assert "effective prior spans 0.300–0.700 against raw label shares of 0.200–0.800" in block
     assert "the EM estimate of the test mix spans 0.450–0.550, BBSE's 0.410–0.590" in block
     assert f"EM-corrected {score['soft vote + prior-shift correction (em) (submission)']:.3f}," in block

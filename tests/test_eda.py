@@ -205,3 +205,49 @@ def test_near_duplicates_keep_only_cross_fold_pairs_and_skip_unreadable():
 def test_eda_needs_the_folds_file(tiny_cfg):
     with pytest.raises(FileNotFoundError, match="make folds"):
         write_eda(tiny_cfg)
+
+
+def test_near_duplicate_buckets_are_not_quadratic_when_most_hashes_share_bits(monkeypatch):
+    """Hashes agreeing on most bits (dark borders) fall in one chunk bucket; it is split again on the bits
+    that differ, so the comparisons grow with n, not n^2 (counted, not timed)."""
+    import pipeline.report.near_duplicates as nd
+
+    n, compared, split = 20_000, [], []
+    real_popcount, real_masks = nd._popcount, nd._chunk_masks
+
+    def counted(x):          # fails at once instead of running for minutes when the search goes quadratic
+        compared.append(x.size)
+        assert sum(compared) < 100 * n, "the search compares far more pairs than the images"
+        return real_popcount(x)
+
+    def counted_split(hashes, n_chunks):
+        split.append(len(hashes))
+        assert sum(split) < 20 * n, "the buckets are split again and again without shrinking"
+        return real_masks(hashes, n_chunks)
+
+    monkeypatch.setattr(nd, "_popcount", counted)
+    monkeypatch.setattr(nd, "_chunk_masks", counted_split)
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**24, size=n, dtype=np.uint64) << np.uint64(20)   # 40 bits the same everywhere
+    found = near_duplicate_pairs(hashes, 2, method="buckets")     # all pairs would be 2 * 10^8
+    small = hashes[:1500]
+    assert {(int(i), int(j)) for i, j, _ in near_duplicate_pairs(small, 2, method="buckets").pairs} == _brute(small, 2)
+    assert found.complete
+
+
+def test_identical_hashes_are_counted_not_listed_one_by_one():
+    hashes = np.array([7] * 3000 + [2**50], dtype=np.uint64)      # 3000 blank images and one other
+    folds = np.arange(3001) % 3
+    found = near_duplicate_pairs(hashes, 1, folds=folds, method="buckets", limit=500)
+    per_fold = 1000
+    assert found.same_fold == 3 * per_fold * (per_fold - 1) // 2
+    assert found.total == 3000 * 2999 // 2 - found.same_fold and found.complete
+    assert len(found.pairs) == 500 and (folds[found.pairs[:, 0]] != folds[found.pairs[:, 1]]).all()
+
+
+def test_the_search_stops_at_the_limit_and_says_so():
+    rng = np.random.default_rng(1)
+    hashes = rng.integers(0, 2**12, size=3000, dtype=np.uint64)     # 12 bits: nearly every pair within 4
+    found = near_duplicate_pairs(hashes, 4, method="buckets", limit=1000)
+    assert not found.complete and found.total >= 1000 and "stopped" in found.method
+    assert near_duplicate_pairs(hashes[:200], 4, method="buckets").complete

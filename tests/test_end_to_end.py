@@ -96,7 +96,7 @@ def test_voting_change_revotes_without_retraining(run):
     for k in range(3):
         for name in ("weights.safetensors", "test_probs.csv"):
             assert after[exp / f"fold_{k}" / name] == before[exp / f"fold_{k}" / name]
-    assert "hard voting" in result.stdout
+    assert "hard vote of 3 folds" in result.stdout   # the submission line names the vote
 
 
 def test_retraining_one_fold_repredicts_only_that_fold(run):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.predict.voting import (VOTING_MODES, choose_tau, class_priors, fit_weights,
+from pipeline.ensemble.voting import (VOTING_MODES, choose_tau, class_priors, fit_weights,
                                geometric_vote, hard_vote, log_loss, logit_adjust, rank_average, soft_vote, vote,
                                vote_scores)
 from pipeline.metrics import classification_metrics
@@ -324,7 +324,7 @@ def test_vote_and_its_scores_default_to_the_soft_vote():
 
 def test_fitted_weights_that_do_worse_than_uniform_are_not_returned(monkeypatch):
     """A failed optimisation (here: one that lands on the weakest member) must not beat the uniform vote."""
-    import pipeline.predict.voting as voting
+    import pipeline.ensemble.voting as voting
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 200)
@@ -379,7 +379,8 @@ def test_tta_merge_defaults_to_the_mean_of_probabilities():
 def test_nested_logit_adjustment_chooses_each_folds_tau_without_its_rows():
     """Fold 0's rows alone would want a strong adjustment, the other folds none: fold 0 gets the others' tau
     (0), fold 1 gets fold 0's (1) — never a tau fitted on the rows it is then scored on."""
-    from pipeline.predict.voting import nested_logit_adjust
+    from pipeline.ensemble.chain import Nested, Rows
+    from pipeline.ensemble.steps.factors import LogitAdjustStep
 
     y = np.array([0] * 6 + [1] * 2 + [0] * 6 + [1] * 2)
     under = [[0.55, 0.45]] * 2       # fold 0: the rare class is under-predicted; adjusting fixes it
@@ -387,8 +388,9 @@ def test_nested_logit_adjustment_chooses_each_folds_tau_without_its_rows():
     majority = [[0.52, 0.48]] * 6    # ... but it flips fold 1's majority rows, so fold 1 alone wants tau 0
     probs = np.array([[0.9, 0.1]] * 6 + under + majority + right)
     folds = np.repeat([0, 1], 8)
-    adjusted, taus = nested_logit_adjust(probs, y, folds, [0.0, 1.0])
-    assert taus == {0: 0.0, 1: 1.0}
+    chain = Nested(Rows(probs, y, folds)).add(LogitAdjustStep((0.0, 1.0), "f1_macro"))
+    adjusted = chain.oof()
+    assert {k: p["tau"] for k, p in chain.per_fold().items()} == {0: 0.0, 1: 1.0}
     np.testing.assert_allclose(adjusted[folds == 0], probs[folds == 0])                     # tau 0: unchanged
     prior_of_fold_0 = class_priors(y[folds == 0], 2)
     np.testing.assert_allclose(adjusted[folds == 1], logit_adjust(probs[folds == 1], prior_of_fold_0, 1.0))

@@ -115,3 +115,35 @@ def test_sha256_manifests_see_content_that_kept_its_size_and_time(tmp_path):
     os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... same time, as `cp -p` would leave it
     assert train_manifest(stat_cfg) == before[0]          # stat cannot see it (documented)
     assert train_manifest(hash_cfg) != before[1]
+
+
+def test_a_column_of_paths_is_joined_and_refused_exactly_as_safe_join_does(tmp_path, outside_secret, monkeypatch):
+    """RootGuard (a folder resolved once) against safe_join (every path resolved) on paths of every shape."""
+    from pipeline.data.tables import RootGuard, safe_join
+
+    root = tmp_path / "data"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "f.png").write_bytes(b"x")
+    (root / "a" / "out.png").symlink_to(outside_secret)                  # a file linked out
+    (root / "linked").symlink_to(outside_secret.parent)                  # a folder linked out
+    (root / "a" / "in.png").symlink_to("f.png")                          # a link that stays inside
+    (root / "top.png").symlink_to(outside_secret)
+    rels = ["a/f.png", "a/out.png", "linked/shadow", "a/in.png", "top.png", "./a/f.png", "a//f.png",
+            "a/./f.png", "a/", "...", "..", "../x", str(outside_secret), "a/../a/f.png", "missing/x.png",
+            "a/b/../f.png", "", " a", "a/b/c.png", "linked/../a/f.png", ".hidden/x.png"]
+
+    def outcome(join, rel):
+        try:
+            return str(join(rel))
+        except DataError as exc:
+            return f"refused: {exc}"
+
+    monkeypatch.chdir(tmp_path)      # relative roots too
+    for where in [root, str(root) + "/", "data", "./data", "data/a/.."]:
+        guard = RootGuard(where)
+        for rel in rels:
+            assert outcome(lambda r: guard.join(r, "w"), rel) == outcome(lambda r: safe_join(where, r, "w"), rel), rel
+    guard = RootGuard(root)
+    refused = [rel for rel in rels if outcome(lambda r: guard.join(r, "w"), rel).startswith("refused")]
+    assert set(refused) == {"a/out.png", "linked/shadow", "top.png", "..", "../x", str(outside_secret),
+                            "a/../a/f.png", "a/b/../f.png", "linked/../a/f.png"}

@@ -14,9 +14,9 @@ from pipeline.config import load_config
 from pipeline.data.tables import class_list, read_test_table, read_train_table
 from pipeline.fileio import read_text_csv
 from pipeline.data.fold_file import make_folds
-from pipeline.predict.ensemble import ensemble
+from pipeline.results.ensemble_stage import ensemble
 from pipeline.predict.fold import predict_fold
-from pipeline.predict.submission import validate_for_config, validate_submission
+from pipeline.results.submission import validate_for_config, validate_submission
 from pipeline.train.loop import fit
 
 QUIET = dict(log=lambda *_: None)

@@ -186,7 +186,7 @@ def test_cv_rows_score_the_rows_with_a_cross_fold_duplicate_apart(tiny_cfg_dict)
     """The demo's groups withheld: the CV rows split the OOF rows by the scan's pairs, and leaks.csv lists them.
     Ten true groups are moved whole into one fold each, so some rows have no copy in another fold."""
     from pipeline.data.fold_file import make_folds
-    from pipeline.predict.leak_rows import leak_cv_rows
+    from pipeline.results.leak_rows import leak_cv_rows
 
     raw = dict(tiny_cfg_dict, data={**tiny_cfg_dict["data"], "group_column": None})
     cfg = load_config(None, raw)

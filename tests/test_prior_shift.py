@@ -14,10 +14,12 @@ import pytest
 from pipeline.config import load_config
 from pipeline.data.sampling import balanced_sample_weights, epoch_class_frequencies, oversample_indices
 from pipeline.fileio import write_json_atomic
-from pipeline.predict.ensemble import ensemble
-from pipeline.predict.prior_shift import bbse_prior, em_prior, reweight, shift_test
-from pipeline.predict.score import score
-from pipeline.predict.voting import logit_adjust
+from pipeline.results.ensemble_stage import ensemble
+from pipeline.ensemble.label_shift import bbse_prior, em_prior, reweight, shift_test
+from pipeline.ensemble.steps.factors import apply_log_factor
+from pipeline.ensemble.steps.prior_shift import fit_estimator
+from pipeline.results.score import score
+from pipeline.ensemble.voting import logit_adjust
 from pipeline.report.prior_section import prior_shift_section
 from pipeline.stamps import write_resolved
 from pipeline.train.prior import train_prior_record
@@ -104,20 +106,22 @@ def test_balanced_class_weights_and_smoothing_enter_the_recorded_prior():
 K, N_OOF, N_TEST = 3, 900, 300
 
 
-def _experiment(root, test_mix, name="exp", prior_file=True, **ensemble_keys):
+def _experiment(root, test_mix, name="exp", prior_file=True, n_oof=N_OOF, n_test=N_TEST, metric="f1_macro",
+                **ensemble_keys):
     """outputs/<name>/ as training and prediction leave it; the test labels file does NOT exist."""
-    oof, y = _sample(TRAIN_MIX, N_OOF, seed=10)
-    test, test_y = _sample(test_mix, N_TEST, seed=11)
-    ids = [f"t{i:03d}" for i in range(N_TEST)]
+    oof, y = _sample(TRAIN_MIX, n_oof, seed=10)
+    test, test_y = _sample(test_mix, n_test, seed=11)
+    ids = [f"t{i:04d}" for i in range(n_test)]
     pd.DataFrame({"id": ids, "label": "cat"}).to_csv(root / "sample_submission.csv", index=False)
     cfg = load_config(None, {"experiment": name, "output_dir": str(root / "outputs"),
                              "folds": {"n_splits": K, "dir": str(root / "folds")},
-                             "ensemble": ensemble_keys,
+                             "ensemble": {"logit_adjust": "off", "class_bias": "off", **ensemble_keys},
+                             "competition": {"metric": metric},
                              "data": {"sample_submission": str(root / "sample_submission.csv"),
                                       "train_csv": str(root / "train.csv"),
                                       "test_labels": str(root / f"{name}_labels.csv")}})
     write_resolved(cfg)
-    folds = np.arange(N_OOF) % K
+    folds = np.arange(n_oof) % K
     rng = np.random.default_rng(12)
     for k in range(K):
         d = cfg.fold_dir(k)
@@ -143,39 +147,104 @@ def _outputs(cfg):
     return record, submitted, probs
 
 
-def test_auto_corrects_a_balanced_test_set_without_reading_its_labels(tmp_path):
-    cfg, test_y = _experiment(tmp_path, [1 / 3, 1 / 3, 1 / 3])
+REVERSED = [0.05, 0.2, 0.75]
+LARGE = dict(n_oof=3000, n_test=1500)
+
+
+def _labels_file(cfg, test_y):
+    pd.DataFrame({"id": [f"t{i:04d}" for i in range(len(test_y))], "label": np.array(CLASSES)[test_y]}).to_csv(
+        cfg.data.test_labels, index=False)
+
+
+def _step(cfg, name="prior_shift"):
+    return next(s for s in json.loads((cfg.exp_dir / "ensemble.json").read_text())["chain"] if s["step"] == name)
+
+
+def test_auto_corrects_a_shifted_test_set_without_reading_its_labels(tmp_path):
+    """The reversed mix: a shift the test finds, estimated within a tenth of it on simulated test sets, whose
+    correction gains more than twice its noise there; the submission is the calibrated correction's."""
+    cfg, test_y = _experiment(tmp_path, REVERSED, **LARGE)
     assert not Path(cfg.data.test_labels).exists()            # nothing to read: the stage cannot have used labels
     ensemble(cfg, **QUIET)
     record, submitted, probs = _outputs(cfg)
-    assert record["applied"] and record["method"] == "em" and record["p_value"] < 0.01
-    assert np.abs(np.array(record["estimates"]["em"]) - 1 / 3).max() < 0.06
+    assert record["applied"] and record["method"] == "calibrated_em" and record["p_value"] < 0.01
+    assert np.abs(np.array(record["estimates"]["calibrated_em"]) - REVERSED).max() < 0.06
     np.testing.assert_allclose(record["model_prior"], MODEL_PRIOR, atol=1e-6)
-    expected = reweight(probs, MODEL_PRIOR, record["estimates"]["em"]).argmax(axis=1)
-    assert (submitted == expected).all() and (submitted != probs.argmax(axis=1)).any()
+    step = _step(cfg)
+    assert step["gain"] > 2 * step["noise"] and step["simulation"]["estimate_l1_error"] < step["simulation"]["shift_l1"] / 10
+    expected = apply_log_factor(probs, record["log_factors"]["calibrated_em"]).argmax(axis=1)
+    assert (submitted == expected).mean() > 0.99 and (submitted != probs.argmax(axis=1)).any()
     cv_md = (cfg.exp_dir / "cv.md").read_text()
-    for text in ["simulated balanced mix: EM correction", "simulated reversed mix: no correction (model prior off by L1",
-                 "simulated training mix: auto (unchanged", "estimated by EM", "applied the EM correction"]:
-        assert text in cv_md
+    for text in ["simulated balanced mix: EM correction", "simulated reversed mix: no correction (the posteriors' prior",
+                 "simulated training mix: auto's shift test (unchanged", "estimated by EM", "by calibrated EM",
+                 "simulated estimated mix", "auto: its simulated gain exceeds 2 x its noise"]:
+        assert text in cv_md, text
     section = prior_shift_section(cfg, CLASSES)
-    assert "data:image/png;base64," in section and "the EM correction was applied" in section
+    assert "data:image/png;base64," in section and "the calibrated EM correction was applied" in section
 
-    pd.DataFrame({"id": [f"t{i:03d}" for i in range(N_TEST)], "label": np.array(CLASSES)[test_y]}).to_csv(
-        cfg.data.test_labels, index=False)
+    _labels_file(cfg, test_y)
     table = score(cfg, **QUIET).set_index("model")
-    assert table.loc["soft vote + prior-shift correction (em) (submission)", "f1_macro"] == \
-        pytest.approx(table.loc["submission.csv", "f1_macro"])
-    assert "soft vote" in table.index                    # the uncorrected vote, no longer the submission
+    assert table.loc["soft vote + prior-shift correction (calibrated_em) (submission)", "f1_macro"] == \
+        table.loc["submission.csv", "f1_macro"] > table.loc["soft vote", "f1_macro"] + 0.05   # it did help
+    assert "submission without prior-shift correction (calibrated_em)" in table.index
 
 
 def test_auto_leaves_a_test_set_with_the_training_mix_unchanged(tmp_path):
     cfg, _ = _experiment(tmp_path, TRAIN_MIX)
     ensemble(cfg, **QUIET)
     record, submitted, probs = _outputs(cfg)
-    assert not record["applied"] and record["p_value"] >= 0.01
+    assert not record["applied"] and record["p_value"] >= 0.01 and "no shift found" in record["why"]
     assert (submitted == probs.argmax(axis=1)).all()
-    assert "left the predictions unchanged" in (cfg.exp_dir / "cv.md").read_text()
+    assert "no shift found" in (cfg.exp_dir / "cv.md").read_text()
     assert "the submission was left unchanged" in prior_shift_section(cfg, CLASSES)
+
+
+def test_auto_leaves_a_correction_that_hurts_after_the_logit_adjustment(tmp_path):
+    """A balanced test set, and a logit adjustment (tau 1) that has already balanced the decisions: correcting
+    for the balanced mix counts the imbalance twice. The simulation, run on the adjusted decisions, shows the
+    loss; the held-back labels confirm it."""
+    cfg, test_y = _experiment(tmp_path, [1 / 3, 1 / 3, 1 / 3], logit_adjust="on", tau_grid=[1.0], **LARGE)
+    ensemble(cfg, **QUIET)
+    step = _step(cfg)
+    assert step["gain"] < 0 and not step["applied"] and step["simulation"]["shift_p_value"] < 0.01
+    _labels_file(cfg, test_y)
+    table = score(cfg, **QUIET).set_index("model")
+    assert table.loc["submission + prior-shift correction (calibrated_em) (not applied)", "f1_macro"] < \
+        table.loc["submission.csv", "f1_macro"]
+
+
+def test_auto_leaves_the_vote_alone_when_the_estimate_is_unreliable(tmp_path):
+    """40 test rows: the estimate's error on simulated test sets of that size is more than half the shift it
+    estimates (the shift test's alpha raised so that it does not stop first)."""
+    cfg, _ = _experiment(tmp_path, [0.6, 0.3, 0.1], n_test=40, prior_shift_alpha=0.99)
+    ensemble(cfg, **QUIET)
+    record, submitted, probs = _outputs(cfg)
+    assert not record["applied"] and "the estimate is unreliable" in record["why"]
+    sim = _step(cfg)["simulation"]
+    assert sim["estimate_l1_error"] > sim["shift_l1"] / 2
+    assert (submitted == probs.argmax(axis=1)).all()
+
+
+@pytest.mark.parametrize("method", ["em", "bbse", "calibrated_em"])
+def test_a_forced_method_is_applied_whatever_its_gain(tmp_path, method):
+    cfg, _ = _experiment(tmp_path, TRAIN_MIX, prior_shift=method)
+    ensemble(cfg, **QUIET)
+    record, submitted, probs = _outputs(cfg)
+    assert record["applied"] and record["method"] == method and record["why"] == f"forced on (ensemble.prior_shift: {method})"
+    expected = apply_log_factor(probs, record["log_factors"][method]).argmax(axis=1)
+    assert (submitted == expected).mean() > 0.99
+
+
+def test_calibration_fixes_the_em_estimate_of_overconfident_posteriors():
+    """Posteriors three times too sharp (a temperature of 3): EM from the model prior misreads a balanced test
+    set; bias-corrected temperature scaling on the OOF rows first recovers it."""
+    sharpen = lambda p: p ** 3 / (p ** 3).sum(axis=1, keepdims=True)   # noqa: E731
+    oof, oof_y = _sample(TRAIN_MIX, 4000, seed=2)
+    test, _ = _sample([1 / 3, 1 / 3, 1 / 3], 4000, seed=1)
+    plain = fit_estimator("em", sharpen(oof), oof_y, MODEL_PRIOR).estimate(sharpen(test))
+    calibrated = fit_estimator("calibrated_em", sharpen(oof), oof_y, MODEL_PRIOR)
+    assert calibrated.calibration.temperature == pytest.approx(3.0, rel=0.15)
+    assert np.abs(calibrated.estimate(sharpen(test)) - 1 / 3).sum() < 0.5 * np.abs(plain - 1 / 3).sum()
 
 
 def test_off_changes_nothing_and_a_run_without_train_prior_files_falls_back_to_raw_counts(tmp_path):

@@ -19,7 +19,7 @@ import yaml
 from pipeline.config import ConfigError, config_to_dict, load_config
 from pipeline.data.pseudo_labels import pseudo_labels_path
 from pipeline.fileio import file_sha256
-from pipeline.predict.pseudo import build_pseudo_labels, select_pseudo
+from pipeline.results.pseudo import build_pseudo_labels, select_pseudo
 from pipeline.train.selection import fold_data
 
 CLASSES = ["01", "10", "2"]          # the columns of FOLD_PROBS
@@ -171,7 +171,7 @@ def test_the_source_rounds_score_row_reads_its_probability_submission_by_id(cfg_
     scored from the probabilities its submission holds (ROC-AUC and log-loss too), each row matched by id."""
     from sklearn.metrics import roc_auc_score
 
-    from pipeline.predict.pseudo import source_score_rows
+    from pipeline.results.pseudo import source_score_rows
 
     pd.DataFrame({"id": TEST_IDS, **{c: "0.3333" for c in MODEL_CLASSES}}).to_csv(tmp_path / "sample.csv", index=False)
     written = pd.DataFrame([[0.7, 0.1, 0.2], [0.2, 0.5, 0.3], [0.1, 0.2, 0.7], [0.3, 0.6, 0.1]], columns=MODEL_CLASSES)

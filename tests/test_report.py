@@ -9,6 +9,7 @@ under CI (the CI variable set), where it fails.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -78,10 +79,11 @@ def chromium() -> str:
     pytest.skip(reason)
 
 
-def _render(chromium: str, path, tmp_path) -> tuple[str, int, int]:
-    """(DOM after load, images loaded, images in all) of `path` in headless Chromium."""
-    result = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                             path.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+def _render(chromium: str, path, tmp_path, width: int = 1280) -> tuple[str, int, int]:
+    """(DOM after load, images loaded, images in all) of `path` in headless Chromium, `width` pixels wide."""
+    result = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--window-size={width},2000",
+                             f"--user-data-dir={tmp_path / 'chromium-profile'}", path.resolve().as_uri()],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     dom = result.stdout
     body = re.search(r"<body[^>]*>", dom)
@@ -97,6 +99,42 @@ def test_report_renders_in_headless_chromium_with_every_figure_loaded(chromium, 
     dom, loaded, total = _render(chromium, path, tmp_path)
     assert loaded == total >= EXPECTED_FIGURES, (loaded, total)
     assert "Experiment report" in dom and "Resolved configuration" in dom
+
+
+def _widths(dom: str) -> tuple[int, int]:
+    """(the page's scroll width, the window's width) that the page's load script recorded."""
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    return (int(re.search(r'data-page-width="(\d+)"', body).group(1)),
+            int(re.search(r'data-view-width="(\d+)"', body).group(1)))
+
+
+def test_the_report_opens_with_its_summary_and_wide_tables_scroll_in_their_box(chromium, run, report, tmp_path):
+    """In a 700-pixel window: the summary (the submission, its OOF estimate, the chain's steps) comes before the
+    CV table, and the page is no wider than the window although the CV table is (it scrolls in its box)."""
+    path, _ = report
+    dom, loaded, total = _render(chromium, path, tmp_path, width=700)
+    assert loaded == total
+    record = json.loads((run.exp_dir / "ensemble.json").read_text())
+    summary = dom[dom.index('id="summary"'):dom.index('id="cv"')]
+    for text in ("Submission", "Out-of-fold estimate", f"{record['estimate']['oof']:.4f}", "logit adjustment",
+                 "class bias", "prior-shift correction", "gain ± noise"):
+        assert text in summary, text
+    page, view = _widths(dom)
+    assert page <= view, (page, view)
+    assert re.search(r'<div class="table-box"><table><thead><tr><th>part</th>', dom)
+
+
+def test_the_width_check_catches_a_table_that_widens_the_page(chromium, tmp_path):
+    """The check the summary test relies on: a wide table outside a scrolling box makes the page wider."""
+    from pipeline.report.plots import html_page, html_table
+
+    wide = pd.DataFrame({f"column {i}": ["a long cell value"] for i in range(30)})
+    boxed, bare = html_table(wide), html_table(wide).replace('<div class="table-box">', "<div>")
+    for body, widened in ((boxed, False), (bare, True)):
+        page = tmp_path / f"wide_{widened}.html"
+        page.write_text(html_page("check", body, self_contained=True))
+        width, view = _widths(_render(chromium, page, tmp_path, width=700)[0])
+        assert (width > view) == widened, (width, view)
 
 
 def test_the_render_check_catches_broken_and_external_images(chromium, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.config import ConfigError, load_config, seed_config
 from pipeline.fileio import read_table
-from pipeline.predict.ensemble import ensemble
+from pipeline.results.ensemble_stage import ensemble
 from pipeline.predict.seeds import merge_seeds
 from pipeline.stamps import write_resolved
 

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.predict.blend import FoldsMismatchError, blend
-from pipeline.predict.score_blend import score_combined
-from pipeline.predict.stack import C_GRID, stack
+from pipeline.results.blend import FoldsMismatchError, blend
+from pipeline.results.score_blend import score_combined
+from pipeline.ensemble.steps.combine import C_GRID
+from pipeline.results.stack import stack
 from tests.test_blend import CLASSES, K, N_TEST, QUIET, _folds_frame, _relabel_fold, make_experiment
 
 COLS = [f"prob_{c}" for c in CLASSES]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.predict.submission import SubmissionError, validate_submission, write_submission
+from pipeline.results.submission import SubmissionError, validate_submission, write_submission
 
 CLASSES = ["01", "10", "NA"]
 

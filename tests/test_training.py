@@ -95,6 +95,27 @@ def test_backbone_gets_its_own_lr_and_norms_and_biases_no_weight_decay(tiny_cfg_
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
 
 
+@pytest.mark.parametrize("name, fused", [("adamw", True), ("adam", True), ("sgd", True), ("lion", None)])
+def test_optimizers_with_fused_kernels_use_them_and_train_the_same(tiny_cfg_dict, name, fused):
+    """One fused pass per tensor instead of a dozen ops (a tenth of the demo's CPU step); the same update."""
+    import copy
+
+    cfg = load_config(None, dict(tiny_cfg_dict, train=dict(tiny_cfg_dict["train"], optimizer=name)))
+    x, y, model = _linear_setup()
+    twin = copy.deepcopy(model)
+    opt, plain = build_optimizer(cfg, model), build_optimizer(cfg, twin)
+    assert all(g.get("fused") == fused for g in opt.param_groups)
+    for g in plain.param_groups:
+        g["fused"] = None                       # the per-tensor loop
+    for m, o in ((model, opt), (twin, plain)):
+        for _ in range(3):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            o.step()
+    assert torch.allclose(torch.cat([p.flatten() for p in model.parameters()]),
+                          torch.cat([p.flatten() for p in twin.parameters()]), atol=1e-6)
+
+
 @pytest.fixture
 def folds_ready(tiny_cfg):
     make_folds(tiny_cfg, **QUIET)
@@ -242,6 +263,55 @@ def test_bf16_autocast_on_cpu_runs_the_model_in_bf16(tiny_cfg_dict, folds_ready,
     monkeypatch.setattr(train_mod, "_build_run", build)
     fit(cfg, 0, **QUIET)
     assert dtypes and set(dtypes) == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_amp_and_channels_last_auto_follow_the_machine_and_are_recorded(tiny_cfg_dict, folds_ready, tmp_path,
+                                                                       monkeypatch, native_bf16):
+    import json
+
+    monkeypatch.setattr(train_mod, "resolve_amp", lambda setting, device, real=train_mod.resolve_amp:
+                        real(setting, device) if setting != "auto" else (torch.bfloat16 if native_bf16 else None))
+    cfg = _with(tiny_cfg_dict, tmp_path, train={"amp": "auto", "channels_last": "auto"})
+    dtypes, layouts = [], []
+    real_build = train_mod._build_run
+
+    def build(*a):
+        run = real_build(*a)
+        run.model.fc.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype) if m.training else None)
+        run.model.conv1.register_forward_hook(
+            lambda m, i, o: layouts.append(i[0].is_contiguous(memory_format=torch.channels_last)))
+        return run
+
+    monkeypatch.setattr(train_mod, "_build_run", build)
+    meta = json.loads(fit(cfg, 0, **QUIET).with_suffix(".json").read_text())
+    assert set(dtypes) == {torch.bfloat16 if native_bf16 else torch.float32}
+    expected_layout = torch.backends.mkldnn.is_available()
+    assert set(layouts) == {expected_layout}
+    assert (meta["amp"], meta["channels_last"], meta["device"]) == ("bf16" if native_bf16 else "off",
+                                                                    expected_layout, "cpu")
+
+
+def test_a_nan_loss_later_in_the_epoch_names_its_step_and_the_mean_loss_weighs_every_image():
+    x, y, model = _linear_setup()
+    seen = []
+
+    def loss_fn(logits, targets):
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        seen.append((loss.item(), len(targets)))
+        return loss
+
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)          # batches of 16, 16 and 8
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mean = train_one_epoch(model, loader, opt, loss_fn, torch.device("cpu"), 0)
+    assert mean == pytest.approx(sum(v * n for v, n in seen) / 40)
+
+    def nan_at_step_1(logits, targets, calls=[]):
+        calls.append(1)
+        return loss_fn(logits, targets) * (float("nan") if len(calls) == 2 else 1.0)
+
+    with pytest.raises(train_mod.NonFiniteLossError, match="at epoch 3, step 1;"):
+        train_one_epoch(model, loader, opt, nan_at_step_1, torch.device("cpu"), 3)
 
 
 def test_pretrained_file_loads_backbone_and_adapts_the_head(tiny_cfg, tmp_path):

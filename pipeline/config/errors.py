@@ -39,7 +39,7 @@ def _range(field: FieldInfo) -> str:
 
 # Keys an earlier version read, with what replaced them: a config written for it gets told, not just refused.
 _RETIRED = {"folds.leak_mads": "the leak rule is now relative to each image's neighbourhood; set "
-                               "folds.leak_ratio (default 0.45, see README 'Leaks') or remove the key"}
+                               "folds.leak_ratio (default 0.45, see docs/leaks.md) or remove the key"}
 
 
 def _problem(err: dict) -> tuple[str, str]:

@@ -1,12 +1,14 @@
 """The whole config: its sections, the rules across them, the folders it derives, one seed's copy."""
 
+import hashlib
+import re
 import typing
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from pipeline.config.base import ConfigError, Section, is_section
+from pipeline.config.base import Broken, ConfigError, Section, is_section
 from pipeline.config.data_keys import DataConfig, FoldsConfig, MaskConfig
 from pipeline.config.decision_keys import CompetitionConfig, EnsembleConfig, PseudoConfig, TTAConfig
 from pipeline.config.running_keys import ParallelConfig, ReportConfig, TuneConfig
@@ -51,6 +53,23 @@ class Config(Section):
             self.train.monitor = self.competition.metric
         return self
 
+    @model_validator(mode="after")
+    def _lists_the_pipeline_writes(self):
+        """A class-folder layout's train list and a missing sample submission are written by the pipeline
+        (pipeline/data/layouts.py) to the paths derived here; `data.train_csv` / `data.sample_submission` name them,
+        so every stage reads them like the files of any competition."""
+        d = self.data
+        if d.layout == "folders":
+            derived = self.folder_list_file
+            # A resolved config names the list; under another output_dir it is the same list (same name), moved.
+            if "train_csv" in d.model_fields_set and Path(d.train_csv).name != derived.name:
+                raise Broken("data.train_csv", "data.layout: folders lists the class folders itself (into "
+                             f"{derived}); remove data.train_csv", d.train_csv)
+            d.train_csv = str(derived)
+        if d.sample_submission is None or Path(d.sample_submission).name == self.derived_sample_file.name:
+            d.sample_submission = str(self.derived_sample_file)
+        return self
+
     def _rules(self):
         seeds = self.seeds
         return [("experiment", self.experiment.replace("-", "").replace("_", "").isalnum(),
@@ -71,12 +90,32 @@ class Config(Section):
         return Path(self.folds.dir) / f"{self.folds.name or self.experiment}.csv"
 
     @property
+    def folder_list_file(self) -> Path:
+        """data.layout: folders: the train CSV the pipeline writes from the class folders (one per data folder)."""
+        return _derived_csv(self.output_dir, "train", self.data.image_root, self.data.class_folders)
+
+    @property
+    def derived_sample_file(self) -> Path:
+        """data.sample_submission: null: the sample submission the pipeline writes from the test folder."""
+        d = self.data
+        return _derived_csv(self.output_dir, "sample_submission", d.test_root or d.image_root,
+                            d.test_image_template or "", d.id_column, d.target_column)
+
+    @property
     def run_dir(self) -> Path:
         """Where the folds train: the experiment folder, or its seed_<s> folder for one seed of `seeds`."""
         return self.exp_dir / self._run_subdir if self._run_subdir else self.exp_dir
 
     def fold_dir(self, fold: int) -> Path:
         return self.run_dir / f"fold_{fold}"
+
+
+def _derived_csv(output_dir: str, kind: str, root: str, *what: str) -> Path:
+    """``<output_dir>/lists/<kind>-<root's name>-<hash>.csv``: shared by every experiment on the same data (so
+    their folds stay up to date), a different file for other data; only path characters Make can use."""
+    key = hashlib.sha256("\0".join([str(Path(root)), *what]).encode()).hexdigest()[:10]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(root).resolve().name or "data")
+    return Path(output_dir) / "lists" / f"{kind}-{name}-{key}.csv"
 
 
 def seed_config(cfg: Config, seed: int) -> Config:

@@ -56,6 +56,7 @@ import PIL
 import torch
 
 from pipeline.config import AugmentConfig
+from pipeline.data.bit_depth import REFUSE, Scaling, scaling_for
 from pipeline.data.transforms import ImageDataset, build_transform, finishing_steps, geometry_steps, load_rgb
 from pipeline.device import usable_cpus
 from pipeline.fileio import atomic_path, locked
@@ -112,8 +113,10 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, separators=(",", ":")).encode()).hexdigest()
 
 
-def cache_key(paths: Sequence[str], size: int, crop: Sequence[int] | None = None) -> tuple[str, str]:
-    """(list tag, content key) of a cache: see the module docstring. Stats every file once."""
+def cache_key(paths: Sequence[str], size: int, crop: Sequence[int] | None = None,
+              scaling: Scaling = REFUSE) -> tuple[str, str]:
+    """(list tag, content key) of a cache: see the module docstring. Stats every file once. A high-bit
+    `scaling` (data.high_bit_depth) is part of the key; the default refusal leaves keys as they were."""
     size, crop = _check_geometry(size, crop)
     paths = [str(p) for p in paths]
     stats = []
@@ -124,8 +127,9 @@ def cache_key(paths: Sequence[str], size: int, crop: Sequence[int] | None = None
             raise FileNotFoundError(f"image not found: {p} (check data.image_root and the CSV)") from None
         stats.append((st.st_size, st.st_mtime_ns))
     list_tag = _digest(paths)[:12]
+    scaled = {} if scaling == REFUSE else {"scaling": [scaling.method, scaling.window]}
     key = _digest({"paths": paths, "stats": stats, "size": size, "crop": crop,
-                   "method": resize_method(crop), "format": CACHE_FORMAT})[:16]
+                   "method": resize_method(crop), "format": CACHE_FORMAT, **scaled})[:16]
     return list_tag, key
 
 
@@ -188,15 +192,15 @@ def _open_valid(path: Path, n: int, size: int) -> np.ndarray | None:
     return arr if arr.dtype == np.uint8 and arr.shape == (n, size, size, 3) else None
 
 
-def _decode_chunk(out: np.ndarray, start: int, paths: Sequence[str], geom: A.Compose) -> None:
+def _decode_chunk(out: np.ndarray, start: int, paths: Sequence[str], geom: A.Compose, scaling: Scaling) -> None:
     for j, p in enumerate(paths):
         try:
-            out[start + j] = geom(image=load_rgb(p))["image"]
+            out[start + j] = geom(image=load_rgb(p, scaling))["image"]
         except (OSError, ValueError) as exc:   # PIL: UnidentifiedImageError is an OSError
             raise ValueError(f"cannot decode image {p}: {exc}") from exc
 
 
-def _fill(out: np.ndarray, paths: Sequence[str], size: int, crop, n_jobs: int | None) -> None:
+def _fill(out: np.ndarray, paths: Sequence[str], size: int, crop, n_jobs: int | None, scaling: Scaling) -> None:
     """Decode + crop + resize every image into `out` (threads: PIL and cv2 release the GIL)."""
     from joblib import Parallel, delayed
 
@@ -205,11 +209,11 @@ def _fill(out: np.ndarray, paths: Sequence[str], size: int, crop, n_jobs: int | 
     if n_jobs == 1 or len(paths) <= _CHUNK:
         geom = geometry_transform(size, crop)
         for s in starts:
-            _decode_chunk(out, s, paths[s:s + _CHUNK], geom)
+            _decode_chunk(out, s, paths[s:s + _CHUNK], geom, scaling)
         return
     # One Compose per task: albumentations transforms keep per-call state, so threads must not share one.
     Parallel(n_jobs=n_jobs, backend="threading")(
-        delayed(_decode_chunk)(out, s, paths[s:s + _CHUNK], geometry_transform(size, crop)) for s in starts)
+        delayed(_decode_chunk)(out, s, paths[s:s + _CHUNK], geometry_transform(size, crop), scaling) for s in starts)
 
 
 def _reserve(path: Path) -> None:
@@ -237,7 +241,8 @@ def _remove_quietly(path: Path) -> None:
 
 
 def build_cache(paths: Sequence[str], size: int, crop: Sequence[int] | None, cache_dir: str | Path,
-                n_jobs: int | None = None, log: Callable[[str], None] | None = None) -> DecodedImages:
+                n_jobs: int | None = None, log: Callable[[str], None] | None = None,
+                scaling: Scaling = REFUSE) -> DecodedImages:
     """Decode every image of `paths` once (in order) at size x size; reuse the cache when up to date.
 
     Returns a `DecodedImages` whose row i is `paths[i]` after the pre-resize crop (if any) and
@@ -250,7 +255,7 @@ def build_cache(paths: Sequence[str], size: int, crop: Sequence[int] | None, cac
         raise ValueError("build_cache: no images given")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    list_tag, key = cache_key(paths, size, crop)
+    list_tag, key = cache_key(paths, size, crop, scaling)
     stem = f"{_PREFIX}{list_tag}-{_geometry_tag(size, crop)}"
     final = cache_dir / f"{stem}-{key}.npy"
     arr = _open_valid(final, len(paths), size)
@@ -267,7 +272,7 @@ def build_cache(paths: Sequence[str], size: int, crop: Sequence[int] | None, cac
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
             _reserve(tmp)
             try:
-                _fill(out, paths, size, crop, n_jobs)
+                _fill(out, paths, size, crop, n_jobs, scaling)
                 out.flush()
             finally:
                 del out
@@ -276,7 +281,8 @@ def build_cache(paths: Sequence[str], size: int, crop: Sequence[int] | None, cac
             if stale != final:          # same images, same geometry, another key: never valid again
                 _remove_quietly(stale)
     if log is not None:
-        log(f"[cache] decoded {len(paths)} images at {size}x{size} in {seconds:.1f}s → {final} "
+        log(f"[cache] decoded {len(paths)} images at {size}x{size} in {seconds:.1f}s "
+            f"({len(paths) / max(seconds, 1e-9):.0f} images/s) → {final} "
             f"({final.stat().st_size / 2**20:.1f} MiB)")
     return DecodedImages(final, key, size, crop, built=True, seconds=seconds)
 
@@ -402,17 +408,17 @@ def decoded_for(cfg, paths: Sequence[str], log: Callable[[str], None] | None = p
     if not cache_enabled(cfg):
         return None
     return build_cache(list(paths), cfg.augment.image_size, cfg.augment.pre_resize_crop, cache_dir_for(cfg),
-                       log=log)
+                       log=log, scaling=scaling_for(cfg))
 
 
 def make_dataset(aug: AugmentConfig, paths, rows=None, targets=None, train: bool = False,
-                 decoded: DecodedImages | None = None) -> torch.utils.data.Dataset:
+                 decoded: DecodedImages | None = None, scaling: Scaling = REFUSE) -> torch.utils.data.Dataset:
     """The images `paths[rows]` (all when rows is None) with `targets`, for a DataLoader.
 
     With a cache (`decoded` built over the whole `paths`): a CachedImageDataset whose items are
     uint8 HWC arrays; pass every batch through `BatchNormalize` on the device. Without: the
     plain `data.ImageDataset` (decode + the full transform, float CHW items; BatchNormalize
-    passes them through). Both give the same normalised values for the same seed. The
+    passes them through; high-bit images decoded by `scaling`). Both give the same normalised values for the same seed. The
     dataset's `transform` is an albumentations Compose (seed it with `set_random_seed`).
     """
     if decoded is not None:
@@ -420,4 +426,5 @@ def make_dataset(aug: AugmentConfig, paths, rows=None, targets=None, train: bool
             raise ValueError(f"make_dataset: the cache holds {len(decoded)} images, paths has {len(paths)}")
         return CachedImageDataset(decoded, rows, targets, cached_transform(aug, train, normalize=False))
     paths = np.asarray(paths)
-    return ImageDataset(paths if rows is None else paths[np.asarray(rows)], targets, build_transform(aug, train=train))
+    return ImageDataset(paths if rows is None else paths[np.asarray(rows)], targets, build_transform(aug, train=train),
+                        scaling)

@@ -41,19 +41,20 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.data.image_check import ImageResult, inspect_all, is_high_bit_depth
+from pipeline.data.bit_depth import is_high_bit_depth, scales
+from pipeline.data.image_check import ImageResult
+from pipeline.data.layouts import IMAGE_EXTENSIONS   # the files counted as images when a folder is listed
 from pipeline.data.table_check import ImageRef, check_test, check_train
+from pipeline.data.verdicts import Verdicts
 
 # Heavy imports (pandas, scikit-learn via pipeline.data.folds, torch via pipeline.data.transforms) happen
 # inside the functions that need them: `python -m pipeline check` and the worker processes of
 # pipeline.data.image_check must not spend seconds importing torch.
 
-__all__ = ["check_data", "DataReport", "Problem"]
+__all__ = ["check_data", "check_train_images", "require_train_images", "DataReport", "Problem"]
 
 # Lines shown per kind of problem in `DataReport.format()` before "... and N more".
 _MAX_SHOWN = 10
-# Files counted as images when listing the test folder.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # PIL modes that `load_rgb`'s `convert("RGB")` turns into a faithful RGB image.
 _SAFE_MODES = {
     "1": "1-bit black and white",
@@ -106,6 +107,7 @@ class DataReport:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     images_checked: int = 0
+    images_reused: int = 0     # of those, unchanged since an earlier check: its verdict reused, not decoded
     train_rows: int = 0
     test_rows: int = 0
 
@@ -121,6 +123,8 @@ class DataReport:
         """A readable report: a summary line, then problems and warnings grouped by kind."""
         counts = (f"{self.train_rows} train rows, {self.test_rows} test rows, "
                   f"{self.images_checked} images checked")
+        if self.images_reused:
+            counts += f", {self.images_reused} of them unchanged since an earlier check and not decoded again"
         if self.ok:
             head = f"data check passed ({counts})"
             head += f" with {len(self.warnings)} warning(s)" if self.warnings else "; no problems"
@@ -157,13 +161,16 @@ class CheckRun:
     here; the image checks below decode what `refs` names.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, verdicts: Verdicts | None = None, dry_run_folds: bool = True):
         self.cfg = cfg
+        self.verdicts = verdicts if verdicts is not None else Verdicts(None)
+        self.dry_run_folds = dry_run_folds          # run the grouped fold assignment (table_check)
         self.d = cfg.data
         self.report = DataReport()
         self.refs: dict[str, list[ImageRef]] = {}   # normalised full path → who names it
         self.skipped_roots: set[str] = set()        # image roots that do not exist: not opened
         self.expected_test: set[str] = set()        # test images named through the template
+        self.guards: dict = {}                      # image root → its tables.RootGuard
 
     def problem(self, file, row, kind, message, image=None) -> None:
         """Record a fatal problem."""
@@ -182,7 +189,7 @@ def _check_images(run: CheckRun, n_jobs: int) -> None:
     """Decode every referenced image once; report each broken or missing one, then summarise."""
     paths = [p for p in run.refs
              if not any(p.startswith(root + os.sep) or p == root for root in run.skipped_roots)]
-    results, crash = inspect_all(paths, n_jobs)
+    results, crash = run.verdicts.inspect(paths, n_jobs)
     if crash is not None:
         run.problem(run.d.image_root, None, "checker-crashed",
                     f"a worker died while decoding images ({crash}): some file crashes the image "
@@ -190,8 +197,9 @@ def _check_images(run: CheckRun, n_jobs: int) -> None:
                     "with fewer parallel jobs to see memory use.")
         return
     run.report.images_checked = len(paths)
+    run.report.images_reused = run.verdicts.reused
     modes: dict[str, list[tuple[str, ImageRef]]] = defaultdict(list)
-    multi, rotated = [], []
+    multi, rotated, high_bit = [], [], []
     missing_test = 0
     sibling_cache: dict[str, dict[str, list[str]]] = {}
     for path, res in zip(paths, results):
@@ -203,8 +211,11 @@ def _check_images(run: CheckRun, n_jobs: int) -> None:
             missing_test += ref.test
             _report_missing(run, path, ref, also, sibling_cache)
             continue
-        if res.status != "ok" or is_high_bit_depth(res.mode):
+        if res.status != "ok" or (is_high_bit_depth(res.mode) and not scales(run.d.high_bit_depth, res.mode)):
             _report_broken(run, path, res, ref, also)
+            continue
+        if is_high_bit_depth(res.mode):
+            high_bit.append((path, ref, res.mode))
             continue
         if res.mode != "RGB":
             modes[res.mode].append((path, ref))
@@ -214,6 +225,24 @@ def _check_images(run: CheckRun, n_jobs: int) -> None:
             rotated.append((path, ref))
     _check_test_folder(run, missing_test)
     _warn_image_summary(run, modes, multi, rotated)
+    if high_bit:
+        _note_high_bit(run, high_bit)
+
+
+def _note_high_bit(run: CheckRun, high_bit: list) -> None:
+    """The scaling of the 16/32-bit images (data.high_bit_depth), with the window it uses: a warning to read."""
+    from pipeline.data.bit_depth import scaling_for
+
+    path, ref, mode = high_bit[0]
+    try:
+        scaling = scaling_for(run.cfg)
+    except (OSError, ValueError) as exc:
+        run.problem(ref.csv, ref.row, "high-bit-depth", f"the 16/32-bit images cannot be scaled: {exc}", image=path)
+        return
+    found = ", ".join(f"{m} x{n}" for m, n in Counter(m for _, _, m in high_bit).most_common())
+    run.warn(ref.csv, ref.row, "high-bit-scaled",
+             f"{len(high_bit)} image(s) are 16/32-bit ({found}; first: {path}): scaled to 8-bit by "
+             f"{scaling.describe()}, for training and test alike.", image=path)
 
 
 def _warn_image_summary(run: CheckRun, modes: dict, multi: list, rotated: list) -> None:
@@ -331,14 +360,13 @@ def _report_broken(run: CheckRun, path: str, res: ImageResult, ref: ImageRef, al
         else:
             depth = (f"16/32-bit integer pixels (mode {res.mode}): convert('RGB') clips every value above "
                      "255 to white")
-        text = (f"{path} has {depth}{also}. Convert the images to 8-bit yourself before training, "
-                "scaling by the range the data really uses (dividing by 256 is wrong for 12-bit data or "
-                "for images that use only part of the range; e.g. rescale each image's min..max or a "
-                "fixed window to 0..255), then save as 8-bit PNG.")
+        text = (f"{path} has {depth}{also}. Set data.high_bit_depth: percentile (scaled by the training "
+                "images' 0.5th..99.5th percentiles, right for 12-bit data or images that use part of the range) "
+                "or range (16-bit only: 0..65535 → 0..255), or convert the images to 8-bit yourself.")
     run.problem(ref.csv, ref.row, kind, text, image=path)
 
 
-def check_data(cfg, n_jobs: int = -1) -> DataReport:
+def check_data(cfg, n_jobs: int = -1, verdicts: Verdicts | None = None, dry_run_folds: bool = True) -> DataReport:
     """Check the train CSV, the sample submission and every image they name; report all problems.
 
     Parameters
@@ -349,6 +377,13 @@ def check_data(cfg, n_jobs: int = -1) -> DataReport:
     n_jobs : int
         Worker processes for decoding the images (joblib's convention: -1 = all cores).
         Fewer than a few hundred images are checked in-process.
+    verdicts : pipeline.data.verdicts.Verdicts, optional
+        Earlier verdicts: an image unchanged since is not decoded again, the new verdicts are
+        added to it (the caller saves them). Without it every image is decoded.
+    dry_run_folds : bool
+        With a group column, run the fold assignment itself (a passing check then means a passing
+        folds stage; seconds for tens of thousands of groups). The folds stage, which runs it
+        anyway, turns it off.
 
     Returns
     -------
@@ -359,8 +394,37 @@ def check_data(cfg, n_jobs: int = -1) -> DataReport:
     Nothing is written. See the module docstring for the checks, and
     :mod:`pipeline.data.image_check` for their cost.
     """
-    run = CheckRun(cfg)
+    run = CheckRun(cfg, verdicts, dry_run_folds)
     check_train(run)
     check_test(run)
     _check_images(run, n_jobs)
     return run.report
+
+
+def check_train_images(cfg, n_jobs: int = -1, verdicts: Verdicts | None = None) -> DataReport:
+    """The image part of `check_data` for the training images alone (`tables.read_train_table`'s rows).
+
+    What the training and EDA stages run before reading pixels: with `verdicts` from an earlier check
+    it decodes only the images that changed since, so a broken image is refused there and then.
+    """
+    from pipeline.data.tables import read_train_table
+
+    run = CheckRun(cfg, verdicts)
+    table = read_train_table(cfg)
+    run.report.train_rows = len(table)
+    csv = str(cfg.data.train_csv)
+    for i, (path, rel) in enumerate(zip(table["image"].tolist(), table["source"].tolist())):
+        run.refs.setdefault(os.path.normpath(path), []).append(ImageRef(csv, i + 2, rel, False))
+    _check_images(run, n_jobs)
+    return run.report
+
+
+def require_train_images(cfg, n_jobs: int = -1) -> DataReport:
+    """`check_train_images` with the output folder's verdicts (saved): raise DataError listing every
+    broken training image; return the report (its warnings) when there is none."""
+    from pipeline.data.verdicts import verdicts_path
+
+    verdicts = Verdicts(verdicts_path(cfg))
+    report = check_train_images(cfg, n_jobs, verdicts)
+    verdicts.save()
+    return report.raise_if_failed()

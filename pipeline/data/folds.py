@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import StratifiedKFold
+
+from pipeline.data.group_folds import stratified_group_folds
 
 __all__ = ["assign_folds", "fold_class_counts", "training_indices_for_fold", "check_labels"]
 
@@ -120,9 +122,10 @@ def _check_groups(labels: np.ndarray, groups: np.ndarray) -> pd.Series:
         raise ValueError(f"groups mixes value types {kinds}, which cannot be sorted; make every "
                          f"group id the same type (e.g. all strings).") from None
     frame = pd.DataFrame({"label": labels, "group": groups})
-    per_group = frame.groupby("group", sort=True)["label"].unique()
-    mixed = per_group[per_group.map(len) > 1]
-    if not mixed.empty:
+    n_labels = frame.groupby("group", sort=True)["label"].nunique(dropna=False)
+    if (n_labels > 1).any():     # the labels of each mixed group, for the message (cheap: only those groups)
+        mixed_rows = frame[frame["group"].isin(n_labels.index[n_labels > 1])]
+        mixed = mixed_rows.groupby("group", sort=True)["label"].unique()
         shown = "; ".join(f"group {_plain(g)!r} has labels {sorted(v.tolist())}"
                           for g, v in list(mixed.items())[:_MAX_LISTED])
         more = f" ... ({len(mixed)} groups in all)" if len(mixed) > _MAX_LISTED else ""
@@ -183,7 +186,7 @@ def assign_folds(labels, n_splits: int, seed: int, groups=None) -> np.ndarray:
                              f"got {n_rows} labels and {groups.shape[0]} groups.")
         groups_per_class = _check_groups(labels, groups)
         _check_class_sizes(groups_per_class, n_splits, unit="groups")
-        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        splitter = None
     else:
         _check_class_sizes(pd.Series(labels).value_counts(), n_splits, unit="rows")
         splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
@@ -194,10 +197,12 @@ def assign_folds(labels, n_splits: int, seed: int, groups=None) -> np.ndarray:
     _, codes = np.unique(labels, return_inverse=True)
     if groups is not None:
         _, groups = np.unique(groups, return_inverse=True)
-    folds = np.full(n_rows, -1, dtype=np.int64)
-    dummy_x = np.zeros((n_rows, 1))
-    for fold, (_, val_idx) in enumerate(splitter.split(dummy_x, codes, groups)):
-        folds[val_idx] = fold
+    if splitter is None:    # StratifiedGroupKFold(shuffle=True)'s folds, computed faster (group_folds)
+        folds = stratified_group_folds(codes, groups, n_splits, seed)
+    else:
+        folds = np.full(n_rows, -1, dtype=np.int64)
+        for fold, (_, val_idx) in enumerate(splitter.split(np.zeros((n_rows, 1)), codes, groups)):
+            folds[val_idx] = fold
 
     empty = [k for k in range(n_splits) if not np.any(folds == k)]
     n_groups = None if groups is None else int(groups.max()) + 1

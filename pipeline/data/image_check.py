@@ -3,13 +3,14 @@
 :func:`inspect_all` returns one :class:`ImageResult` per path (missing, broken, too large,
 pixel mode, frames, EXIF rotation); :mod:`pipeline.data.check` turns them into problems.
 
-Cost. Every image is opened, ``verify()``-ed (PNG: chunk CRCs), reopened and fully
-``load()``-ed -- decoding every byte is the only way to catch a file cut short. JPEGs
+Cost. Every image is read once, opened, ``verify()``-ed (PNG: chunk CRCs), reopened from the
+bytes read and fully ``load()``-ed -- decoding every byte is the only way to catch a file cut
+short. JPEGs
 are loaded in draft mode (libjpeg's 1/8 DCT scaling): the whole entropy-coded stream is
 still read and Huffman-decoded, so truncation is caught exactly as in a full decode
 (tested), but the inverse DCT and colour conversion shrink 64-fold. Measured on one
-core: a 32x32 PNG costs ~0.3 ms (all Python overhead); a 384x512 JPEG ~0.65 ms
-(~0.95 ms with a full-size decode). The mask competition's 19k JPEGs are ~12 s of
+core: a 28x28 PNG costs ~0.065 ms of CPU (all Python overhead; 0.09 ms when each open read
+the file again); a 384x512 JPEG ~0.65 ms (~0.95 ms with a full-size decode). The mask competition's 19k JPEGs are ~12 s of
 CPU, divided among the workers; the 2.5k demo PNGs ~0.7 s.
 
 Parallelism: ``joblib.Parallel(n_jobs, prefer="processes")`` over chunks of a few
@@ -24,12 +25,15 @@ nothing heavy, so a worker never loads pandas or torch), so fewer than
 
 from __future__ import annotations
 
+import io
 import os
 from concurrent.futures.process import BrokenProcessPool
 from typing import NamedTuple
 
 from joblib import Parallel, delayed, effective_n_jobs
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from pipeline.data.bit_depth import is_high_bit_depth
 
 __all__ = ["ImageResult", "inspect_image", "inspect_chunk", "inspect_all", "is_high_bit_depth"]
 
@@ -38,6 +42,8 @@ _SERIAL_BELOW = 400
 # Paths per parallel task: big enough that inter-process overhead is noise.
 _CHUNK = 256
 _EXIF_ORIENTATION = 0x0112
+# Files up to this size are read into memory once and decoded from there.
+_READ_WHOLE_BELOW = 64 * 2 ** 20
 
 
 class ImageResult(NamedTuple):
@@ -48,20 +54,22 @@ class ImageResult(NamedTuple):
     detail: str = ""      # the exception text, for broken files
     frames: int = 1
     rotated: bool = False  # an EXIF orientation tag other than "upright"
+    size: tuple[int, int] | None = None   # (width, height) from the header, when it could be read
 
 
 def inspect_image(path: str) -> ImageResult:
     """Open, verify, reopen and decode one image, as `load_rgb` will; never raises."""
     mode = None
     try:
-        with Image.open(path) as img:
+        source = _read(path)
+        with Image.open(_fresh(source)) as img:
             fmt, mode, size = img.format, img.mode, img.size
             frames = getattr(img, "n_frames", 1) if fmt in ("GIF", "TIFF", "WEBP", "PNG") else 1
             rotated = False
             if fmt in ("JPEG", "MPO", "WEBP", "TIFF"):
                 rotated = img.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1)
             img.verify()
-        with Image.open(path) as img:
+        with Image.open(_fresh(source)) as img:
             if fmt in ("JPEG", "MPO"):
                 img.draft(None, (max(1, size[0] // 8), max(1, size[1] // 8)))
             img.load()
@@ -79,7 +87,20 @@ def inspect_image(path: str) -> ImageResult:
         return ImageResult("too-large", mode, str(exc))
     except Exception as exc:  # noqa: BLE001 -- any decoder error means load_rgb would fail too
         return ImageResult("corrupt", mode, f"{type(exc).__name__}: {exc}")
-    return ImageResult("ok", mode, "", frames, rotated)
+    return ImageResult("ok", mode, "", frames, rotated, size)
+
+
+def _read(path: str) -> bytes | str:
+    """The file's bytes, read once for both opens (a third of the cost of a small image); a very large
+    file stays a path, read by PIL as it goes."""
+    if os.path.getsize(path) > _READ_WHOLE_BELOW:
+        return path
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _fresh(source: bytes | str):
+    return io.BytesIO(source) if isinstance(source, bytes) else source
 
 
 def inspect_chunk(paths: list[str]) -> list[ImageResult]:
@@ -109,11 +130,6 @@ def _describe_file(path: str) -> str:
         except UnicodeDecodeError:
             pass
     return f"it is {size} bytes of binary data in no image format PIL knows"
-
-
-def is_high_bit_depth(mode: str | None) -> bool:
-    """True for 16/32-bit integer and float modes, which `convert("RGB")` clips or truncates."""
-    return mode is not None and (mode in ("I", "F") or mode.startswith("I;"))
 
 
 def inspect_all(paths: list[str], n_jobs: int) -> tuple[list[ImageResult], str | None]:

@@ -1,6 +1,6 @@
 """The pseudo-label list of a second round: confident test images that join every fold's training part.
 
-``outputs/<exp>/pseudo_labels.csv`` (written by `pipeline.predict.pseudo` from the source
+``outputs/<exp>/pseudo_labels.csv`` (written by `pipeline.results.pseudo` from the source
 experiment's voted test probabilities) holds one row per image: ``id, image, label, confidence``.
 Here it is read back and appended to a fold's table as training rows only: the rows get fold -1,
 which no fold validates, so the out-of-fold score is never measured on a pseudo-labelled image.

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from pipeline.data.layouts import ImageNotFound, SeveralImages, TemplateError, TemplatePaths
+
 # pandas and scikit-learn (via pipeline.data.folds) are imported inside the functions that
 # need them, so that importing the check stays cheap.
 
@@ -50,6 +52,8 @@ def _generated_hint(cfg) -> str:
         return " (data.demo is true: `make data` writes it)"
     if getattr(getattr(cfg, "mask", None), "enabled", False):
         return " (mask.enabled is true: `make data` builds it from train/train.csv)"
+    if cfg.data.layout == "folders" or Path(cfg.data.sample_submission) == cfg.derived_sample_file:
+        return " (the pipeline writes it from the image folders: `python -m pipeline resolve`, which make runs)"
     return ""
 
 
@@ -106,7 +110,7 @@ def _read_csv(run, path: str, columns: dict[str, str], what: str, key: str):
 
 def _add_ref(run, root: Path, rel, index: int, csv: str, column_desc: str, test: bool) -> str | None:
     """Record an image path from a CSV cell; return its key, or None if blank or escaping its root."""
-    from pipeline.data.tables import DataError, safe_join
+    from pipeline.data.tables import DataError, RootGuard
 
     row = _line(index)
     if rel is None or (isinstance(rel, float) and rel != rel) or not str(rel).strip():
@@ -114,12 +118,15 @@ def _add_ref(run, root: Path, rel, index: int, csv: str, column_desc: str, test:
                     "or drop the row.")
         return None
     rel = str(rel)
+    guard = run.guards.get(str(root))
+    if guard is None:       # one per root: each folder is resolved once, not each image
+        guard = run.guards[str(root)] = RootGuard(root)
     try:
-        full = safe_join(root, rel, f"{column_desc}")
+        full = guard.join(rel, f"{column_desc}")
     except DataError as exc:
         run.problem(csv, row, "path-escapes-root", f"{exc}.", image=rel)
         return None
-    key = os.path.normpath(str(full))
+    key = os.path.normpath(full)
     run.refs.setdefault(key, []).append(ImageRef(csv, row, rel, test))
     return key
 
@@ -174,8 +181,18 @@ def _check_train_images(run, frame, present: set) -> None:
                     f"exist{_generated_hint(run.cfg)}; no training image can be found. Fix the path.")
         run.skipped_roots.add(os.path.normpath(str(root)))
     first_seen: dict[str, int] = {}
+    template = TemplatePaths(root, d.train_image_template, "data.train_image_template") \
+        if d.train_image_template else None
     for i, rel in zip(frame.index, frame[d.image_column]):
-        key = _add_ref(run, root, rel, i, csv, f"column '{d.image_column}'", test=False)
+        where = f"column '{d.image_column}'"
+        if template is not None and str(rel).strip():   # a blank cell: _add_ref reports it
+            try:
+                rel, where = _through_template(run, template, rel, i, csv, test=False)
+            except TemplateError:
+                return
+            if rel is None:
+                continue
+        key = _add_ref(run, root, rel, i, csv, where, test=False)
         if key is None:
             continue
         if key not in first_seen:
@@ -222,7 +239,7 @@ def _check_folds(run, frame, present: set) -> None:
     else:
         counts, unit = labels.value_counts(), "rows"
     _check_class_sizes(run, counts, unit, strat)
-    if not grouped or len(run.report.problems) > n_before or not usable.all():
+    if not grouped or len(run.report.problems) > n_before or not usable.all() or not run.dry_run_folds:
         return
     # Without groups the checks above are complete (StratifiedKFold splits any classes of at
     # least k rows). With groups, run the real assignment (StratifiedGroupKFold's greedy split can
@@ -331,20 +348,36 @@ def _check_test_ids(run, frame, blank_id) -> None:
 def _template_refs(run, frame, blank_id, root: Path) -> set[str] | None:
     """Record each id's image through data.test_image_template; None if the template is unusable."""
     d, csv = run.d, run.d.sample_submission
-    template = d.test_image_template
+    template = TemplatePaths(root, d.test_image_template, "data.test_image_template")
     expected: set[str] = set()
     for i, value in zip(frame.index, frame[d.id_column]):
         if blank_id[i]:
             continue
         try:
-            rel = template.format(id=value)
-        except (KeyError, IndexError, ValueError, AttributeError) as exc:
-            run.problem(csv, None, "bad-template", f"data.test_image_template {template!r} cannot be "
-                        f"filled in ({type(exc).__name__}: {exc}); it must contain '{{id}}' and no other "
-                        "braces, e.g. 'test/{id}.png'.")
+            rel, where = _through_template(run, template, value, i, csv, test=True)
+        except TemplateError:
             return None
-        key = _add_ref(run, root, rel, i, csv, f"id {_plain(value)!r} through "
-                       f"data.test_image_template {template!r}", test=True)
+        if rel is None:
+            continue
+        key = _add_ref(run, root, rel, i, csv, where, test=True)
         if key is not None:
             expected.add(key)
     return expected
+
+
+def _through_template(run, template: TemplatePaths, value, index: int, csv: str, test: bool):
+    """(image path, how the row named it) of an id through a template, or (None, None) after reporting an id
+    with no image or several; a template that cannot be filled is reported once and raised (TemplateError)."""
+    where = f"id {_plain(value)!r} through {template.key} {template.template!r}"
+    try:
+        return template.rel(value), where
+    except TemplateError as exc:
+        run.problem(csv, None, "bad-template", f"{exc}.")
+        raise
+    except ImageNotFound as exc:
+        kind = "missing-test-image" if test else "missing-image"
+        run.problem(csv, _line(index), kind, f"{exc}. Every row needs its image: check the template and "
+                    "the image folder, or drop the row.")
+    except SeveralImages as exc:
+        run.problem(csv, _line(index), "ambiguous-image", f"{exc}.")
+    return None, None

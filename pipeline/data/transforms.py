@@ -15,13 +15,18 @@ import torch
 from PIL import Image
 
 from pipeline.config import AugmentConfig, ConfigError
+from pipeline.data.bit_depth import REFUSE, Scaling, is_high_bit_depth, to_uint8
 
 __all__ = ["ImageDataset", "build_transform", "geometry_steps", "finishing_steps", "load_rgb"]
 
 
-def load_rgb(path: str) -> np.ndarray:
-    """Decode an image as an RGB uint8 array (grayscale, palette and RGBA are converted)."""
+def load_rgb(path: str, scaling: Scaling = REFUSE) -> np.ndarray:
+    """Decode an image as an RGB uint8 array (grayscale, palette and RGBA are converted; 16/32-bit images
+    scaled to 8-bit by `scaling`, or refused: `pipeline.data.bit_depth`). Every stage decodes through here."""
     with Image.open(path) as img:
+        if is_high_bit_depth(img.mode):
+            gray = to_uint8(np.asarray(img), img.mode, scaling, path)
+            return np.repeat(gray[:, :, None], 3, axis=2)
         return np.asarray(img.convert("RGB"))
 
 
@@ -79,16 +84,17 @@ def build_transform(aug: AugmentConfig, train: bool) -> A.Compose:
 class ImageDataset(torch.utils.data.Dataset):
     """Images from paths, with integer targets (or -1 where unknown, e.g. the test set)."""
 
-    def __init__(self, paths, targets=None, transform=None):
+    def __init__(self, paths, targets=None, transform=None, scaling: Scaling = REFUSE):
         self.paths = list(paths)
         self.targets = np.asarray(targets if targets is not None else [-1] * len(self.paths), dtype=np.int64)
         self.transform = transform
+        self.scaling = scaling
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        image = load_rgb(self.paths[i])
+        image = load_rgb(self.paths[i], self.scaling)
         if self.transform is not None:
             image = self.transform(image=image)["image"]
         return image, int(self.targets[i])

@@ -1,1 +1,1 @@
-"""From fold models to a submission: TTA, voting, blending, the CV table, the submission file."""
+"""Fold models → probabilities: TTA views, each fold's predict stage, the probability files, seeds merged."""

@@ -10,23 +10,30 @@ import pandas as pd
 import torch
 
 from pipeline.config import Config
+from pipeline.data.bit_depth import scaling_for
 from pipeline.data.cache import BatchNormalize, decoded_for, make_dataset
 from pipeline.data.tables import load_fold_table, read_test_table
 from pipeline.device import loader_workers, resolve_device
 from pipeline.fileio import folder_lock, write_csv_atomic
 from pipeline.metrics import metric_value
-from pipeline.predict.probs import CKPT_PREFIX, PROB_PREFIX, class_ids, fold_probs_frame
+from pipeline.predict.probs import CKPT_PREFIX, PROB_PREFIX, candidate_frame, class_ids
 from pipeline.predict.tta import parse_views, predict_tta, predict_tta_with_views
 from pipeline.train.models import load_trained_model
 
-__all__ = ["predict_fold", "checkpoint_names", "checkpoint_path"]
+__all__ = ["AUTO_CHECKPOINTS", "predict_fold", "checkpoint_names", "checkpoint_path"]
 
 _CKPT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+AUTO_CHECKPOINTS = ["best", "last"]   # `ensemble.checkpoints: auto` predicts both; the ensemble chooses
+
+
 def checkpoint_names(cfg: Config, checkpoints=None) -> list[str]:
-    """The checkpoints each fold predicts with (config key ``ensemble.checkpoints``, default [best])."""
+    """The checkpoints each fold predicts with (config key ``ensemble.checkpoints``, default [best]; ``auto``:
+    best and last, for the ensemble to choose from)."""
     names = checkpoints if checkpoints is not None else cfg.ensemble.checkpoints
+    if names == "auto":
+        return list(AUTO_CHECKPOINTS)
     if isinstance(names, str) or not names:
         raise ValueError(f"ensemble.checkpoints: expected a non-empty list such as [best, last], got {names!r}")
     out: list[str] = []
@@ -73,19 +80,22 @@ def _predict_images(model, dataset, normalize, views, cfg: Config, device, per_v
     return torch.cat(merged).numpy(), (torch.cat(each, dim=1).numpy() if per_view else None)
 
 
-def _oof_tta_frame(rows, labels, fold: int, classes: list, merged, views, per_view, per_ckpt) -> pd.DataFrame:
-    cols: dict[str, np.ndarray] = {"row": np.asarray(rows), "label": np.asarray(labels),
-                                   "fold": np.full(len(rows), fold)}
-    for c, name in enumerate(classes):
-        cols[f"{PROB_PREFIX}{name}"] = merged[:, c]
-    for v, view in enumerate(views):
-        for c, name in enumerate(classes):
-            cols[f"{view.name}:{PROB_PREFIX}{name}"] = per_view[v][:, c]
-    if len(per_ckpt) > 1:
-        for ckpt, probs in per_ckpt.items():
-            for c, name in enumerate(classes):
-                cols[f"{CKPT_PREFIX}{ckpt}:{PROB_PREFIX}{name}"] = probs[:, c]
-    return pd.DataFrame(cols)
+def _probs_frame(keys: dict, classes: list, views, merged: dict, per_view: dict) -> pd.DataFrame:
+    """A fold's probability file: the `keys` columns, then the probabilities merged over views and averaged over
+    checkpoints (``prob_*``), each view averaged over checkpoints, and with several checkpoints each checkpoint
+    merged and each (checkpoint, view) pair alone (:mod:`pipeline.predict.probs`). `merged` holds each
+    checkpoint's (N, C) merged probabilities, `per_view` its (V, N, C) per-view ones."""
+    names = [v.name for v in views]
+    mean_view = np.mean(list(per_view.values()), axis=0)
+    cols: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in keys.items()}
+    mean_merged = np.mean(list(merged.values()), axis=0)
+    parts = [pd.DataFrame(cols), pd.DataFrame({f"{PROB_PREFIX}{name}": mean_merged[:, c] for c, name in enumerate(classes)}),
+             candidate_frame({"all": mean_view}, names, classes)]
+    if len(merged) > 1:
+        parts.append(pd.DataFrame({f"{CKPT_PREFIX}{ckpt}:{PROB_PREFIX}{name}": probs[:, c]
+                                   for ckpt, probs in merged.items() for c, name in enumerate(classes)}))
+        parts.append(candidate_frame(per_view, names, classes))
+    return pd.concat(parts, axis=1)
 
 
 def _score(metric: str, y: np.ndarray, probs: np.ndarray) -> float:
@@ -117,9 +127,12 @@ def _predict_fold(cfg: Config, fold: int, log, checkpoints) -> Path:
     train_paths = table["image"].to_numpy()
     test = read_test_table(cfg)
     # The training images' cache is the one training built; the test set gets its own.
-    val_set = make_dataset(cfg.augment, train_paths, rows, decoded=decoded_for(cfg, train_paths, log=log))
-    test_set = make_dataset(cfg.augment, test["image"].to_numpy(), decoded=decoded_for(cfg, test["image"], log=log))
-    classes, oof_merged, oof_views, test_probs = None, {}, {}, {}
+    scaling = scaling_for(cfg)   # high-bit images: the training images' window, for the test images too
+    val_set = make_dataset(cfg.augment, train_paths, rows, decoded=decoded_for(cfg, train_paths, log=log),
+                           scaling=scaling)
+    test_set = make_dataset(cfg.augment, test["image"].to_numpy(), decoded=decoded_for(cfg, test["image"], log=log),
+                            scaling=scaling)
+    classes, oof_merged, oof_views, test_merged, test_views = None, {}, {}, {}, {}
     for name, path in paths.items():
         model, meta = load_trained_model(path, device)
         if classes is not None and meta["classes"] != classes:
@@ -127,14 +140,17 @@ def _predict_fold(cfg: Config, fold: int, log, checkpoints) -> Path:
                              f"'{next(iter(paths))}' has {classes}; retrain the fold")
         classes = meta["classes"]
         oof_merged[name], oof_views[name] = _predict_images(model, val_set, normalize, views, cfg, device, True)
-        test_probs[name], _ = _predict_images(model, test_set, normalize, views, cfg, device, False)
+        test_merged[name], test_views[name] = _predict_images(model, test_set, normalize, views, cfg, device, True)
     merged = np.mean(list(oof_merged.values()), axis=0)
     per_view = np.mean(list(oof_views.values()), axis=0)
     y = class_ids(labels, classes, f"{cfg.folds_file} fold {fold}")
-    frame = _oof_tta_frame(rows, labels, fold, classes, merged, views, per_view, oof_merged)
+    frame = _probs_frame({"row": rows, "label": labels, "fold": np.full(len(rows), fold)}, classes, views,
+                         oof_merged, oof_views)
     oof_out, out = cfg.fold_dir(fold) / "oof_tta.csv", cfg.fold_dir(fold) / "test_probs.csv"
     write_csv_atomic(oof_out, frame, float_format="%.7g")   # float32 precision; about half the text
-    write_csv_atomic(out, fold_probs_frame(test["id"], np.mean(list(test_probs.values()), axis=0), classes))
+    # The test file holds the same columns (at full precision): the ensemble chooses views and checkpoints
+    # on the OOF rows and applies the choice to these.
+    write_csv_atomic(out, _probs_frame({"id": test["id"].to_numpy()}, classes, views, test_merged, test_views))
     metric = cfg.competition.metric
     ckpts = f" x {len(paths)} checkpoints ({', '.join(paths)})" if len(paths) > 1 else ""
     log(f"[predict] fold {fold}: {len(views)} views ({', '.join(v.name for v in views)}){ckpts}; "

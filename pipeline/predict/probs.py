@@ -6,11 +6,16 @@
     prob_<class> ...                       TTA-merged probabilities (tta.merge), averaged over checkpoints
     <view>:prob_<class> ...                each view alone (e.g. ``identity:prob_cat``, ``hflip:prob_cat``)
     @<checkpoint>:prob_<class> ...         each checkpoint's TTA-merged probabilities (only with 2+)
+    @<checkpoint>:<view>:prob_<class> ...  each (checkpoint, view) pair alone (only with 2+ checkpoints)
 
-so its ``prob_*`` columns read exactly like ``oof.csv``'s; ``test_probs.csv`` holds ``id`` and ``prob_*``.
+so its ``prob_*`` columns read exactly like ``oof.csv``'s; ``test_probs.csv`` holds ``id``, ``prob_*`` and the
+same per-view (and per-pair) columns, so that the ensemble can choose views and checkpoints for the test
+set as it does for the OOF rows (:class:`Candidates`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -19,7 +24,8 @@ from pipeline.config import Config
 from pipeline.fileio import read_table
 from pipeline.train.models import read_sidecar
 
-__all__ = ["PROB_PREFIX", "CKPT_PREFIX", "prob_columns", "frame_prob_columns", "fold_probs_frame", "class_ids",
+__all__ = ["PROB_PREFIX", "CKPT_PREFIX", "Candidates", "candidates_of", "candidate_probs", "candidate_frame",
+           "prob_columns", "frame_prob_columns", "fold_probs_frame", "class_ids",
            "view_columns", "read_fold_probs", "read_test_probs", "stack_folds"]
 
 PROB_PREFIX = "prob_"
@@ -67,6 +73,64 @@ def view_columns(frame: pd.DataFrame, classes: list, prefix: str = "") -> dict[s
         if head.startswith(CKPT_PREFIX) if prefix else not head.startswith(CKPT_PREFIX):
             names.setdefault(head[len(prefix):], None)
     return {n: [f"{prefix}{n}:{PROB_PREFIX}{c}" for c in classes] for n in names}
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Where a probability file keeps each (checkpoint, view) pair's probabilities: the column of class c is
+    ``template.format(checkpoint=..., view=..., **{"class": c})``. A file predicted before the pairs were
+    written has only its merged columns: one candidate, ``all`` x ``all``, template ``prob_{class}``."""
+    checkpoints: tuple
+    views: tuple
+    template: str
+
+    def column(self, checkpoint: str, view: str, cls) -> str:
+        return self.template.format(checkpoint=checkpoint, view=view, **{"class": cls})
+
+    def columns(self, classes: list) -> list[str]:
+        """Every candidate column, checkpoint-major, then view, then class."""
+        return [self.column(k, v, c) for k in self.checkpoints for v in self.views for c in classes]
+
+
+MERGED = Candidates(("all",), ("all",), PROB_PREFIX + "{class}")
+_PAIR, _VIEW = CKPT_PREFIX + "{checkpoint}:{view}:" + PROB_PREFIX + "{class}", "{view}:" + PROB_PREFIX + "{class}"
+
+
+def candidates_of(frame: pd.DataFrame, classes: list, checkpoint: str = "best") -> Candidates:
+    """The candidates `frame` holds: every (checkpoint, view) pair when it has their columns (`checkpoint` names
+    the only checkpoint of a file without ``@`` columns), else only its merged probabilities.
+
+    >>> f = pd.DataFrame(columns=["id", "prob_a", "identity:prob_a", "hflip:prob_a"])
+    >>> candidates_of(f, ["a"])
+    Candidates(checkpoints=('best',), views=('identity', 'hflip'), template='{view}:prob_{class}')
+    >>> candidates_of(f[["id", "prob_a"]], ["a"]).template
+    'prob_{class}'
+    """
+    views = tuple(view_columns(frame, classes))
+    checkpoints = tuple(view_columns(frame, classes, CKPT_PREFIX))
+    for found in (Candidates(checkpoints, views, _PAIR), Candidates((checkpoint,), views, _VIEW)):
+        if found.checkpoints and found.views and set(found.columns(classes)) <= set(frame.columns):
+            return found
+    return MERGED
+
+
+def candidate_probs(frame: pd.DataFrame, classes: list, candidates: Candidates) -> np.ndarray:
+    """(K checkpoints, V views, rows, C classes) probabilities of `frame`'s candidates."""
+    values = frame[candidates.columns(classes)].to_numpy(dtype=np.float64)
+    k, v, c = len(candidates.checkpoints), len(candidates.views), len(classes)
+    return values.reshape(len(frame), k, v, c).transpose(1, 2, 0, 3)
+
+
+def candidate_frame(probs: dict, views: list[str], classes: list) -> pd.DataFrame:
+    """The per-view columns of ``{checkpoint: (V, N, C)}``: ``<view>:prob_<c>`` for one checkpoint,
+    ``@<checkpoint>:<view>:prob_<c>`` for several (the layout :func:`candidates_of` reads back)."""
+    template = _VIEW if len(probs) == 1 else _PAIR
+    cols = {}
+    for ckpt, per_view in probs.items():
+        for i, view in enumerate(views):
+            for j, cls in enumerate(classes):
+                cols[template.format(checkpoint=ckpt, view=view, **{"class": cls})] = per_view[i][:, j]
+    return pd.DataFrame(cols)
 
 
 def stack_folds(frames: list[pd.DataFrame]) -> pd.DataFrame:

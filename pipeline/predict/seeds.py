@@ -15,14 +15,11 @@ import pandas as pd
 
 from pipeline.config import Config, seed_config
 from pipeline.fileio import file_sha256, folder_lock, read_table, write_csv_atomic, write_json_atomic
-from pipeline.metrics import classification_metrics
-from pipeline.predict.cv_table import metrics_row
-from pipeline.predict.probs import PROB_PREFIX, class_ids, prob_columns, read_fold_probs, read_test_probs, stack_folds
-from pipeline.predict.voting import vote, vote_scores
+from pipeline.predict.probs import PROB_PREFIX
 from pipeline.train.models import read_sidecar
 from pipeline.train.prior import TRAIN_PRIOR_FILE, read_train_prior
 
-__all__ = ["average_seed_frames", "merge_seeds", "seed_cv_rows", "seed_score_rows", "seeds_note"]
+__all__ = ["average_seed_frames", "merge_seeds"]
 
 # The fold files merged, and their key columns (identical across seeds); test_probs.csv, the Make target, last.
 _MERGED = {"oof.csv": ["row", "label", "fold"], "oof_tta.csv": ["row", "label", "fold"], "test_probs.csv": ["id"]}
@@ -89,41 +86,3 @@ def merge_seeds(cfg: Config, fold: int, log=print) -> None:
             merged = average_seed_frames([read_table(p) for p in paths], keys, f"fold {fold} {name}")
             write_csv_atomic(out / name, merged, float_format="%.7g")
     log(f"[seeds] fold {fold}: {len(seeds)} seeds ({', '.join(map(str, cfg.seeds))}) averaged → {out}")
-
-
-def _seed_oof(one: Config) -> tuple[pd.DataFrame, list, str]:
-    """One seed's stacked out-of-fold table: TTA (oof_tta.csv) where every fold has it, else oof.csv."""
-    name = "oof_tta.csv" if all((one.fold_dir(k) / "oof_tta.csv").is_file()
-                                for k in range(one.folds.n_splits)) else "oof.csv"
-    frames, classes = read_fold_probs(one, name)
-    return stack_folds(frames), classes, "TTA" if name == "oof_tta.csv" else "no TTA"
-
-
-def seed_cv_rows(cfg: Config) -> list[dict]:
-    """CV rows of each seed alone (out-of-fold), to compare with the seed-averaged rows above them."""
-    rows = []
-    for s in cfg.seeds or []:
-        oof, classes, what = _seed_oof(seed_config(cfg, s))
-        y = class_ids(oof["label"], classes, f"seed {s} oof")
-        rows.append(metrics_row(f"seed {s} alone: out-of-fold, {what}", y, oof[prob_columns(classes)].to_numpy()))
-    return rows
-
-
-def seed_score_rows(cfg: Config, y: np.ndarray) -> list[dict]:
-    """`make score` rows of each seed alone, its folds voted as the submission's are (test labels `y`)."""
-    rows = []
-    mode = cfg.ensemble.voting
-    for s in cfg.seeds or []:
-        _, probs, _ = read_test_probs(seed_config(cfg, s))
-        rows.append({"model": f"seed {s} alone, {mode} vote",
-                     **classification_metrics(y, vote_scores(probs, mode), vote(probs, mode))})
-    return rows
-
-
-def seeds_note(cfg: Config) -> list[str]:
-    """The CV table's note on the seeds, or none for a single-seed run."""
-    if not cfg.seeds:
-        return []
-    return [f"Seeds {', '.join(map(str, cfg.seeds))}: each fold trained once per seed on the same folds; the "
-            "fold and out-of-fold rows average the seeds' probabilities within each fold (seed_<s>/fold_<k>/ → "
-            "fold_<k>/); the 'seed s alone' rows are one seed's own out-of-fold score."]

@@ -54,6 +54,7 @@ __all__ = [
     "VIEW_PATTERNS",
     "MERGE_MODES",
     "parse_views",
+    "canonical_views",
     "merge_view_logits",
     "predict_tta",
     "predict_tta_per_view",
@@ -218,6 +219,17 @@ def parse_views(names: Sequence[str]) -> list[View]:
     if "identity" not in views:
         return [View("identity", _identity), *views.values()]
     return list(views.values())
+
+
+def canonical_views(select) -> list[str]:
+    """The canonical names of ``tta.select``'s views (none for ``auto`` and ``all``), without adding the identity.
+
+    >>> canonical_views(["hflip", "scale_0.90"]), canonical_views("auto")
+    (['hflip', 'scale_0.9'], [])
+    """
+    if not isinstance(select, list):
+        return []
+    return [parse_views([name])[-1].name for name in select]
 
 
 # ---- merging -----------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ Suspected duplicates are outliers of the same-class cross-fold similarities
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -200,15 +202,32 @@ def _fig_samples(table: pd.DataFrame, classes: list, per_class: int, seed: int, 
 
 # ---- the page ------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _timed(log, what: str, n_images: int):
+    """Log how long the block took and its throughput: what an EDA at scale spends its time on."""
+    tick = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - tick
+    log(f"[eda] {what}: {seconds:.1f} s ({n_images / max(seconds, 1e-9):.0f} images/s)")
+
+
 def _img(name: str, alt: str) -> str:
     return f'<img src="{esc(name)}" alt="{esc(alt)}">'
 
 
 def write_eda(cfg: Config, log=print) -> Path:
-    """Write ``outputs/<exp>/eda/index.html`` and its figures and tables; returns the page's path."""
+    """Write ``outputs/<exp>/eda/index.html`` and its figures and tables; returns the page's path.
+
+    Broken images are refused first, by the data check's verdicts (an image unchanged since the last
+    check is not decoded again). The page then opens each image once for its header and average hash
+    (in worker processes), the leak scan once more (:mod:`pipeline.data.leak_scan`), and the sample
+    grid a few; each step's time is logged.
+    """
+    from pipeline.data.check import require_train_images
     from pipeline.data.tables import load_fold_table
 
     table = load_fold_table(cfg)
+    require_train_images(cfg)
     out = cfg.exp_dir / "eda"
     out.mkdir(parents=True, exist_ok=True)
     classes = _classes(table["label"])
@@ -220,7 +239,9 @@ def write_eda(cfg: Config, log=print) -> Path:
                 _group_section(out, table)]
     log(f"[eda] reading {len(table)} image headers and average hashes")
     # A progress display only where the scan takes a while (a few thousand images take a second or two).
-    stats = scan_images(table["image"].tolist(), mode=cfg.report.progress if len(table) > EXACT_LIMIT else "off")
+    with _timed(log, "image headers and average hashes", len(table)):
+        stats = scan_images(table["image"].tolist(), mode=cfg.report.progress if len(table) > EXACT_LIMIT else "off",
+                            n_jobs=-1)
     sections.append(_sizes_section(out, stats))
     sections.append(_samples_section(cfg, out, table, classes))
     sections.append(_duplicates_section(cfg, out, table, stats, log))
@@ -316,7 +337,8 @@ def _samples_section(cfg: Config, out: Path, table: pd.DataFrame, classes: list)
 def _duplicates_section(cfg: Config, out: Path, table: pd.DataFrame, stats: pd.DataFrame, log) -> str:
     """Suspected duplicates across folds (the leak detector): CSV, figure and a warning, or a note that there
     are none; below it the average-hash pairs, a cheap listing that is no warning (look-alikes pass it too)."""
-    scan, probe = scan_and_probe(cfg, table, table["fold"].to_numpy())
+    with _timed(log, "leak scan", len(table)):
+        scan, probe = scan_and_probe(cfg, table, table["fold"].to_numpy())
     pairs = leak_pairs_table(table, scan.pairs)
     write_csv_atomic(out / "leaks.csv", pairs)
     head = (f"<h2 id=\"duplicates\">Near-duplicate images across folds</h2><p class=\"note\">{esc(scan.describe())}. "
@@ -336,7 +358,8 @@ def _duplicates_section(cfg: Config, out: Path, table: pd.DataFrame, stats: pd.D
     else:
         (out / "leaks.png").unlink(missing_ok=True)
         head += '<div class="ok">No suspected duplicate images in different folds.</div>'
-    return head + _hash_note(cfg, out, table, stats)
+    with _timed(log, "average-hash pairs", len(table)):
+        return head + _hash_note(cfg, out, table, stats)
 
 
 def _hash_note(cfg: Config, out: Path, table: pd.DataFrame, stats: pd.DataFrame) -> str:
@@ -344,6 +367,7 @@ def _hash_note(cfg: Config, out: Path, table: pd.DataFrame, stats: pd.DataFrame)
     d = cfg.report.near_duplicate_distance
     hashed, found = cross_fold_duplicates(table, stats, d)
     write_csv_atomic(out / "near_duplicates.csv", hashed)
-    return (f"<p class=\"note\">Average hashes (64-bit) within {d} bit(s) across folds: {found.total} pair(s) "
+    count = f"{found.total}" if found.complete else f"at least {found.total}"
+    return (f"<p class=\"note\">Average hashes (64-bit) within {d} bit(s) across folds: {count} pair(s) "
             f"(near_duplicates.csv; {found.method}). Similar images of one class pass this test too, so it "
             "decides nothing; the check above does.</p>")

@@ -6,7 +6,9 @@ than the mean or not); two images whose hashes differ in at most
 images every pair is compared (numpy XOR + popcount, in blocks); above that, the
 pigeonhole principle keeps it exact without comparing every pair: split the 64 bits
 into ``distance + 1`` chunks, and any two hashes within ``distance`` bits agree exactly
-on at least one chunk, so only images sharing a chunk value are compared. The EDA page
+on at least one chunk, so only images sharing a chunk value are compared; a bucket that
+many images share (a blank top row) is split again on its other bits, and identical hashes
+are counted by value. The cost follows the pairs found, not the square of the images. The EDA page
 (:mod:`pipeline.report.eda`) lists the pairs that sit in different folds: validation leakage.
 """
 
@@ -23,10 +25,14 @@ __all__ = ["scan_images", "average_hash", "hash_distances", "near_duplicate_pair
 
 # Up to this many images, every pair of hashes is compared; above, chunk buckets (still exact).
 EXACT_LIMIT = 5000
+# A chunk bucket up to this size is compared pair by pair; a larger one is split on its remaining bits.
+_LEAF = 64
 # Near-duplicate pairs kept (the rest are counted); the HTML lists fewer.
 MAX_PAIRS = 100_000
 _BLOCK = 512
 _HASH_SIZE = 8
+_SCAN_CHUNK = 1024           # images a worker reads per task
+_PARALLEL_FROM = 4000        # fewer images are read in-process: starting workers costs ~1 s
 
 
 # ---- image headers and hashes ---------------------------------------------------------------------
@@ -43,20 +49,41 @@ def _pack(bits: np.ndarray) -> np.ndarray:
     return np.packbits(bits.astype(np.uint8), axis=1).view(">u8").ravel().astype(np.uint64)
 
 
-def scan_images(paths, mode: str = "off", hashes: bool = True) -> pd.DataFrame:
+def scan_images(paths, mode: str = "off", hashes: bool = True, n_jobs: int = 1) -> pd.DataFrame:
     """Per image: width, height, mode (from the header, pixels not decoded), hash (uint64), ok.
 
     Unreadable images get ok=False, mode "unreadable" and no hash (they are never near duplicates).
+    Each image is opened once; with `n_jobs` > 1 (joblib's convention, -1 = every core) chunks of
+    images are read by worker processes, worth it from a few thousand images.
     """
+    from joblib import Parallel, delayed
+
     from pipeline.progress import progress
 
-    paths = list(paths)
+    paths = [str(p) for p in paths]
+    chunks = [paths[s:s + _SCAN_CHUNK] for s in range(0, len(paths), _SCAN_CHUNK)]
+    if n_jobs == 1 or len(paths) < _PARALLEL_FROM:
+        parts = (_scan_chunk(c, hashes) for c in chunks)
+    else:
+        parts = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_scan_chunk)(c, hashes) for c in chunks)
+    frames = []
+    with progress(parts, len(paths), "[eda] reading images", mode=mode) as shown:
+        for part in parts:
+            frames.append(part)
+            shown.update(len(part))
+    if not frames:
+        return pd.DataFrame({"width": np.zeros(0, np.int64), "height": np.zeros(0, np.int64), "mode": [],
+                             "ok": np.zeros(0, bool), "hash": np.zeros(0, np.uint64)})
+    return pd.concat(frames, ignore_index=True)
+
+
+def _scan_chunk(paths: list[str], hashes: bool) -> pd.DataFrame:
     widths = np.zeros(len(paths), dtype=np.int64)
     heights = np.zeros(len(paths), dtype=np.int64)
     modes = []
     ok = np.zeros(len(paths), dtype=bool)
     bits = np.zeros((len(paths), _HASH_SIZE * _HASH_SIZE), dtype=bool)
-    for i, path in enumerate(progress(paths, len(paths), "[eda] reading images", mode=mode)):
+    for i, path in enumerate(paths):
         try:
             with Image.open(path) as img:
                 widths[i], heights[i] = img.size
@@ -69,7 +96,6 @@ def scan_images(paths, mode: str = "off", hashes: bool = True) -> pd.DataFrame:
     frame = pd.DataFrame({"width": widths, "height": heights, "mode": modes, "ok": ok})
     frame["hash"] = _pack(bits) if len(paths) else np.zeros(0, dtype=np.uint64)
     return frame
-
 
 
 # ---- near duplicates ------------------------------------------------------------------------------
@@ -92,6 +118,7 @@ class NearDuplicates:
     total: int                 # pairs found (may exceed len(pairs))
     same_fold: int             # near-duplicate pairs inside one fold (counted, not kept)
     method: str                # "all pairs" or "chunk buckets"
+    complete: bool = True      # False: the search stopped at `limit` pairs of distinct hashes (counts are lower bounds)
 
 
 class _Collector:
@@ -99,23 +126,36 @@ class _Collector:
         self.folds, self.limit = folds, limit
         self.kept: list[np.ndarray] = []
         self.n_kept = self.total = self.same_fold = 0
+        self.total_known: int | None = None     # set when the pairs were counted without listing them
 
     def add(self, i: np.ndarray, j: np.ndarray, d: np.ndarray) -> None:
+        """Count the pairs (in different folds, and in one) and keep them while there is room."""
         if self.folds is not None:
             same = self.folds[i] == self.folds[j]
             self.same_fold += int(same.sum())
             i, j, d = i[~same], j[~same], d[~same]
         self.total += len(i)
+        self._room_for(i, j, d)
+
+    def keep(self, i: np.ndarray, j: np.ndarray, d: np.ndarray) -> None:
+        """Keep the pairs in different folds while there is room (already counted)."""
+        if self.folds is not None:
+            cross = self.folds[i] != self.folds[j]
+            i, j, d = i[cross], j[cross], d[cross]
+        self._room_for(i, j, d)
+
+    def _room_for(self, i, j, d) -> None:
         room = self.limit - self.n_kept
         if room > 0 and len(i):
             block = np.stack([i, j, d], axis=1)[:room].astype(np.int64)
             self.kept.append(block)
             self.n_kept += len(block)
 
-    def result(self, method: str) -> NearDuplicates:
+    def result(self, method: str, complete: bool = True) -> NearDuplicates:
         pairs = np.concatenate(self.kept) if self.kept else np.zeros((0, 3), dtype=np.int64)
         order = np.lexsort((pairs[:, 1], pairs[:, 0], pairs[:, 2])) if len(pairs) else np.zeros(0, int)
-        return NearDuplicates(pairs[order], self.total, self.same_fold, method)
+        total = self.total if self.total_known is None else self.total_known
+        return NearDuplicates(pairs[order], total, self.same_fold, method, complete)
 
 
 def _all_pairs(hashes: np.ndarray, index: np.ndarray, max_distance: int, out: _Collector,
@@ -137,36 +177,142 @@ def _all_pairs(hashes: np.ndarray, index: np.ndarray, max_distance: int, out: _C
             out.add(index[r], index[c], d[r - start, c - start])
 
 
-def _chunks(max_distance: int, bits: int = 64) -> list[tuple[int, int]]:
-    """(shift, width) of `max_distance + 1` chunks covering the 64 bits as evenly as possible."""
-    m = max_distance + 1
-    widths = [bits // m + (1 if k < bits % m else 0) for k in range(m)]
-    shifts = np.cumsum([0] + widths[:-1]).tolist()
-    return list(zip(shifts, widths))
+def _chunk_masks(hashes: np.ndarray, n_chunks: int) -> list[np.uint64] | None:
+    """`n_chunks` masks sharing out the bits on which `hashes` differ, or None when fewer bits differ.
 
-
-def _bucketed_pairs(hashes: np.ndarray, index: np.ndarray, max_distance: int, out: _Collector) -> None:
-    """Exact via the pigeonhole principle: pairs within d bits share one of d+1 chunks exactly.
-
-    A pair is compared in every chunk it shares but reported only for the first one, so no
-    pair is reported twice.
+    Bits every hash agrees on tell nothing apart and are left out; the others are dealt round-robin,
+    most evenly split first, so every chunk divides the hashes about as well as the others.
     """
-    keys = [((hashes >> np.uint64(s)) & np.uint64((1 << w) - 1)) for s, w in _chunks(max_distance)]
-    for c, key in enumerate(keys):
-        def first_shared_chunk(i, j, earlier=keys[:c]):
-            keep = np.ones(len(i), dtype=bool)
-            for k in earlier:
-                keep &= k[i] != k[j]
-            return keep
+    bits = np.unpackbits(np.ascontiguousarray(hashes).view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
+    if np.little_endian is False:   # pragma: no cover - the byte order of a uint64 view
+        bits = bits.reshape(-1, 8, 8)[:, ::-1].reshape(-1, 64)
+    share = bits.mean(axis=0)
+    varying = np.flatnonzero((share > 0) & (share < 1))
+    if len(varying) < n_chunks:
+        return None
+    balance = np.minimum(share, 1 - share)[varying]
+    dealt = varying[np.argsort(-balance, kind="stable")]
+    return [np.uint64(sum(1 << int(b) for b in dealt[k::n_chunks])) for k in range(n_chunks)]
 
-        order = index[np.argsort(key[index], kind="stable")]
-        sorted_keys = key[order]
-        bounds = np.flatnonzero(np.diff(sorted_keys)) + 1
-        starts = np.concatenate([[0], bounds])
-        stops = np.concatenate([bounds, [len(order)]])
-        big = stops - starts > 1
-        for a, b in zip(starts[big], stops[big]):
-            _all_pairs(hashes, np.sort(order[a:b]), max_distance, out, accept=first_shared_chunk)
+
+def _differ_on_all(hashes: np.ndarray, i: np.ndarray, j: np.ndarray, masks) -> np.ndarray:
+    keep = np.ones(len(i), dtype=bool)
+    for m in masks:
+        keep &= (hashes[i] & m) != (hashes[j] & m)
+    return keep
+
+
+def _run_pairs(members: np.ndarray, run_of: np.ndarray, eligible: np.ndarray, longest: int):
+    """Every pair (a, b) of positions a < b in one run, for the runs marked `eligible` (sorted order)."""
+    firsts, seconds = [], []
+    pos = np.flatnonzero(eligible)
+    for offset in range(1, longest):
+        a = pos[pos + offset < len(members)]
+        a = a[run_of[a + offset] == run_of[a]]
+        firsts.append(members[a])
+        seconds.append(members[a + offset])
+    if not firsts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    i, j = np.concatenate(firsts), np.concatenate(seconds)
+    return np.minimum(i, j), np.maximum(i, j)
+
+
+def _distinct_hash_pairs(hashes: np.ndarray, max_distance: int, cap: int) -> tuple[np.ndarray, np.ndarray,
+                                                                                  np.ndarray, bool]:
+    """Pairs (i < j) of DISTINCT hashes within `max_distance` bits, never comparing every pair.
+
+    Pigeonhole: two hashes within d bits agree exactly on at least one of d+1 chunks of the bits they
+    may differ in, so only hashes sharing a chunk value are compared. A bucket too large to compare pair
+    by pair is split again the same way on the bits its hashes still differ in (a chunk value most
+    images share, such as a dark top row, is such a bucket); a pair is kept only in the first chunk it
+    shares at every level, so it is found once. Every chunk holds a bit the bucket's hashes differ in,
+    so a bucket shrinks at every level, and the cost follows the pairs found, not n^2.
+
+    Images that all look alike (one template, a dark background) can have a number of close pairs that
+    grows as n^2: the search stops once `cap` pairs are found; the last value is False then.
+    """
+    n_chunks = max_distance + 1
+    found: list[tuple[np.ndarray, np.ndarray]] = []
+    n_found = 0
+
+    def keep(i, j, first_of):      # pairs within the distance whose path is the first chunk shared everywhere
+        nonlocal n_found
+        close = _popcount(hashes[i] ^ hashes[j]) <= max_distance
+        for earlier in first_of:
+            close &= _differ_on_all(hashes, i, j, earlier)
+        found.append((i[close], j[close]))
+        n_found += int(close.sum())
+
+    stack = [(np.arange(len(hashes)), ())]
+    while stack and n_found < cap:
+        members, outer = stack.pop()
+        masks = _chunk_masks(hashes[members], n_chunks)
+        if masks is None:      # they differ in at most d bits: every pair is close; listed block by block
+            for start in range(0, len(members), _BLOCK):
+                rows = min(_BLOCK, len(members) - start)
+                i, j = np.nonzero(np.triu(np.ones((rows, len(members)), bool), 1 + start))
+                keep(members[i + start], members[j], outer)
+            continue
+        for c, mask in enumerate(masks):
+            if n_found >= cap:
+                break
+            keys = hashes[members] & mask
+            order = np.argsort(keys, kind="stable")
+            ordered, ordered_keys = members[order], keys[order]
+            starts = np.flatnonzero(np.r_[True, ordered_keys[1:] != ordered_keys[:-1]])
+            lengths = np.diff(np.r_[starts, len(ordered)])
+            run_of = np.repeat(np.arange(len(starts)), lengths)
+            small = (lengths >= 2) & (lengths <= _LEAF)
+            if small.any():
+                i, j = _run_pairs(ordered, run_of, small[run_of], int(lengths[small].max()))
+                keep(i, j, outer + (masks[:c],))
+            for k in np.flatnonzero(lengths > _LEAF):
+                stack.append((ordered[starts[k]:starts[k] + lengths[k]], outer + (masks[:c],)))
+    complete = n_found < cap
+    i = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.int64)
+    j = np.concatenate([f[1] for f in found]) if found else np.zeros(0, np.int64)
+    return i, j, _popcount(hashes[i] ^ hashes[j]) if len(i) else np.zeros(0, np.int64), complete
+
+
+def _bucketed_pairs(hashes: np.ndarray, index: np.ndarray, max_distance: int, folds, limit: int) -> NearDuplicates:
+    """Exact and never quadratic in the images: identical hashes are counted by value (a thousand blank
+    images make 499,500 pairs, counted, not listed one by one), distinct ones paired by chunk buckets.
+
+    Pairs are counted exactly (in different folds, and in one, when `folds` is given) unless more than
+    `limit` pairs of distinct hashes exist (then the counts are lower bounds, `complete` is False); the
+    `limit` kept are the closest of those found (distance, then row order).
+    """
+    values, inverse, counts = np.unique(hashes[index], return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    order = np.argsort(inverse, kind="stable")
+    members = np.split(index[order], np.cumsum(counts)[:-1])      # rows of each distinct hash, ascending
+    p, q, d, complete = _distinct_hash_pairs(values, max_distance, cap=limit)
+    if folds is not None:
+        fold_ids, fold_codes = np.unique(np.asarray(folds)[index], return_inverse=True)
+        per_fold = np.zeros((len(values), len(fold_ids)), dtype=np.int64)
+        np.add.at(per_fold, (inverse, fold_codes.ravel()), 1)
+        same = int((per_fold * (per_fold - 1) // 2).sum() + (per_fold[p] * per_fold[q]).sum())
+    else:
+        same = 0
+    all_pairs = int((counts * (counts - 1) // 2).sum() + (counts[p] * counts[q]).sum())
+    out = _Collector(None if folds is None else np.asarray(folds), limit)
+    out.total_known = all_pairs - same
+    out.same_fold = same
+    for v in np.flatnonzero(counts > 1):                   # distance 0 first
+        if out.n_kept >= limit:
+            break
+        i, j = np.triu_indices(counts[v], 1)
+        out.keep(members[v][i], members[v][j], np.zeros(len(i), np.int64))
+    for k in np.lexsort((q, p, d)):                          # then the closest distinct pairs
+        if out.n_kept >= limit:
+            break
+        i, j = np.meshgrid(members[p[k]], members[q[k]], indexing="ij")
+        i, j = i.ravel(), j.ravel()
+        out.keep(np.minimum(i, j), np.maximum(i, j), np.full(len(i), d[k], np.int64))
+    method = f"pairs sharing one of {max_distance + 1} hash chunks compared"
+    if not complete:
+        method += f"; the search stopped after {limit} pairs of distinct hashes, so there are more"
+    return out.result(method + (" (exact)" if complete else ""), complete)
 
 
 def near_duplicate_pairs(hashes, max_distance: int, folds=None, valid=None, method: str = "auto",
@@ -188,8 +334,7 @@ def near_duplicate_pairs(hashes, max_distance: int, folds=None, valid=None, meth
         _all_pairs(hashes, index, max_distance, out)
         return out.result("all pairs compared")
     if method == "buckets":
-        _bucketed_pairs(hashes, index, max_distance, out)
-        return out.result(f"pairs sharing one of {max_distance + 1} hash chunks compared (exact)")
+        return _bucketed_pairs(hashes, index, max_distance, folds, limit)
     raise ValueError(f"method must be 'auto', 'all' or 'buckets', got {method!r}")
 
 

@@ -163,10 +163,14 @@ def html_table(frame: pd.DataFrame, float_format: str = "{:.4f}", index: bool = 
     if len(shown) < len(frame):
         note = f'<p class="note">First {len(shown)} of {len(frame)} rows shown.</p>'
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
+    # In a box that scrolls sideways: a wide table never widens the page.
+    return (f'<div class="table-box"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+            f"</table></div>{note}")
 
 
-# Sets <body data-images-loaded="N" data-images-total="M"> once the page has loaded.
+# Sets <body data-images-loaded="N" data-images-total="M" data-page-width="W" data-view-width="V"> once the page
+# has loaded: every image must load, and the page must not be wider than the window (wide tables scroll in
+# their own box).
 IMAGE_CHECK_SCRIPT = """<script>
 window.addEventListener("load", function () {
   var imgs = document.images, ok = 0;
@@ -175,6 +179,8 @@ window.addEventListener("load", function () {
   }
   document.body.dataset.imagesLoaded = String(ok);
   document.body.dataset.imagesTotal = String(imgs.length);
+  document.body.dataset.pageWidth = String(document.documentElement.scrollWidth);
+  document.body.dataset.viewWidth = String(document.documentElement.clientWidth);
 });
 </script>"""
 
@@ -184,6 +190,10 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
 h1 { border-bottom: 2px solid #ddd; padding-bottom: .3em; }
 h2 { margin-top: 2em; border-bottom: 1px solid #eee; }
 table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
+.table-box { max-width: 100%; overflow-x: auto; }
+.table-box td:first-child { min-width: 14em; }
+ul.summary { background: #f4f8ff; border-left: 4px solid #4a7bd0; padding: .6em 1em .6em 2em; }
+details summary { cursor: pointer; color: #444; }
 caption { text-align: left; font-weight: bold; padding: .3em 0; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; }
 th { background: #f4f4f4; }

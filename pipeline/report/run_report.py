@@ -9,7 +9,10 @@ Content-Security-Policy makes the browser enforce that):
 * the out-of-fold confusion matrix normalised by true class, and per-class F1 (scikit-learn),
   from ``oof_tta.csv`` when the predict stage wrote it (the TTA-merged probabilities the
   ensemble is scored on), else ``oof.csv``;
-* the cross-validation table (``cv.csv``, every column);
+* first a summary (``ensemble.json``): what the submission is (vote, views, checkpoints, corrections), its
+  out-of-fold estimate with the folds' spread, what was not applied and why, warnings, each step of the
+  chain with its nested gain ± noise, and the held-back score when ``make score`` ran;
+* the cross-validation table (``cv.csv``, every column; rows that carry nothing here folded);
 * the predicted test class distribution (``submission.csv``) against the training prior;
 * the resolved configuration (``config.yaml``) and, when saved, the package versions (``versions.json``).
 
@@ -29,14 +32,15 @@ from pipeline.config import Config
 from pipeline.fileio import read_table, read_text_csv, write_text_atomic
 from pipeline.metrics import confusion, per_class_f1
 from pipeline.train.models import read_sidecar
-from pipeline.predict.formats import format_for_config, labels_of
+from pipeline.results.formats import format_for_config, labels_of
+from pipeline.results.summary import folded_rows, score_items, steps_frame, summary_items
 from pipeline.predict.probs import PROB_PREFIX, class_ids, prob_columns
 from pipeline.report.pairs import pairs_figure
 from pipeline.report.prior_section import prior_shift_section
 from pipeline.report.plots import bar_chart, data_uri, esc, heatmap, html_page, html_table, label_axis, new_figure, png_bytes
 
 __all__ = ["write_report", "report_inputs", "report_classes", "learning_curve_figure", "confusion_figure",
-           "per_class_f1_figure", "prediction_distribution_table", "headline_metric_columns"]
+           "per_class_f1_figure", "prediction_distribution_table", "headline_metric_columns", "summary_section"]
 
 
 # ---- inputs ---------------------------------------------------------------------------------------
@@ -259,6 +263,45 @@ def _leaks_section(cfg: Config) -> str:
             + _figure(pairs_figure(pairs), "suspected duplicate pairs across folds", "Strongest pairs first."))
 
 
+def _ensemble_record(cfg: Config) -> dict:
+    path = cfg.exp_dir / "ensemble.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _items_html(items: list[tuple[str, str]]) -> str:
+    """The summary's (label, text) pairs: a list, each warning in its own box."""
+    rest = "".join(f"<li><b>{esc(label)}</b>: {esc(text)}</li>" for label, text in items if label != "Warning")
+    warned = "".join(f'<div class="warn"><b>Warning</b>: {esc(text)}</div>' for label, text in items
+                     if label == "Warning")
+    return f'<ul class="summary">{rest}</ul>{warned}'
+
+
+def summary_section(cfg: Config, record: dict) -> str:
+    """What the submission is, its out-of-fold estimate with the folds' spread, what was not applied and why,
+    warnings (ensemble.json); its held-back score when `make score` ran; then the chain's steps."""
+    if "submission" not in record:
+        return ('<h2 id="summary">Summary</h2><p class="note">ensemble.json predates the chain\'s record: '
+                "rerun `make ensemble` for the summary.</p>")
+    items = summary_items(record)
+    scored = cfg.exp_dir / "score.csv"
+    if scored.is_file():
+        held = score_items(record, pd.read_csv(scored), cfg.competition.metric)
+        items = [("Held-back score", held[0][1].split(":", 1)[0])] + items + held[2:]
+    return ('<h2 id="summary">Summary</h2>' + _items_html(items)
+            + html_table(steps_frame(record), caption="The chain: each step's nested gain ± noise, applied or not"))
+
+
+def _cv_tables(cv: pd.DataFrame, record: dict) -> str:
+    """The CV table without the rows that carry nothing here, which follow folded."""
+    folded = folded_rows(cv, record) if record else {}
+    hidden = {part for parts in folded.values() for part in parts}
+    out = html_table(cv[~cv["part"].isin(hidden)])
+    for why, parts in folded.items():
+        out += (f"<details><summary>{len(parts)} rows folded: {esc(why)}</summary>"
+                + html_table(cv[cv["part"].isin(parts)]) + "</details>")
+    return out
+
+
 def write_report(cfg: Config, log=print) -> Path:
     """Write ``outputs/<exp>/report.html`` (self-contained); returns its path."""
     paths = report_inputs(cfg)
@@ -273,10 +316,12 @@ def write_report(cfg: Config, log=print) -> Path:
     fold_metrics = [pd.read_csv(paths[f"metrics_{k}"]) for k in range(cfg.folds.n_splits)]
     sections: list[str] = []
 
-    # Cross-validation first: the numbers people look for.
+    # The answer first: what the submission is and what it is expected to score; then the CV table.
     cv = _format_cv(pd.read_csv(paths["cv"]))
+    record = _ensemble_record(cfg)
+    sections.append(summary_section(cfg, record))
     sections.append('<h2 id="cv">Cross-validation</h2>'
-                    + f'<p class="note">Competition metric: {esc(cfg.competition.metric)}.</p>' + html_table(cv)
+                    + f'<p class="note">Competition metric: {esc(cfg.competition.metric)}.</p>' + _cv_tables(cv, record)
                     + _leaks_section(cfg))
 
     # Learning curves
@@ -326,7 +371,7 @@ def write_report(cfg: Config, log=print) -> Path:
                     + f"<pre>{esc(paths['config'].read_text())}</pre>")
 
     nav = "<nav>" + "".join(f'<a href="#{a}">{t}</a>' for a, t in [
-        ("cv", "cross-validation"), ("curves", "learning curves"), ("oof", "out-of-fold"),
+        ("summary", "summary"), ("cv", "cross-validation"), ("curves", "learning curves"), ("oof", "out-of-fold"),
         ("test", "test predictions"), *([("prior", "priors")] if priors else []), ("config", "config")]) + "</nav>"
     page = html_page(f"Experiment report: {cfg.experiment}", nav + "\n".join(sections), self_contained=True)
     out = cfg.exp_dir / "report.html"

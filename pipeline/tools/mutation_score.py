@@ -33,7 +33,12 @@ def parse_results(text: str) -> dict[str, str]:
 
 
 def _module(name: str) -> str:
-    return name.rsplit(".x_", 1)[0]
+    """The module of a mutant: the part before its trampoline (``x_function`` or ``xǁClassǁmethod``).
+
+    >>> _module("pipeline.a.x_f__mutmut_1"), _module("pipeline.a.xǁNestedǁadd__mutmut_2")
+    ('pipeline.a', 'pipeline.a')
+    """
+    return re.split(r"\.x(?:_|ǁ)", name, maxsplit=1)[0]
 
 
 def module_scores(results: dict[str, str], patterns: list[str] = ()) -> dict[str, dict]:

@@ -18,14 +18,24 @@ from pipeline.data.cache import CachedImageDataset, cached_transform, make_datas
 from pipeline.data.tables import read_train_table
 from pipeline.tools.measure import sync
 
-__all__ = ["demo_augment", "demo_table", "training_rows", "make_loader", "bench_dataset", "write_large_images",
-           "bare_train", "pipeline_train", "bare_predict", "pipeline_predict", "loader_only"]
+__all__ = ["demo_augment", "demo_table", "photo_augment", "photo_table", "training_rows", "make_loader",
+           "bench_dataset", "write_large_images", "bare_train", "pipeline_train", "bare_predict", "pipeline_predict",
+           "loader_only", "PHOTO_CLASSES", "PHOTO_VIEWS"]
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_AUGMENT = [  # configs/demo.yaml's augment.train, used when that file is not at hand
     {"Affine": {"translate_px": [-2, 2], "scale": [0.9, 1.1], "rotate": [-10, 10], "p": 0.7}},
     {"RandomBrightnessContrast": {"p": 0.3}},
 ]
+PHOTO_AUGMENT = [  # configs/mask.yaml's augment.train, used when that file is not at hand
+    {"HorizontalFlip": {"p": 0.5}},
+    {"Affine": {"scale": [0.9, 1.1], "translate_percent": [-0.05, 0.05], "rotate": [-10, 10], "p": 0.7}},
+    {"RandomBrightnessContrast": {"brightness_limit": 0.2, "contrast_limit": 0.2, "p": 0.5}},
+    {"HueSaturationValue": {"hue_shift_limit": 5, "sat_shift_limit": 15, "val_shift_limit": 10, "p": 0.3}},
+]
+PHOTO_CROP = [320, 256]       # configs/mask.yaml's augment.pre_resize_crop: the face, before the resize
+PHOTO_CLASSES = 18            # the mask competition's classes
+PHOTO_VIEWS = ["identity", "hflip"]
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -38,6 +48,24 @@ def demo_augment(image_size: int) -> AugmentConfig:
         aug.image_size = image_size
         return aug
     return AugmentConfig(image_size=image_size, train=DEMO_AUGMENT)
+
+
+def photo_augment(image_size: int) -> AugmentConfig:
+    """The mask competition's augmentations and face crop (configs/mask.yaml, else a copy) at `image_size`."""
+    mask = REPO / "configs" / "mask.yaml"
+    if mask.is_file():
+        aug = load_config(mask).augment
+        aug.image_size = image_size
+        return aug
+    return AugmentConfig(image_size=image_size, train=PHOTO_AUGMENT, pre_resize_crop=PHOTO_CROP)
+
+
+def photo_table(folder: Path, n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """(paths, labels) of `n` generated 384x512 photo-like JPEGs with random labels of the mask's 18 classes."""
+    paths = write_large_images(folder, n, seed=seed)
+    labels = np.random.default_rng(seed).integers(0, PHOTO_CLASSES, n)
+    labels[:PHOTO_CLASSES] = np.arange(min(n, PHOTO_CLASSES))     # every class present
+    return paths, labels
 
 
 def demo_table(data_dir: Path | None, tmp: Path, log) -> tuple[list[str], np.ndarray]:
@@ -110,54 +138,76 @@ def write_large_images(folder: Path, n: int, width: int = 384, height: int = 512
 
 # ---- timed steps --------------------------------------------------------------------------------
 
-def bare_train(model, optimizer, loss_fn, x, y, steps: int, device) -> float:
-    """Seconds for `steps` forward+backward+step on in-memory tensors."""
+def _autocast(device, tools):
+    return torch.autocast(device.type, dtype=tools.amp_dtype, enabled=tools.amp_dtype is not None)
+
+
+def bare_train(model, optimizer, loss_fn, x, y, steps: int, device, tools=None) -> float:
+    """Seconds for `steps` forward+backward+step on in-memory tensors, with `tools`' autocast dtype and
+    GradScaler (a `train.loop.StepTools`; default float32). The losses are read once, at the end: the
+    model's own pace, with no per-step wait for the device."""
+    from pipeline.train.loop import StepTools
+
+    tools = tools or StepTools()
     model.train()
+    losses = []
     sync(device)
     tick = time.perf_counter()
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        loss.item()
+        with _autocast(device, tools):
+            loss = loss_fn(model(x), y)
+        if tools.scaler is not None:
+            tools.scaler.scale(loss).backward()
+            tools.scaler.step(optimizer)
+            tools.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        losses.append(loss.detach())
+    torch.stack(losses).sum().item()
     sync(device)
     return time.perf_counter() - tick
 
 
-def pipeline_train(model, optimizer, loss_fn, loader, device, normalize=None) -> float:
-    """Seconds for one `train.train_one_epoch` over `loader` (the real training loop; uint8
-    batches are normalised by `StepTools.normalize`, as `train.fit` does with the cache)."""
-    from pipeline.train.loop import StepTools, train_one_epoch
+def pipeline_train(model, optimizer, loss_fn, loader, device, tools=None) -> float:
+    """Seconds for one `train.train_one_epoch` over `loader` (the real training loop, with `tools`:
+    a `train.loop.StepTools` as `train.fit` builds it; uint8 batches are normalised by its `normalize`)."""
+    from pipeline.train.loop import train_one_epoch
 
     sync(device)
     tick = time.perf_counter()
-    train_one_epoch(model, loader, optimizer, loss_fn, device, 0, StepTools(normalize=normalize))
+    train_one_epoch(model, loader, optimizer, loss_fn, device, 0, tools)
     sync(device)
     return time.perf_counter() - tick
 
 
-def bare_predict(model, x, n_batches: int, device) -> float:
-    """Seconds for `n_batches` forward passes of the in-memory batch `x`."""
+def bare_predict(model, x, n_batches: int, device, tools=None) -> float:
+    """Seconds for `n_batches` forward passes of the in-memory batch `x` (under `tools`' autocast dtype)."""
+    from pipeline.train.loop import StepTools
+
+    tools = tools or StepTools()
     model.eval()
     sync(device)
     tick = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(device, tools):
         for _ in range(n_batches):
             model(x)
     sync(device)
     return time.perf_counter() - tick
 
 
-def pipeline_predict(model, loader, views, device, normalize) -> float:
-    """Seconds for `tta.predict_tta` (mean over `views`) on every batch of `loader`, probabilities to the CPU."""
+def pipeline_predict(model, loader, views, device, tools) -> float:
+    """Seconds for `tta.predict_tta` (mean over `views`) on every batch of `loader`, probabilities to the
+    CPU; batches normalised by `tools.normalize`, under its autocast dtype."""
     from pipeline.predict.tta import predict_tta
 
     model.eval()
     sync(device)
     tick = time.perf_counter()
-    out = [predict_tta(model, normalize(images.to(device, non_blocking=True)), views, "mean").float().cpu()
-           for images, _ in loader]
+    with _autocast(device, tools):
+        out = [predict_tta(model, tools.normalize(images.to(device, non_blocking=True)), views, "mean").float().cpu()
+               for images, _ in loader]
     torch.cat(out)
     sync(device)
     return time.perf_counter() - tick
@@ -170,4 +220,3 @@ def loader_only(loader, device, normalize) -> float:
         normalize(images.to(device, non_blocking=True))
     sync(device)
     return time.perf_counter() - tick
-

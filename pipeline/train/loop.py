@@ -31,8 +31,9 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from pipeline.config import Config
 from pipeline.stamps import package_versions
-from pipeline.device import loader_workers, resolve_device, seed_worker
+from pipeline.device import amp_name, loader_workers, resolve_amp, resolve_channels_last, resolve_device, seed_worker
 from pipeline.data.manifest import train_fingerprint
+from pipeline.data.bit_depth import scaling_for
 from pipeline.data.cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset
 from pipeline.fileio import atomic_path, file_sha256, write_csv_atomic
 from pipeline.train.losses import build_loss
@@ -74,7 +75,7 @@ def training_loader(cfg: Config, data: FoldData, device, epoch: int,
     labels = data.targets[data.train_idx]
     rows = data.train_idx[epoch_rows(labels, cfg.sampling.method, cfg.sampling.target_ratio, seed)]
     ds = make_dataset(cfg.augment, data.table["image"].to_numpy(), rows, data.targets[rows], train=True,
-                      decoded=decoded)
+                      decoded=decoded, scaling=scaling_for(cfg))
     ds.transform.set_random_seed(seed)
     drop_last = _mix_enabled(cfg) and len(rows) > cfg.train.batch_size  # Mixup needs even batches
     if cfg.sampling.method == "balanced":
@@ -110,14 +111,6 @@ def _mix_enabled(cfg: Config, epoch: int = 0) -> bool:
     t = cfg.train
     on = (t.mixup_alpha > 0 or t.cutmix_alpha > 0) and t.mix_prob > 0
     return on and (t.mix_off_epoch is None or epoch < t.mix_off_epoch)
-
-
-def _amp_dtype(cfg: Config, device: torch.device):
-    if cfg.train.amp == "off":
-        return None
-    if cfg.train.amp == "fp16" and device.type != "cuda":
-        raise RuntimeError("train.amp: fp16 needs CUDA; use bf16 or off on CPU")
-    return torch.float16 if cfg.train.amp == "fp16" else torch.bfloat16
 
 
 # ---- the loop ---------------------------------------------------------------------------------
@@ -169,10 +162,15 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch: int, tools
     model.train()
     if tools.frozen_backbone:
         _freeze_norm_stats(model)
-    weights = _group_weights(_batch_sizes(loader), tools.accumulate)
+    sizes = _batch_sizes(loader)
+    weights = _group_weights(sizes, tools.accumulate)
     total, count = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
-    bar = progress(loader, total=sum(_batch_sizes(loader)), desc=tools.progress_desc, mode=tools.progress_mode)
+    bar = progress(loader, total=sum(sizes), desc=tools.progress_desc, mode=tools.progress_mode)
+    # Each batch's loss is read (one device sync) only after the NEXT batch's work is queued, so a GPU
+    # never waits for the host between steps. A non-finite loss still stops the epoch, one step later,
+    # before anything is saved: the last good checkpoint is what a rerun resumes from.
+    previous = None
     for step, (images, targets) in enumerate(bar):
         images, targets = _to_device(images, targets, device, tools.channels_last, tools.normalize)
         if tools.flip is not None:
@@ -182,16 +180,26 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch: int, tools
             images, loss_targets = tools.mixup(images, targets)
         with torch.autocast(device.type, dtype=tools.amp_dtype, enabled=tools.amp_dtype is not None):
             loss = loss_fn(model(images), loss_targets)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch}, step {step}; "
-                                     "lower train.lr or check the inputs. The last good checkpoint is kept.")
-        _backward(loss * weights[step], tools)
+        _backward(loss if weights[step] == 1.0 else loss * weights[step], tools)
         if (step + 1) % tools.accumulate == 0 or step + 1 == len(weights):
             _update(model, optimizer, tools)
-        total += loss.item() * len(targets)
+        if previous is not None:
+            total += _read_loss(*previous, epoch, bar)
+        previous = (step, loss.detach(), len(targets))
         count += len(targets)
-        bar.update(len(targets), loss=loss.item())
+    if previous is not None:
+        total += _read_loss(*previous, epoch, bar)
     return total / max(count, 1)
+
+
+def _read_loss(step: int, loss: torch.Tensor, n: int, epoch: int, bar) -> float:
+    """The batch's summed loss (its mean x `n`) as a float; NonFiniteLossError when it is NaN or infinite."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"loss is {value} at epoch {epoch}, step {step}; "
+                                 "lower train.lr or check the inputs. The last good checkpoint is kept.")
+    bar.update(n, loss=value)
+    return value * n
 
 
 def _to_device(images, targets, device, channels_last: bool, normalize=None):
@@ -275,7 +283,8 @@ class _Run:
 def _build_run(cfg: Config, data: FoldData, device: torch.device) -> _Run:
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, len(data.classes), data.classes).to(device)
-    if cfg.train.channels_last:
+    channels_last = resolve_channels_last(cfg.train.channels_last, device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Every parameter joins the optimizer (timm's grouping drops frozen ones), so a backbone
     # unfrozen later trains too; frozen parameters get no gradient, so nothing updates them.
@@ -283,14 +292,14 @@ def _build_run(cfg: Config, data: FoldData, device: torch.device) -> _Run:
     scheduler = build_scheduler(cfg, optimizer, _updates_estimate(cfg, data))
     counts = np.bincount(data.targets[data.train_idx], minlength=len(data.classes))
     loss_fn = build_loss(cfg.loss, counts).to(device)
-    amp_dtype = _amp_dtype(cfg, device)
+    amp_dtype = resolve_amp(cfg.train.amp, device)
     tools = StepTools(
         accumulate=cfg.train.accumulate, grad_clip=cfg.train.grad_clip, amp_dtype=amp_dtype,
-        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+        scaler=torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None,  # bf16 needs none
         ema=ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema else None,
         scheduler=scheduler if cfg.train.scheduler == "onecycle" else None,
-        channels_last=cfg.train.channels_last,
-        normalize=BatchNormalize(cfg.augment.mean, cfg.augment.std, cfg.train.channels_last).to(device),
+        channels_last=channels_last,
+        normalize=BatchNormalize(cfg.augment.mean, cfg.augment.std, channels_last).to(device),
         flip=DeviceFlip(cfg.augment.device_hflip, cfg.augment.device_vflip)
         if cfg.augment.device_hflip or cfg.augment.device_vflip else None)
     if cfg.train.compile:
@@ -354,8 +363,8 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
     run = _build_run(cfg, data, device)
     paths = data.table["image"].to_numpy()
     decoded = decoded_for(cfg, paths, log=log)   # every image of the table, shared by all folds
-    val_loader = _loader(make_dataset(cfg.augment, paths, data.val_idx, data.val_targets, decoded=decoded),
-                         cfg, device, persistent=True)
+    val_loader = _loader(make_dataset(cfg.augment, paths, data.val_idx, data.val_targets, decoded=decoded,
+                                      scaling=scaling_for(cfg)), cfg, device, persistent=True)
     history, best, best_epoch, start = [], None, -1, 0
     state = _load_state(state_dir / "last.pt", fingerprint)
     if state is not None:
@@ -364,7 +373,7 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
         log(f"[fold {fold}] resuming after epoch {state['epoch'] + 1}/{cfg.train.epochs}")
     tracker = Tracker(cfg, fold)
     log(f"[fold {fold}] {len(data.train_idx)} train / {len(data.val_idx)} val images, "
-        f"{len(data.classes)} classes, {cfg.model.name} on {device}")
+        f"{len(data.classes)} classes, {cfg.model.name} on {device}{_precision_note(run.tools)}")
     for epoch in range(start, cfg.train.epochs):
         if cfg.train.patience is not None and epoch - best_epoch > cfg.train.patience:
             log(f"[fold {fold}] early stop: no {monitor} improvement for {cfg.train.patience} epochs")
@@ -400,8 +409,14 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
         if on_epoch is not None:
             on_epoch(epoch, metrics)
     tracker.close()
-    return _finish_fold(cfg, fold, data, evaluated_model(run), val_loader, device, best, fingerprint,
-                        run.tools.normalize)
+    return _finish_fold(cfg, fold, data, evaluated_model(run), val_loader, device, best, fingerprint, run.tools)
+
+
+def _precision_note(tools: StepTools) -> str:
+    """How the steps compute, as the fold's first line says it (`auto` settings resolved)."""
+    parts = ([f"{amp_name(tools.amp_dtype)} autocast"] if tools.amp_dtype is not None else []) + \
+        (["channels_last"] if tools.channels_last else [])
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def evaluated_model(run: _Run) -> torch.nn.Module:
@@ -415,17 +430,19 @@ def _epoch_line(fold, epoch, epochs, train_loss, m, lr, seconds, improved, monit
             f"acc {m['accuracy']:.4f} f1 {m['f1_macro']:.4f}{shown} lr {lr:.2e} {seconds:.1f}s{' *' if improved else ''}")
 
 
-def _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint, normalize) -> Path:
+def _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint, tools: StepTools) -> Path:
     """Out-of-fold probabilities from the best weights, then the weights themselves (last)."""
     out = cfg.fold_dir(fold)
     model = unwrap(model)  # torch.compile wrapper: predict OOF with the plain module the best weights fit
     common = {"model": cfg.model.name, "heads": cfg.model.heads, "classes": data.classes, "fold": fold,
               "fingerprint": fingerprint, "image_size": cfg.augment.image_size, "folds_file": str(cfg.folds_file),
-              "folds_sha256": file_sha256(cfg.folds_file)}
+              "folds_sha256": file_sha256(cfg.folds_file),
+              # what `auto` chose on the machine that trained it
+              "device": device.type, "amp": amp_name(tools.amp_dtype), "channels_last": tools.channels_last}
     # The final epoch's weights (EMA if on) can join the vote beside the best (ensemble.checkpoints).
     save_weights(model, out / "last.safetensors", {**common, "checkpoint": "last"})
     model.load_state_dict(load_weights(out / "state" / "best.safetensors"))
-    probs, _ = predict_probs(model, val_loader, device, cfg.train.channels_last, normalize)
+    probs, _ = predict_probs(model, val_loader, device, tools.channels_last, tools.normalize)
     write_csv_atomic(out / "oof.csv", oof_frame(data, fold, probs))
     cm = pd.DataFrame(confusion(data.val_targets, probs), index=data.classes, columns=data.classes)
     write_csv_atomic(out / "confusion.csv", cm.rename_axis("true"), index=True)

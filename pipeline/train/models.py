@@ -15,10 +15,9 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.competitions.mask.heads import MaskHeadsModel
-from pipeline.competitions.mask.labels import N_CLASSES
 from pipeline.config import ConfigError, ModelConfig
 from pipeline.fileio import atomic_path, write_json_atomic
+from pipeline.registry import heads_model, registered_heads
 
 __all__ = ["safe_torch_load", "create_model", "save_weights", "load_weights", "read_sidecar", "load_trained_model",
            "sidecar_path", "unwrap"]
@@ -35,23 +34,19 @@ def safe_torch_load(path: str | Path):
 
 
 def _timm_model(name: str, heads: str, num_classes: int, pretrained: bool, drop_rate: float) -> torch.nn.Module:
-    if heads == "mask":
-        if num_classes != N_CLASSES:
-            raise ConfigError(f"model.heads: 'mask' needs the {N_CLASSES} mask classes, the data has {num_classes}")
-        return MaskHeadsModel(name, pretrained, drop_rate)
+    if heads != "single":   # a competition's own model (pipeline.registry), e.g. the mask competition's heads
+        return heads_model(heads, name, num_classes, pretrained, drop_rate)
     return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
 
 
 def create_model(mcfg: ModelConfig, num_classes: int, classes: list[str] | None = None) -> torch.nn.Module:
     """A timm model with a fresh `num_classes` head; optional pretrained or local weights.
 
-    `classes` (the class texts in model order), when given, is checked against what the heads need:
-    the mask heads read output k as the competition's class k, so the classes must be '0'..'17'.
+    `classes` (the class texts in model order), when given, is checked against what a competition's heads
+    need (``model.heads`` other than ``single``: the competition registered the check with its model).
     """
-    if mcfg.heads == "mask" and classes is not None:
-        if list(classes) != [str(c) for c in range(N_CLASSES)]:
-            raise ConfigError(f"model.heads: 'mask' needs the classes '0'..'{N_CLASSES - 1}' (the competition's "
-                              f"class codes) in the label column; the data has {list(classes)[:20]}")
+    if mcfg.heads != "single" and classes is not None:
+        registered_heads(mcfg.heads).check_classes(classes)
     if not timm.is_model(mcfg.name):
         close = timm.list_models(f"*{mcfg.name.split('_')[0]}*")[:8]
         raise ConfigError(f"model.name: '{mcfg.name}' is not a timm model. Similar: {close or 'none'}; "

@@ -8,7 +8,12 @@ from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from pipeline.config import Config
 from pipeline.metrics import MAXIMISE
 
-__all__ = ["build_optimizer", "build_scheduler", "step_epoch_scheduler"]
+__all__ = ["build_optimizer", "build_scheduler", "step_epoch_scheduler", "FUSED_OPTIMIZERS"]
+
+# The optimizers torch has fused kernels for (CPU and CUDA): one pass over each tensor instead of a dozen
+# per-tensor operations. resnet10t's AdamW step on the CPU: 3.8 ms instead of 21.8 (one thread), about a
+# tenth of the demo's whole training step. The same update; only the rounding of its sums differs.
+FUSED_OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -22,7 +27,9 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
         body = torch.nn.ParameterList([p for p in model.parameters() if id(p) not in head_ids])
         params = ([dict(g, lr=t.lr) for g in param_groups_weight_decay(_Wrap(head), t.weight_decay)]
                   + [dict(g, lr=t.backbone_lr) for g in param_groups_weight_decay(_Wrap(body), t.weight_decay)])
-    return create_optimizer_v2(params, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
+    fused = {"fused": True} if t.optimizer in FUSED_OPTIMIZERS else {}
+    return create_optimizer_v2(params, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum,
+                               **fused)
 
 
 class _Wrap(torch.nn.Module):

@@ -5,7 +5,7 @@ one GPU per Make job (`device_for_fold`).
 Whatever the backend, a fold whose `weights.safetensors` exists with a matching fingerprint is skipped,
 a failing fold is reported with its number while the others go on, and `run_folds` raises at the end
 naming the failed folds. How to run it on several machines (shared storage, SLURM/PBS, DataLoader
-workers inside Dask workers) is in the README, "Scale".
+workers inside Dask workers) is in docs/parallel.md.
 """
 
 from __future__ import annotations
@@ -331,7 +331,7 @@ def _dask_client(cfg: Config, folds: list[int], scheduler, owned: list, log):
         gpus = _visible_gpus()
     n = len(gpus) if gpus else max(1, min(len(folds), os.cpu_count() or 1))
     threads = max(1, (os.cpu_count() or 1) // n)  # torch intra-op threads per worker
-    # Non-daemonic worker processes may start DataLoader workers (README, "Scale").
+    # Non-daemonic worker processes may start DataLoader workers (docs/parallel.md).
     with dask.config.set({"distributed.worker.daemon": False}):
         owned.append(LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numbers
 import re
 
-__all__ = ["MaskDataError", "N_CLASSES", "PHOTO_STEMS", "TRUE_AGE_CUTOFF", "TRAIN_COLUMNS", "MASK_OF_STEM",
+__all__ = ["MaskDataError", "N_CLASSES", "check_mask_classes", "PHOTO_STEMS", "TRUE_AGE_CUTOFF", "TRAIN_COLUMNS", "MASK_OF_STEM",
            "IMAGE_EXTENSIONS", "GENDERS", "MASK_NAMES", "age_group", "check_cutoff", "encode_class", "decode_class",
            "class_name", "parse_age", "parse_gender", "parse_mask"]
 
@@ -33,6 +33,15 @@ RELABEL_COLUMNS = ["id", "field", "value"]
 
 
 # --------------------------------------------------------------------------- class encoding
+
+def check_mask_classes(classes) -> None:
+    """The three-head model reads output k as the competition's class k: the data's classes must be '0'..'17'."""
+    from pipeline.config import ConfigError
+
+    if list(classes) != [str(c) for c in range(N_CLASSES)]:
+        raise ConfigError(f"model.heads: 'mask' needs the classes '0'..'{N_CLASSES - 1}' (the competition's "
+                          f"class codes) in the label column; the data has {list(classes)[:20]}")
+
 
 def _check_code(name: str, value, n: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < n:

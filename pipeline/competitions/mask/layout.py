@@ -5,7 +5,7 @@ seven photos per person under `train/images/<path>/`; `prepare_mask_data` writes
 photo with the columns `TRAIN_COLUMNS`: the training label (with the training-only age cut-off),
 the true label (cut-off 60, what validation is scored on), the person as group, and the per-person
 `person_label` that grouped folds are stratified on. The layout, the cut-off and the relabel file
-are described in the README.
+are described in docs/mask.md.
 """
 
 from __future__ import annotations
