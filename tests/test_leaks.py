@@ -226,12 +226,13 @@ def test_two_suspected_pairs_sharing_an_image_propose_the_pair_they_imply():
     assert _implied_pairs(flagged, np.array([[0, 1], [1, 2], [0, 2]]), 8).tolist() == []
 
 
-def test_the_probe_says_how_much_a_model_that_memorises_gains_from_the_copies(tmp_path, tiny_cfg):
+def test_the_probe_says_how_much_a_model_that_memorises_gains_from_the_copies(tmp_path, tiny_cfg, monkeypatch):
     """Rows with a copy in another fold are answered by their copy, rows without one are hard (the classes
     differ little): the probe scores all rows above the rows without a copy, and says by how much. Split with
     each copy in its original's fold, there is nothing to say."""
     from PIL import Image
 
+    from pipeline.data import leak_scan
     from pipeline.data.leak_scan import probe_note, scan_and_probe
     rng = np.random.default_rng(7)
     images = np.concatenate([_class_images(rng, 40, own=4.0) for _ in range(3)])      # classes barely differ
@@ -248,8 +249,13 @@ def test_the_probe_says_how_much_a_model_that_memorises_gains_from_the_copies(tm
     scan, probe = scan_and_probe(tiny_cfg, table, folds)
     assert probe["rows_with_copy"] == rows_in_pairs(150, scan.pairs).sum() == 60
     assert probe["all"] > probe["without_copy"] + 0.1
+    # all rows: the rows with a copy and the rows without one, each by its share
+    assert probe["all"] == pytest.approx((60 * probe["with_copy"] + 90 * probe["without_copy"]) / 150)
     note = probe_note(probe)
     assert f"{probe['all']:.3f} accuracy out of fold on all rows and {probe['without_copy']:.3f}" in note
     assert f"inflated by up to about {probe['all'] - probe['without_copy']:+.3f} accuracy" in note
+    monkeypatch.setattr(leak_scan, "_PROBE_ROWS", 25)          # a large data set: each part probed on a sample
+    sampled = scan_and_probe(tiny_cfg, table, folds)[1]
+    assert sampled["rows_with_copy"] == 60 and sampled["all"] > sampled["without_copy"] + 0.1
     folds[120:] = folds[0:120:4]                                 # each copy in its original's fold
     assert scan_and_probe(tiny_cfg, table, folds)[1] is None and probe_note(None) == ""
