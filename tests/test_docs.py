@@ -230,3 +230,11 @@ def test_the_leak_tables_rows_come_from_the_eval_and_bench_files(tmp_path):
     assert "(10 min)" in blocks["leak_eval"]
     assert "one class of 100,000 images (x, 28 px, 10,000 of them planted copies) scans in 170 s" in blocks["leak_bench"]
     assert "needs 700 MB beyond the 1,200 MB the process held before it" in blocks["leak_bench"]
+    (figures / "leak_bench.json").write_text(json.dumps(          # a bench that records its CPU, load and finds
+        {"images": 100000, "size": 28, "source": "x", "seconds": 170.4, "cpu_seconds": 250.2, "cpus": 2,
+         "load_average_before": 0.71, "candidate_pairs": 1300000, "aligned_pairs": 600000, "pairs_flagged": 9000,
+         "planted_pairs_flagged": 8500, "copies_planted": 10000, "scan_memory_mb": 700, "peak_rss_mb": 1900,
+         "rss_before_scan_mb": 1200}))
+    bench = render_blocks(figures)["leak_bench"]
+    assert "scans in 170 s, 250 s of CPU on 2 cores at load average 0.7 before it (1,300,000 candidate pairs, " \
+           "600,000 of them aligned, 9,000 flagged, 8,500 of them planted copies)" in bench

@@ -47,11 +47,17 @@ def leak_eval_block(demo: dict, sources: dict | None = None) -> str:
 
 
 def leak_bench_block(found: dict) -> str:
+    cpu = (f", {found['cpu_seconds']:.0f} s of CPU on {found['cpus']} cores at load average "
+           f"{found['load_average_before']:.1f} before it" if "cpu_seconds" in found else "")
+    planted = (f", {found['planted_pairs_flagged']:,} of them planted copies" if "planted_pairs_flagged" in found
+               else "")
+    pairs = (f"{found['candidate_pairs']:,} candidate pairs, {found['aligned_pairs']:,} of them" if "candidate_pairs"
+             in found else f"{found['aligned_pairs']:,} candidate pairs")
     return (f"`{' '.join(LEAK_BENCH_COMMAND)}`: one class of {found['images']:,} images ({found['source']}, "
-            f"{found['size']} px, {found['copies_planted']:,} of them planted copies) scans in {found['seconds']:.0f} s "
-            f"({found['aligned_pairs']:,} candidate pairs aligned, {found['pairs_flagged']:,} flagged) and needs "
-            f"{found['scan_memory_mb']:,} MB beyond the {found['rss_before_scan_mb']:,} MB the process held before it "
-            "(Python, torch, the images).\n")
+            f"{found['size']} px, {found['copies_planted']:,} of them planted copies) scans in {found['seconds']:.0f} s"
+            f"{cpu} ({pairs} aligned, {found['pairs_flagged']:,} flagged{planted}) "
+            f"and needs {found['scan_memory_mb']:,} MB beyond the {found['rss_before_scan_mb']:,} MB the process held "
+            "before it (Python, torch, the images).\n")
 
 
 def _leak_rows(folder: Path) -> tuple[int, float, int, float]:
