@@ -66,10 +66,10 @@ class LeakScan:
     features: str              # what the images were compared on, for messages
 
     def describe(self) -> str:
-        return (f"{len(self.pairs)} suspected duplicate pair(s) among {self.compared} aligned candidate pairs "
-                f"({self.features}); flagged: a pair whose distance after alignment is under {self.ratio:g} x "
-                "each image's distance to its third-nearest same-class look-alike outside its suspected group "
-                "(folds.leak_ratio)")
+        return (f"{len(self.pairs)} suspected duplicate pair(s) among {self.candidates} candidate pairs "
+                f"({self.compared} pairs aligned in full; {self.features}); flagged: a pair whose distance after "
+                f"alignment is under {self.ratio:g} x each image's distance to its third-nearest same-class "
+                "look-alike outside its suspected group (folds.leak_ratio)")
 
 
 def _candidates(images: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
