@@ -63,8 +63,10 @@ def logit_adjust_record(applied: bool, tau: float, chosen_tau: float, grid, prio
                         metric: str = "f1_macro") -> dict:
     """The ``logit_adjust`` entry of ensemble.json / blend.json (`score` reads its tau and prior back).
     The curve holds the metric signed so that higher is better (the log-loss negated)."""
+    # The prior at full precision: `score`, the pseudo-labels and the bundle apply it again, and must
+    # divide by the very numbers the submission was made with.
     return {"applied": bool(applied), "tau": tau, "chosen_tau": chosen_tau, "grid": grid, "metric": metric,
-            "prior": prior.round(6).tolist(), "oof_gain_by_tau": [[t, round(f, 6)] for t, f in curve]}
+            "prior": prior.tolist(), "oof_gain_by_tau": [[t, round(f, 6)] for t, f in curve]}
 
 
 def bias_fit(metric: str, n_classes: int, tau_grid=None, model_prior=None):
@@ -153,7 +155,7 @@ def _ensemble(cfg: Config, log, logit_adjust_on: bool | None, tau_grid) -> Path:
         "submission_format": fmt.kind, "positive_class": fmt.positive,
         "checkpoints": checkpoint_names(cfg), "oof_source": "oof_tta.csv" if oof_tta is not None else "oof.csv",
         "metric": metric, "logit_adjust": logit_adjust_record(adjust, applied_tau, tau, grid, prior, curve, metric),
-        "class_bias": {"applied": bool(cfg.ensemble.class_bias), "bias": bias.round(6).tolist(),
+        "class_bias": {"applied": bool(cfg.ensemble.class_bias), "bias": bias.tolist(),   # full precision: re-applied
                        "after_logit_adjustment": bool(adjust)},
         "prior_shift": shift})
     out = cfg.exp_dir / "submission.csv"
