@@ -146,6 +146,19 @@ def _apply_budget(tmp: Path, cfg: Config, manifest: dict, decisions: dict, oof, 
         "nested_oof_estimate": selection.estimate, "oof_estimate_every_view": selection.full_estimate}
 
 
+def _check_budget(budget, images_count, decisions: dict, oof) -> None:
+    if budget is None:
+        return
+    if not budget > 0:
+        raise BundleRefused(f"--budget {budget}: expected a positive number of seconds")
+    if images_count is not None and images_count < 1:
+        raise BundleRefused(f"--images-count {images_count}: expected a positive number of test images")
+    missing = [v for v in decisions["tta"]["views"] if v not in oof.views]
+    if missing:
+        raise BundleRefused(f"--budget needs every view's out-of-fold probabilities; the folds' out-of-fold files "
+                            f"lack {', '.join(missing)} (predicted before out-of-fold TTA): run `make predict ensemble`")
+
+
 def bundle_size(folder) -> int:
     """Bytes of every file in the bundle folder."""
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
@@ -162,13 +175,10 @@ def build_bundle(cfg: Config, out=None, budget: float | None = None, images_coun
     """
     sources = gather_sources(cfg)                                   # every refusal, before any write
     decisions = decisions_from_ensemble(sources.ensemble, {"views": sources.views, "merge": cfg.tta.merge})
-    if budget is not None and not budget > 0:
-        raise BundleRefused(f"--budget {budget}: expected a positive number of seconds")
-    if images_count is not None and images_count < 1:
-        raise BundleRefused(f"--images-count {images_count}: expected a positive number of test images")
     timing_device = _timing_device(device, budget)
     batch_size = batch_size or cfg.tta.batch_size
     oof, merged = read_oof_views(cfg, sources.ensemble)
+    _check_budget(budget, images_count, decisions, oof)
     out = Path(out) if out is not None else cfg.exp_dir / "bundle"
     with atomic_dir(out) as tmp:
         manifest = _manifest(cfg, sources, _copy_weights(tmp, sources), needs_oof(decisions), device, batch_size)
@@ -183,6 +193,6 @@ def build_bundle(cfg: Config, out=None, budget: float | None = None, images_coun
         write_json_atomic(tmp / "decisions.json", decisions)
         write_json_atomic(tmp / "bundle.json", manifest)
     views, files = decisions["tta"]["views"], sum(len(f["members"]) for f in manifest["folds"])
-    log(f"[bundle] {out}: {len(manifest['folds'])} folds x {len(views)} views ({', '.join(views)}), {files} weights "
+    log(f"[bundle] {out}: {len(manifest['folds'])} fold(s) x {len(views)} view(s) ({', '.join(views)}), {files} weights "
         f"files, {bundle_size(out) / 2**20:.1f} MiB; `make bundle-check` runs it on the local test images")
     return out

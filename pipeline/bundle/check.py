@@ -72,7 +72,7 @@ def compare_submissions(ours, reference, numeric: list, tolerance: float = PROBA
     ours, reference = Path(ours), Path(reference)
     a, b = read_text_csv(ours), read_text_csv(reference)
     if ours.read_bytes() == reference.read_bytes():
-        return Comparison(True, f"equal to {reference} byte for byte ({len(b)} rows)", len(b))
+        return Comparison(True, f"equals {reference} byte for byte ({len(b)} rows)", len(b))
     if list(a.columns) != list(b.columns) or len(a) != len(b):
         return Comparison(False, f"{ours} has columns {list(a.columns)} and {len(a)} rows, {reference} "
                                  f"{list(b.columns)} and {len(b)}", len(b), len(b))
@@ -82,11 +82,12 @@ def compare_submissions(ours, reference, numeric: list, tolerance: float = PROBA
     worst = float(diff.max()) if diff.size else 0.0
     differ |= (diff > tolerance).any(axis=1)
     if not differ.any():
-        return Comparison(True, f"equal to {reference} within {tolerance:g} (largest difference {worst:.2g}, "
+        return Comparison(True, f"equals {reference} within {tolerance:g} (largest difference {worst:.2g}, "
                                 f"{len(b)} rows)", len(b), 0, worst)
     first = int(np.flatnonzero(differ)[0]) + 2
+    largest = f"; largest probability difference {worst:.2g}" if numeric else ""
     return Comparison(False, f"differs from {reference} on {int(differ.sum())} of {len(b)} rows (first at line "
-                             f"{first}; largest probability difference {worst:.2g})", len(b), int(differ.sum()), worst)
+                             f"{first}{largest})", len(b), int(differ.sum()), worst)
 
 
 def _read_manifest(bundle: Path) -> dict:
@@ -146,7 +147,7 @@ def check_bundle(cfg: Config, bundle=None, device: str | None = None, record=Non
     verdict = result.verdict if result.equal or not dropped else \
         f"{result.verdict}: expected, the time budget dropped {dropped}"
     log(f"[bundle-check] {'PASS' if result.equal else ('BUDGETED' if dropped else 'FAIL')}: the bundle's "
-        f"submission (python -I, {report['images']} images, {report['seconds']:.1f} s on {report['device']}) is "
+        f"submission (python -I, {report['images']} images, {report['seconds']:.1f} s on {report['device']}) "
         f"{verdict}")
     if record:
         _record(record, cfg, bundle, manifest, report, wall, verdict, load_before)

@@ -142,9 +142,9 @@ def _oof_table(cfg: Config, record: dict) -> tuple[pd.DataFrame, list]:
 
 def read_oof_views(cfg: Config, record: dict) -> tuple[OofViews, np.ndarray]:
     """The ensemble's out-of-fold table (``oof_source``: oof_tta.csv, else oof.csv): its rows' TTA views
-    (one view, identity, for oof.csv) and the merged probabilities the ensemble fitted its choices on."""
+    (none in oof.csv) and the merged probabilities the ensemble fitted its choices on."""
     oof, classes = _oof_table(cfg, record)
     y = class_ids(oof["label"], classes, record["oof_source"])
     views = {v: oof[cols].to_numpy() for v, cols in view_columns(oof, classes).items()}
     merged = oof[prob_columns(classes)].to_numpy()
-    return OofViews(y, oof["fold"].to_numpy(), views or {"identity": merged}), merged
+    return OofViews(y, oof["fold"].to_numpy(), views), merged
