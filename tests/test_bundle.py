@@ -69,6 +69,23 @@ def seeds(tmp_path_factory):
                          ensemble={"voting": "hard", "prior_shift": "bbse"})
 
 
+@pytest.fixture(scope="module")
+def binary_bundle(binary):
+    return stages.bundle(binary, timing_images=8, log=_quiet)
+
+
+@pytest.fixture
+def one_second_per_view(monkeypatch):
+    """Build-time timings replaced by constructed ones: 1 s per 1,000 images for each fold on each view."""
+    import pipeline.bundle.build as build
+
+    def measured(folder, manifest, decisions, paths, device, batch_size, log):
+        folds, views = [str(f["fold"]) for f in manifest["folds"]], decisions["tta"]["views"]
+        return {"measured_on": {"device": "cpu"}, "decode_per_1000": 0.0, "load": {k: 0.0 for k in folds},
+                "fold_view_per_1000": {k: {v: 1.0 for v in views} for k in folds}}
+    monkeypatch.setattr(build, "measure_timing", measured)
+
+
 def _offline(cfg, bundle, out, explain=None):
     run = run_offline(bundle, cfg.data.image_root, cfg.data.sample_submission, out, explain=explain)
     assert run.returncode == 0, run.stderr
@@ -93,8 +110,9 @@ def test_make_bundle_and_bundle_check_reproduce_the_labels_submission(tmp_path):
     assert steps[0] == "prior_shift" and steps[-1] == "class_bias"
 
 
-def test_the_binary_bundle_writes_the_ensembles_probabilities_and_estimates_the_prior_shift_again(binary, tmp_path):
-    bundle = stages.bundle(binary, timing_images=8, log=_quiet)
+def test_the_binary_bundle_writes_the_ensembles_probabilities_and_estimates_the_prior_shift_again(binary, binary_bundle,
+                                                                                                   tmp_path):
+    bundle = binary_bundle
     decisions = (bundle / "decisions.json").read_text()
     assert '"mode": "em"' in decisions and "estimates" not in decisions   # the test mix is not carried over
     _offline(binary, bundle, tmp_path / "sub.csv", tmp_path / "explain.json")
@@ -117,8 +135,8 @@ def test_a_seeds_bundle_votes_every_seeds_weights_averaged_as_merge_seeds_averag
     assert result.equal and "byte for byte" in result.verdict, result.verdict
 
 
-def test_bundle_check_fails_when_the_bundle_does_not_reproduce_the_ensemble(binary, tmp_path):
-    bundle = stages.bundle(binary, out=tmp_path / "bundle", timing_images=8, log=_quiet)
+def test_bundle_check_fails_when_the_bundle_does_not_reproduce_the_ensemble(binary, binary_bundle, tmp_path):
+    bundle = shutil.copytree(binary_bundle, tmp_path / "bundle")
     decisions = json.loads((bundle / "decisions.json").read_text())
     decisions["steps"] = [s for s in decisions["steps"] if s["step"] != "prior_shift"]   # forgets the correction
     (bundle / "decisions.json").write_text(json.dumps(decisions))
@@ -154,15 +172,7 @@ def test_a_bundle_it_cannot_stand_behind_is_refused_in_one_line_before_anything_
     assert not (cfg.exp_dir / "bundle").exists()
 
 
-def test_a_budget_keeps_what_fits_deletes_the_rest_and_the_bundle_still_runs(binary, tmp_path, monkeypatch):
-    import pipeline.bundle.build as build
-
-    def measured(folder, manifest, decisions, paths, device, batch_size, log):   # 1 s per 1,000 images each
-        views = decisions["tta"]["views"]
-        return {"measured_on": {"device": "cpu"}, "decode_per_1000": 0.0, "load": {str(f["fold"]): 0.0
-                for f in manifest["folds"]}, "fold_view_per_1000": {str(f["fold"]): {v: 1.0 for v in views}
-                                                                     for f in manifest["folds"]}}
-    monkeypatch.setattr(build, "measure_timing", measured)
+def test_a_budget_keeps_what_fits_deletes_the_rest_and_the_bundle_still_runs(binary, tmp_path, one_second_per_view):
     lines = []
     bundle = stages.bundle(binary, out=tmp_path / "bundle", budget=2.0, images_count=1000, log=lines.append)
     manifest = json.loads((bundle / "bundle.json").read_text())
@@ -176,9 +186,10 @@ def test_a_budget_keeps_what_fits_deletes_the_rest_and_the_bundle_still_runs(bin
     assert result.rows == 60
 
 
-def test_a_budget_too_small_leaves_the_previous_bundle_untouched(binary, tmp_path):
-    bundle = stages.bundle(binary, out=tmp_path / "bundle", timing_images=8, log=_quiet)
-    before = (bundle / "bundle.json").read_bytes()
-    with pytest.raises(BudgetError, match="too small: even one fold with the identity view needs"):
-        stages.bundle(binary, out=bundle, budget=1e-6, images_count=10_000, timing_images=8, log=_quiet)
-    assert (bundle / "bundle.json").read_bytes() == before
+def test_a_budget_too_small_leaves_the_previous_bundle_untouched(binary, binary_bundle, tmp_path, one_second_per_view):
+    bundle = shutil.copytree(binary_bundle, tmp_path / "bundle")
+    before = {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    with pytest.raises(BudgetError, match="budget of 5 s for 10000 images is too small: even one fold with the "
+                                          "identity view needs about 10 s"):
+        stages.bundle(binary, out=bundle, budget=5.0, images_count=10_000, log=_quiet)
+    assert {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == before
