@@ -99,21 +99,29 @@ def test_logit_adjustment_class_bias_and_reweighting_are_the_pipelines():
     np.testing.assert_array_equal(template.reweight(probs, prior, q), shift.reweight(probs, prior, q))
 
 
-def _shifted_run(rng, shifted: bool):
-    """OOF rows of a decent classifier on a balanced mix; test rows on the same or a skewed mix."""
+MIXES = {"same": [1 / 3] * 3, "skewed": [0.7, 0.2, 0.1], "one class gone": [0.8, 0.2, 0.0]}
+
+
+def _shifted_run(rng, mix: str):
+    """OOF rows of a decent classifier on a balanced mix; test rows on the same or another mix (in the last,
+    class 2 is absent and EM drives its share down to the floor)."""
     n_classes = 3
     y = rng.integers(0, n_classes, 300)
     oof = np.eye(n_classes)[y] * 0.6 + _probs(rng, (300, n_classes)) * 0.4
-    mix = [0.7, 0.2, 0.1] if shifted else [1 / 3] * 3
-    t = rng.choice(n_classes, 200, p=mix)
+    t = rng.choice(n_classes, 200, p=MIXES[mix])
+    if mix == "one class gone":
+        oof, y = np.eye(n_classes)[y] * 0.98 + 0.01, y
+        test = np.stack([np.eye(n_classes)[t] * 0.98 + 0.01 for _ in range(3)])
+        return oof, y, test, {k: np.full(3, 1 / 3) for k in range(3)}
     test = np.stack([np.eye(n_classes)[t] * 0.6 + _probs(rng, (200, n_classes)) * 0.4 for _ in range(3)])
     priors = {k: np.array([0.34, 0.33, 0.33]) + 0.01 * k for k in range(3)}
     return oof, y, test, priors
 
 
-@pytest.mark.parametrize("mode,shifted", [("auto", True), ("auto", False), ("em", False), ("bbse", True)])
-def test_the_prior_shift_is_decided_and_estimated_again_as_the_ensemble_did(mode, shifted):
-    oof, y, test, priors = _shifted_run(np.random.default_rng(2), shifted)
+@pytest.mark.parametrize("mode,mix", [("auto", "skewed"), ("auto", "same"), ("em", "same"), ("bbse", "skewed"),
+                                      ("em", "one class gone")])
+def test_the_prior_shift_is_decided_and_estimated_again_as_the_ensemble_did(mode, mix):
+    oof, y, test, priors = _shifted_run(np.random.default_rng(2), mix)
     record = shift_record(mode, 0.01, oof, y, test, priors)
     step = {"step": "prior_shift", "mode": mode, "alpha": 0.01, "model_prior": record["model_prior"]}
     ours = template.prior_shift(step, test, {"probs": oof, "labels": y})
@@ -123,7 +131,9 @@ def test_the_prior_shift_is_decided_and_estimated_again_as_the_ensemble_did(mode
     assert ours["p_value"] == pytest.approx(record["p_value"], rel=1e-9)
     adjusted, report = template.apply_decisions(test, {"steps": [step]}, {"probs": oof, "labels": y})
     np.testing.assert_array_equal(adjusted, apply_shift(test, record))
-    assert report["prior_shift"]["applied"] == (mode != "auto" or shifted)
+    assert report["prior_shift"]["applied"] == (mode != "auto" or mix != "same")
+    if mix == "one class gone":
+        assert min(ours["estimates"]["em"]) < 1e-5          # held at the floor
 
 
 @pytest.mark.parametrize("dof", [1, 2, 3, 4, 9, 10, 17, 60])
