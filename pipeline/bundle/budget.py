@@ -6,10 +6,11 @@ ensemble. Otherwise:
 
 * folds first: as many as fit (the cheapest). Out-of-fold rows cannot price a dropped fold (each has one
   fold's prediction), yet the vote of several folds is usually what an ensemble gains most from, far more
-  than its TTA views (the demo's numbers are in the docs), so a fold goes only when even the identity view
+  than its TTA views (the demo's numbers are in the docs), so a fold goes only when even its cheapest view
   alone does not fit with it;
-* then the views (identity always kept, as the predict stage keeps it) whose merge has the best
-  out-of-fold estimate among the subsets that fit with those folds.
+* then, among the submission's views (those the ensemble's chain chose: the candidates), the non-empty
+  subset whose merge (``tta.merge``, each of the submission's checkpoints merged, then averaged, as the
+  ensemble does) has the best out-of-fold estimate among the subsets that fit with those folds.
 
 The estimate is nested: each fold's rows are scored with the subset chosen on the *other* folds' rows,
 so the number printed is what the choosing earns on rows it did not see; the loss printed is the
@@ -22,11 +23,10 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
-import torch
 
+from pipeline.ensemble.nested import apply_per_fold, fit_per_fold
+from pipeline.ensemble.steps.selection import merge_views
 from pipeline.metrics import metric_gain, metric_value
-from pipeline.predict.nested import apply_per_fold, fit_per_fold
-from pipeline.predict.tta import merge_view_logits
 
 __all__ = ["Timing", "Selection", "BudgetError", "estimated_seconds", "select_within_budget", "merged_views"]
 
@@ -102,20 +102,15 @@ class Selection:
 
 
 def merged_views(views: dict, names, merge: str) -> np.ndarray:
-    """The (N, C) TTA merge of the per-view probabilities `views[name]` (N, C), as the predict stage merges
-    the views' logits (their log-probabilities differ from the logits by a constant per row and view)."""
-    logs = np.log(np.maximum(np.stack([views[n] for n in names]), 1e-15))
-    return merge_view_logits(torch.from_numpy(logs), merge).numpy()
+    """The (N, C) probabilities of the views `names` of ``{view: (K, N, C)}``: per checkpoint the views merged,
+    then the checkpoints averaged, as the ensemble's submission merges them."""
+    return merge_views(np.stack([views[n] for n in names], axis=1), merge, axis=1).mean(axis=0)
 
 
 def _view_subsets(views: list) -> list[list]:
-    """Every subset of `views` that holds identity, in their order, smallest first."""
-    others = [v for v in views if v != "identity"]
-    subsets = []
-    for size in range(len(others) + 1):
-        for chosen in combinations(others, size):
-            subsets.append([v for v in views if v == "identity" or v in chosen])
-    return subsets
+    """Every non-empty subset of `views`, in their order, smallest first (ties: the earlier views)."""
+    return [[v for v in views if v in chosen] for size in range(1, len(views) + 1)
+            for chosen in combinations(views, size)]
 
 
 def _cheapest_folds(timing: Timing, views: list, m: int) -> list:
@@ -131,8 +126,8 @@ def _best(subsets: list, merged: dict, y, rows, metric: str) -> tuple:
 def select_within_budget(timing: Timing, oof, budget: float, n_images: int, merge: str, metric: str) -> Selection:
     """The folds and views to keep so that `n_images` take at most `budget` seconds (see the module's rules).
 
-    `oof` is the out-of-fold table (:class:`pipeline.bundle.sources.OofViews`): its per-view probabilities
-    give the views' nested estimate. Raises BudgetError when one fold with the identity view does not fit.
+    `oof` is the out-of-fold table (:class:`pipeline.bundle.sources.OofViews`) of the submission's views: their
+    probabilities give the views' nested estimate. Raises BudgetError when one fold with one view does not fit.
     """
     all_folds, all_views = sorted(timing.fold_view), list(oof.views)
     full = estimated_seconds(timing, all_folds, all_views, n_images)
@@ -145,9 +140,9 @@ def select_within_budget(timing: Timing, oof, budget: float, n_images: int, merg
         if fitting:
             break
     else:
-        least = estimated_seconds(timing, _cheapest_folds(timing, ["identity"], 1), ["identity"], n_images)
-        raise BudgetError(f"the budget of {budget:g} s for {n_images} images is too small: even one fold with the "
-                          f"identity view needs about {least:.0f} s here (decoding {timing.decode:.2f} s per 1,000 "
+        least = min(estimated_seconds(timing, _cheapest_folds(timing, [v], 1), [v], n_images) for v in all_views)
+        raise BudgetError(f"the budget of {budget:g} s for {n_images} images is too small: even one fold with one "
+                          f"view needs about {least:.0f} s here (decoding {timing.decode:.2f} s per 1,000 "
                           "images included); raise --budget, or time a faster --device / --batch-size")
     merged = {tuple(s): merged_views(oof.views, s, merge) for s in fitting + [all_views]}
     everything = np.ones(len(oof.y), dtype=bool)

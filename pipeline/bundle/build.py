@@ -3,10 +3,15 @@
     predict.py         the template (pipeline/bundle/predict_template.py), copied unchanged
     bundle.json        classes, model, image geometry and normalisation, test-image paths, submission format,
                        each fold's weights (file, sha256), library versions, timing, budget choice
-    decisions.json     TTA views and merge, checkpoints, post-processing steps, vote (pipeline/bundle/decisions.py)
+    decisions.json     ensemble.json's submission: TTA views and merge, checkpoints, the OOF-fitted factors,
+                       the prior-shift correction to refit on the test predictions, vote (pipeline/bundle/decisions.py)
     config.yaml        the resolved config, for the record (predict.py does not read it)
-    weights/           fold_<k>[-seed_<s>]-<checkpoint>.safetensors
+    weights/           fold_<k>[-seed_<s>]-<checkpoint>.safetensors, the submission's checkpoints only
     oof.safetensors    out-of-fold probabilities and labels (only when the prior-shift correction needs them)
+
+The chain is run again on the experiment's files (nothing written) when the prior-shift correction needs its
+nested rows or a budget its per-view rows; its submission entry must be ensemble.json's, else the record is
+stale and the bundle is refused.
 
 Every refusal comes before anything is written, and the folder is replaced only once complete.
 """
@@ -26,19 +31,20 @@ from safetensors.torch import save_file
 
 from pipeline.bundle import predict_template as template
 from pipeline.bundle.budget import Timing, select_within_budget
-from pipeline.bundle.decisions import decisions_from_ensemble, needs_oof
-from pipeline.bundle.sources import BundleRefused, Sources, gather_sources, read_oof_views
+from pipeline.bundle.decisions import decisions_from_ensemble, needs_oof, shift_arrays
+from pipeline.bundle.sources import BundleRefused, Sources, gather_sources, oof_views
 from pipeline.bundle.timing import measure_timing
 from pipeline.config import Config, config_to_dict
 from pipeline.data.cache import BatchNormalize
 from pipeline.data.tables import read_test_table, read_train_table
 from pipeline.fileio import atomic_dir, file_sha256, write_json_atomic
+from pipeline.results.ensemble_stage import ChainResult, chain_settings, read_inputs, run_chain
 
 __all__ = ["build_bundle", "bundle_size", "TEMPLATE", "SEED_AVERAGE_FORMAT", "DEFAULT_TIMING_IMAGES"]
 
 TEMPLATE = Path(template.__file__)
 # merge-seeds writes each fold's seed average with this float format (pipeline.predict.seeds), and the
-# ensemble votes those rounded numbers: the bundle rounds the same way.
+# ensemble reads those rounded numbers: the bundle rounds the same way.
 SEED_AVERAGE_FORMAT = "%.7g"
 DEFAULT_TIMING_IMAGES = 64
 # The libraries whose versions decide predict.py's numbers; it warns when the target's differ.
@@ -102,9 +108,9 @@ def _copy_weights(tmp: Path, sources: Sources) -> list:
     return [{"fold": k, "members": members} for k, members in folds.items()]
 
 
-def _write_oof(tmp: Path, y: np.ndarray, merged: np.ndarray) -> None:
-    save_file({"probs": torch.from_numpy(np.array(merged, dtype=np.float64, order="C")),
-               "labels": torch.from_numpy(np.array(y, dtype=np.int64, order="C"))}, str(tmp / "oof.safetensors"))
+def _write_oof(tmp: Path, arrays: dict) -> None:
+    save_file({name: torch.from_numpy(np.array(a, dtype=np.int64 if name == "labels" else np.float64, order="C"))
+               for name, a in arrays.items()}, str(tmp / "oof.safetensors"))
     os.chmod(tmp / "oof.safetensors", 0o644)   # safetensors writes it private; the bundle is for uploading
 
 
@@ -146,17 +152,37 @@ def _apply_budget(tmp: Path, cfg: Config, manifest: dict, decisions: dict, oof, 
         "nested_oof_estimate": selection.estimate, "oof_estimate_every_view": selection.full_estimate}
 
 
-def _check_budget(budget, images_count, decisions: dict, oof) -> None:
+def _check_budget(budget, images_count) -> None:
     if budget is None:
         return
     if not budget > 0:
         raise BundleRefused(f"--budget {budget}: expected a positive number of seconds")
     if images_count is not None and images_count < 1:
         raise BundleRefused(f"--images-count {images_count}: expected a positive number of test images")
-    missing = [v for v in decisions["tta"]["views"] if v not in oof.views]
-    if missing:
-        raise BundleRefused(f"--budget needs every view's out-of-fold probabilities; the folds' out-of-fold files "
-                            f"lack {', '.join(missing)} (predicted before out-of-fold TTA): run `make predict ensemble`")
+
+
+def _chain_again(cfg: Config, sources: Sources) -> tuple[object, ChainResult]:
+    """The ensemble's inputs and chain, run again in memory; refused when its submission is not ensemble.json's."""
+    inputs = read_inputs(cfg, log=lambda *_: None)
+    result = run_chain(inputs, chain_settings(cfg), cfg.competition.metric, cfg.ensemble.voting)
+    if result.record["submission"] != sources.submission:
+        raise BundleRefused(f"{sources.ensemble_path} is not what the experiment's files give now (a fold predicted "
+                            "again, or the config's ensemble keys changed): run `make ensemble`")
+    return inputs, result
+
+
+def _decisions(cfg: Config, sources: Sources, budget) -> tuple[dict, dict | None, object]:
+    """decisions.json, oof.safetensors' arrays (None: not needed) and the ensemble's inputs (None: not read)."""
+    margin = cfg.ensemble.auto_margin
+    decisions = decisions_from_ensemble(sources.ensemble, margin)
+    if not needs_oof(decisions) and budget is None:
+        return decisions, None, None
+    inputs, result = _chain_again(cfg, sources)
+    if not needs_oof(decisions):
+        return decisions, None, inputs
+    method = decisions["prior_shift"]["method"]
+    arrays, calibration = shift_arrays(result.before_shift, inputs.y, method, result.prior)
+    return decisions_from_ensemble(sources.ensemble, margin, calibration), arrays, inputs
 
 
 def bundle_size(folder) -> int:
@@ -174,22 +200,22 @@ def build_bundle(cfg: Config, out=None, budget: float | None = None, images_coun
     as many as the local sample submission has), only the folds and views that fit are kept (budget.py).
     """
     sources = gather_sources(cfg)                                   # every refusal, before any write
-    decisions = decisions_from_ensemble(sources.ensemble, {"views": sources.views, "merge": cfg.tta.merge})
+    _check_budget(budget, images_count)
     timing_device = _timing_device(device, budget)
+    decisions, arrays, inputs = _decisions(cfg, sources, budget)
     batch_size = batch_size or cfg.tta.batch_size
-    oof, merged = read_oof_views(cfg, sources.ensemble)
-    _check_budget(budget, images_count, decisions, oof)
     out = Path(out) if out is not None else cfg.exp_dir / "bundle"
     with atomic_dir(out) as tmp:
-        manifest = _manifest(cfg, sources, _copy_weights(tmp, sources), needs_oof(decisions), device, batch_size)
-        if needs_oof(decisions):
-            _write_oof(tmp, oof.y, merged)
+        manifest = _manifest(cfg, sources, _copy_weights(tmp, sources), arrays is not None, device, batch_size)
+        if arrays is not None:
+            _write_oof(tmp, arrays)
         shutil.copyfile(TEMPLATE, tmp / "predict.py")
         _write_config(tmp, cfg)
         manifest["timing"] = measure_timing(tmp, manifest, decisions, _timing_images(cfg, timing_images),
                                             timing_device, batch_size, log)
         if budget is not None:
-            _apply_budget(tmp, cfg, manifest, decisions, oof, budget, images_count or len(read_test_table(cfg)), log)
+            _apply_budget(tmp, cfg, manifest, decisions, oof_views(inputs, sources.submission), budget,
+                          images_count or len(read_test_table(cfg)), log)
         write_json_atomic(tmp / "decisions.json", decisions)
         write_json_atomic(tmp / "bundle.json", manifest)
     views, files = decisions["tta"]["views"], sum(len(f["members"]) for f in manifest["folds"])

@@ -48,9 +48,9 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-BUNDLE_FORMAT = "pipeline-bundle/1"
-DECISIONS_FORMAT = "pipeline-bundle-decisions/1"
-STEPS = ("prior_shift", "logit_adjust", "class_bias")
+BUNDLE_FORMAT = "pipeline-bundle/2"
+DECISIONS_FORMAT = "pipeline-bundle-decisions/2"
+METRICS = ("f1_macro", "accuracy", "roc_auc", "log_loss", "qwk")
 VOTING_MODES = ("soft", "hard", "geometric", "rank")
 MERGE_MODES = ("mean", "geometric_mean", "max", "logit_mean")
 FORMATS = ("labels", "probability", "class_probabilities")
@@ -207,7 +207,7 @@ def normalize(batch: np.ndarray, lut: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(lut[batch, np.arange(3)]).permute(0, 3, 1, 2).contiguous()
 
 
-# ---- the TTA views (on normalised batches) and their merge ---------------------------------------
+# ---- the TTA views (on normalised batches) ---------------------------------------
 
 def _hflip(x):
     return x.flip(3)
@@ -275,27 +275,12 @@ def view_function(name: str):
     return partial(_PARAM_VIEWS[prefix], **{"delta" if prefix == "brightness" else "factor": float(value)})
 
 
-def merge_view_logits(logits, mode: str):
-    """(V, B, C) logits -> (B, C) probabilities, as tta.merge says."""
-    if not logits.is_floating_point() or logits.element_size() < 4:
-        logits = logits.float()
-    if mode == "mean":
-        return logits.softmax(-1).mean(0)
-    if mode == "geometric_mean":
-        return logits.log_softmax(-1).mean(0).softmax(-1)
-    if mode == "max":
-        top = logits.softmax(-1).amax(0)
-        return top / top.sum(-1, keepdim=True)
-    if mode == "logit_mean":
-        return logits.mean(0).softmax(-1)
-    raise BundleError(f"decisions.json: unknown TTA merge {mode!r}; known: {', '.join(MERGE_MODES)}")
-
-
-def tta_probs(model, x, views, merge: str):
-    """Merged probabilities (B, C) of the batch `x`: every view stacked into ONE forward pass."""
+def view_probs(model, x, views):
+    """Each view's probabilities (V, B, C) of the batch `x`, every view stacked into ONE forward pass, the
+    softmax in float32 at least (as the predict stage writes them)."""
     with torch.inference_mode():
         logits = model(torch.cat([fn(x) for fn in views])).reshape(len(views), x.shape[0], -1)
-    return merge_view_logits(logits, merge)
+    return (logits.float() if logits.element_size() < 4 else logits).softmax(-1)
 
 
 # ---- the models --------------------------------------------------------------------------------------
@@ -339,30 +324,64 @@ def load_members(folder, manifest: dict, device) -> list[dict]:
 # ---- the probabilities as the pipeline's files hold them ---------------------------------------------
 
 def as_written(probs: np.ndarray, float_format: str | None = None) -> np.ndarray:
-    """`probs` written to CSV and read back as the pipeline does (pandas, `float_format`): the vote reads
-    the rounded numbers of test_probs.csv, so the bundle rounds the same way."""
-    frame = pd.DataFrame({f"p{c}": probs[:, c] for c in range(probs.shape[1])})
-    return pd.read_csv(io.StringIO(frame.to_csv(index=False, float_format=float_format)),
-                       keep_default_na=False).to_numpy()
+    """`probs` (..., C) written to CSV and read back as the pipeline does (pandas, `float_format`): the
+    ensemble reads the rounded numbers of test_probs.csv, so the bundle rounds the same way."""
+    flat = probs.reshape(-1, probs.shape[-1]) if probs.ndim != 2 else probs
+    if probs.ndim == 3:                                  # (V, N, C): one column per view and class, as the files
+        flat = probs.transpose(1, 0, 2).reshape(probs.shape[1], -1)
+    frame = pd.DataFrame({f"p{c}": flat[:, c] for c in range(flat.shape[1])})
+    back = pd.read_csv(io.StringIO(frame.to_csv(index=False, float_format=float_format)),
+                       keep_default_na=False).to_numpy(dtype=np.float64)
+    if probs.ndim == 3:
+        return back.reshape(probs.shape[1], probs.shape[0], probs.shape[2]).transpose(1, 0, 2)
+    return back.reshape(probs.shape)
 
 
-def fold_probabilities(per_member: list[np.ndarray], members: list[dict], manifest: dict) -> np.ndarray:
-    """(F, N, C) float64: each fold's checkpoints averaged (test_probs.csv), its seeds averaged (merge-seeds)."""
+def merge_views(probs, mode: str, axis: int = 0) -> np.ndarray:
+    """The views' probabilities merged along `axis` from probabilities, as the ensemble merges them."""
+    p = np.asarray(probs, dtype=np.float64)
+    if mode == "mean":
+        return p.mean(axis=axis)
+    if mode in ("geometric_mean", "logit_mean"):
+        logs = np.log(np.maximum(p, _LOG_FLOOR)).mean(axis=axis)
+        e = np.exp(logs - logs.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    if mode == "max":
+        top = p.max(axis=axis)
+        return top / top.sum(axis=-1, keepdims=True)
+    raise BundleError(f"decisions.json: unknown TTA merge {mode!r}; known: {', '.join(MERGE_MODES)}")
+
+
+def fold_probabilities(per_member: list[np.ndarray], members: list[dict], manifest: dict,
+                       decisions: dict) -> np.ndarray:
+    """(F, N, C) float64, each fold's chosen predictions as the ensemble reads them from test_probs.csv: each
+    (seed, checkpoint)'s per-view probabilities as the predict stage writes them, its seeds averaged as
+    merge-seeds writes them, then per checkpoint the views merged, the checkpoints averaged."""
     folds = []
     for fold in manifest["folds"]:
-        seeds: dict = {}
+        by_checkpoint: dict = {}
         for probs, member in zip(per_member, members):
             if member["fold"] == fold["fold"]:
-                seeds.setdefault(member["seed"], []).append(probs)
-        per_seed = [as_written(np.mean(ckpts, axis=0)) for ckpts in seeds.values()]
-        if manifest["seed_average_format"] is None:
-            folds.append(per_seed[0])
-        else:
-            folds.append(as_written(np.mean(per_seed, axis=0), manifest["seed_average_format"]))
+                by_checkpoint.setdefault(member["checkpoint"], []).append(as_written(probs))
+        per_checkpoint = []
+        for name in decisions["checkpoints"]:
+            seeds = by_checkpoint[name]
+            views = seeds[0] if manifest["seed_average_format"] is None else \
+                as_written(np.mean(seeds, axis=0), manifest["seed_average_format"])
+            per_checkpoint.append(merge_views(views, decisions["tta"]["merge"], axis=0))
+        folds.append(np.mean(per_checkpoint, axis=0))
     return np.stack(folds)
 
 
-# ---- the decisions -----------------------------------------------------------------------------------
+def apply_log_factor(probs, log_factor) -> np.ndarray:
+    """``p * exp(log_factor)`` per class, renormalised (probabilities floored at 1e-15 first)."""
+    logits = np.log(np.maximum(np.asarray(probs, dtype=np.float64), _LOG_FLOOR)) + np.asarray(log_factor,
+                                                                                             dtype=np.float64)
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+# ---- the prior-shift correction, fitted on the test predictions ----------------------------------------
 
 def _rows(probs) -> np.ndarray:
     p = np.asarray(probs, dtype=np.float64)
@@ -375,15 +394,8 @@ def _prior(prior) -> np.ndarray:
     return q / q.sum()
 
 
-def reweight(probs, train_prior, test_prior) -> np.ndarray:
-    """``p * test_prior / train_prior``, renormalised over the classes."""
-    p = np.asarray(probs, dtype=np.float64)
-    out = p * (_prior(test_prior) / _prior(train_prior))
-    return out / out.sum(axis=-1, keepdims=True)
-
-
 def em_prior(probs, train_prior, max_iter: int = 1000, tol: float = 1e-8) -> np.ndarray:
-    """The test class mix by EM (Saerens et al. 2002) from the voted test probabilities."""
+    """The test class mix by EM (Saerens et al. 2002) from posteriors that assume `train_prior`."""
     p = _rows(probs)
     pi = _prior(train_prior)
     q = pi.copy()
@@ -440,58 +452,195 @@ def shift_test(oof_probs, test_probs) -> tuple[float, float]:
     return g, chi2_sf(g, table.shape[1] - 1)
 
 
-def prior_shift(step: dict, test_probs, oof: dict | None) -> dict:
-    """The prior-shift decision re-made on these test predictions (F, N, C), as the ensemble made it:
-    EM on their soft vote, BBSE from the OOF confusion matrix, the G-test deciding ``auto``."""
-    mode = step["mode"]
-    if mode not in ("auto", "em", "bbse"):
-        raise BundleError(f"decisions.json: prior_shift mode {mode!r} is not one of auto, em, bbse")
-    if oof is None:
-        raise BundleError("decisions.json: the prior-shift step needs oof.safetensors, which the bundle lacks")
-    voted = np.asarray(test_probs, dtype=np.float64).mean(axis=0)   # EM needs probabilities: the soft vote
-    estimates = {"em": em_prior(voted, step["model_prior"]), "bbse": bbse_prior(oof["probs"], oof["labels"], voted)}
-    g, p_value = shift_test(oof["probs"], voted)
-    method = {"em": "em", "bbse": "bbse", "auto": "em" if p_value < step["alpha"] else None}[mode]
-    return {"mode": mode, "alpha": step["alpha"], "applied": method is not None, "method": method,
-            "g_statistic": g, "p_value": p_value, "estimates": {k: v.tolist() for k, v in estimates.items()}}
+class Estimator:
+    """A fitted way to estimate a test mix and the per-class log factor that corrects for it (``em``: EM from
+    the models' prior; ``bbse``: the OOF confusion matrix; ``calibrated_em``: the folds' probabilities
+    calibrated by the fitted temperature and bias, EM from the OOF labels' mix, the folds averaged)."""
+
+    def __init__(self, method: str, reference, calibration: dict | None = None, oof=None, oof_y=None):
+        self.method, self.reference = method, np.asarray(reference, dtype=np.float64)
+        self.calibration, self.oof, self.oof_y = calibration, oof, oof_y
+
+    def calibrate(self, probs) -> np.ndarray:
+        c = self.calibration
+        logits = np.log(np.maximum(np.asarray(probs, dtype=np.float64), _LOG_FLOOR)) / c["temperature"] + \
+            np.asarray(c["bias"], dtype=np.float64)
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def estimate(self, probs) -> np.ndarray:
+        p = np.asarray(probs, dtype=np.float64)
+        if self.method == "calibrated_em":
+            per_fold = p if p.ndim == 3 else p[None]
+            q = np.mean([em_prior(self.calibrate(f), self.reference) for f in per_fold], axis=0)
+            return q / q.sum()
+        vote = p.mean(axis=0) if p.ndim == 3 else p
+        if self.method == "em":
+            return em_prior(vote, self.reference)
+        if self.method == "bbse":
+            return bbse_prior(self.oof, self.oof_y, vote)
+        raise BundleError(f"decisions.json: unknown prior-shift method {self.method!r}")
+
+    def log_factor(self, q) -> np.ndarray:
+        shift = np.log(np.asarray(q, dtype=np.float64)) - np.log(self.reference)
+        if self.calibration is None:
+            return shift
+        return self.calibration["temperature"] * (np.asarray(self.calibration["bias"], dtype=np.float64) + shift)
 
 
-def logit_adjust(probs, prior, tau: float) -> np.ndarray:
-    """``p / prior**tau``, renormalised (computed in log space from floored probabilities)."""
-    p = np.asarray(probs, dtype=np.float64)
-    if tau == 0:
-        return p.copy()
-    logits = np.log(np.maximum(p, _LOG_FLOOR)) - tau * np.log(np.asarray(prior, dtype=np.float64))
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+# ---- the competition metric (for the simulated gain of the prior-shift correction) -----------------------
+
+def _f1_macro(y, predicted, n_classes: int) -> float:
+    tp = np.bincount(y[predicted == y], minlength=n_classes).astype(np.float64)
+    fp = np.bincount(predicted, minlength=n_classes) - tp
+    fn = np.bincount(y, minlength=n_classes) - tp
+    denominator = 2 * tp + fp + fn
+    return float(np.mean(np.divide(2 * tp, denominator, out=np.zeros(n_classes), where=denominator > 0)))
 
 
-def apply_bias(probs, bias) -> np.ndarray:
-    """``p * exp(bias)`` per class, renormalised."""
-    p = np.asarray(probs, dtype=np.float64)
-    logits = np.log(np.maximum(p, 1e-15)) + np.asarray(bias, dtype=np.float64)
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+def _qwk(y, predicted, n_classes: int) -> float:
+    confusion = np.zeros((n_classes, n_classes))
+    np.add.at(confusion, (y, predicted), 1.0)
+    expected = np.outer(confusion.sum(axis=1), confusion.sum(axis=0)) / confusion.sum()
+    weights = (np.arange(n_classes)[:, None] - np.arange(n_classes)[None, :]) ** 2.0
+    denominator = (weights * expected).sum()
+    return float(1 - (weights * confusion).sum() / denominator) if denominator > 0 else float("nan")
 
 
-def apply_decisions(probs, decisions: dict, oof: dict | None = None) -> tuple[np.ndarray, dict]:
-    """Every fold's (F, N, C) probabilities through the decisions' steps, in their order; returns them and
-    what the test-dependent steps decided (``{"prior_shift": ...}``). The one place that reads ``steps``:
-    see decisions.json's format in pipeline/bundle/decisions.py."""
-    probs, report = np.asarray(probs, dtype=np.float64), {}
-    for step in decisions["steps"]:
-        kind = step.get("step")
-        if kind == "prior_shift":
-            report["prior_shift"] = record = prior_shift(step, probs, oof)
-            if record["applied"]:
-                probs = reweight(probs, step["model_prior"], record["estimates"][record["method"]])
-        elif kind == "logit_adjust":
-            probs = logit_adjust(probs, step["prior"], float(step["tau"]))
-        elif kind == "class_bias":
-            probs = apply_bias(probs, step["bias"])
-        else:
-            raise BundleError(f"decisions.json: unknown step {kind!r}; this predict.py applies {', '.join(STEPS)}")
-    return probs, report
+def _auc(positive, scores) -> float:
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    n1 = int(positive.sum())
+    n0 = len(positive) - n1
+    return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def _roc_auc(y, scores) -> float:
+    n_classes = scores.shape[1]
+    if len(np.unique(y)) < n_classes:
+        return float("nan")
+    if n_classes == 2:
+        return _auc(y == 1, scores[:, 1])
+    return float(np.mean([_auc(y == c, scores[:, c]) for c in range(n_classes)]))
+
+
+def _log_loss(y, probs) -> float:
+    sums = probs.sum(axis=1, keepdims=True)
+    p = np.where(sums > 0, probs / np.where(sums > 0, sums, 1.0), 1.0 / probs.shape[1])
+    return float(-np.log(np.maximum(p[np.arange(len(y)), y], _LOG_FLOOR)).mean())
+
+
+def metric_gain(name: str, y, probs) -> float:
+    """The competition metric of (N, C) `probs` signed so that higher is better; undefined counts as the worst."""
+    y, probs = np.asarray(y, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+    predicted, n_classes = probs.argmax(axis=1), probs.shape[1]
+    if name == "f1_macro":
+        value = _f1_macro(y, predicted, n_classes)
+    elif name == "accuracy":
+        value = float(np.mean(predicted == y))
+    elif name == "qwk":
+        value = _qwk(y, predicted, n_classes)
+    elif name == "roc_auc":
+        value = _roc_auc(y, probs)
+    elif name == "log_loss":
+        value = -_log_loss(y, probs)
+    else:
+        raise BundleError(f"decisions.json: unknown metric {name!r}; known: {', '.join(METRICS)}")
+    return -math.inf if math.isnan(value) else value
+
+
+def _draw(y, mix, n_rows: int, rng) -> np.ndarray:
+    """Row indices drawn to `mix`: multinomial class counts, rows with replacement (the ensemble's draws)."""
+    present = np.array([np.any(y == c) for c in range(len(mix))])
+    mix = np.where(present, mix, 0.0)
+    counts = rng.multinomial(n_rows, mix / mix.sum())
+    return np.concatenate([rng.choice(np.flatnonzero(y == c), size=n, replace=True)
+                           for c, n in enumerate(counts) if n])
+
+
+def simulate(estimator: Estimator, decided, raw, y, mix, n_rows: int, metric: str, draws: int, seed: int) -> dict:
+    """The correction on `draws` simulated test sets of `n_rows` nested OOF rows drawn to the estimated `mix`:
+    the gains, and the estimate's L1 errors to the mix each draw holds."""
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    gains, errors = [], []
+    for _ in range(draws):
+        idx = _draw(y, np.asarray(mix, dtype=np.float64), n_rows, rng)
+        q = estimator.estimate(raw[idx])
+        corrected = apply_log_factor(decided[idx], estimator.log_factor(q))
+        gains.append(metric_gain(metric, y[idx], corrected) - metric_gain(metric, y[idx], decided[idx]))
+        errors.append(float(np.abs(q - np.bincount(y[idx], minlength=len(q)) / len(idx)).sum()))
+    return {"gains": np.asarray(gains), "errors": np.asarray(errors)}
+
+
+def _estimator(record: dict, oof: dict | None, which: str) -> Estimator:
+    if record["method"] == "bbse":
+        if oof is None:
+            raise BundleError("the prior-shift correction (bbse) needs oof.safetensors, which the bundle lacks")
+        return Estimator("bbse", record["reference_prior"], oof=oof[which], oof_y=oof["labels"])
+    return Estimator(record["method"], record["reference_prior"], record.get(f"{which}_calibration"))
+
+
+def _auto_verdict(step: dict, oof: dict, q, test_raw) -> tuple[bool, str, dict]:
+    """`auto`'s decision as the ensemble's chain makes it: a shift found by the G-test (nested OOF rows against
+    the test rows' soft vote), an estimate whose simulated error is under half the shift, and a simulated gain
+    above `margin` times its noise."""
+    nested = _estimator(step, oof, "nested")
+    g, p_value = shift_test(oof["nested"], test_raw.mean(axis=0))
+    rows = test_raw.shape[1]
+    found = simulate(nested, oof["decided"], oof["nested"], oof["labels"], q, rows, step["metric"], step["draws"],
+                     step["seed"])
+    gains, errors = found["gains"], found["errors"]
+    gain = float(gains.mean())
+    noise = float(gains.std(ddof=1)) * math.sqrt(rows / len(oof["nested"]) + 1 / len(gains))
+    shift_l1 = float(np.abs(np.asarray(q) - nested.reference).sum())
+    report = {"g_statistic": g, "p_value": p_value, "gain": gain, "noise": noise,
+              "estimate_l1_error": float(errors.mean()), "shift_l1": shift_l1}
+    if p_value >= step["alpha"]:
+        return False, f"no shift found (p={p_value:.2g}, not below {step['alpha']:g})", report
+    if report["estimate_l1_error"] > shift_l1 / 2:
+        return False, "the estimate is unreliable (its simulated error exceeds half the shift)", report
+    if gain > 0 and gain > step["margin"] * noise:
+        return True, f"its simulated gain {gain:+.4f} exceeds {step['margin']:g} x its noise {noise:.4f}", report
+    return False, f"its simulated gain {gain:+.4f} is within {step['margin']:g} x its noise {noise:.4f}", report
+
+
+def prior_shift(step: dict, selected, factors: list, oof: dict | None) -> tuple[np.ndarray | None, dict]:
+    """The prior-shift correction decided and fitted again on these test predictions, as the ensemble's chain
+    does: the selected (F, T, C) probabilities through the applied factors one by one, those factors divided
+    out again (the probabilities as the models gave them), the test mix estimated, and for ``auto`` the
+    decision re-made. Returns the correction's log factor (None: not applied) and what was decided."""
+    test, total = np.asarray(selected, dtype=np.float64), None
+    for factor in factors:
+        test = apply_log_factor(test, factor)
+        total = np.asarray(factor, dtype=np.float64) + (0.0 if total is None else total)
+    test_raw = test if total is None else apply_log_factor(test, -total)
+    full = _estimator(step, oof, "full")
+    q = full.estimate(test_raw)
+    report = {"setting": step["setting"], "method": step["method"], "estimate": q.tolist()}
+    if step["setting"] == "on":
+        applied, why = True, "forced on"
+    else:
+        if oof is None:
+            raise BundleError("the prior-shift correction (auto) needs oof.safetensors, which the bundle lacks")
+        applied, why, more = _auto_verdict(step, oof, q, test_raw)
+        report.update(more)
+    report.update(applied=applied, why=why)
+    return (full.log_factor(q) if applied else None), report
+
+
+def submission_log_factor(decisions: dict, selected, oof: dict | None) -> tuple[np.ndarray, dict]:
+    """The per-class log factor of the submission: the OOF-fitted factors' sum, plus the prior-shift
+    correction re-made on these test predictions (summed in the ensemble's order)."""
+    factors = [np.asarray(f, dtype=np.float64) for f in decisions["factors"]]
+    total = np.zeros(len(selected[0][0]))
+    for factor in factors:
+        total = total + factor
+    report: dict = {}
+    if decisions["prior_shift"] is not None:
+        shift, report["prior_shift"] = prior_shift(decisions["prior_shift"], selected, factors, oof)
+        if shift is not None:
+            total = total + shift
+    return total, report
 
 
 # ---- the vote ------------------------------------------------------------------------------------------
@@ -598,11 +747,10 @@ def resolve_device(name: str) -> torch.device:
 
 def member_probabilities(members: list[dict], paths: list, manifest: dict, decisions: dict, device,
                          batch_size: int, log=print) -> list[np.ndarray]:
-    """Each member's merged TTA probabilities (N, C) float32 for the images `paths`, batch by batch:
-    each batch decoded and normalised once, then through every model."""
+    """Each member's per-view probabilities (V, N, C) float32 for the images `paths`, batch by batch: each
+    batch decoded and normalised once, then through every model on every view."""
     image, views = manifest["image"], [view_function(v) for v in decisions["tta"]["views"]]
     lut = np.asarray(image["lut"], dtype=np.float32)
-    merge = decisions["tta"]["merge"]
     out = [[] for _ in members]
     start, done = time.perf_counter(), 0
     with decode_pool() as pool:
@@ -610,17 +758,28 @@ def member_probabilities(members: list[dict], paths: list, manifest: dict, decis
             x = normalize(decode_batch(paths[first:first + batch_size], image["size"], image["crop"], pool), lut)
             x = x.to(device)
             for i, member in enumerate(members):
-                out[i].append(tta_probs(member["model"], x, views, merge).float().cpu())
+                out[i].append(view_probs(member["model"], x, views).float().cpu())
             done += x.shape[0]
             log(f"[predict] {done}/{len(paths)} images, {time.perf_counter() - start:.0f}s")
-    return [torch.cat(parts).numpy() for parts in out]
+    return [torch.cat(parts, dim=1).numpy() for parts in out]
 
 
 def read_oof(folder, manifest: dict) -> dict | None:
+    """oof.safetensors: the labels and the OOF probabilities the prior-shift correction is fitted from (``full``:
+    the chosen predictions; ``nested``/``decided``: the chain's nested rows without / with its factors)."""
     if not manifest.get("oof"):
         return None
-    tensors = load_file(str(Path(folder) / manifest["oof"]))
-    return {"probs": tensors["probs"].numpy(), "labels": tensors["labels"].numpy()}
+    return {name: t.numpy() for name, t in load_file(str(Path(folder) / manifest["oof"])).items()}
+
+
+def _summary(decisions: dict, manifest: dict, report: dict, n_images: int) -> str:
+    shift = report.get("prior_shift")
+    views = decisions["tta"]["views"]
+    text = (f"{decisions['voting']} vote of {len(manifest['folds'])} folds x {len(views)} views ({', '.join(views)}) "
+            f"x checkpoints {', '.join(decisions['checkpoints'])} on {n_images} images")
+    if shift:
+        text += f", prior shift {'corrected (' + shift['method'] + ')' if shift['applied'] else 'not corrected'}"
+    return text
 
 
 def predict(folder, images, sample_path, out, device: str | None = None, batch_size: int | None = None,
@@ -637,18 +796,16 @@ def predict(folder, images, sample_path, out, device: str | None = None, batch_s
     members = load_members(folder, manifest, device)
     per_member = member_probabilities(members, paths, manifest, decisions, device,
                                       batch_size or manifest["batch_size"], log)
-    probs = fold_probabilities(per_member, members, manifest)
-    probs, report = apply_decisions(probs, decisions, read_oof(folder, manifest))
+    selected = fold_probabilities(per_member, members, manifest, decisions)
+    log_factor, report = submission_log_factor(decisions, selected, read_oof(folder, manifest))
+    probs = apply_log_factor(selected, log_factor)
     mode, classes = decisions["voting"], manifest["classes"]
     sub = fill_submission(sample, manifest["submission"], classes, vote(probs, mode), vote_scores(probs, mode))
     write_csv(sub, out)
     seconds = time.perf_counter() - tick
-    shift = report.get("prior_shift")
-    log(f"[predict] {mode} vote of {len(manifest['folds'])} folds x {len(decisions['tta']['views'])} views "
-        f"({', '.join(decisions['tta']['views'])}) on {len(paths)} images"
-        + (f", prior shift {'corrected (' + shift['method'] + ')' if shift['applied'] else 'not corrected'}"
-           if shift else "") + f" -> {out} ({seconds:.1f}s on {device})")
-    return {"seconds": seconds, "device": str(device), "images": len(paths), **report}
+    log(f"[predict] {_summary(decisions, manifest, report, len(paths))} -> {out} ({seconds:.1f}s on {device})")
+    return {"seconds": seconds, "device": str(device), "images": len(paths), "log_factor": log_factor.tolist(),
+            **report}
 
 
 def main(argv=None) -> int:

@@ -59,10 +59,10 @@ def _decoded_batches(paths: list, manifest: dict, batch_size: int) -> tuple[list
     return batches, time.perf_counter() - tick
 
 
-def _fold_on_view(members: list, batches: list, view: str, merge: str, device: torch.device) -> float:
+def _fold_on_view(members: list, batches: list, view: str, device: torch.device) -> float:
     views = [template.view_function(view)]
     for member in members:                       # warm-up: first calls allocate and pick kernels
-        template.tta_probs(member["model"], batches[0].to(device), views, merge)
+        template.view_probs(member["model"], batches[0].to(device), views)
     fastest = float("inf")
     for _ in range(REPEATS):
         _sync(device)
@@ -70,7 +70,7 @@ def _fold_on_view(members: list, batches: list, view: str, merge: str, device: t
         for x in batches:
             x = x.to(device)
             for member in members:
-                template.tta_probs(member["model"], x, views, merge)
+                template.view_probs(member["model"], x, views)
         _sync(device)
         fastest = min(fastest, time.perf_counter() - tick)
     return fastest
@@ -89,7 +89,7 @@ def measure_timing(folder, manifest: dict, decisions: dict, image_paths: list, d
         tick = time.perf_counter()
         members = template.load_members(folder, {**manifest, "folds": [fold]}, device)
         load[fold["fold"]] = round(time.perf_counter() - tick, 4)
-        fold_view[fold["fold"]] = {v: round(_fold_on_view(members, batches, v, decisions["tta"]["merge"], device)
+        fold_view[fold["fold"]] = {v: round(_fold_on_view(members, batches, v, device)
                                             * per_1000, 4) for v in decisions["tta"]["views"]}
         del members
     record = {"measured_on": machine(device), "images": len(paths), "batch_size": batch_size,
