@@ -15,17 +15,24 @@ import torch
 from PIL import Image
 
 from pipeline.bundle import predict_template as template
+from pipeline.bundle.decisions import decisions_from_ensemble, shift_arrays
 from pipeline.competitions.mask.heads import MaskHeadsModel
 from pipeline.data.cache import BatchNormalize, geometry_transform
 from pipeline.data.transforms import load_rgb
+from pipeline.ensemble import label_shift
+from pipeline.ensemble.chain import Rows
+from pipeline.ensemble.decide import decide
+from pipeline.ensemble.plan import Settings, factor_choices, shift_choice
+from pipeline.ensemble.record import apply_submission
+from pipeline.ensemble.steps.factors import apply_log_factor
+from pipeline.ensemble.steps.prior_shift import fit_estimator
+from pipeline.ensemble.steps.selection import merge_views
+from pipeline.ensemble.voting import vote, vote_scores
 from pipeline.fileio import read_table, write_csv_atomic
-from pipeline.predict import prior_shift as shift
-from pipeline.predict.class_bias import apply_bias
-from pipeline.predict.formats import SubmissionFormat, fill
-from pipeline.predict.probs import fold_probs_frame
-from pipeline.predict.shift_check import apply_shift, shift_record
-from pipeline.predict.tta import merge_view_logits, parse_views
-from pipeline.predict.voting import logit_adjust, vote, vote_scores
+from pipeline.metrics import COMPETITION_METRICS, metric_gain
+from pipeline.predict.probs import candidate_frame, candidates_of
+from pipeline.predict.tta import parse_views, predict_tta_with_views
+from pipeline.results.formats import SubmissionFormat, fill
 
 # Every module predict.py may import at its top; albumentations only inside the function that needs it.
 ALLOWED_TOP_LEVEL = {"torch", "timm", "numpy", "pandas", "safetensors", "PIL"}
@@ -61,20 +68,20 @@ def test_every_view_gives_the_pipelines_pixels(names):
 
 
 @pytest.mark.parametrize("mode", template.MERGE_MODES)
-def test_every_merge_mode_gives_the_pipelines_probabilities(mode):
-    logits = torch.randn(4, 5, 7) * 3
-    assert torch.equal(template.merge_view_logits(logits, mode), merge_view_logits(logits, mode))
+def test_every_merge_mode_gives_the_ensembles_probabilities(mode):
+    rng = np.random.default_rng(8)
+    probs = _probs(rng, (3, 20, 5))
+    probs[0, 0] = [1.0, 0, 0, 0, 0]             # an exact zero: floored the same way
+    np.testing.assert_array_equal(template.merge_views(probs, mode, axis=0), merge_views(probs, mode, axis=0))
 
 
-def test_tta_runs_the_views_in_one_pass_and_merges_as_the_pipeline():
-    from pipeline.predict.tta import predict_tta
-
+def test_the_views_run_in_one_pass_and_give_the_predict_stages_per_view_probabilities():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                 torch.nn.Linear(4, 6)).eval()
     x = torch.randn(5, 3, 16, 16)
-    views = parse_views(["hflip", "scale_0.9"])
-    ours = template.tta_probs(model, x, [template.view_function(v.name) for v in views], "geometric_mean")
-    assert torch.equal(ours, predict_tta(model, x, views, "geometric_mean"))
+    views = parse_views(["identity", "hflip", "scale_0.9"])
+    ours = template.view_probs(model, x, [template.view_function(v.name) for v in views])
+    assert torch.equal(ours, predict_tta_with_views(model, x, views, "mean")[0])
 
 
 @pytest.mark.parametrize("mode", template.VOTING_MODES)
@@ -87,53 +94,36 @@ def test_every_vote_gives_the_pipelines_classes_and_scores(mode):
     np.testing.assert_array_equal(template.vote_scores(probs, mode), vote_scores(probs, mode))
 
 
-def test_logit_adjustment_class_bias_and_reweighting_are_the_pipelines():
+def test_the_per_class_factor_is_the_ensembles():
     rng = np.random.default_rng(1)
-    probs, prior = _probs(rng, (3, 40, 4)), np.array([0.5, 0.3, 0.15, 0.05])
+    probs = _probs(rng, (3, 40, 4))
     probs[0, 0] = [1.0, 0.0, 0.0, 0.0]          # an exact zero: floored the same way
-    np.testing.assert_array_equal(template.logit_adjust(probs, prior, 0.75), logit_adjust(probs, prior, 0.75))
-    np.testing.assert_array_equal(template.logit_adjust(probs, prior, 0.0), logit_adjust(probs, prior, 0.0))
-    bias = [0.0, 0.5, -1.25, 3.0]
-    np.testing.assert_array_equal(template.apply_bias(probs, bias), apply_bias(probs, bias))
-    q = [0.1, 0.2, 0.3, 0.4]
-    np.testing.assert_array_equal(template.reweight(probs, prior, q), shift.reweight(probs, prior, q))
+    factor = [0.0, 0.5, -1.25, 3.0]
+    np.testing.assert_array_equal(template.apply_log_factor(probs, factor), apply_log_factor(probs, factor))
 
 
-MIXES = {"same": [1 / 3] * 3, "skewed": [0.7, 0.2, 0.1], "one class gone": [0.8, 0.2, 0.0]}
+@pytest.mark.parametrize("metric", list(COMPETITION_METRICS))
+def test_every_metric_is_the_pipelines(metric):
+    rng = np.random.default_rng(9)
+    for n_classes in (2, 4):
+        y, probs = rng.integers(0, n_classes, 70), _probs(rng, (70, n_classes))
+        probs[:5] = probs[5]                    # tied scores: average ranks in the AUC
+        assert template.metric_gain(metric, y, probs) == pytest.approx(metric_gain(metric, y, probs), rel=1e-12)
+    absent = np.zeros(20, dtype=int)            # one class only: AUC and QWK undefined, F1 of an absent class 0
+    probs = _probs(rng, (20, 3))
+    assert template.metric_gain(metric, absent, probs) == pytest.approx(metric_gain(metric, absent, probs))
 
 
-def _shifted_run(rng, mix: str):
-    """OOF rows of a decent classifier on a balanced mix; test rows on the same or another mix (in the last,
-    class 2 is absent and EM drives its share down to the floor)."""
-    n_classes = 3
-    y = rng.integers(0, n_classes, 300)
-    oof = np.eye(n_classes)[y] * 0.6 + _probs(rng, (300, n_classes)) * 0.4
-    t = rng.choice(n_classes, 200, p=MIXES[mix])
-    if mix == "one class gone":
-        oof, y = np.eye(n_classes)[y] * 0.98 + 0.01, y
-        test = np.stack([np.eye(n_classes)[t] * 0.98 + 0.01 for _ in range(3)])
-        return oof, y, test, {k: np.full(3, 1 / 3) for k in range(3)}
-    test = np.stack([np.eye(n_classes)[t] * 0.6 + _probs(rng, (200, n_classes)) * 0.4 for _ in range(3)])
-    priors = {k: np.array([0.34, 0.33, 0.33]) + 0.01 * k for k in range(3)}
-    return oof, y, test, priors
-
-
-@pytest.mark.parametrize("mode,mix", [("auto", "skewed"), ("auto", "same"), ("em", "same"), ("bbse", "skewed"),
-                                      ("em", "one class gone")])
-def test_the_prior_shift_is_decided_and_estimated_again_as_the_ensemble_did(mode, mix):
-    oof, y, test, priors = _shifted_run(np.random.default_rng(2), mix)
-    record = shift_record(mode, 0.01, oof, y, test, priors)
-    step = {"step": "prior_shift", "mode": mode, "alpha": 0.01, "model_prior": record["model_prior"]}
-    ours = template.prior_shift(step, test, {"probs": oof, "labels": y})
-    assert (ours["applied"], ours["method"]) == (record["applied"], record["method"])
-    assert ours["estimates"] == record["estimates"]
-    assert ours["g_statistic"] == pytest.approx(record["g_statistic"], abs=1e-4)   # the record rounds it
-    assert ours["p_value"] == pytest.approx(record["p_value"], rel=1e-9)
-    adjusted, report = template.apply_decisions(test, {"steps": [step]}, {"probs": oof, "labels": y})
-    np.testing.assert_array_equal(adjusted, apply_shift(test, record))
-    assert report["prior_shift"]["applied"] == (mode != "auto" or mix != "same")
-    if mix == "one class gone":
-        assert min(ours["estimates"]["em"]) < 1e-5          # held at the floor
+def test_em_bbse_and_the_g_test_are_the_pipelines():
+    rng = np.random.default_rng(3)
+    oof, test, y = _probs(rng, (80, 5)), _probs(rng, (60, 5)), rng.integers(0, 5, 80)
+    prior = [0.3, 0.3, 0.2, 0.1, 0.1]
+    np.testing.assert_array_equal(template.em_prior(test, prior), label_shift.em_prior(test, prior)[0])
+    np.testing.assert_array_equal(template.bbse_prior(oof, y, test), label_shift.bbse_prior(oof, y, test))
+    oof[:, 4] = test[:, 4] = 0                  # a class neither set predicts: dropped from the table
+    g, p = template.shift_test(oof, test)
+    ref_g, ref_p = label_shift.shift_test(oof, test)
+    assert g == pytest.approx(ref_g, rel=1e-12) and p == pytest.approx(ref_p, rel=1e-9)
 
 
 @pytest.mark.parametrize("dof", [1, 2, 3, 4, 9, 10, 17, 60])
@@ -144,23 +134,65 @@ def test_the_shift_tests_chi_square_tail_is_scipys(dof):
         assert template.chi2_sf(x, dof) == pytest.approx(chi2.sf(x, dof), rel=1e-10, abs=1e-300)
 
 
-def test_the_g_test_is_scipys_with_empty_classes():
-    rng = np.random.default_rng(3)
-    oof, test = _probs(rng, (80, 5)), _probs(rng, (60, 5))
-    oof[:, 4] = test[:, 4] = 0                  # a class neither set predicts: dropped from the table
-    g, p = template.shift_test(oof, test)
-    ref_g, ref_p = shift.shift_test(oof, test)
-    assert g == pytest.approx(ref_g, rel=1e-12) and p == pytest.approx(ref_p, rel=1e-9)
-
-
-def test_the_steps_run_in_their_order_and_an_unknown_step_is_refused():
+@pytest.mark.parametrize("method", ["em", "bbse", "calibrated_em"])
+def test_each_estimator_estimates_and_corrects_as_the_ensembles(method):
     rng = np.random.default_rng(4)
-    probs, prior = _probs(rng, (2, 10, 3)), [0.6, 0.3, 0.1]
-    steps = [{"step": "class_bias", "bias": [0.0, 1.0, -1.0]}, {"step": "logit_adjust", "tau": 1.0, "prior": prior}]
-    ours, _ = template.apply_decisions(probs, {"steps": steps})
-    np.testing.assert_array_equal(ours, logit_adjust(apply_bias(probs, [0.0, 1.0, -1.0]), prior, 1.0))
-    with pytest.raises(template.BundleError, match="unknown step 'threshold'"):
-        template.apply_decisions(probs, {"steps": [{"step": "threshold"}]})
+    y = rng.integers(0, 3, 200)
+    oof = np.eye(3)[y] * 0.5 + _probs(rng, (200, 3)) * 0.5
+    test = _probs(rng, (3, 90, 3))
+    theirs = fit_estimator(method, oof, y, [0.5, 0.3, 0.2])
+    calibration = theirs.params().get("calibration")
+    ours = template.Estimator(method, theirs.reference.tolist(), calibration, oof, y)
+    q = ours.estimate(test)
+    np.testing.assert_array_equal(q, theirs.estimate(test))
+    np.testing.assert_array_equal(ours.log_factor(q), theirs.log_factor(q))
+
+
+def _classifier_rows(rng, n: int, mix, n_classes: int = 3, sharp: float = 0.3):
+    y = rng.choice(n_classes, n, p=mix)
+    return y, np.eye(n_classes)[y] * sharp + _probs(rng, (n, n_classes)) * (1 - sharp)
+
+
+SHIFTS = {  # (ensemble.prior_shift, the test mix): the OOF rows are balanced
+    "auto, a strong shift": ("auto", [0.8, 0.15, 0.05]),
+    "auto, no shift": ("auto", [1 / 3, 1 / 3, 1 / 3]),
+    "em": ("em", [0.6, 0.3, 0.1]),
+    "bbse": ("bbse", [0.2, 0.2, 0.6]),
+    "calibrated_em": ("calibrated_em", [0.5, 0.4, 0.1]),
+}
+
+
+@pytest.mark.parametrize("case", list(SHIFTS))
+def test_the_prior_shift_is_decided_and_fitted_again_as_the_ensembles_chain_did(case):
+    """The chain of the ensemble stage (a class bias fitted out of fold, then the prior shift) decided on
+    constructed OOF and test rows; the bundle's decisions and arrays built from its record; the template's
+    correction on the same test rows must be the chain's: applied or not, the estimate, the log factor."""
+    mode, mix = SHIFTS[case]
+    rng = np.random.default_rng(5)
+    y, oof = _classifier_rows(rng, 600, [1 / 3] * 3)
+    test = np.stack([_classifier_rows(np.random.default_rng(6), 400, mix)[1] + rng.random((400, 3)) * 0.05
+                     for _ in range(3)])
+    rows, metric, prior = Rows(oof, y, np.arange(600) % 3, test), "f1_macro", (0.34, 0.33, 0.33)
+    settings = Settings(class_bias="on")
+    states, steps = decide(factor_choices(settings, metric, prior), rows, metric)
+    _, shifted = decide([shift_choice(mode, prior, 400, 0.01)], rows, metric, start=states[-1])
+    decisions = steps + shifted
+    fitted = [np.asarray(d.fitted["log_factor"]) for d in decisions if d.applied]
+    record = {"chain": [d.as_dict() for d in decisions], "metric": metric, "prior_shift": {"alpha": 0.01},
+              "submission": {"views": ["identity"], "merge": "mean", "checkpoints": ["best"], "voting": "soft",
+                             "log_factor": sum(fitted, np.zeros(3)).tolist()}}
+    arrays, calibration = shift_arrays(states[-1], y, shifted[0].fitted["method"], prior)
+    bundle = decisions_from_ensemble(record, 2.0, calibration)
+    log_factor, report = template.submission_log_factor(bundle, test, arrays)
+    assert report["prior_shift"]["applied"] == shifted[0].applied
+    assert report["prior_shift"]["estimate"] == pytest.approx(shifted[0].fitted["estimate"], rel=1e-9, abs=1e-12)
+    np.testing.assert_allclose(log_factor, record["submission"]["log_factor"], rtol=1e-9, atol=1e-12)
+    if mode == "auto":
+        sim = shifted[0].extra["simulation"]
+        assert report["prior_shift"]["p_value"] == pytest.approx(sim["shift_p_value"], rel=1e-9)
+        assert report["prior_shift"]["gain"] == pytest.approx(shifted[0].gain.gain, rel=1e-9, abs=1e-12)
+        assert report["prior_shift"]["noise"] == pytest.approx(shifted[0].gain.noise, rel=1e-9, abs=1e-12)
+        assert shifted[0].applied == (case == "auto, a strong shift")       # both verdicts are exercised
 
 
 def test_normalising_by_the_lookup_table_is_the_pipelines_batch_normalise():
@@ -199,17 +231,6 @@ def test_the_mask_heads_are_the_pipelines():
         assert torch.equal(ours(x), theirs(x))
 
 
-def test_probabilities_are_rounded_as_the_pipelines_files_hold_them(tmp_path):
-    probs = torch.randn(30, 4).softmax(-1).numpy()       # float32, as the predict stage has them
-    write_csv_atomic(tmp_path / "p.csv", fold_probs_frame([str(i) for i in range(30)], probs, list("abcd")))
-    written = read_table(tmp_path / "p.csv")[["prob_a", "prob_b", "prob_c", "prob_d"]].to_numpy()
-    np.testing.assert_array_equal(template.as_written(probs), written)
-    assert not np.array_equal(written, probs.astype(np.float64))     # the rounding is real
-    seeds = (written + 1e-3) / 1.004
-    write_csv_atomic(tmp_path / "s.csv", pd.DataFrame(seeds, columns=list("abcd")), float_format="%.7g")
-    np.testing.assert_array_equal(template.as_written(seeds, "%.7g"), pd.read_csv(tmp_path / "s.csv").to_numpy())
-
-
 @pytest.mark.parametrize("kind,classes,positive", [("labels", ["x", "01", "y,z"], None),
                                                    ("probability", ["0", "1"], "1"),
                                                    ("probability", ["no", "yes"], "no"),
@@ -245,18 +266,21 @@ def test_the_submission_is_replaced_only_once_written(tmp_path, monkeypatch):
     assert out.read_text() == "old\n" and list(tmp_path.iterdir()) == [out]
 
 
-def test_each_fold_averages_its_checkpoints_then_its_seeds_as_the_predict_and_merge_seeds_stages_write_them(tmp_path):
-    """Two seeds x two checkpoints of fold 0: the predict stage writes each seed's checkpoint mean (float32) to
-    its test_probs.csv, the real merge-seeds averages the seeds' files into the fold's, the ensemble reads that."""
+@pytest.mark.parametrize("chosen", [["best"], ["best", "last"]])
+def test_each_fold_is_read_as_the_ensemble_reads_the_seeds_merged_test_files(tmp_path, chosen):
+    """Two seeds x two checkpoints x two views of fold 0: each seed's test_probs.csv holds every (checkpoint,
+    view) pair's float32 probabilities as the predict stage writes them, the real merge-seeds averages the seeds'
+    files into the fold's, and the ensemble's submission entry reads that; the template must read the same."""
     from pipeline.bundle.build import SEED_AVERAGE_FORMAT
     from pipeline.config import load_config, seed_config
     from pipeline.predict.seeds import merge_seeds
 
-    classes, ids = ["a", "b", "c"], [f"t{i}" for i in range(25)]
+    classes, ids, views = ["a", "b", "c"], [f"t{i}" for i in range(25)], ["identity", "hflip"]
     (tmp_path / "folds.csv").write_text("row,label,fold\n")
     cfg = load_config(None, {"output_dir": str(tmp_path), "experiment": "x", "seeds": [0, 1],
                              "folds": {"n_splits": 2, "dir": str(tmp_path), "name": "folds"}})
-    per_member = [torch.randn(25, 3).softmax(-1).numpy() for _ in range(4)]
+    per_member = [torch.randn(2, 25, 3).softmax(-1).numpy() for _ in range(4)]     # (V, N, C) float32
+    members = [{"fold": 0, "seed": s, "checkpoint": c} for s in (0, 1) for c in ("best", "last")]
     for s in (0, 1):
         fold = seed_config(cfg, s).fold_dir(0)
         fold.mkdir(parents=True)
@@ -264,10 +288,28 @@ def test_each_fold_averages_its_checkpoints_then_its_seeds_as_the_predict_and_me
         oof = pd.DataFrame({"row": [0], "label": ["a"], "fold": [0], "prob_a": [1.0], "prob_b": [0.0], "prob_c": [0.0]})
         for name in ("oof.csv", "oof_tta.csv"):
             oof.to_csv(fold / name, index=False)
-        checkpoint_mean = np.mean(per_member[2 * s:2 * s + 2], axis=0)     # as the predict stage averages them
-        write_csv_atomic(fold / "test_probs.csv", fold_probs_frame(ids, checkpoint_mean, classes))
+        pairs = {m["checkpoint"]: p for m, p in zip(members, per_member) if m["seed"] == s}
+        every = candidate_frame({"all": np.mean(list(pairs.values()), axis=0)}, views, classes)   # as predict writes
+        merged = pd.DataFrame({f"@{k}:prob_{c}": p.mean(axis=0)[:, j] for k, p in pairs.items()
+                               for j, c in enumerate(classes)})
+        write_csv_atomic(fold / "test_probs.csv", pd.concat([pd.DataFrame({"id": ids}), every, merged,
+                                                             candidate_frame(pairs, views, classes)], axis=1))
     merge_seeds(cfg, 0, log=lambda _: None)
-    expected = read_table(cfg.fold_dir(0) / "test_probs.csv")[["prob_a", "prob_b", "prob_c"]].to_numpy()
-    members = [{"fold": 0, "seed": s, "checkpoint": c} for s in (0, 1) for c in ("best", "last")]
+    frame = read_table(cfg.fold_dir(0) / "test_probs.csv")
+    assert candidates_of(frame, classes).checkpoints == ("best", "last")
+    entry = {"files": ["fold_0/test_probs.csv"], "classes": classes, "views": views, "merge": "geometric_mean",
+             "checkpoints": chosen, "template": candidates_of(frame, classes).template, "log_factor": [0.0] * 3,
+             "voting": "soft"}
     manifest = {"folds": [{"fold": 0}], "seed_average_format": SEED_AVERAGE_FORMAT}
-    np.testing.assert_array_equal(template.fold_probabilities(per_member, members, manifest)[0], expected)
+    decisions = {"tta": {"views": views, "merge": "geometric_mean"}, "checkpoints": chosen}
+    ours = template.apply_log_factor(template.fold_probabilities(per_member, members, manifest, decisions), [0.0] * 3)
+    np.testing.assert_array_equal(ours, apply_submission(entry, [frame])[0])
+
+
+def test_a_single_runs_probabilities_are_rounded_as_the_predict_stage_writes_them(tmp_path):
+    per_view = torch.randn(2, 30, 4).softmax(-1).numpy()          # float32, as the predict stage has them
+    frame = candidate_frame({"best": per_view}, ["identity", "hflip"], list("abcd"))
+    write_csv_atomic(tmp_path / "p.csv", frame)
+    written = read_table(tmp_path / "p.csv").to_numpy().reshape(30, 2, 4).transpose(1, 0, 2)
+    np.testing.assert_array_equal(template.as_written(per_view), written)
+    assert not np.array_equal(written, per_view.astype(np.float64))     # the rounding is real
