@@ -192,6 +192,8 @@ def test_the_prior_shift_is_decided_and_fitted_again_as_the_ensembles_chain_did(
         assert report["prior_shift"]["p_value"] == pytest.approx(sim["shift_p_value"], rel=1e-9)
         assert report["prior_shift"]["gain"] == pytest.approx(shifted[0].gain.gain, rel=1e-9, abs=1e-12)
         assert report["prior_shift"]["noise"] == pytest.approx(shifted[0].gain.noise, rel=1e-9, abs=1e-12)
+        for key in ("estimate_l1_error", "shift_l1"):                     # what the reliability veto compares
+            assert report["prior_shift"][key] == pytest.approx(sim[key], rel=1e-9, abs=1e-12)
         assert shifted[0].applied == (case == "auto, a strong shift")       # both verdicts are exercised
 
 
