@@ -232,3 +232,10 @@ def test_a_budget_too_small_leaves_the_previous_bundle_untouched(binary, binary_
                                           "view needs about 10 s"):
         stages.bundle(binary, out=bundle, budget=5.0, images_count=10_000, log=_quiet)
     assert {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == before
+
+
+def test_a_config_that_scales_16_bit_images_is_refused_before_anything_is_read(tmp_path):
+    cfg = load_config(None, {**tiny_config_dict(tmp_path, tmp_path / "data"), "data": {"high_bit_depth": "range"}})
+    with pytest.raises(BundleRefused, match="^data.high_bit_depth: 'range': the bundle's predict.py decodes 8-bit"):
+        stages.bundle(cfg, log=_quiet)
+    assert not (cfg.exp_dir / "bundle").exists()

@@ -315,3 +315,10 @@ def test_a_single_runs_probabilities_are_rounded_as_the_predict_stage_writes_the
     written = read_table(tmp_path / "p.csv").to_numpy().reshape(30, 2, 4).transpose(1, 0, 2)
     np.testing.assert_array_equal(template.as_written(per_view), written)
     assert not np.array_equal(written, per_view.astype(np.float64))     # the rounding is real
+
+
+def test_a_16_bit_image_is_refused_not_clipped(tmp_path):
+    path = tmp_path / "x.png"
+    Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(path)
+    with pytest.raises(template.BundleError, match=r"x.png is a I;16 \(16/32-bit\) image"):
+        template.decode(path, 8)

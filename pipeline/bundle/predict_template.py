@@ -183,6 +183,9 @@ def decode(path, size: int, crop=None) -> np.ndarray:
     """uint8 (size, size, 3): the pixels the pipeline's decode cache holds for this image."""
     try:
         with Image.open(path) as img:
+            if img.mode in ("I", "F") or img.mode.startswith("I;"):   # 16/32-bit: convert("RGB") would clip them
+                raise BundleError(f"{path} is a {img.mode} (16/32-bit) image; the pipeline refused such images at "
+                                  "training time (data.high_bit_depth: refuse) and this predict.py decodes 8-bit ones")
             image = np.asarray(img.convert("RGB"))
     except (OSError, ValueError) as exc:
         raise BundleError(f"cannot decode image {path}: {exc}") from None

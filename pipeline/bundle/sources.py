@@ -147,6 +147,9 @@ def _members(cfg: Config, record: dict, path: Path) -> tuple[list, dict]:
 
 def gather_sources(cfg: Config) -> Sources:
     """Everything the bundle is built from, checked; raises BundleRefused before anything is written."""
+    if cfg.data.high_bit_depth != "refuse":
+        raise BundleRefused(f"data.high_bit_depth: {cfg.data.high_bit_depth!r}: the bundle's predict.py decodes "
+                            "8-bit images only and cannot scale 16-bit ones as training did")
     record, path = _ensemble_record(cfg)
     _check_reproducible(record, path)
     members, model = _members(cfg, record, path)
