@@ -5,8 +5,9 @@
 
 `python -m pipeline bundle` copies this file, unchanged, into the bundle as ``predict.py``, beside the
 files it reads: ``bundle.json`` (the classes, the model, the image geometry, the folds' weights),
-``decisions.json`` (the TTA views, the checkpoints, the post-processing steps, the vote), ``weights/``
-and, when the prior-shift correction needs them, ``oof.safetensors`` (out-of-fold probabilities).
+``decisions.json`` (ensemble.json's submission: the views, the merge, the checkpoints, the out-of-fold
+factors, the prior-shift correction to fit again, the vote), ``weights/`` and, when the prior-shift
+correction needs them, ``oof.safetensors`` (out-of-fold probabilities and labels).
 It imports torch, timm, numpy, pandas, safetensors, Pillow (which timm installs) and the standard
 library; albumentations only when an image has to be cropped or resized. Nothing of the pipeline.
 
@@ -15,11 +16,12 @@ submission is the ensemble's:
 
 1. every test image decoded (Pillow, RGB), centre-cropped and resized as the training cache did;
 2. normalised by the same lookup table, in batches of the predict stage's size;
-3. every fold's models (each seed, each checkpoint) on every TTA view in one pass, the views merged;
-4. the probabilities rounded as the pipeline's probability files hold them (the vote reads those);
-5. the decisions: the prior-shift correction re-estimated on these test predictions, the logit
-   adjustment and class bias fitted out of fold; then the vote and the submission, in the sample's
-   format, columns and row order.
+3. every fold's models (each seed, each checkpoint) on the submission's TTA views in one pass;
+4. each view's probabilities rounded as the pipeline's probability files hold them (the ensemble reads
+   those), the seeds averaged, per checkpoint the views merged, the checkpoints averaged;
+5. the per-class factor: the logit adjustment and class bias fitted out of fold, plus the prior-shift
+   correction fitted (and with ``auto`` decided) again on these test predictions as the ensemble's chain
+   does; then the vote and the submission, in the sample's format, columns and row order.
 
 ``--budget`` has no place here: `python -m pipeline bundle --budget` chose the folds and views at build
 time, from timings measured then (``bundle.json``'s ``timing``).
