@@ -261,10 +261,12 @@ MUTANTS := $(addsuffix __mutmut_*,\
   pipeline.ensemble.chain.x* pipeline.ensemble.decide.x* pipeline.ensemble.gain.x* pipeline.ensemble.record.x* \
   pipeline.results.blend.x__concat_folds pipeline.results.submission.x_write_submission \
   pipeline.results.submission.x_validate_submission)
-MUTANT_ARGS = $(foreach m,$(MUTANTS),'$(m)')   # quoted: the shell must not expand the globs
-mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow) → docs/figures/mutation.json
+# ONLY='pipeline.ensemble.chain.x*' runs some functions alone and updates their modules' rows in the figure.
+ONLY ?=
+MUTANT_ARGS = $(if $(ONLY),$(foreach m,$(ONLY),'$(m)__mutmut_*'),$(foreach m,$(MUTANTS),'$(m)'))   # quoted: no globbing
+mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow; ONLY=... for some) → docs/figures/mutation.json
 	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2 $(MUTANT_ARGS)
-	$(PY) -m pipeline.tools.mutation_score --out docs/figures/mutation.json $(MUTANT_ARGS)
+	$(PY) -m pipeline.tools.mutation_score --out docs/figures/mutation.json $(if $(ONLY),--update) $(MUTANT_ARGS)
 
 docs: | $(VENV_OK) ## rewrite the generated tables of README.md and docs/*.md from docs/figures/
 	$(PY) -m pipeline.tools.docs
