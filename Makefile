@@ -79,7 +79,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
 endif
 
-.PHONY: help venv init data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench gpu-check bench-leaks bench-scale auto-eval mutation docs docs-run clean bundle bundle-check bundle-figures
+.PHONY: help venv init data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench gpu-check bench-leaks bench-scale auto-eval mutation docs docs-run report-png clean bundle bundle-check bundle-figures
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -267,6 +267,11 @@ MUTANT_ARGS = $(if $(ONLY),$(foreach m,$(ONLY),'$(m)__mutmut_*'),$(foreach m,$(M
 mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow; ONLY=... for some) → docs/figures/mutation.json
 	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2 $(MUTANT_ARGS)
 	$(PY) -m pipeline.tools.mutation_score --out docs/figures/mutation.json $(if $(ONLY),--update) $(MUTANT_ARGS)
+
+REPORT_EXP ?= demo-auto
+report-png: ## the README's screenshot of a run report (REPORT_EXP=demo-auto, after make report) → docs/report.png
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1100,2400 \
+	  --screenshot=docs/report.png file://$(CURDIR)/$(OUTPUT_DIR)/$(REPORT_EXP)/report.html
 
 docs: | $(VENV_OK) ## rewrite the generated tables of README.md and docs/*.md from docs/figures/
 	$(PY) -m pipeline.tools.docs
