@@ -6,6 +6,7 @@
 #   make train FOLD=2                         build one fold (resumes a killed one)
 #   make train ensemble SEEDS="0 1 2" SET=experiment=x   each fold once per seed, averaged within the fold
 #   make retrain FOLD=2                       retrain one fold from scratch, then `make ensemble`
+#   make bundle bundle-check [BUDGET=600 IMAGES=10000 DEVICE=cuda]   offline predict.py + weights, checked
 #   make test                                 the test suite
 #
 # How Make knows what is up to date: `python -m pipeline resolve` runs first (at parse time,
@@ -39,7 +40,8 @@ space := $(subst ,, )
 SET_ALL := $(strip $(SET) $(if $(strip $(SEEDS)),seeds=[$(subst $(space),$(comma),$(strip $(SEEDS)))]))
 
 # ---- configuration → Make variables (only for goals that run the pipeline) -----------------
-PIPELINE_GOALS := data check folds train retrain train-dask tune predict ensemble score validate eda report
+PIPELINE_GOALS := data check folds train retrain train-dask tune predict ensemble score validate eda report \
+                  bundle bundle-check bundle-figures
 ifneq ($(strip $(EXPS)),)
   PIPELINE_GOALS := $(filter-out ensemble score,$(PIPELINE_GOALS))  # a blend has no CONFIG to resolve
 endif
@@ -77,7 +79,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
 endif
 
-.PHONY: help venv init data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench gpu-check bench-leaks bench-scale auto-eval mutation docs docs-run clean
+.PHONY: help venv init data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench gpu-check bench-leaks bench-scale auto-eval mutation docs docs-run report-png clean bundle bundle-check bundle-figures
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -199,6 +201,19 @@ endif
 validate: $(EXP_DIR)/submission.csv ## check the submission against the sample submission
 	$(call STAGE,validate)
 
+# ---- the offline bundle (competitions whose test images are hidden) -------------------------
+BUDGET ?=
+IMAGES ?=
+bundle: $(EXP_DIR)/submission.csv | $(VENV_OK) ## offline predict.py + weights → outputs/<exp>/bundle/ (BUDGET=s IMAGES=n DEVICE=cuda)
+	$(call STAGE,bundle) $(if $(BUDGET),--budget $(BUDGET)) $(if $(IMAGES),--images-count $(IMAGES)) $(if $(DEVICE),--device $(DEVICE))
+
+bundle-check: $(EXP_DIR)/submission.csv | $(VENV_OK) ## run the bundle on the local test images (python -I) and compare with submission.csv (DEVICE=cuda)
+	$(call STAGE,bundle-check) $(if $(DEVICE),--device $(DEVICE))
+
+bundle-figures: $(EXP_DIR)/submission.csv | $(VENV_OK) ## the bundle's size and speed on this machine → docs/figures/bundle.json
+	$(call STAGE,bundle)
+	$(call STAGE,bundle-check) --record docs/figures/bundle.json
+
 # ---- development --------------------------------------------------------------------------
 DEVICE ?=
 BENCH_ARGS ?=
@@ -246,10 +261,17 @@ MUTANTS := $(addsuffix __mutmut_*,\
   pipeline.ensemble.chain.x* pipeline.ensemble.decide.x* pipeline.ensemble.gain.x* pipeline.ensemble.record.x* \
   pipeline.results.blend.x__concat_folds pipeline.results.submission.x_write_submission \
   pipeline.results.submission.x_validate_submission)
-MUTANT_ARGS = $(foreach m,$(MUTANTS),'$(m)')   # quoted: the shell must not expand the globs
-mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow) → docs/figures/mutation.json
+# ONLY='pipeline.ensemble.chain.x*' runs some functions alone and updates their modules' rows in the figure.
+ONLY ?=
+MUTANT_ARGS = $(if $(ONLY),$(foreach m,$(ONLY),'$(m)__mutmut_*'),$(foreach m,$(MUTANTS),'$(m)'))   # quoted: no globbing
+mutation: $(VENV_OK) ## mutation testing of the answer-deciding functions (slow; ONLY=... for some) → docs/figures/mutation.json
 	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2 $(MUTANT_ARGS)
-	$(PY) -m pipeline.tools.mutation_score --out docs/figures/mutation.json $(MUTANT_ARGS)
+	$(PY) -m pipeline.tools.mutation_score --out docs/figures/mutation.json $(if $(ONLY),--update) $(MUTANT_ARGS)
+
+REPORT_EXP ?= demo-auto
+report-png: ## the README's screenshot of a run report (REPORT_EXP=demo-auto, after make report) → docs/report.png
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1100,2400 \
+	  --screenshot=docs/report.png file://$(CURDIR)/$(OUTPUT_DIR)/$(REPORT_EXP)/report.html
 
 docs: | $(VENV_OK) ## rewrite the generated tables of README.md and docs/*.md from docs/figures/
 	$(PY) -m pipeline.tools.docs

@@ -120,6 +120,15 @@ def cmd_stack(args) -> None:
     stages.stack(args.experiments, output_dir=args.output_dir, out=args.out, oof_source=args.oof_source, C=args.C)
 
 
+def cmd_bundle(args) -> None:
+    stages.bundle(_cfg(args), args.out, args.budget, args.images_count, args.device, args.batch_size,
+                  args.timing_images)
+
+
+def cmd_bundle_check(args) -> None:
+    stages.bundle_check(_cfg(args), args.bundle, args.device, args.record)
+
+
 def cmd_score_blend(args) -> None:
     stages.score_combined(args.experiments, output_dir=args.output_dir)
 
@@ -162,6 +171,28 @@ def _blend_arguments(p: argparse.ArgumentParser) -> None:
     adj.add_argument("--no-logit-adjust", dest="logit_adjust", action="store_false")
 
 
+def _bundle_arguments(p: argparse.ArgumentParser) -> None:
+    def positive(kind):
+        def parse(text: str):
+            try:
+                value = kind(text)
+            except ValueError:
+                value = 0
+            if not value > 0:
+                raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+            return value
+        return parse
+
+    p.add_argument("--out", help="the bundle folder (default: outputs/<exp>/bundle)")
+    p.add_argument("--budget", type=positive(float), metavar="SECONDS",
+                   help="keep the folds and views that predict --images-count images within this time")
+    p.add_argument("--images-count", type=positive(int), metavar="N",
+                   help="test images the budget is for (default: the local sample submission's rows)")
+    p.add_argument("--device", default="auto", help="the target's device: auto, cpu, cuda (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive(int), help="the target's batch size (default: tta.batch_size)")
+    p.add_argument("--timing-images", type=positive(int), help="images the timings are measured on (default: 64)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
@@ -181,6 +212,9 @@ def _parser() -> argparse.ArgumentParser:
         ("report", cmd_report, "learning curves, OOF confusion/F1, CV table, test distribution → report.html"),
         ("score", cmd_score, "score the submission on held-back test labels"),
         ("validate", cmd_validate, "check a submission CSV against the sample submission"),
+        ("bundle", cmd_bundle, "an offline inference folder (predict.py, weights, decisions) → outputs/<exp>/bundle/"),
+        ("bundle-check", cmd_bundle_check, "run the bundle on the local test images (python -I, outside the "
+                                           "repository) and compare with submission.csv"),
     ]
     for name, func, help_text in stages:
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -206,6 +240,12 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--make-vars", action="store_true", help="print the variables the Makefile needs")
         if name == "validate":
             p.add_argument("submission", nargs="?", help="CSV to check (default: the experiment's submission)")
+        if name == "bundle":
+            _bundle_arguments(p)
+        if name == "bundle-check":
+            p.add_argument("--bundle", help="the bundle folder (default: outputs/<exp>/bundle)")
+            p.add_argument("--device", help="run it on this device (default: the bundle's)")
+            p.add_argument("--record", help="also write its size and speed here (JSON), e.g. docs/figures/bundle.json")
     p = sub.add_parser("init", help="write a commented config for a competition's folder, printing each decision")
     _init_arguments(p)
     p.set_defaults(func=cmd_init)

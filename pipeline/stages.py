@@ -13,6 +13,8 @@
     score     submission, true labels     → score.csv (score_combined: a blend's / stack's folder)
     blend / stack  finished experiments   → outputs/{blend,stack}-<a>-<b>/{cv.csv, submission.csv, ...}
     eda / report                          → eda/index.html / report.html
+    bundle    the finished experiment     → bundle/ (predict.py, weights, decisions: offline inference)
+    bundle-check  bundle, test images     → the bundle's submission compared with submission.csv
 
 Heavy libraries are imported inside the stages, so that `python -m pipeline` (which Make runs at
 parse time) starts fast.
@@ -25,7 +27,8 @@ from pathlib import Path
 from pipeline.config import Config, ConfigError, seed_config
 
 __all__ = ["resolve", "init", "demo_data", "mask_data", "check", "folds", "train", "predict", "ensemble", "score",
-           "validate", "eda", "report", "tune", "blend", "stack", "score_combined", "pseudo", "merge_seeds"]
+           "validate", "eda", "report", "tune", "blend", "stack", "score_combined", "pseudo", "merge_seeds",
+           "bundle", "bundle_check"]
 
 
 def resolve(cfg: Config, make_vars: bool = False) -> dict[str, str]:
@@ -221,3 +224,18 @@ def score_combined(experiments: list[str], output_dir="outputs", log=print) -> l
     from pipeline.results.score_blend import score_combined as score_folders
 
     return score_folders(experiments, output_dir=output_dir, log=log)
+
+
+def bundle(cfg: Config, out=None, budget=None, images_count=None, device="auto", batch_size=None,
+           timing_images=None, log=print) -> Path:
+    from pipeline.bundle import build_bundle
+    from pipeline.bundle.build import DEFAULT_TIMING_IMAGES
+
+    return build_bundle(cfg, out, budget, images_count, device, batch_size, timing_images or DEFAULT_TIMING_IMAGES,
+                        log)
+
+
+def bundle_check(cfg: Config, bundle=None, device=None, record=None, log=print):
+    from pipeline.bundle import check_bundle
+
+    return check_bundle(cfg, bundle, device, record, log)

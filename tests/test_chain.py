@@ -14,7 +14,7 @@ from pipeline.ensemble.chain import Nested, Rows, nested_chain
 from pipeline.ensemble.decide import Choice, decide
 from pipeline.ensemble.gain import Gain, exceeds_noise, paired_gain, stratified_resamples
 from pipeline.ensemble.record import apply_submission, submission_entry
-from pipeline.ensemble.steps.factors import ClassBiasStep, Factor, LogitAdjustStep
+from pipeline.ensemble.steps.factors import ClassBiasStep, Factor, LogitAdjustStep, apply_log_factor
 from pipeline.ensemble.steps.selection import CheckpointsStep, ViewsStep, merge_views, view_candidates
 from pipeline.metrics import metric_gain
 from pipeline.predict.probs import candidate_frame, candidate_probs, candidates_of
@@ -301,3 +301,40 @@ def test_older_configs_keep_their_meaning_true_and_false_are_on_and_off(tmp_path
                                                                                                   "all")
     default = chain_settings(load_config(None, {}))
     assert (default.logit_adjust, default.class_bias, default.views, default.prior_shift) == ("auto",) * 4
+
+
+# ---- per-class factors: summed through the chain, divided out on request ------------------------------------
+
+@dataclass
+class _FixedFactor:
+    """A step whose fit always returns the same per-class factor, and keeps the rows it was fitted on."""
+    name: str
+    log_factor: np.ndarray
+    seen: list
+
+    def fit(self, rows: Rows) -> Factor:
+        self.seen.append(rows)
+        return Factor(np.asarray(self.log_factor, dtype=np.float64))
+
+
+def test_the_factors_of_the_steps_so_far_reach_the_next_step_summed_and_the_oof_rows_can_divide_them_out():
+    """Two per-class factors in a row: the second step (and the test rows) see the first's factor, the chain
+    ends with their sum, and `oof(factors=False)` gives back the probabilities as they entered the chain."""
+    y, folds, rng = _rows(n=200, n_classes=3)
+    probs = _model(y, 3, 0.5, rng)
+    test = rng.dirichlet(np.ones(3), size=(1, 7))
+    first, second = [0.0, 0.7, -0.2], [0.3, 0.0, 0.4]
+    seen_first, seen_second = [], []
+    chain = (Nested(Rows(probs, y, folds, test=test))
+             .add(_FixedFactor("first", first, seen_first)).add(_FixedFactor("second", second, seen_second)))
+    assert seen_first[-1].log_factor is None                      # the chain on every row: nothing applied yet
+    np.testing.assert_allclose(seen_second[-1].log_factor, first)
+    np.testing.assert_allclose(seen_second[-1].test, apply_log_factor(test, first))
+    assert all(rows.test is None for rows in seen_second[:-1])    # the per-fold fits never see the test rows
+    np.testing.assert_allclose(chain.full.log_factor, np.add(first, second))
+    np.testing.assert_allclose(chain.test(), apply_log_factor(test, np.add(first, second)))
+    np.testing.assert_allclose(chain.oof(), apply_log_factor(probs, np.add(first, second)))
+    np.testing.assert_allclose(chain.oof(factors=False), probs, atol=1e-12)
+    fold_rows = seen_second[0]                                    # a fold's chain: the other folds' rows only
+    assert len(fold_rows.y) == len(fold_rows.folds) == fold_rows.probs.shape[-2] < len(y)
+    assert set(np.unique(fold_rows.folds)) == set(np.unique(folds)) - {0}

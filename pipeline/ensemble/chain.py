@@ -3,8 +3,8 @@
 The model is scikit-learn's ``Pipeline`` with ``cross_val_predict``. Every step has one shape:
 ``step.fit(rows) -> fitted`` learns from labelled out-of-fold (OOF) rows, ``fitted.transform(probs)``
 applies what it learned to any probabilities whose last two axes are (rows, classes): the OOF rows, or
-every fold's test rows at once. A chain is a list of steps; :func:`fit_chain` fits them in turn, each on
-the rows as the steps before it left them.
+every fold's test rows at once. A chain is a list of steps, each fitted on the rows as the steps before it
+left them.
 
 :class:`Nested` is the one honest estimate of a chain, the only nested loop in the package: each fold's
 rows are transformed by the chain fitted on the *other* folds' rows, so no row helps choose what is
@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.ensemble.nested import apply_per_fold, fit_per_fold
 from pipeline.ensemble.steps.factors import apply_log_factor
 
-__all__ = ["Rows", "Fitted", "Step", "fit_chain", "transform_chain", "Nested", "nested_chain"]
+__all__ = ["Rows", "Fitted", "Step", "Nested", "nested_chain"]
 
 
 @dataclass(frozen=True)
@@ -64,23 +64,6 @@ def _advance(fitted: Fitted, rows: Rows) -> Rows:
     if getattr(fitted, "log_factor", None) is not None:   # a per-class factor: remember it
         log_factor = np.asarray(fitted.log_factor) + (0.0 if log_factor is None else log_factor)
     return replace(rows, probs=fitted.transform(rows.probs), test=test, log_factor=log_factor)
-
-
-def fit_chain(steps: list[Step], rows: Rows) -> tuple[list[Fitted], Rows]:
-    """Fit each step on the rows the steps before it transformed; the fitted steps and the rows at the end."""
-    fitted = []
-    for step in steps:
-        one = step.fit(rows)
-        rows = _advance(one, rows)
-        fitted.append(one)
-    return fitted, rows
-
-
-def transform_chain(fitted: list[Fitted], probs: np.ndarray) -> np.ndarray:
-    """`probs` through every fitted step in turn."""
-    for one in fitted:
-        probs = one.transform(probs)
-    return probs
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config
-from pipeline.ensemble.chain import Rows
+from pipeline.ensemble.chain import Nested, Rows
 from pipeline.ensemble.decide import Decision, decide
 from pipeline.ensemble.plan import Settings, factor_choices, selection_choices, shift_choice
 from pipeline.ensemble.record import apply_submission, submission_entry
@@ -164,6 +164,7 @@ class ChainResult:
     oof: np.ndarray            # the submission's chain, nested, before the prior-shift correction
     selected_oof: np.ndarray   # the chosen views and checkpoints alone, nested
     prior: np.ndarray
+    before_shift: Nested       # the chain the prior-shift correction was decided after (the bundle refits it)
 
 
 def run_chain(inputs: Inputs, settings: Settings, metric: str, voting: str) -> ChainResult:
@@ -181,7 +182,7 @@ def run_chain(inputs: Inputs, settings: Settings, metric: str, voting: str) -> C
     # The OOF estimate is the chain's before the prior-shift correction: on OOF rows (their own mix) it has
     # nothing to correct; what it does on the test set is its simulated gain.
     record = _record(inputs, decisions + shifted, more[-1], states[-1].oof(), shift, metric, voting, settings.merge)
-    return ChainResult(record, decisions + shifted, states[-1].oof(), selected.oof(), prior)
+    return ChainResult(record, decisions + shifted, states[-1].oof(), selected.oof(), prior, states[-1])
 
 
 def _record(inputs: Inputs, decisions: list[Decision], chain, oof: np.ndarray, shift: dict, metric: str, voting: str,

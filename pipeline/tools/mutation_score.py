@@ -69,13 +69,16 @@ def module_scores(results: dict[str, str], patterns: list[str] = ()) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/mutation.json"))
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other modules of an existing --out file (a run of some modules only)")
     parser.add_argument("patterns", nargs="*", help="mutant name patterns (those `make mutation` ran)")
     args = parser.parse_args(argv)
     text = subprocess.run([str(Path(sys.executable).with_name("mutmut")), "results", "--all", "true"],
                           capture_output=True, text=True, check=True).stdout
     scores = module_scores(parse_results(text), args.patterns)
+    kept = json.loads(args.out.read_text()) if args.update and args.out.is_file() else {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(scores, indent=2) + "\n")
+    args.out.write_text(json.dumps(dict(sorted({**kept, **scores}.items())), indent=2) + "\n")
     print(f"{'module':<32}{'mutants':>8}{'killed':>8}{'survived':>10}{'no tests':>10}{'score':>8}")
     for module, s in scores.items():
         print(f"{module:<32}{s['mutants']:>8}{s['killed']:>8}{len(s['survived']):>10}{len(s['no_tests']):>10}"

@@ -5,14 +5,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.tools.docs import amp_blocks, auto_blocks, demo_blocks, leak_blocks, rounds_blocks, scale_blocks, shift_blocks
+from pipeline.tools.docs import (amp_blocks, auto_blocks, bundle_blocks, demo_blocks, leak_blocks, rounds_blocks,
+                                 scale_blocks, shift_blocks)
 from pipeline.tools.docs.commands import FIGURES
 
 __all__ = ["render_blocks", "rewrite_blocks", "pages", "rewrite_pages"]
 
 _BLOCK = re.compile(r"(<!-- docs:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /docs -->)", re.S)
 # One module per topic renders its blocks from the figures folder (a topic's blocks appear once its files do).
-_TOPICS = (demo_blocks, rounds_blocks, shift_blocks, leak_blocks, auto_blocks, scale_blocks, amp_blocks)
+_TOPICS = (demo_blocks, rounds_blocks, shift_blocks, leak_blocks, auto_blocks, scale_blocks, amp_blocks, bundle_blocks)
 
 
 def render_blocks(figures: Path = FIGURES) -> dict[str, str]:
