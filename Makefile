@@ -79,7 +79,7 @@ ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
   PIN_GPU = $(if $(GPUS),gpus=($(subst $(comma), ,$(GPUS))); export CUDA_VISIBLE_DEVICES=$${gpus[$(1) % $${#gpus[@]}]};)
 endif
 
-.PHONY: help venv init data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench gpu-check bench-leaks bench-scale auto-eval mutation docs docs-run report-png clean bundle bundle-check bundle-figures
+.PHONY: help venv init data check folds train retrain train-dask tune predict ensemble score validate eda report blend stack test bench gpu-check gpu-rehearsal bench-leaks bench-scale auto-eval mutation docs docs-run report-png clean bundle bundle-check bundle-figures
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -219,6 +219,9 @@ DEVICE ?=
 BENCH_ARGS ?=
 bench: | $(VENV_OK) ## training/prediction efficiency vs the bare model → outputs/bench.json (DEVICE=cuda)
 	$(PIPELINE) bench --out $(OUTPUT_DIR)/bench.json $(if $(DEVICE),--device $(DEVICE)) $(BENCH_ARGS)
+
+gpu-rehearsal: $(VENV_OK) ## gpu-check's resume check rehearsed on the CPU through make (about 90 s; not in make test)
+	$(PY) -m pytest -m rehearsal tests/test_gpu_check.py
 
 gpu-check: | $(VENV_OK) ## on a CUDA machine: bench, the demo in fp32/bf16/fp16/compile, two folds on one GPU, resume (< 8 min) → outputs/gpu-check.json
 	$(PIPELINE) gpu-check --out $(OUTPUT_DIR)/gpu-check.json

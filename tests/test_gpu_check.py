@@ -308,7 +308,7 @@ def _rehearsal(tmp_path, epochs):
     return gpu_runs.Session(work=tmp_path / "work", device="cpu", overrides=overrides, make_jobs=2)
 
 
-@pytest.mark.slow
+@pytest.mark.rehearsal   # 90 s here: `make gpu-rehearsal` (tests/test_reliability.py proves the resume itself)
 def test_resume_run_kills_a_fold_inside_an_epoch_through_make_and_finds_the_same_weights(tmp_path):
     import time
 
