@@ -10,35 +10,24 @@ what load.
 from __future__ import annotations
 
 import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline.bundle import predict_template as template
+from pipeline.machine import cpu_name
 
 __all__ = ["measure_timing", "machine", "REPEATS"]
 
 REPEATS = 3
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(device: torch.device) -> dict:
     """Where a timing was measured: the device, the CPU, the threads, the load average at the time."""
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"device": str(device), "gpu": gpu, "cpu": _cpu_name(), "cores": os.cpu_count(),
+    return {"device": str(device), "gpu": gpu, "cpu": cpu_name(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "load_average": [round(v, 2) for v in load] if load else None,
             "when": time.strftime("%Y-%m-%d %H:%M:%S")}
 

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.tools.machine import cpu_name
+from pipeline.machine import cpu_name
 from pipeline.tools.scale_data import write_image_set
 
 __all__ = ["STAGES", "run_bench_scale", "measure", "slope", "main"]

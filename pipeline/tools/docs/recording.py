@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.tools.machine import cpu_name
+from pipeline.machine import cpu_name
 from pipeline.tools.docs.commands import (BENCH_COMMAND, DEMO_COMMAND, DEMO_FIGURES, EXTRA_RUNS, FIGURES,
                                          LEAK_BENCH_COMMAND, LEAK_EVAL_COMMAND, LEAK_SOURCES_COMMAND, STACK_COMMANDS,
                                          STACK_FIGURES)
