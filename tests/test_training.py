@@ -1,6 +1,7 @@
 """The training toolkit: each test proves an option's effect, not merely that it runs."""
 
 import os
+import platform
 
 import numpy as np
 import pandas as pd
@@ -388,6 +389,15 @@ def test_runs_record_package_versions(tiny_cfg, folds_ready):
     meta = pd.read_json(fit(tiny_cfg, 0, **QUIET).with_suffix(".json"), typ="series")
     packages = ["torch", "torchvision", "timm", "albumentations", "numpy", "scikit-learn", "pandas", "pillow"]
     assert meta["versions"] == {"python": platform.python_version(), **{p: metadata.version(p) for p in packages}}
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_training_keeps_freed_memory_for_its_next_step_and_says_so(tiny_cfg, folds_ready, monkeypatch):
+    """fit fixes glibc's thresholds (pipeline/allocator.py; its effect: tests/test_allocator.py) and records it."""
+    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES", "LD_PRELOAD"):
+        monkeypatch.delenv(name, raising=False)
+    meta = pd.read_json(fit(tiny_cfg, 0, **QUIET).with_suffix(".json"), typ="series")
+    assert meta["freed_memory_kept"] is True
 
 
 def test_decode_cache_changes_nothing_but_where_pixels_come_from(tiny_cfg_dict, folds_ready, tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.allocator import keep_freed_memory
 from pipeline.config import Config
 from pipeline.data.bit_depth import scaling_for
 from pipeline.data.cache import BatchNormalize, decoded_for, make_dataset
@@ -118,6 +119,7 @@ def predict_fold(cfg: Config, fold: int, log=print, checkpoints=None) -> Path:
 
 def _predict_fold(cfg: Config, fold: int, log, checkpoints) -> Path:
     device = resolve_device(cfg.train.device)
+    keep_freed_memory()
     paths = _checkpoint_paths(cfg, fold, checkpoint_names(cfg, checkpoints))
     views = parse_views(cfg.tta.views)
     normalize = BatchNormalize(cfg.augment.mean, cfg.augment.std).to(device)

@@ -45,6 +45,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from pipeline.allocator import keep_freed_memory
 from pipeline.config import AugmentConfig, TrainConfig
 from pipeline.data.cache import BatchNormalize, build_cache
 from pipeline.data.transforms import load_rgb
@@ -284,7 +285,7 @@ def run_bench(out_json: str | Path = "outputs/bench.json", device: str = "cpu", 
               repeats: int = 5, large_images: int = 200, large_size: int = 224, data_dir: str | Path | None = None,
               threads: int | None = None, log: Callable[[str], None] = print, amp: str | None = None,
               channels_last: bool | str | None = None, workers: int | str = "auto", data: str = "demo",
-              photos: int = 256) -> dict:
+              photos: int = 256, keep_memory: bool = True) -> dict:
     """Run the benchmark, print its table, write `out_json` atomically; return the result dict.
 
     `steps` batches of `batch_size` per timed run (default 10, or n_images // batch_size when
@@ -294,7 +295,9 @@ def run_bench(out_json: str | Path = "outputs/bench.json", device: str = "cpu", 
     (`train.num_workers`) as in the config. `data`: 'demo' (the demo's digits) or 'photos'
     (`photos` generated 384x512 JPEGs with the mask competition's transforms).
     OpenMP's wait policy cannot change after torch is imported: set OMP_WAIT_POLICY in the
-    environment to compare (it is recorded in the result).
+    environment to compare (it is recorded in the result). `keep_memory`: fix the C allocator's thresholds as
+    training and prediction do (`pipeline.allocator`); False measures the C library's defaults (it cannot be
+    undone in a process: compare in two).
     """
     if data not in ("demo", "photos"):
         raise ValueError(f"bench: data '{data}' is not one of: demo, photos")
@@ -304,7 +307,8 @@ def run_bench(out_json: str | Path = "outputs/bench.json", device: str = "cpu", 
     defaults = TrainConfig()
     settings = {"amp": defaults.amp if amp is None else amp,
                 "channels_last": defaults.channels_last if channels_last is None else channels_last,
-                "workers": workers, "data": data, "photos": photos}
+                "workers": workers, "data": data, "photos": photos,
+                "allocator": "thresholds fixed" if keep_memory and keep_freed_memory() else "C library defaults"}
     with torch_threads(threads):   # restored afterwards: the caller's thread count is left as it was
         return _run_bench(Path(out_json), dev, model, image_size, batch_size, n_images, steps, repeats,
                           large_images, large_size, data_dir, log, settings)
@@ -354,6 +358,7 @@ def _run_bench(out_json, dev, model, image_size, batch_size, n_images, steps, re
             "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: OpenMP default)"),
+            "allocator": settings["allocator"],
             "torch": torch.__version__, "augment_train": ctx["aug"].train, "load_before": load_before,
             "peak_rss_method": "VmHWM reset per phase" if reset_hwm() else "sampled RSS"},
             "headline_variants": headlines}
@@ -415,12 +420,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--large-size", type=int, default=224)
     p.add_argument("--data-dir", default=None, help="demo dataset folder (default data/demo, else a fresh one)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: one per core)")
+    p.add_argument("--allocator-defaults", action="store_true",
+                   help="leave the C allocator's thresholds at the library's defaults (training fixes them)")
 
     a = p.parse_args(argv)
     run_bench(a.out, device=a.device, model=a.model, image_size=a.image_size, batch_size=a.batch_size,
               steps=a.steps, repeats=a.repeats, large_images=a.large_images, large_size=a.large_size,
               data_dir=a.data_dir, threads=a.threads, amp=a.amp, channels_last=a.channels_last, workers=a.workers,
-              data=a.data, photos=a.photos)
+              data=a.data, photos=a.photos, keep_memory=not a.allocator_defaults)
     return 0
 
 

@@ -118,7 +118,7 @@ def table(result: dict) -> str:
     lines = [f"bench: {m['model']} {m['image_size']}x{m['image_size']} ({m.get('data', 'demo')}), batch "
              f"{m['batch_size']}, {m['steps']} batches ({m['images']} images) per run, on {m['device']} "
              f"({precision}; {m['torch_threads']} torch threads, {m['cpus']} CPUs, OMP_WAIT_POLICY "
-             f"{m['omp_wait_policy']}), median of {m['repeats']}; "
+             f"{m['omp_wait_policy']}, allocator {m.get('allocator', 'C library defaults')}), median of {m['repeats']}; "
              f"load average (1 min) {m['load_before']} → {m['load_after']}",
              f"{'phase':<66}{'images/s':>10}{'efficiency':>12}{'expected':>10}{'peak RSS MB':>13}{'+MB':>8}"
              + ("  GPU MB" if m["device"].startswith("cuda") else "")]

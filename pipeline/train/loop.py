@@ -29,6 +29,7 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from pipeline.allocator import keep_freed_memory
 from pipeline.config import Config
 from pipeline.stamps import package_versions
 from pipeline.device import amp_name, loader_workers, resolve_amp, resolve_channels_last, resolve_device, seed_worker
@@ -357,6 +358,7 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
     validation metrics (`loss`, `accuracy`, `f1_macro`, ...); it may raise to stop (e.g. Optuna pruning).
     """
     device = resolve_device(cfg.train.device)
+    kept = keep_freed_memory()      # no page faults re-allocating each step's activations (pipeline/allocator.py)
     data = fold_data(cfg, fold)
     out, fingerprint, monitor = cfg.fold_dir(fold), train_fingerprint(cfg), cfg.train.monitor
     state_dir = out / "state"
@@ -409,7 +411,7 @@ def fit(cfg: Config, fold: int, log=print, on_epoch=None) -> Path:
         if on_epoch is not None:
             on_epoch(epoch, metrics)
     tracker.close()
-    return _finish_fold(cfg, fold, data, evaluated_model(run), val_loader, device, best, fingerprint, run.tools)
+    return _finish_fold(cfg, fold, data, evaluated_model(run), val_loader, device, best, fingerprint, run.tools, kept)
 
 
 def _precision_note(tools: StepTools) -> str:
@@ -430,7 +432,8 @@ def _epoch_line(fold, epoch, epochs, train_loss, m, lr, seconds, improved, monit
             f"acc {m['accuracy']:.4f} f1 {m['f1_macro']:.4f}{shown} lr {lr:.2e} {seconds:.1f}s{' *' if improved else ''}")
 
 
-def _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint, tools: StepTools) -> Path:
+def _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint, tools: StepTools,
+                 freed_memory_kept: bool) -> Path:
     """Out-of-fold probabilities from the best weights, then the weights themselves (last)."""
     out = cfg.fold_dir(fold)
     model = unwrap(model)  # torch.compile wrapper: predict OOF with the plain module the best weights fit
@@ -438,7 +441,8 @@ def _finish_fold(cfg, fold, data, model, val_loader, device, best, fingerprint, 
               "fingerprint": fingerprint, "image_size": cfg.augment.image_size, "folds_file": str(cfg.folds_file),
               "folds_sha256": file_sha256(cfg.folds_file),
               # what `auto` chose on the machine that trained it
-              "device": device.type, "amp": amp_name(tools.amp_dtype), "channels_last": tools.channels_last}
+              "device": device.type, "amp": amp_name(tools.amp_dtype), "channels_last": tools.channels_last,
+              "freed_memory_kept": freed_memory_kept}     # a condition of its epoch times (pipeline/allocator.py)
     # The final epoch's weights (EMA if on) can join the vote beside the best (ensemble.checkpoints).
     save_weights(model, out / "last.safetensors", {**common, "checkpoint": "last"})
     model.load_state_dict(load_weights(out / "state" / "best.safetensors"))
