@@ -69,7 +69,9 @@ def _efficiency(part: dict, key: str, headline: dict) -> str:
     return f"**{headline['headline']}**" if headline["reliable"] else f"unreliable: {headline['why']}"
 
 
-def bench_block(bench: dict) -> str:
+def bench_block(bench: dict, defaults: dict | None = None) -> str:
+    """`make bench`'s table; with `defaults` (the same bench run with `--allocator-defaults`), the training
+    efficiency the C allocator's own thresholds give, for comparison."""
     m = bench["meta"]
     lines = [f"{m['model']}, {m['image_size']}×{m['image_size']}, batch {m['batch_size']}, median of "
              f"{m['repeats']} paired runs, {m['torch_threads']} torch threads; load average "
@@ -83,6 +85,11 @@ def bench_block(bench: dict) -> str:
     lo = bench["loader"]
     lines.append(f"| loader alone, training transform: cold (decode) / warm (cache) | "
                  f"{lo['cold_train']['images_per_s']:.0f} / {lo['warm_train_u8']['images_per_s']:.0f} | | |")
+    if defaults is not None:
+        lines += ["", f"Allocator: {m.get('allocator', 'C library defaults')} (`pipeline/allocator.py`). With the C "
+                  f"library's defaults instead (`--allocator-defaults`, load average {defaults['meta']['load_before']}"
+                  f" before), training efficiency {_efficiency(defaults['train'], 'cache_u8', defaults['training_headline'])}"
+                  f" at {defaults['train']['cache_u8']['images_per_s']:.0f} images/s."]
     worker = bench["train"]["cache_u8_w1"].get("workers_rss_mb")
     if worker is not None:
         lines += ["", f"A DataLoader worker process adds about {worker:.0f} MB of resident memory."]
@@ -137,13 +144,20 @@ def extra_blocks(figures: Path) -> dict[str, str]:
     return blocks
 
 
+BENCH_DEFAULTS = "bench_allocator_defaults.json"   # python -m pipeline bench --allocator-defaults --out ...
+
+
+def _optional(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def blocks(figures: Path) -> dict[str, str]:
     """The demo's run, test scores, CV table and bench (always present), mutation scores and each extra run's
     tables (when their files are)."""
     run = json.loads((figures / "run.json").read_text())
     found = {"run": run_block(run), "score": score_block(pd.read_csv(figures / "score.csv")),
              "cv": cv_block(pd.read_csv(figures / "cv.csv")),
-             "bench": bench_block(json.loads((figures / "bench.json").read_text()))}
+             "bench": bench_block(json.loads((figures / "bench.json").read_text()), _optional(figures / BENCH_DEFAULTS))}
     if (figures / "mutation.json").is_file():   # written by `make mutation`
         found["mutation"] = mutation_block(json.loads((figures / "mutation.json").read_text()))
     return {**found, **extra_blocks(figures)}
