@@ -273,6 +273,27 @@ def test_make_dataset_with_and_without_cache_gives_the_same_batches(images, tmp_
         make_dataset(aug, images[:3], decoded=decoded)
 
 
+def test_a_batch_read_at_once_equals_its_items_read_one_by_one(images, tmp_path):
+    """The DataLoader's batch read (__getitems__: one read of the map) gives each item as item-by-item reads
+    do, in the batch's order, repeats included, with the same augmentation draws."""
+    aug = AugmentConfig(image_size=24, train=[{"Affine": {"rotate": [-10, 10], "p": 0.7}},
+                                              {"RandomBrightnessContrast": {"p": 0.5}}])
+    decoded = build_cache(images, 24, None, tmp_path / "cache")
+    rows, targets = [5, 1, 7, 7, 0], [4, 3, 2, 1, 0]
+    for train in (True, False):
+        ds = CachedImageDataset(decoded, rows, targets, cached_transform(aug, train, normalize=False))
+        items = [4, 2, 3, 2, 0]
+        ds.transform.set_random_seed(5)
+        one_by_one = [ds[i] for i in items]
+        ds.transform.set_random_seed(5)
+        together = ds.__getitems__(items)
+        assert [t for _, t in together] == [t for _, t in one_by_one] == [targets[i] for i in items]
+        for (a, _), (b, _) in zip(together, one_by_one):
+            np.testing.assert_array_equal(a, b)
+        if not train:   # nothing to do to a prediction item: the cached pixels themselves
+            np.testing.assert_array_equal(together[0][0], decoded[rows[items[0]]])
+
+
 def test_device_flip():
     x = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).view(2, 3, 2, 4)
     assert torch.equal(DeviceFlip(1.0)(x), x.flip(3))

@@ -318,15 +318,27 @@ class CachedImageDataset(torch.utils.data.Dataset):
         if n and (self.indices.min() < 0 or self.indices.max() >= len(decoded)):
             raise IndexError(f"CachedImageDataset: indices outside the cache's {len(decoded)} images")
         self.transform = transform
+        # Prediction's uint8 items need nothing done (an empty Compose): skip its per-image call (~8 us a call,
+        # a tenth of a bf16 forward pass per image at 32 px).
+        self._pass_through = isinstance(transform, A.Compose) and not transform.transforms
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int):
         image = np.array(self.decoded.array[self.indices[i]])   # a writable copy out of the map
-        if self.transform is not None:
+        if self.transform is not None and not self._pass_through:
             image = self.transform(image=image)["image"]
         return image, int(self.targets[i])
+
+    def __getitems__(self, items: list[int]) -> list[tuple]:
+        """A batch's items (the DataLoader asks for them together): one read of the map for all of them,
+        then each image's transform in the batch's order, as item-by-item reads would do."""
+        items = np.asarray(items, dtype=np.int64)
+        images = self.decoded.array[self.indices[items]]       # fancy indexing: a writable copy
+        if self.transform is not None and not self._pass_through:
+            images = [self.transform(image=image)["image"] for image in images]
+        return list(zip(images, self.targets[items].tolist()))
 
 
 class BatchNormalize(torch.nn.Module):
