@@ -60,8 +60,8 @@ class TrainConfig(Section):
     backbone_lr: Float | None = Field(None, gt=0)   # lower rate for the pretrained backbone; the head uses `lr`
     accumulate: int = Field(1, ge=1)      # gradient accumulation: updates of an N-times larger batch
     grad_clip: Float | None = Field(None, gt=0)     # max gradient norm
-    amp: Literal["auto", "off", "bf16", "fp16"] = "off"   # auto: bf16 where the CPU/GPU has it, else off; fp16: CUDA
-    channels_last: bool | Literal["auto"] = False       # auto: on CUDA and on a CPU with oneDNN
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 where the CPU/GPU has it, else off; fp16: CUDA
+    channels_last: bool | Literal["auto"] = "auto"      # auto: on CUDA and on a CPU with oneDNN
     compile: bool = False              # torch.compile the model
     mixup_alpha: Float = Field(0.0, ge=0)
     cutmix_alpha: Float = Field(0.0, ge=0)
