@@ -17,7 +17,9 @@ Modes (``report.progress``):
 * ``off``: nothing.
 
 Without any :meth:`Progress.update` call each item counts as one unit, so
-``progress(range(n), n, "x")`` works as a plain wrapper too.
+``progress(range(n), n, "x")`` works as a plain wrapper too. A loop that reports an item only after the
+next one is fetched (training reads a batch's loss one step late) passes ``counted=True``: iterating then
+counts nothing and does not end the display; the loop's updates count, and leaving its ``with`` block ends it.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class Progress:
 
     def __init__(self, iterable: Iterable, total: int | None = None, desc: str = "", mode: str = "auto",
                  unit: str = "img", file: TextIO | None = None, every_seconds: float = 30.0,
-                 every_fraction: float = 0.1):
+                 every_fraction: float = 0.1, counted: bool = False):
         self.iterable = iterable
         self.file = file if file is not None else sys.stderr
         self.mode = _resolve_mode(mode, self.file)
@@ -71,7 +73,7 @@ class Progress:
         self.every_seconds, self.every_fraction = every_seconds, every_fraction
         self.n = 0
         self.loss_sum, self.loss_count = 0.0, 0
-        self._manual = False
+        self._manual = self._counted = counted
         self._closed = False
         self._start = time.monotonic()
         self._last_line_time = self._start
@@ -84,6 +86,9 @@ class Progress:
 
     # ---- driving ------------------------------------------------------------------------------
     def __iter__(self) -> Iterator:
+        if self._counted:                 # the caller counts and closes: its last update follows the last item
+            yield from self.iterable
+            return
         try:
             for item in self.iterable:
                 before = self.n
@@ -161,7 +166,8 @@ class Progress:
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", mode: str = "auto",
-             unit: str = "img", file: TextIO | None = None, every_seconds: float = 30.0) -> Progress:
-    """Wrap `iterable` with a progress display; see the module docstring for the modes."""
+             unit: str = "img", file: TextIO | None = None, every_seconds: float = 30.0,
+             counted: bool = False) -> Progress:
+    """Wrap `iterable` with a progress display; see the module docstring for the modes and `counted`."""
     return Progress(iterable, total=total, desc=desc, mode=mode, unit=unit, file=file,
-                    every_seconds=every_seconds)
+                    every_seconds=every_seconds, counted=counted)

@@ -315,6 +315,19 @@ def test_a_nan_loss_later_in_the_epoch_names_its_step_and_the_mean_loss_weighs_e
         train_one_epoch(model, loader, opt, nan_at_step_1, torch.device("cpu"), 3)
 
 
+def test_the_epochs_progress_counts_every_image_once_and_ends_at_its_total(capsys):
+    """Each batch is reported once its loss is read, one step late: the last line still says 40/40, once."""
+    x, y, model = _linear_setup()
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)          # batches of 16, 16 and 8
+    tools = StepTools(progress_desc="fold 0 epoch 1/1", progress_mode="lines")
+    train_one_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy,
+                    torch.device("cpu"), 0, tools)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fold 0 epoch 1/1: ")]
+    assert "100% 40/40 img" in lines[-1]
+    assert sum("100%" in line for line in lines) == 1
+    assert all("/40 img" in line and int(line.split("% ")[1].split("/")[0]) <= 40 for line in lines)
+
+
 def test_pretrained_file_loads_backbone_and_adapts_the_head(tiny_cfg, tmp_path):
     source = timm.create_model("test_resnet", num_classes=7)
     path = tmp_path / "other.safetensors"

@@ -167,29 +167,31 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch: int, tools
     weights = _group_weights(sizes, tools.accumulate)
     total, count = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
-    bar = progress(loader, total=sum(sizes), desc=tools.progress_desc, mode=tools.progress_mode)
     # Each batch's loss is read (one device sync) only after the NEXT batch's work is queued, so a GPU
     # never waits for the host between steps. A non-finite loss still stops the epoch, one step later,
     # before anything is saved: the last good checkpoint is what a rerun resumes from.
     previous = None
-    for step, (images, targets) in enumerate(bar):
-        images, targets = _to_device(images, targets, device, tools.channels_last, tools.normalize)
-        if tools.flip is not None:
-            images = tools.flip(images, tools.flip_generator)
-        loss_targets = targets
-        if tools.mixup is not None:
-            images, loss_targets = tools.mixup(images, targets)
-        with torch.autocast(device.type, dtype=tools.amp_dtype, enabled=tools.amp_dtype is not None):
-            loss = loss_fn(model(images), loss_targets)
-        _backward(loss if weights[step] == 1.0 else loss * weights[step], tools)
-        if (step + 1) % tools.accumulate == 0 or step + 1 == len(weights):
-            _update(model, optimizer, tools)
+    # The bar counts what the loop reports (a batch once its loss is read) and ends when the `with` does.
+    with progress(loader, total=sum(sizes), desc=tools.progress_desc, mode=tools.progress_mode,
+                  counted=True) as bar:
+        for step, (images, targets) in enumerate(bar):
+            images, targets = _to_device(images, targets, device, tools.channels_last, tools.normalize)
+            if tools.flip is not None:
+                images = tools.flip(images, tools.flip_generator)
+            loss_targets = targets
+            if tools.mixup is not None:
+                images, loss_targets = tools.mixup(images, targets)
+            with torch.autocast(device.type, dtype=tools.amp_dtype, enabled=tools.amp_dtype is not None):
+                loss = loss_fn(model(images), loss_targets)
+            _backward(loss if weights[step] == 1.0 else loss * weights[step], tools)
+            if (step + 1) % tools.accumulate == 0 or step + 1 == len(weights):
+                _update(model, optimizer, tools)
+            if previous is not None:
+                total += _read_loss(*previous, epoch, bar)
+            previous = (step, loss.detach(), len(targets))
+            count += len(targets)
         if previous is not None:
             total += _read_loss(*previous, epoch, bar)
-        previous = (step, loss.detach(), len(targets))
-        count += len(targets)
-    if previous is not None:
-        total += _read_loss(*previous, epoch, bar)
     return total / max(count, 1)
 
 
