@@ -24,7 +24,8 @@ def run_block(run: dict) -> str:
             + (f"; the second model, its blend and stack (`make stack`, [fitted choices](fitted-choices.md)) {minutes(run['seconds']['stack'])}"
                if "stack" in run["seconds"] else "")
             + ". Another CPU, thread count or library version gives other "
-            "timings and may change scores in the last digits.\n")
+            "timings and may change scores in the last digits; one without native bf16 trains in float32 "
+            "(`train.amp: auto`), which moves them further.\n")
 
 
 def score_block(score: pd.DataFrame) -> str:

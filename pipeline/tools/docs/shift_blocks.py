@@ -28,6 +28,9 @@ def prior_shift_block(figures: Path) -> str:
         return (f"{simulated(mix, 'no correction'):.3f} without and {simulated(mix, 'EM correction'):.3f} with the "
                 f"EM correction (`auto`: {simulated(mix, 'auto'):.3f})")
 
+    chosen = f"soft vote + prior-shift correction ({record['method']})"
+    applied = (f", {record['method'].upper()}-corrected (the submission) {test[chosen]:.3f}"
+               if record["applied"] and record["method"] not in ("em", "bbse") and chosen in test.index else "")
     decision = (f"and `auto` applies the {record['method'].upper()} correction" if record["applied"]
                 else "and `auto` leaves the submission unchanged")
     if record.get("why"):
@@ -38,7 +41,7 @@ def prior_shift_block(figures: Path) -> str:
             f"against raw label shares of {_span(record['training_labels'])}; the EM estimate of the test mix spans "
             f"{_span(estimates['em'])}, BBSE's {_span(estimates['bbse'])}. On the test set ({metric}): the soft vote "
             f"{test['soft vote']:.3f}, EM-corrected {test['soft vote + prior-shift correction (em)']:.3f}, "
-            f"BBSE-corrected {test['soft vote + prior-shift correction (bbse)']:.3f}, the rank vote "
+            f"BBSE-corrected {test['soft vote + prior-shift correction (bbse)']:.3f}{applied}, the rank vote "
             f"{test['rank vote']:.3f}. Out of fold, resampled to a balanced mix: {mix_text('balanced')}; to the "
             f"reversed mix: {mix_text('reversed')}; to their own training mix: {mix_text('training')}.\n")
 
