@@ -175,14 +175,21 @@ def test_the_prior_shift_sentence_comes_from_the_runs_ensemble_score_and_cv_file
     cv.loc[reversed_em, "f1_macro"] = 0.5
     cv.to_csv(figures / "cv.csv", index=False)
     score = pd.read_csv(figures / "score.csv").set_index("model")["f1_macro"]
+    score = score.rename(index=lambda name: name.removesuffix(" (submission)"))
     block = render_blocks(figures)["prior_shift"]
     assert "G=3, p=0.4, and `auto` leaves the submission unchanged: no shift found." in block
     assert "effective prior spans 0.300–0.700 against raw label shares of 0.200–0.800" in block
     assert "the EM estimate of the test mix spans 0.450–0.550, BBSE's 0.410–0.590" in block
-    assert f"EM-corrected {score['soft vote + prior-shift correction (em) (submission)']:.3f}," in block
+    assert f"EM-corrected {score['soft vote + prior-shift correction (em)']:.3f}," in block
+    assert "(the submission)" not in block                  # nothing applied, no applied correction's score
     assert f"the rank vote {score['rank vote']:.3f}." in block
     plain = cv.loc[cv["part"].str.startswith("simulated reversed mix: no correction"), "f1_macro"].item()
     assert f"to the reversed mix: {plain:.3f} without and 0.500 with the EM correction" in block
+    # Applied with an estimator of its own, the sentence gives that correction's score too.
+    record["prior_shift"].update(applied=True, method="calibrated_em", why=None)
+    (figures / "ensemble.json").write_text(json.dumps(record))
+    chosen = score["soft vote + prior-shift correction (calibrated_em)"]
+    assert f"CALIBRATED_EM-corrected (the submission) {chosen:.3f}," in render_blocks(figures)["prior_shift"]
 
 
 def _write_leak_run(folder, oof: float, test: float, folds: tuple, flagged: tuple, rest: tuple):
