@@ -19,13 +19,13 @@ import functools
 import os
 import platform
 
-__all__ = ["keep_freed_memory", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
+__all__ = ["keep_freed_memory", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "USER_SETTINGS"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3     # glibc's <malloc.h>
 MMAP_THRESHOLD = 32 << 20    # blocks below this come from the heap: glibc's own ceiling for its adaptive one
 TRIM_THRESHOLD = 1 << 30     # free memory kept at the heap's top before any is handed back
-_USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES",
-                  "LD_PRELOAD")
+# The environment through which a user chose the allocator's settings: any of them set, nothing is changed.
+USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES", "LD_PRELOAD")
 
 
 @functools.cache
@@ -37,7 +37,7 @@ def keep_freed_memory() -> bool:
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    if any(os.environ.get(name) for name in _USER_SETTINGS):
+    if any(os.environ.get(name) for name in USER_SETTINGS):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from pipeline.allocator import USER_SETTINGS
+
 pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                                 reason="the thresholds are glibc's")
 
@@ -39,7 +41,6 @@ for _ in range(5):
     returned.append(held - rss_mb())
 print(kept, max(returned))
 """
-USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES", "LD_PRELOAD")
 
 
 def _steps(mode: str, **env) -> tuple[str, float]:

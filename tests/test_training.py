@@ -407,7 +407,9 @@ def test_runs_record_package_versions(tiny_cfg, folds_ready):
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_training_keeps_freed_memory_for_its_next_step_and_says_so(tiny_cfg, folds_ready, monkeypatch):
     """fit fixes glibc's thresholds (pipeline/allocator.py; its effect: tests/test_allocator.py) and records it."""
-    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES", "LD_PRELOAD"):
+    from pipeline.allocator import USER_SETTINGS
+
+    for name in USER_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     meta = pd.read_json(fit(tiny_cfg, 0, **QUIET).with_suffix(".json"), typ="series")
     assert meta["freed_memory_kept"] is True

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.tools.docs.commands import EXTRA_RUNS
+from pipeline.tools.docs.commands import BENCH_DEFAULTS_FIGURE, EXTRA_RUNS
 from pipeline.tools.docs.tables import minutes
 
 __all__ = ["blocks", "run_block", "score_block", "cv_block", "bench_block", "mutation_block", "extra_blocks"]
@@ -146,9 +146,6 @@ def extra_blocks(figures: Path) -> dict[str, str]:
     return blocks
 
 
-BENCH_DEFAULTS = "bench_allocator_defaults.json"   # python -m pipeline bench --allocator-defaults --out ...
-
-
 def _optional(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -159,7 +156,8 @@ def blocks(figures: Path) -> dict[str, str]:
     run = json.loads((figures / "run.json").read_text())
     found = {"run": run_block(run), "score": score_block(pd.read_csv(figures / "score.csv")),
              "cv": cv_block(pd.read_csv(figures / "cv.csv")),
-             "bench": bench_block(json.loads((figures / "bench.json").read_text()), _optional(figures / BENCH_DEFAULTS))}
+             "bench": bench_block(json.loads((figures / "bench.json").read_text()),
+                                  _optional(figures / BENCH_DEFAULTS_FIGURE))}
     if (figures / "mutation.json").is_file():   # written by `make mutation`
         found["mutation"] = mutation_block(json.loads((figures / "mutation.json").read_text()))
     return {**found, **extra_blocks(figures)}

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.machine import cpu_name
-from pipeline.tools.docs.commands import (BENCH_COMMAND, BENCH_DEFAULTS_COMMAND, DEMO_COMMAND, DEMO_FIGURES,
+from pipeline.tools.docs.commands import (BENCH_COMMAND, BENCH_DEFAULTS_COMMAND, BENCH_DEFAULTS_FIGURE,
+                                         DEMO_COMMAND, DEMO_FIGURES,
                                          EXTRA_RUNS, FIGURES,
                                          LEAK_BENCH_COMMAND, LEAK_EVAL_COMMAND, LEAK_SOURCES_COMMAND, STACK_COMMANDS,
                                          STACK_FIGURES)
@@ -37,8 +38,8 @@ def record_run(figures: Path = FIGURES, exp_dir: Path = Path("outputs/demo"), be
     seconds = {"demo": _timed(DEMO_COMMAND, log)}
     _wait_for_quiet(log)   # the training's load average decays slowly; the bench judges the load it sees
     seconds["bench"] = _timed(BENCH_COMMAND, log)
-    seconds["bench_defaults"] = _timed([sys.executable, *BENCH_DEFAULTS_COMMAND[1:-1],
-                                        str(figures / "bench_allocator_defaults.json")], log)
+    seconds["bench_defaults"] = _timed([sys.executable, *BENCH_DEFAULTS_COMMAND[1:],
+                                        "--out", str(figures / BENCH_DEFAULTS_FIGURE)], log)
     seconds["stack"] = round(sum(_timed(c, log) for c in STACK_COMMANDS), 1)
     record_extras(list(EXTRA_RUNS), figures, log)
     record_leak_eval(figures, log)
