@@ -320,9 +320,37 @@ def test_bench_smoke(tmp_path, demo_dir):
     assert set(saved) == {"meta", "train", "predict", "loader", "large", "training_efficiency",
                           "prediction_efficiency", "training_headline", "prediction_headline", "headline_variants",
                           "bound"}
-    assert {"bare", "disk", "cache", "cache_u8"} <= set(saved["train"])
+    assert {"bare", "disk", "cache", "cache_u8", "cache_u8_noaug"} <= set(saved["train"])
     assert saved["train"]["cache_u8"]["images_per_s"] > 0 and "peak_rss_mb" in saved["loader"]["cold_train"]
     assert result["training_efficiency"] == saved["training_efficiency"]
+
+
+@pytest.mark.slow
+def test_bench_measures_the_loop_without_augmentation_beside_the_default(tmp_path, demo_dir, monkeypatch):
+    """The no-augmentation variant trains on the same cache without augment.train; every other training
+    variant keeps the demo's augmentations: their difference is what the augmentations cost."""
+    from pipeline.tools import bench
+    from pipeline.tools.workloads import demo_augment
+
+    built = []
+
+    def spy(kind, paths, rows, targets, aug, train, decoded):
+        ds = real(kind, paths, rows, targets, aug, train, decoded)
+        if train and targets is not None:
+            built.append((kind, [type(t).__name__ for t in ds.transform.transforms]))
+        return ds
+
+    real = bench.bench_dataset
+    monkeypatch.setattr(bench, "bench_dataset", spy)
+    lines = []
+    bench.run_bench(tmp_path / "b.json", model="test_resnet", image_size=16, batch_size=8, steps=1, repeats=1,
+                    large_images=0, data_dir=demo_dir, threads=1, log=lines.append)
+    demo = {next(iter(step)) for step in demo_augment(16).train}          # Affine, RandomBrightnessContrast
+    train_phase = built[:6]                       # the training phase's six variants (one repeat)
+    augmented = [demo <= set(names) for _, names in train_phase]
+    assert augmented.count(False) == 1
+    assert not demo & set(train_phase[augmented.index(False)][1])
+    assert any(line.startswith("the augmentations take ") for text in lines for line in text.splitlines())
 
 
 def test_bench_headline_is_a_number_only_when_the_runs_agree():
@@ -338,3 +366,13 @@ def test_bench_headline_is_a_number_only_when_the_runs_agree():
     assert not above["reliable"] and "above 1" in above["why"]
     near = judge_efficiency([0.99, 1.01, 1.02], 0.1, 0.1, 2)               # within noise of the bare model
     assert near["reliable"] and near["headline"].startswith("1.00 (indistinguishable")
+
+
+def test_the_augmentation_line_is_the_gap_between_the_default_and_its_no_augmentation_twin():
+    from pipeline.tools.bench_report import _augmentation_line, noaug_variant
+
+    train = {"cache_u8": {"efficiency": 0.897}, "cache_u8_noaug": {"efficiency": 0.985}}
+    assert _augmentation_line(train, "cache_u8") == [
+        "the augmentations take 0.088 of the training efficiency: without them the loop runs at 0.985 of the bare model"]
+    assert noaug_variant("cache_u8_w8") == "cache_u8_noaug_w8"
+    assert _augmentation_line({"cache_u8": {"efficiency": 0.9}}, "cache_u8") == []   # a bench from before the row

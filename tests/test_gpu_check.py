@@ -345,10 +345,12 @@ def test_bench_beside_a_gpu_heads_with_the_auto_worker_variant(tmp_path, demo_di
     result = bench.run_bench(tmp_path / "b.json", model="test_resnet", image_size=16, batch_size=8, steps=2,
                              repeats=1, large_images=0, data_dir=demo_dir, workers=1, log=lines.append)
     assert result["headline_variants"] == {"train": "cache_u8_w1", "predict": "cache_u8_w1"}
-    assert set(result["train"]) == {"bare", "cache_u8", "disk_w1", "cache_u8_w1"}
+    assert set(result["train"]) == {"bare", "cache_u8", "disk_w1", "cache_u8_w1", "cache_u8_noaug_w1"}
+    assert result["train"]["cache_u8_noaug_w1"]["workers"] == 1 and not result["train"]["cache_u8_noaug_w1"]["augment"]
     assert result["train"]["cache_u8_w1"]["paired"] is False and result["predict"]["cache_u8_w1"]["workers"] == 1
     assert result["bound"]["loader_variant"] == "warm_train_u8_w1"
     assert result["training_headline"]["median"] == result["train"]["cache_u8_w1"]["efficiency"]
     table = next(line for line in lines if line.startswith("bench:"))
     assert "train  cache warm, uint8 + batch Normalize, 1 worker (default)" in table
+    assert "train  cache warm, uint8 + batch Normalize, 1 worker, no augmentation" in table
     assert bench_figures(result)["settings"]["loader_workers"] == 1

@@ -5,7 +5,8 @@
 1. training throughput of the real data path (images from disk or the decode cache, the
    oversampling + shuffling sampler, the demo's augmentations, `train.train_one_epoch`:
    forward, backward, optimizer step) against bare forward + backward + step on random
-   tensors already in memory. pipeline / bare = training efficiency.
+   tensors already in memory. pipeline / bare = training efficiency. The same loop without the
+   augmentations (`augment.train` emptied) shows what they cost and what the loop itself costs.
 2. TTA prediction throughput (images x views per second through `tta.predict_tta`)
    against bare forward passes of the same V x B batches in memory: prediction efficiency.
 3. the data loader alone (images/s): cold (PIL decode + the whole albumentations
@@ -125,7 +126,8 @@ def _train_phase(ctx, repeats: int, log) -> dict:
         mems["bare"].append(m)
         for name in rotated(variants, r):
             v = variants[name]
-            ds = bench_dataset(v.kind, ctx["paths"], rows, targets, ctx["aug"], True, ctx["decoded"])
+            aug = ctx["aug"] if v.augment else ctx["aug"].model_copy(update={"train": []})
+            ds = bench_dataset(v.kind, ctx["paths"], rows, targets, aug, True, ctx["decoded"])
             loader = make_loader(ds, bs, device, v.workers, shuffle=True, seed=r)
             if v.workers == 0:
                 loader = Paired(loader, twin_step, device)
@@ -140,7 +142,7 @@ def _train_phase(ctx, repeats: int, log) -> dict:
         out[name] = summary(times[name], mems[name], n, {
             "efficiency": round(median_of(effs[name]), 3), "efficiency_all": [round(e, 3) for e in effs[name]],
             "paired": v.workers == 0, "kind": v.kind, "workers": v.workers, "threads_set": v.threads,
-            "torch_threads": v.threads or torch.get_num_threads()})
+            "torch_threads": v.threads or torch.get_num_threads(), "augment": v.augment})
     ctx["net"] = net
     return out
 

@@ -10,7 +10,8 @@ prediction use by default on that device: no workers on the CPU, `train.num_work
 
 from __future__ import annotations
 
-__all__ = ["Variant", "train_variants", "predict_variants", "loader_variants", "headline_variant", "TARGETS",
+__all__ = ["Variant", "train_variants", "predict_variants", "loader_variants", "headline_variant", "noaug_variant",
+           "TARGETS",
            "expected_efficiency", "bound", "table"]
 
 from typing import NamedTuple
@@ -24,6 +25,7 @@ class Variant(NamedTuple):
     workers: int = 0           # DataLoader worker processes
     threads: int | None = None  # torch intra-op threads during the run (None: unchanged)
     train: bool = True         # loader variants: the training transform (else the evaluation one)
+    augment: bool = True       # training variants: False drops augment.train (what the loop itself costs)
 
 
 def train_variants(device_type: str, workers: int) -> dict[str, Variant]:
@@ -31,11 +33,13 @@ def train_variants(device_type: str, workers: int) -> dict[str, Variant]:
     threads; beside a GPU, the default (`workers` loader processes) against the main-process loader."""
     if device_type == "cpu":
         return {"disk": Variant("disk"), "cache": Variant("cache"), "cache_u8": Variant("u8"),
+                "cache_u8_noaug": Variant("u8", augment=False),
                 "cache_u8_w1": Variant("u8", 1), "cache_u8_w1_t1": Variant("u8", 1, 1)}
     out = {"cache_u8": Variant("u8")}
     if workers:
         out[f"disk_w{workers}"] = Variant("disk", workers)
         out[f"cache_u8_w{workers}"] = Variant("u8", workers)
+    out[f"cache_u8_noaug{f'_w{workers}' if workers else ''}"] = Variant("u8", workers, augment=False)
     return out
 
 
@@ -73,7 +77,7 @@ def _label(phase: str, name: str, d: dict, headline: str) -> str:
     """A measured variant's row label, from what the result records of it (kind, workers, threads)."""
     workers, threads = d["workers"], d.get("threads_set")
     extra = (f", {workers} worker{'s' if workers > 1 else ''}" if workers else "") + \
-        (f", {threads} thread" if threads else "")
+        (f", {threads} thread" if threads else "") + ("" if d.get("augment", True) else ", no augmentation")
     return f"{phase:<7}{_KIND_LABELS[d['kind']]}{extra}{' (default)' if name == headline else ''}"
 
 
@@ -137,6 +141,7 @@ def table(result: dict) -> str:
     for name, d in t.items():
         if name != "bare":
             row(_label("train", name, d, heads["train"]), d)
+    lines.extend(_augmentation_line(t, heads["train"]))
     row(f"TTA    bare forward ({len(p['views'])} views), in-memory", p["bare"])
     lines.append(f"TTA views: {'+'.join(p['views'])}; images/s below counts every view (images x views)")
     for name, d in p.items():
@@ -164,6 +169,20 @@ def table(result: dict) -> str:
         else:
             lines.append(f"headline: {phase} efficiency UNRELIABLE, {judged['why']}")
     return "\n".join(lines)
+
+
+def noaug_variant(headline: str) -> str:
+    """The training variant that differs from `headline` only by having no augmentation."""
+    return headline.replace("cache_u8", "cache_u8_noaug", 1)
+
+
+def _augmentation_line(train: dict, headline: str) -> list[str]:
+    """How much of the default training variant's efficiency its augmentations (augment.train) take."""
+    plain, bare_loop = train.get(headline), train.get(noaug_variant(headline))
+    if not plain or not bare_loop:
+        return []
+    return [f"the augmentations take {bare_loop['efficiency'] - plain['efficiency']:.3f} of the training "
+            f"efficiency: without them the loop runs at {bare_loop['efficiency']:.3f} of the bare model"]
 
 
 def _large_lines(lg: dict | None) -> list[str]:
