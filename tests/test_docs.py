@@ -245,3 +245,12 @@ def test_the_leak_tables_rows_come_from_the_eval_and_bench_files(tmp_path):
     bench = render_blocks(figures)["leak_bench"]
     assert "scans in 170 s, 250 s of CPU on 2 cores at load average 0.7 before it (1,300,000 candidate pairs, " \
            "600,000 of them aligned, 9,000 flagged, 8,500 of them planted copies)" in bench
+
+
+def test_the_bench_table_warns_when_the_bare_models_pace_moved_between_repeats():
+    from pipeline.tools.docs.demo_blocks import _pace_note
+
+    assert _pace_note([848.0, 1203.5, 876.0, 860.0, 1205.0])[1].startswith(
+        "The bare model itself ran at 848 to 1,205 images/s from one repeat to the next")
+    assert _pace_note([1180.0, 1200.0, 1210.0]) == []     # within 15 %: the images/s column compares like with like
+    assert _pace_note([]) == []                           # a bench file from before the rates were kept

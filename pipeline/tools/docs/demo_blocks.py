@@ -88,6 +88,7 @@ def bench_block(bench: dict, defaults: dict | None = None) -> str:
     lo = bench["loader"]
     lines.append(f"| loader alone, training transform: cold (decode) / warm (cache) | "
                  f"{lo['cold_train']['images_per_s']:.0f} / {lo['warm_train_u8']['images_per_s']:.0f} | | |")
+    lines += _pace_note(bench["train"]["bare"].get("images_per_s_all", []))
     if defaults is not None:
         lines += ["", f"Allocator: {m.get('allocator', 'C library defaults')} (`pipeline/allocator.py`). With the C "
                   f"library's defaults instead (`--allocator-defaults`, load average {defaults['meta']['load_before']}"
@@ -106,6 +107,16 @@ def bench_block(bench: dict, defaults: dict | None = None) -> str:
                   f"the cache saves about {lg['saved_s_per_epoch_at_18900_images']:.0f} s per epoch and takes "
                   f"{lg['cache_gb_at_18900_images']:.1f} GB of disk."]
     return "\n".join(lines) + "\n"
+
+
+def _pace_note(bare_rates: list[float], spread: float = 1.15) -> list[str]:
+    """A warning when the bare model's own pace moved between repeats (a shared machine): the images/s column
+    then compares runs made at different speeds, while each efficiency pairs its steps with bare ones."""
+    if not bare_rates or max(bare_rates) < spread * min(bare_rates):
+        return []
+    return ["", f"The bare model itself ran at {min(bare_rates):,.0f} to {max(bare_rates):,.0f} images/s from one "
+            f"repeat to the next (other work on a shared machine): each images/s is the median of runs made at "
+            f"different speeds, while each efficiency pairs every step with a bare one, so compare efficiencies."]
 
 
 def mutation_block(scores: dict) -> str:
