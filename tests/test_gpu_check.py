@@ -114,7 +114,7 @@ def test_a_check_out_of_time_or_broken_fails_keeping_its_figures_and_the_others_
     fake_gpu(bench=slow, parallel=broken)
     result = gpu_check.run_gpu_check(tmp_path / "g.json", log=lambda *_: None)
     by_name = {c["name"]: c for c in result["checks"]}
-    assert not by_name["bench"]["passed"] and by_name["bench"]["why"].startswith("out of time (100 s)")
+    assert not by_name["bench"]["passed"] and by_name["bench"]["why"].startswith(f"out of time ({gpu_check.CHECKS['bench'].limit_s:.0f} s)")
     assert by_name["bench"]["figures"] == {"demo": {"error": "partial"}}
     assert not by_name["parallel"]["passed"] and "KeyError" in by_name["parallel"]["why"]
     assert by_name["resume"]["passed"] and not result["passed"]
@@ -150,6 +150,9 @@ def test_bench_verdict():
     low = GPU_EFFICIENCY_FLOOR - 0.05
     passed, why = judge_bench(_figures("bench", photos__training_efficiency=low))
     assert not passed and "training efficiency" in why and "the model, not the loader" in why
+    passed, why = judge_bench(_figures("bench", photos__training_efficiency=low,
+                                       photos__training_efficiency_without_augmentation=0.97))
+    assert not passed and why.endswith("(without the augmentations 0.970)")   # the loop or the augmentations?
     assert judge_bench(_figures("bench", photos__training_efficiency=low, photos__bound="the loader"))[0]
     assert not judge_bench(_figures("bench", photos__prediction_efficiency=low, photos__bound="the loader"))[0]
     passed, why = judge_bench(_figures("bench", photos__prediction_reliable=False))
@@ -354,3 +357,11 @@ def test_bench_beside_a_gpu_heads_with_the_auto_worker_variant(tmp_path, demo_di
     assert "train  cache warm, uint8 + batch Normalize, 1 worker (default)" in table
     assert "train  cache warm, uint8 + batch Normalize, 1 worker, no augmentation" in table
     assert bench_figures(result)["settings"]["loader_workers"] == 1
+    assert bench_figures(result)["training_efficiency_without_augmentation"] == \
+        result["train"]["cache_u8_noaug_w1"]["efficiency"]
+
+
+def test_the_bench_row_shows_training_without_augmentation_where_the_bench_measured_it():
+    assert "train 0.97 (0.99 without aug.) / predict 0.96" in describe(
+        "bench", _figures("bench", photos__training_efficiency_without_augmentation=0.99))
+    assert "train 0.97 / predict 0.96" in describe("bench", _figures("bench"))    # a bench without the row

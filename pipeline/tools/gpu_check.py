@@ -49,10 +49,10 @@ class Check(NamedTuple):
     judge: Callable[[dict], tuple[bool, str]]
 
 
-# The limits add up to 7 min 20 s; a run that reaches its limit is killed and its check fails. The amp
+# The limits add up to 7 min 30 s; a run that reaches its limit is killed and its check fails. The amp
 # check has the most: torch.compile compiles in each of the five fold processes (training and eval modes).
 CHECKS = {
-    "bench": Check(100, "make bench on the GPU: demo 32 px and photos 224 px bf16", "run_bench_check", judge_bench),
+    "bench": Check(110, "make bench on the GPU: demo 32 px and photos 224 px bf16", "run_bench_check", judge_bench),
     "amp": Check(240, "the demo end to end: fp32, bf16, fp16, compile", "run_amp_check", judge_amp),
     "parallel": Check(50, "two folds at once on one GPU: make -j2 GPUS=, Dask", "run_parallel_check", judge_parallel),
     "resume": Check(50, "a fold SIGKILLed mid-epoch resumes to the same weights", "run_resume_check", judge_resume),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from pipeline.tools.bench_report import noaug_variant
+
 __all__ = ["GPU_EFFICIENCY_FLOOR", "OOF_TOLERANCE", "FOLD_OOF_TOLERANCE", "AMP_VARIANTS", "bench_figures", "judge_bench", "judge_amp",
            "judge_parallel", "judge_resume", "describe"]
 
@@ -35,6 +37,8 @@ def bench_figures(result: dict) -> dict:
             "prediction_efficiency": result["prediction_headline"]["median"],
             "prediction_reliable": result["prediction_headline"]["reliable"],
             "train_images_per_s": result["train"][heads["train"]]["images_per_s"],
+            "training_efficiency_without_augmentation":
+                result["train"].get(noaug_variant(heads["train"]), {}).get("efficiency"),
             "bare_images_per_s": bound["bare_images_per_s"], "loader_images_per_s": bound["loader_images_per_s"],
             "bound": bound["by"], "gpu_peak_mb": result.get("gpu_peak_mb"),
             "settings": {k: result["meta"][k] for k in ("model", "image_size", "batch_size", "amp", "channels_last",
@@ -55,8 +59,10 @@ def judge_bench(figures: dict) -> tuple[bool, str]:
         if not photos[f"{phase}_reliable"]:
             problems.append(f"photos {phase} efficiency unreliable (its runs disagree, median {eff:.3f})")
         elif eff < GPU_EFFICIENCY_FLOOR and not (phase == "training" and photos["bound"] == "the loader"):
+            loop = photos.get("training_efficiency_without_augmentation") if phase == "training" else None
             problems.append(f"photos {phase} efficiency {eff:.3f} < {GPU_EFFICIENCY_FLOOR} while the model, not "
-                            "the loader, sets the pace: the loop around the model costs the time")
+                            "the loader, sets the pace: the loop around the model costs the time"
+                            + (f" (without the augmentations {loop:.3f})" if loop is not None else ""))
     if problems:
         return False, "; ".join(problems)
     return True, (f"photos: training {photos['training_efficiency']:.3f}, prediction "
@@ -162,8 +168,10 @@ def _describe_bench(f: dict) -> str:
         if "error" in r or "training_efficiency" not in r:
             continue
         s = r["settings"]
+        loop = r.get("training_efficiency_without_augmentation")
         parts.append(f"{run} {s['model']} {s['image_size']}px: {r['train_images_per_s']:.0f} img/s, train "
-                     f"{r['training_efficiency']:.2f} / predict {r['prediction_efficiency']:.2f}, bound by "
+                     f"{r['training_efficiency']:.2f}{f' ({loop:.2f} without aug.)' if loop is not None else ''} / "
+                     f"predict {r['prediction_efficiency']:.2f}, bound by "
                      f"{r['bound']}, {r['gpu_peak_mb'] or 0:.0f} MB GPU")
     return "; ".join(parts)
 
