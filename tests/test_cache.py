@@ -319,7 +319,7 @@ def test_bench_smoke(tmp_path, demo_dir):
     saved = json.loads(out.read_text())
     assert set(saved) == {"meta", "train", "predict", "loader", "large", "training_efficiency",
                           "prediction_efficiency", "training_headline", "prediction_headline", "headline_variants",
-                          "bound"}
+                          "bound", "augment"}
     assert {"bare", "disk", "cache", "cache_u8", "cache_u8_noaug"} <= set(saved["train"])
     assert saved["train"]["cache_u8"]["images_per_s"] > 0 and "peak_rss_mb" in saved["loader"]["cold_train"]
     assert result["training_efficiency"] == saved["training_efficiency"]
@@ -376,3 +376,30 @@ def test_the_augmentation_line_is_the_gap_between_the_default_and_its_no_augment
         "the augmentations take 0.088 of the training efficiency: without them the loop runs at 0.985 of the bare model"]
     assert noaug_variant("cache_u8_w8") == "cache_u8_noaug_w8"
     assert _augmentation_line({"cache_u8": {"efficiency": 0.9}}, "cache_u8") == []   # a bench from before the row
+
+
+def test_the_bench_times_each_augmentation_alone_at_its_configured_p():
+    from types import SimpleNamespace
+
+    from pipeline.tools.bench import _augment_phase
+
+    images = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    aug = AugmentConfig(image_size=16, train=[{"Affine": {"rotate": [-10, 10], "p": 1.0}},
+                                              {"Affine": {"rotate": [-10, 10], "p": 0.0}}, "HorizontalFlip"])
+    out = _augment_phase({"decoded": SimpleNamespace(array=images), "aug": aug, "image_size": 16}, repeats=2)
+    assert (out["images"], out["size"]) == (40, 16)
+    assert [(s["name"], s["p"]) for s in out["steps"]] == [("Affine", 1.0), ("Affine", 0.0), ("HorizontalFlip", 0.5)]
+    always, never = out["steps"][0]["us_per_image"], out["steps"][1]["us_per_image"]
+    assert always > 3 * never      # the same transform, drawn every time against never: timed alone, each at its p
+
+
+def test_the_augmentation_cost_line_sets_each_step_against_the_bare_models_time_per_image():
+    from pipeline.tools.bench_report import augment_cost_lines
+
+    augment = {"images": 256, "size": 32, "all_us_per_image": 66.4,
+               "steps": [{"name": "Affine", "p": 0.7, "us_per_image": 58.2},
+                         {"name": "RandomBrightnessContrast", "p": 0.3, "us_per_image": 5.8}]}
+    assert augment_cost_lines(augment, 1250.0) == [
+        "augment.train per image, each alone at its p (256 images at 32 px): Affine 58 us (p 0.7), "
+        "RandomBrightnessContrast 6 us (p 0.3); all 66 us, against 800 us of the bare model's step"]
+    assert augment_cost_lines(None, 1250.0) == [] and augment_cost_lines({**augment, "steps": []}, 1250.0) == []

@@ -254,3 +254,15 @@ def test_the_bench_table_warns_when_the_bare_models_pace_moved_between_repeats()
         "The bare model itself ran at 848 to 1,205 images/s from one repeat to the next")
     assert _pace_note([1180.0, 1200.0, 1210.0]) == []     # within 15 %: the images/s column compares like with like
     assert _pace_note([]) == []                           # a bench file from before the rates were kept
+
+
+def test_the_bench_block_carries_each_augmentations_cost_when_the_bench_measured_it():
+    from pipeline.tools.docs.demo_blocks import bench_block
+
+    bench = json.loads((REPO / "docs" / "figures" / "bench.json").read_text())
+    bench.pop("augment", None)
+    assert "augment.train per image" not in bench_block(bench)             # a bench from before the line
+    bench["augment"] = {"images": 256, "size": 32, "all_us_per_image": 66.4,
+                        "steps": [{"name": "Affine", "p": 0.7, "us_per_image": 58.2}]}
+    assert "augment.train per image, each alone at its p (256 images at 32 px): Affine 58 us (p 0.7)" in \
+        bench_block(bench)

@@ -6,7 +6,8 @@
    oversampling + shuffling sampler, the demo's augmentations, `train.train_one_epoch`:
    forward, backward, optimizer step) against bare forward + backward + step on random
    tensors already in memory. pipeline / bare = training efficiency. The same loop without the
-   augmentations (`augment.train` emptied) shows what they cost and what the loop itself costs.
+   augmentations (`augment.train` emptied) shows what they cost and what the loop itself costs;
+   each augmentation's own time per image, alone, says which of them it is.
 2. TTA prediction throughput (images x views per second through `tta.predict_tta`)
    against bare forward passes of the same V x B batches in memory: prediction efficiency.
 3. the data loader alone (images/s): cold (PIL decode + the whole albumentations
@@ -43,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import albumentations as A
 import numpy as np
 import torch
 
@@ -222,6 +224,30 @@ def _loader_phase(ctx, repeats: int, log) -> dict:
             for name, v in variants.items()}
 
 
+def _augment_phase(ctx, repeats: int, n_images: int = 256) -> dict:
+    """Each `augment.train` step's own time per image, alone and at its configured p (best of `repeats`), on
+    the decode cache's images: which augmentation costs what, beside the bare model's time per image."""
+    from pipeline.data.cache import cached_transform
+
+    images = np.array(ctx["decoded"].array[:n_images])
+    steps = cached_transform(ctx["aug"], train=True, normalize=False).transforms
+
+    def per_image_us(transform) -> float:
+        transform.set_random_seed(0)
+        best = float("inf")
+        for _ in range(repeats):
+            tick = time.perf_counter()
+            for image in images:
+                transform(image=image)
+            best = min(best, time.perf_counter() - tick)
+        return round(best / len(images) * 1e6, 1)
+
+    return {"images": len(images), "size": ctx["image_size"],
+            "steps": [{"name": type(t).__name__, "p": t.p, "us_per_image": per_image_us(A.Compose([t]))}
+                      for t in steps],
+            "all_us_per_image": per_image_us(A.Compose(list(steps)))}
+
+
 def _large_phase(ctx, tmp: Path, n_images: int, size: int, repeats: int, log) -> dict:
     from pipeline.data.cache import geometry_transform
 
@@ -368,6 +394,7 @@ def _run_bench(out_json, dev, model, image_size, batch_size, n_images, steps, re
         result["predict"] = _predict_phase(ctx, repeats, log)
         result["loader"] = _loader_phase(ctx, repeats, log)
         result["loader"]["cache_build"] = ctx["cache_build"]
+        result["augment"] = _augment_phase(ctx, repeats)
         expected_efficiency(result)
         result["bound"] = bound(result)
         if large_images:

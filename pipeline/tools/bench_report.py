@@ -11,7 +11,7 @@ prediction use by default on that device: no workers on the CPU, `train.num_work
 from __future__ import annotations
 
 __all__ = ["Variant", "train_variants", "predict_variants", "loader_variants", "headline_variant", "noaug_variant",
-           "TARGETS",
+           "augment_cost_lines", "TARGETS",
            "expected_efficiency", "bound", "table"]
 
 from typing import NamedTuple
@@ -142,6 +142,7 @@ def table(result: dict) -> str:
         if name != "bare":
             row(_label("train", name, d, heads["train"]), d)
     lines.extend(_augmentation_line(t, heads["train"]))
+    lines.extend(augment_cost_lines(result.get("augment"), t["bare"]["images_per_s"]))
     row(f"TTA    bare forward ({len(p['views'])} views), in-memory", p["bare"])
     lines.append(f"TTA views: {'+'.join(p['views'])}; images/s below counts every view (images x views)")
     for name, d in p.items():
@@ -183,6 +184,16 @@ def _augmentation_line(train: dict, headline: str) -> list[str]:
         return []
     return [f"the augmentations take {bare_loop['efficiency'] - plain['efficiency']:.3f} of the training "
             f"efficiency: without them the loop runs at {bare_loop['efficiency']:.3f} of the bare model"]
+
+
+def augment_cost_lines(augment: dict | None, bare_images_per_s: float) -> list[str]:
+    """Each augmentation's own time per image (alone, at its p) against the bare model's time per image."""
+    if not augment or not augment["steps"]:
+        return []
+    steps = ", ".join(f"{s['name']} {s['us_per_image']:.0f} us (p {s['p']:g})" for s in augment["steps"])
+    return [f"augment.train per image, each alone at its p ({augment['images']} images at {augment['size']} px): "
+            f"{steps}; all {augment['all_us_per_image']:.0f} us, against {1e6 / bare_images_per_s:.0f} us of the "
+            f"bare model's step"]
 
 
 def _large_lines(lg: dict | None) -> list[str]:

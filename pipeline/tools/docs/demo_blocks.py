@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.tools.bench_report import augment_cost_lines
 from pipeline.tools.docs.commands import BENCH_DEFAULTS_FIGURE, EXTRA_RUNS
 from pipeline.tools.docs.tables import minutes
 
@@ -89,6 +90,8 @@ def bench_block(bench: dict, defaults: dict | None = None) -> str:
     lines.append(f"| loader alone, training transform: cold (decode) / warm (cache) | "
                  f"{lo['cold_train']['images_per_s']:.0f} / {lo['warm_train_u8']['images_per_s']:.0f} | | |")
     lines += _pace_note(bench["train"]["bare"].get("images_per_s_all", []))
+    lines += [""] + augment_cost_lines(bench["augment"], bench["train"]["bare"]["images_per_s"]) \
+        if bench.get("augment") else []
     if defaults is not None:
         lines += ["", f"Allocator: {m.get('allocator', 'C library defaults')} (`pipeline/allocator.py`). With the C "
                   f"library's defaults instead (`--allocator-defaults`, load average {defaults['meta']['load_before']}"
