@@ -60,6 +60,7 @@ _BENCH_ROWS = [("train", "bare", "train: bare forward + backward + step, in memo
                ("train", "cache_u8_noaug", "train: the same without augmentation (what the loop itself costs)"),
                ("train", "cache_u8_w1", "train: the same with 1 DataLoader worker"),
                ("predict", "bare", "TTA: bare forward passes (images × views)"),
+               ("predict", "memory", "TTA: the views alone, on batches already in memory (their own cost)"),
                ("predict", "disk", "TTA: decode + transform (`data.cache: false`)"),
                ("predict", "cache_u8", "**TTA: cache, uint8 + batch normalise (default)**")]
 
