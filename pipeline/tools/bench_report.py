@@ -6,6 +6,7 @@ epoch, `data.cache: false`; 'cache': the decode cache with albumentations' per-i
 the cache with uint8 batches normalised on the device, what training does with the cache), the
 DataLoader workers, and torch's threads during the run. The headline variant is the one training and
 prediction use by default on that device: no workers on the CPU, `train.num_workers: auto` beside a GPU.
+Its twin without augmentation (`noaug_variant`) separates what the loop costs from what `augment.train` does.
 """
 
 from __future__ import annotations
