@@ -294,6 +294,20 @@ def test_a_batch_read_at_once_equals_its_items_read_one_by_one(images, tmp_path)
             np.testing.assert_array_equal(together[0][0], decoded[rows[items[0]]])
 
 
+def test_prediction_items_skip_the_empty_transform_and_training_items_go_through_theirs(images, tmp_path,
+                                                                                       monkeypatch):
+    aug = AugmentConfig(image_size=24, train=[{"HorizontalFlip": {"p": 0.5}}])
+    decoded = build_cache(images, 24, None, tmp_path / "cache")
+    calls = []
+    real = A.Compose.__call__
+    monkeypatch.setattr(A.Compose, "__call__", lambda self, *a, **k: calls.append(len(self.transforms))
+                        or real(self, *a, **k))
+    for train in (False, True):
+        ds = CachedImageDataset(decoded, [0, 1, 2], None, cached_transform(aug, train, normalize=False))
+        ds[0], ds.__getitems__([1, 2])
+    assert calls == [1, 1, 1]      # prediction's empty Compose never called; training's for each of 3 items
+
+
 def test_device_flip():
     x = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).view(2, 3, 2, 4)
     assert torch.equal(DeviceFlip(1.0)(x), x.flip(3))

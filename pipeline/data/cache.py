@@ -318,16 +318,19 @@ class CachedImageDataset(torch.utils.data.Dataset):
         if n and (self.indices.min() < 0 or self.indices.max() >= len(decoded)):
             raise IndexError(f"CachedImageDataset: indices outside the cache's {len(decoded)} images")
         self.transform = transform
-        # Prediction's uint8 items need nothing done (an empty Compose): skip its per-image call (~8 us a call,
-        # a tenth of a bf16 forward pass per image at 32 px).
-        self._pass_through = isinstance(transform, A.Compose) and not transform.transforms
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    def _transforms_items(self) -> bool:
+        # Prediction's uint8 items need nothing done (an empty Compose): skip its per-image call (~8 us a call,
+        # a tenth of a bf16 forward pass per image at 32 px).
+        t = self.transform
+        return t is not None and not (isinstance(t, A.Compose) and not t.transforms)
+
     def __getitem__(self, i: int):
         image = np.array(self.decoded.array[self.indices[i]])   # a writable copy out of the map
-        if self.transform is not None and not self._pass_through:
+        if self._transforms_items():
             image = self.transform(image=image)["image"]
         return image, int(self.targets[i])
 
@@ -336,7 +339,7 @@ class CachedImageDataset(torch.utils.data.Dataset):
         then each image's transform in the batch's order, as item-by-item reads would do."""
         items = np.asarray(items, dtype=np.int64)
         images = self.decoded.array[self.indices[items]]       # fancy indexing: a writable copy
-        if self.transform is not None and not self._pass_through:
+        if self._transforms_items():
             images = [self.transform(image=image)["image"] for image in images]
         return list(zip(images, self.targets[items].tolist()))
 
