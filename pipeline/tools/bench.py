@@ -227,10 +227,10 @@ def _loader_phase(ctx, repeats: int, log) -> dict:
 def _augment_phase(ctx, repeats: int, n_images: int = 256) -> dict:
     """Each `augment.train` step's own time per image, alone and at its configured p (best of `repeats`), on
     the decode cache's images: which augmentation costs what, beside the bare model's time per image."""
-    from pipeline.data.cache import cached_transform
+    from pipeline.data.transforms import finishing_steps
 
     images = np.array(ctx["decoded"].array[:n_images])
-    steps = cached_transform(ctx["aug"], train=True, normalize=False).transforms
+    steps = finishing_steps(ctx["aug"], train=True, normalize=False)     # what follows the cache: augment.train
 
     def per_image_us(transform) -> float:
         transform.set_random_seed(0)
@@ -245,7 +245,7 @@ def _augment_phase(ctx, repeats: int, n_images: int = 256) -> dict:
     return {"images": len(images), "size": ctx["image_size"],
             "steps": [{"name": type(t).__name__, "p": t.p, "us_per_image": per_image_us(A.Compose([t]))}
                       for t in steps],
-            "all_us_per_image": per_image_us(A.Compose(list(steps)))}
+            "all_us_per_image": per_image_us(A.Compose(steps))}
 
 
 def _large_phase(ctx, tmp: Path, n_images: int, size: int, repeats: int, log) -> dict:

@@ -33,14 +33,23 @@ def train_variants(device_type: str, workers: int) -> dict[str, Variant]:
     """The training variants: on the CPU, the data paths and what a worker costs beside the model's
     threads; beside a GPU, the default (`workers` loader processes) against the main-process loader."""
     if device_type == "cpu":
-        return {"disk": Variant("disk"), "cache": Variant("cache"), "cache_u8": Variant("u8"),
-                "cache_u8_noaug": Variant("u8", augment=False),
-                "cache_u8_w1": Variant("u8", 1), "cache_u8_w1_t1": Variant("u8", 1, 1)}
-    out = {"cache_u8": Variant("u8")}
-    if workers:
-        out[f"disk_w{workers}"] = Variant("disk", workers)
-        out[f"cache_u8_w{workers}"] = Variant("u8", workers)
-    out[f"cache_u8_noaug{f'_w{workers}' if workers else ''}"] = Variant("u8", workers, augment=False)
+        out = {"disk": Variant("disk"), "cache": Variant("cache"), "cache_u8": Variant("u8"),
+               "cache_u8_w1": Variant("u8", 1), "cache_u8_w1_t1": Variant("u8", 1, 1)}
+    else:
+        out = {"cache_u8": Variant("u8")}
+        if workers:
+            out[f"disk_w{workers}"] = Variant("disk", workers)
+            out[f"cache_u8_w{workers}"] = Variant("u8", workers)
+    return _with_noaug_twin(out, headline_variant(device_type, workers))
+
+
+def _with_noaug_twin(variants: dict[str, Variant], headline: str) -> dict[str, Variant]:
+    """`variants` with the headline's twin without augmentation right after it (its row follows the default's)."""
+    out = {}
+    for name, v in variants.items():
+        out[name] = v
+        if name == headline:
+            out[noaug_variant(name)] = v._replace(augment=False)
     return out
 
 

@@ -91,8 +91,9 @@ def bench_block(bench: dict, defaults: dict | None = None) -> str:
     lines.append(f"| loader alone, training transform: cold (decode) / warm (cache) | "
                  f"{lo['cold_train']['images_per_s']:.0f} / {lo['warm_train_u8']['images_per_s']:.0f} | | |")
     lines += _pace_note(bench["train"]["bare"].get("images_per_s_all", []))
-    lines += [""] + augment_cost_lines(bench["augment"], bench["train"]["bare"]["images_per_s"]) \
-        if bench.get("augment") else []
+    costs = augment_cost_lines(bench.get("augment"), bench["train"]["bare"]["images_per_s"])   # [] before the line
+    if costs:
+        lines += ["", *costs]
     if defaults is not None:
         lines += ["", f"Allocator: {m.get('allocator', 'C library defaults')} (`pipeline/allocator.py`). With the C "
                   f"library's defaults instead (`--allocator-defaults`, load average {defaults['meta']['load_before']}"
