@@ -343,6 +343,7 @@ def test_bench_smoke(tmp_path, demo_dir):
 def test_bench_measures_the_loop_without_augmentation_beside_the_default(tmp_path, demo_dir, monkeypatch):
     """The no-augmentation variant trains on the same cache without augment.train; every other training
     variant keeps the demo's augmentations: their difference is what the augmentations cost."""
+    from pipeline.data.transforms import transform_name
     from pipeline.tools import bench
     from pipeline.tools.workloads import demo_augment
 
@@ -351,7 +352,7 @@ def test_bench_measures_the_loop_without_augmentation_beside_the_default(tmp_pat
     def spy(kind, paths, rows, targets, aug, train, decoded):
         ds = real(kind, paths, rows, targets, aug, train, decoded)
         if train and targets is not None:
-            built.append((kind, [type(t).__name__ for t in ds.transform.transforms]))
+            built.append((kind, [transform_name(t) for t in ds.transform.transforms]))
         return ds
 
     real = bench.bench_dataset

@@ -16,8 +16,9 @@ from PIL import Image
 
 from pipeline.config import AugmentConfig, ConfigError
 from pipeline.data.bit_depth import REFUSE, Scaling, is_high_bit_depth, to_uint8
+from pipeline.data.image_affine import ImageAffine
 
-__all__ = ["ImageDataset", "build_transform", "geometry_steps", "finishing_steps", "load_rgb"]
+__all__ = ["ImageDataset", "build_transform", "geometry_steps", "finishing_steps", "load_rgb", "transform_name"]
 
 
 def load_rgb(path: str, scaling: Scaling = REFUSE) -> np.ndarray:
@@ -28,6 +29,10 @@ def load_rgb(path: str, scaling: Scaling = REFUSE) -> np.ndarray:
             gray = to_uint8(np.asarray(img), img.mode, scaling, path)
             return np.repeat(gray[:, :, None], 3, axis=2)
         return np.asarray(img.convert("RGB"))
+
+
+# Drop-in replacements that give the same pixels for image-only calls, faster (pipeline/data/image_affine.py).
+_IMAGE_ONLY = {A.Affine: ImageAffine}
 
 
 def _user_transforms(specs: list, key: str) -> list:
@@ -48,6 +53,7 @@ def _user_transforms(specs: list, key: str) -> list:
         if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
             raise ConfigError(f"{where}: '{name}' is not an albumentations transform "
                               "(names are case-sensitive, e.g. HorizontalFlip, Affine, RandomBrightnessContrast)")
+        cls = _IMAGE_ONLY.get(cls, cls)
         if params is not None and not isinstance(params, dict):
             raise ConfigError(f"{where}: the parameters of {name} must be a mapping {{param: value}}, got {params!r}")
         try:
@@ -57,6 +63,12 @@ def _user_transforms(specs: list, key: str) -> list:
             first = re.sub(r"\s*For further information visit \S+", "", " ".join(str(exc).split()))[:300]
             raise ConfigError(f"{where}: invalid parameters for {name}: {first}. Valid parameters: {valid}") from None
     return out
+
+
+def transform_name(transform) -> str:
+    """The albumentations name of a built step, as a config writes it: a drop-in replacement's own
+    (`ImageAffine`) is the class it stands in for (`Affine`)."""
+    return next(c.__name__ for c in type(transform).__mro__ if c.__module__.startswith("albumentations."))
 
 
 def geometry_steps(size: int, crop=None) -> list:

@@ -227,7 +227,7 @@ def _loader_phase(ctx, repeats: int, log) -> dict:
 def _augment_phase(ctx, repeats: int, n_images: int = 256) -> dict:
     """Each `augment.train` step's own time per image, alone and at its configured p (best of `repeats`), on
     the decode cache's images: which augmentation costs what, beside the bare model's time per image."""
-    from pipeline.data.transforms import finishing_steps
+    from pipeline.data.transforms import finishing_steps, transform_name
 
     images = np.array(ctx["decoded"].array[:n_images])
     steps = finishing_steps(ctx["aug"], train=True, normalize=False)     # what follows the cache: augment.train
@@ -243,7 +243,7 @@ def _augment_phase(ctx, repeats: int, n_images: int = 256) -> dict:
         return round(best / len(images) * 1e6, 1)
 
     return {"images": len(images), "size": ctx["image_size"],
-            "steps": [{"name": type(t).__name__, "p": t.p, "us_per_image": per_image_us(A.Compose([t]))}
+            "steps": [{"name": transform_name(t), "p": t.p, "us_per_image": per_image_us(A.Compose([t]))}
                       for t in steps],
             "all_us_per_image": per_image_us(A.Compose(steps))}
 
