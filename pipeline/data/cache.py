@@ -56,6 +56,7 @@ import PIL
 import torch
 
 from pipeline.config import AugmentConfig
+from pipeline.data.batches import StackedSamples
 from pipeline.data.bit_depth import REFUSE, Scaling, scaling_for
 from pipeline.data.transforms import ImageDataset, build_transform, finishing_steps, geometry_steps, load_rgb
 from pipeline.device import usable_cpus
@@ -336,12 +337,17 @@ class CachedImageDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, items: list[int]) -> list[tuple]:
         """A batch's items (the DataLoader asks for them together): one read of the map for all of them,
-        then each image's transform in the batch's order, as item-by-item reads would do."""
+        then each image's transform in the batch's order, as item-by-item reads would do. Arrays come back
+        already stacked (`StackedSamples`, for `collate_samples`)."""
         items = np.asarray(items, dtype=np.int64)
         images = self.decoded.array[self.indices[items]]       # fancy indexing: a writable copy
-        if self._transforms_items():
-            images = [self.transform(image=image)["image"] for image in images]
-        return list(zip(images, self.targets[items].tolist()))
+        targets = self.targets[items]
+        if not self._transforms_items():
+            return StackedSamples(images, targets)
+        images = [self.transform(image=image)["image"] for image in images]
+        if all(isinstance(image, np.ndarray) for image in images):    # uint8 items (no per-image Normalize)
+            return StackedSamples(np.stack(images), targets)
+        return list(zip(images, targets.tolist()))
 
 
 class BatchNormalize(torch.nn.Module):

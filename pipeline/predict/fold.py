@@ -11,6 +11,7 @@ import torch
 
 from pipeline.allocator import keep_freed_memory
 from pipeline.config import Config
+from pipeline.data.batches import image_loader
 from pipeline.data.bit_depth import scaling_for
 from pipeline.data.cache import BatchNormalize, decoded_for, make_dataset
 from pipeline.data.tables import load_fold_table, read_test_table
@@ -66,9 +67,7 @@ def _checkpoint_paths(cfg: Config, fold: int, names: list[str]) -> dict[str, Pat
 
 def _predict_images(model, dataset, normalize, views, cfg: Config, device, per_view: bool):
     """TTA probabilities for a dataset's images: (merged (N, C), per-view (V, N, C) or None)."""
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.tta.batch_size, num_workers=loader_workers(cfg.train.num_workers, device),
-        pin_memory=device.type == "cuda")
+    loader = image_loader(dataset, cfg.tta.batch_size, device, loader_workers(cfg.train.num_workers, device))
     merged, each = [], []
     for images, _ in loader:
         images = normalize(images.to(device, non_blocking=True))   # uint8 cache batches → floats

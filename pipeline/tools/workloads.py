@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.config import AugmentConfig, load_config
+from pipeline.data.batches import image_loader
 from pipeline.data.cache import CachedImageDataset, cached_transform, make_dataset
 from pipeline.data.tables import read_train_table
 from pipeline.tools.measure import sync
@@ -99,13 +100,9 @@ def training_rows(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 
 def make_loader(dataset, batch_size: int, device, workers: int, shuffle: bool, seed: int = 0):
-    """A DataLoader set up as training's: seeded shuffling and workers, pinned memory on CUDA."""
-    from pipeline.device import seed_worker
-
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed),
-        worker_init_fn=seed_worker if workers else None, persistent_workers=False)
+    """A DataLoader set up as training's (`data.batches.image_loader`), shuffled from `seed`."""
+    return image_loader(dataset, batch_size, device, workers, shuffle=shuffle,
+                        generator=torch.Generator().manual_seed(seed))
 
 
 def bench_dataset(kind: str, paths, rows, targets, aug, train: bool, decoded):

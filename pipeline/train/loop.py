@@ -32,8 +32,9 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from pipeline.allocator import keep_freed_memory
 from pipeline.config import Config
 from pipeline.stamps import package_versions
-from pipeline.device import amp_name, loader_workers, resolve_amp, resolve_channels_last, resolve_device, seed_worker
+from pipeline.device import amp_name, loader_workers, resolve_amp, resolve_channels_last, resolve_device
 from pipeline.data.manifest import train_fingerprint
+from pipeline.data.batches import image_loader
 from pipeline.data.bit_depth import scaling_for
 from pipeline.data.cache import BatchNormalize, DecodedImages, DeviceFlip, decoded_for, make_dataset
 from pipeline.fileio import atomic_path, file_sha256, write_csv_atomic
@@ -60,11 +61,9 @@ def _loader(dataset, cfg: Config, device, shuffle=False, sampler=None, generator
             persistent=False):
     # The training loader is rebuilt every epoch (fresh seeds), so only the validation loader,
     # iterated every epoch, keeps its workers alive between passes.
-    workers = loader_workers(cfg.train.num_workers, device)
-    return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle, sampler=sampler,
-                      num_workers=workers, pin_memory=device.type == "cuda", generator=generator,
-                      worker_init_fn=seed_worker if workers else None, drop_last=drop_last,
-                      persistent_workers=persistent and workers > 0)
+    return image_loader(dataset, cfg.train.batch_size, device, loader_workers(cfg.train.num_workers, device),
+                        shuffle=shuffle, sampler=sampler, generator=generator, drop_last=drop_last,
+                        persistent=persistent)
 
 
 def training_loader(cfg: Config, data: FoldData, device, epoch: int,
