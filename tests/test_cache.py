@@ -340,6 +340,46 @@ def test_bench_smoke(tmp_path, demo_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("predict_batch_size", [None, 12])
+def test_bench_predicts_at_the_prediction_batch_size(tmp_path, demo_dir, monkeypatch, predict_batch_size):
+    """TTA runs in batches of tta.batch_size (default) or --predict-batch-size, as many batches as training's,
+    against bare forward passes of views x that many images; training keeps its own batch size."""
+    from pipeline.config import TTAConfig
+    from pipeline.tools import bench
+    from pipeline.tools.bench_report import tta_batch
+
+    seen = {"bare": set(), "batches": [], "train": set()}
+    real_bare, real_predict, real_train = bench.bare_predict, bench.pipeline_predict, bench.bare_train
+
+    def bare(net, x, *args, **kwargs):
+        seen["bare"].add(x.shape[0])
+        return real_bare(net, x, *args, **kwargs)
+
+    def predict(net, loader, views, *args):
+        batches = list(loader)
+        seen["batches"].append([len(images) for images, _ in batches])
+        return real_predict(net, batches, views, *args)
+
+    def train(net, optimizer, loss_fn, x, *args, **kwargs):
+        seen["train"].add(x.shape[0])
+        return real_train(net, optimizer, loss_fn, x, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "bare_predict", bare)
+    monkeypatch.setattr(bench, "pipeline_predict", predict)
+    monkeypatch.setattr(bench, "bare_train", train)
+    lines = []
+    result = bench.run_bench(tmp_path / "b.json", model="test_resnet", image_size=16, batch_size=8, steps=2, repeats=1,
+                             large_images=0, data_dir=demo_dir, threads=1, log=lines.append,
+                             predict_batch_size=predict_batch_size)
+    expected = predict_batch_size or TTAConfig().batch_size
+    assert seen["bare"] == {len(bench.DEMO_VIEWS) * expected} and seen["train"] == {8}
+    assert seen["batches"] and all(sizes == [expected, expected] for sizes in seen["batches"])
+    assert f"batch 8 (TTA batch {expected})" in lines[-2]
+    assert result["meta"]["images"] == 16
+    assert tta_batch({"batch_size": 8, "predict_batch_size": 8}) == tta_batch({"batch_size": 8}) == ""
+
+
+@pytest.mark.slow
 def test_bench_measures_the_loop_without_augmentation_beside_the_default(tmp_path, demo_dir, monkeypatch):
     """The no-augmentation variant trains on the same cache without augment.train; every other training
     variant keeps the demo's augmentations: their difference is what the augmentations cost."""

@@ -1,6 +1,8 @@
 """`make bench`: how much of the machine the pipeline's data path leaves to the network.
 
-`run_bench(out_json, ...)` measures, with ONE model, batch size and resolution for every line:
+`run_bench(out_json, ...)` measures, with ONE model and resolution for every line, training at the training
+batch size (`--batch-size`, train.batch_size's default 64) and prediction at the prediction batch size
+(`--predict-batch-size`, tta.batch_size's default 256), as the stages run them:
 
 1. training throughput of the real data path (images from disk or the decode cache, the
    oversampling + shuffling sampler, the demo's augmentations, `train.train_one_epoch`:
@@ -49,7 +51,7 @@ import numpy as np
 import torch
 
 from pipeline.allocator import keep_freed_memory
-from pipeline.config import AugmentConfig, TrainConfig
+from pipeline.config import AugmentConfig, TrainConfig, TTAConfig
 from pipeline.data.cache import BatchNormalize, build_cache
 from pipeline.data.transforms import load_rgb
 from pipeline.device import amp_name, loader_workers, resolve_amp, resolve_channels_last
@@ -164,10 +166,10 @@ def _record(name: str, seconds: float, mem, loader, times: dict, mems: dict, eff
 def _predict_phase(ctx, repeats: int, log) -> dict:
     from pipeline.predict.tta import parse_views
 
-    device, bs = ctx["device"], ctx["batch_size"]
+    device, bs = ctx["device"], ctx["predict_batch_size"]
     net, tools = ctx["net"], _step_tools(ctx)
     views = parse_views(ctx["views"])
-    n_batches = ctx["steps"]
+    n_batches = ctx["steps"]                    # as many batches as training's: as many paired steps
     n = n_batches * bs
     rows = np.arange(n) % len(ctx["paths"])
     x = _random_batch(ctx, len(views) * bs)     # bare: the same V*B batches
@@ -313,11 +315,12 @@ def run_bench(out_json: str | Path = "outputs/bench.json", device: str = "cpu", 
               repeats: int = 5, large_images: int = 200, large_size: int = 224, data_dir: str | Path | None = None,
               threads: int | None = None, log: Callable[[str], None] = print, amp: str | None = None,
               channels_last: bool | str | None = None, workers: int | str = "auto", data: str = "demo",
-              photos: int = 256, keep_memory: bool = True) -> dict:
+              photos: int = 256, keep_memory: bool = True, predict_batch_size: int | None = None) -> dict:
     """Run the benchmark, print its table, write `out_json` atomically; return the result dict.
 
     `steps` batches of `batch_size` per timed run (default 10, or n_images // batch_size when
-    only n_images is given). `large_images=0` skips the large-image case. `threads` sets
+    only n_images is given); prediction runs as many batches of `predict_batch_size` (default
+    `tta.batch_size`'s). `large_images=0` skips the large-image case. `threads` sets
     torch's intra-op threads for the whole run (default: torch's own choice, one per core).
     `amp` / `channels_last` (default: `train.amp` / `train.channels_last`'s defaults) and `workers`
     (`train.num_workers`) as in the config. `data`: 'demo' (the demo's digits) or 'photos'
@@ -329,6 +332,8 @@ def run_bench(out_json: str | Path = "outputs/bench.json", device: str = "cpu", 
     """
     if data not in ("demo", "photos"):
         raise ValueError(f"bench: data '{data}' is not one of: demo, photos")
+    if predict_batch_size is not None and predict_batch_size < 1:
+        raise ValueError(f"bench: predict_batch_size must be a positive number of images, got {predict_batch_size}")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("bench: device 'cuda' requested but CUDA is not available")
@@ -336,6 +341,7 @@ def run_bench(out_json: str | Path = "outputs/bench.json", device: str = "cpu", 
     settings = {"amp": defaults.amp if amp is None else amp,
                 "channels_last": defaults.channels_last if channels_last is None else channels_last,
                 "workers": workers, "data": data, "photos": photos,
+                "predict_batch_size": TTAConfig().batch_size if predict_batch_size is None else predict_batch_size,
                 "allocator": "thresholds fixed" if keep_memory and keep_freed_memory() else "C library defaults"}
     with torch_threads(threads):   # restored afterwards: the caller's thread count is left as it was
         return _run_bench(Path(out_json), dev, model, image_size, batch_size, n_images, steps, repeats,
@@ -369,6 +375,7 @@ def _run_bench(out_json, dev, model, image_size, batch_size, n_images, steps, re
         steps = max(1, (n_images or 10 * batch_size) // batch_size)
     amp_dtype = resolve_amp(settings["amp"], dev)
     ctx = {"device": dev, "model": model, "image_size": image_size, "batch_size": batch_size, "steps": steps,
+           "predict_batch_size": settings["predict_batch_size"],
            "amp_dtype": amp_dtype, "channels_last": resolve_channels_last(settings["channels_last"], dev),
            "workers": loader_workers(settings["workers"], dev)}
     load_before = load1()
@@ -380,7 +387,7 @@ def _run_bench(out_json, dev, model, image_size, batch_size, n_images, steps, re
                      "predict": headline_variant(dev.type, ctx["workers"])}
         result = {"meta": {
             "model": model, "image_size": image_size, "batch_size": batch_size, "steps": steps,
-            "images": steps * batch_size, "repeats": repeats, "device": str(dev), "data": settings["data"],
+            "images": steps * batch_size, "predict_batch_size": settings["predict_batch_size"], "repeats": repeats, "device": str(dev), "data": settings["data"],
             "amp": amp_name(amp_dtype),
             "channels_last": ctx["channels_last"], "loader_workers": ctx["workers"],
             "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
@@ -438,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="resnet10t", help="timm model name (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=10, help="batches per timed run (default: %(default)s)")
+    p.add_argument("--predict-batch-size", type=int, default=None,
+                   help="images per TTA batch (default: tta.batch_size's default)")
+    p.add_argument("--steps", type=int, default=10, help="training batches per timed run (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per line; medians are reported")
     p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default=None,
                    help="autocast dtype (default: train.amp's default)")
@@ -456,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     run_bench(a.out, device=a.device, model=a.model, image_size=a.image_size, batch_size=a.batch_size,
               steps=a.steps, repeats=a.repeats, large_images=a.large_images, large_size=a.large_size,
               data_dir=a.data_dir, threads=a.threads, amp=a.amp, channels_last=a.channels_last, workers=a.workers,
-              data=a.data, photos=a.photos, keep_memory=not a.allocator_defaults)
+              data=a.data, photos=a.photos, keep_memory=not a.allocator_defaults, predict_batch_size=a.predict_batch_size)
     return 0
 
 

@@ -11,7 +11,7 @@ Its twin without augmentation (`noaug_variant`) separates what the loop costs fr
 
 from __future__ import annotations
 
-__all__ = ["Variant", "train_variants", "predict_variants", "loader_variants", "headline_variant", "noaug_variant",
+__all__ = ["tta_batch", "Variant", "train_variants", "predict_variants", "loader_variants", "headline_variant", "noaug_variant",
            "augment_cost_lines", "TARGETS",
            "expected_efficiency", "bound", "table"]
 
@@ -125,12 +125,18 @@ def bound(result: dict) -> dict:
             "pipeline_images_per_s": result["train"][headline]["images_per_s"]}
 
 
+def tta_batch(meta: dict) -> str:
+    """' (TTA batch N)' where prediction ran at its own batch size (runs before it was recorded: none)."""
+    n = meta.get("predict_batch_size")
+    return f" (TTA batch {n})" if n is not None and n != meta["batch_size"] else ""
+
+
 def table(result: dict) -> str:
     """The result as the table `make bench` prints: one line per measured variant, then the headlines."""
     m = result["meta"]
     precision = f"amp {m.get('amp', 'off')}, channels_last {m.get('channels_last', False)}"
     lines = [f"bench: {m['model']} {m['image_size']}x{m['image_size']} ({m.get('data', 'demo')}), batch "
-             f"{m['batch_size']}, {m['steps']} batches ({m['images']} images) per run, on {m['device']} "
+             f"{m['batch_size']}{tta_batch(m)}, {m['steps']} batches ({m['images']} images) per run, on {m['device']} "
              f"({precision}; {m['torch_threads']} torch threads, {m['cpus']} CPUs, OMP_WAIT_POLICY "
              f"{m['omp_wait_policy']}, allocator {m.get('allocator', 'C library defaults')}), median of {m['repeats']}; "
              f"load average (1 min) {m['load_before']} → {m['load_after']}",
