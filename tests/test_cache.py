@@ -341,9 +341,10 @@ def test_bench_smoke(tmp_path, demo_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("predict_batch_size", [None, 12])
-def test_bench_predicts_at_the_prediction_batch_size(tmp_path, demo_dir, monkeypatch, predict_batch_size):
+def test_bench_predicts_as_the_predict_stage_runs(tmp_path, demo_dir, monkeypatch, predict_batch_size):
     """TTA runs in batches of tta.batch_size (default) or --predict-batch-size, as many batches as training's,
-    against bare forward passes of views x that many images; training keeps its own batch size."""
+    in float32 and contiguous memory (the predict stage's way) while training keeps bf16 and channels_last,
+    against bare forward passes of views x that many images."""
     from pipeline.config import TTAConfig
     from pipeline.tools import bench
     from pipeline.tools.bench_report import tta_batch
@@ -351,32 +352,37 @@ def test_bench_predicts_at_the_prediction_batch_size(tmp_path, demo_dir, monkeyp
     seen = {"bare": set(), "batches": [], "train": set()}
     real_bare, real_predict, real_train = bench.bare_predict, bench.pipeline_predict, bench.bare_train
 
-    def bare(net, x, *args, **kwargs):
-        seen["bare"].add(x.shape[0])
-        return real_bare(net, x, *args, **kwargs)
+    def layout(x, tools, net=None):
+        weights = None if net is None else all(w.is_contiguous() for w in net.parameters())
+        return (x.shape[0], x.dtype, x.is_contiguous(), tools.amp_dtype, weights)
 
-    def predict(net, loader, views, *args):
+    def bare(net, x, n, device, tools):
+        seen["bare"].add(layout(x, tools, net))
+        return real_bare(net, x, n, device, tools)
+
+    def predict(net, loader, views, device, tools):
         batches = list(loader)
-        seen["batches"].append([len(images) for images, _ in batches])
-        return real_predict(net, batches, views, *args)
+        seen["batches"].append([layout(tools.normalize(images), tools, net) for images, _ in batches])
+        return real_predict(net, batches, views, device, tools)
 
-    def train(net, optimizer, loss_fn, x, *args, **kwargs):
-        seen["train"].add(x.shape[0])
-        return real_train(net, optimizer, loss_fn, x, *args, **kwargs)
+    def train(net, optimizer, loss_fn, x, y, steps, device, tools=None):
+        seen["train"].add(layout(x, tools)[:1] + (x.is_contiguous(memory_format=torch.channels_last), tools.amp_dtype))
+        return real_train(net, optimizer, loss_fn, x, y, steps, device, tools)
 
     monkeypatch.setattr(bench, "bare_predict", bare)
     monkeypatch.setattr(bench, "pipeline_predict", predict)
     monkeypatch.setattr(bench, "bare_train", train)
     lines = []
     result = bench.run_bench(tmp_path / "b.json", model="test_resnet", image_size=16, batch_size=8, steps=2, repeats=1,
-                             large_images=0, data_dir=demo_dir, threads=1, log=lines.append,
-                             predict_batch_size=predict_batch_size)
-    expected = predict_batch_size or TTAConfig().batch_size
-    assert seen["bare"] == {len(bench.DEMO_VIEWS) * expected} and seen["train"] == {8}
-    assert seen["batches"] and all(sizes == [expected, expected] for sizes in seen["batches"])
-    assert f"batch 8 (TTA batch {expected})" in lines[-2]
+                             large_images=0, data_dir=demo_dir, threads=1, log=lines.append, amp="bf16",
+                             channels_last=True, predict_batch_size=predict_batch_size)
+    n = predict_batch_size or TTAConfig().batch_size
+    assert seen["train"] == {(8, True, torch.bfloat16)}
+    assert seen["bare"] == {(len(bench.DEMO_VIEWS) * n, torch.float32, True, None, True)}
+    assert seen["batches"] and all(b == [(n, torch.float32, True, None, True)] * 2 for b in seen["batches"])
+    assert f"amp bf16, channels_last True; TTA batch {n}, amp off, channels_last off (as the predict stage" in lines[-2]
     assert result["meta"]["images"] == 16
-    assert tta_batch({"batch_size": 8, "predict_batch_size": 8}) == tta_batch({"batch_size": 8}) == ""
+    assert tta_batch({"batch_size": 8}) == ""     # a run from before prediction's own settings were recorded
 
 
 @pytest.mark.slow

@@ -11,15 +11,17 @@ batch size (`--batch-size`, train.batch_size's default 64) and prediction at the
    augmentations (`augment.train` emptied) shows what they cost and what the loop itself costs;
    each augmentation's own time per image, alone, says which of them it is.
 2. TTA prediction throughput (images x views per second through `tta.predict_tta`)
-   against bare forward passes of the same V x B batches in memory: prediction efficiency.
+   against bare forward passes of the same V x B batches in memory: prediction efficiency. In float32
+   and contiguous memory, as the predict stage runs (`predict.fold`: whatever `train.amp` says, out-of-fold
+   and test probabilities are computed in float32).
 3. the data loader alone (images/s): cold (PIL decode + the whole albumentations
    transform, what `data.ImageDataset` does) and warm (decode cache).
 4. the peak resident memory of each phase (see `PeakRSS`).
 5. a large-image case like the mask competition: 384x512 JPEGs resized to 224: the decode
    and resize cost per image and what the cache saves.
 
-Every line runs at the precision training uses (`--amp`, `--channels-last`; by default the config's
-defaults, resolved for the device). `--data photos` replaces the demo's digits with generated 384x512
+Every training line runs at the precision training uses (`--amp`, `--channels-last`; by default the
+config's defaults, resolved for the device). `--data photos` replaces the demo's digits with generated 384x512
 JPEGs, the mask competition's crop, augmentations and TTA views (the realistic GPU case: e.g.
 `--device cuda --data photos --model resnet50 --image-size 224 --batch-size 128 --amp bf16`). Beside a
 GPU the default variant has `train.num_workers: auto` loader workers (`bench_report`).
@@ -68,6 +70,7 @@ __all__ = ["run_bench", "judge_efficiency", "PeakRSS", "main", "SPREAD_TOLERANCE
 
 DEMO_VIEWS = ["identity", "scale_0.9", "scale_1.1"]
 MASK_COMPETITION_IMAGES = 18_900   # 2700 people x 7 photos: for the per-epoch extrapolation
+PREDICT_STAGE = {"amp_dtype": None, "channels_last": False}   # how predict.fold runs TTA: float32, contiguous
 
 
 # ---- the phases ---------------------------------------------------------------------------------
@@ -166,8 +169,9 @@ def _record(name: str, seconds: float, mem, loader, times: dict, mems: dict, eff
 def _predict_phase(ctx, repeats: int, log) -> dict:
     from pipeline.predict.tta import parse_views
 
+    ctx = {**ctx, **PREDICT_STAGE}
     device, bs = ctx["device"], ctx["predict_batch_size"]
-    net, tools = ctx["net"], _step_tools(ctx)
+    net, tools = copy.deepcopy(ctx["net"]).to(memory_format=torch.contiguous_format), _step_tools(ctx)
     views = parse_views(ctx["views"])
     n_batches = ctx["steps"]                    # as many batches as training's: as many paired steps
     n = n_batches * bs
@@ -387,7 +391,9 @@ def _run_bench(out_json, dev, model, image_size, batch_size, n_images, steps, re
                      "predict": headline_variant(dev.type, ctx["workers"])}
         result = {"meta": {
             "model": model, "image_size": image_size, "batch_size": batch_size, "steps": steps,
-            "images": steps * batch_size, "predict_batch_size": settings["predict_batch_size"], "repeats": repeats, "device": str(dev), "data": settings["data"],
+            "images": steps * batch_size, "repeats": repeats,
+            "predict": {"batch_size": settings["predict_batch_size"], "amp": amp_name(PREDICT_STAGE["amp_dtype"]),
+                        "channels_last": PREDICT_STAGE["channels_last"]}, "device": str(dev), "data": settings["data"],
             "amp": amp_name(amp_dtype),
             "channels_last": ctx["channels_last"], "loader_workers": ctx["workers"],
             "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,

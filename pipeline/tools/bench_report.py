@@ -126,17 +126,20 @@ def bound(result: dict) -> dict:
 
 
 def tta_batch(meta: dict) -> str:
-    """' (TTA batch N)' where prediction ran at its own batch size (runs before it was recorded: none)."""
-    n = meta.get("predict_batch_size")
-    return f" (TTA batch {n})" if n is not None and n != meta["batch_size"] else ""
+    """How TTA ran, where the run recorded it apart from training (runs from before: nothing)."""
+    p = meta.get("predict")
+    if p is None:
+        return ""
+    return (f"; TTA batch {p['batch_size']}, amp {p['amp']}, channels_last {'on' if p['channels_last'] else 'off'}"
+            " (as the predict stage runs it)")
 
 
 def table(result: dict) -> str:
     """The result as the table `make bench` prints: one line per measured variant, then the headlines."""
     m = result["meta"]
-    precision = f"amp {m.get('amp', 'off')}, channels_last {m.get('channels_last', False)}"
+    precision = f"amp {m.get('amp', 'off')}, channels_last {m.get('channels_last', False)}{tta_batch(m)}"
     lines = [f"bench: {m['model']} {m['image_size']}x{m['image_size']} ({m.get('data', 'demo')}), batch "
-             f"{m['batch_size']}{tta_batch(m)}, {m['steps']} batches ({m['images']} images) per run, on {m['device']} "
+             f"{m['batch_size']}, {m['steps']} batches ({m['images']} images) per run, on {m['device']} "
              f"({precision}; {m['torch_threads']} torch threads, {m['cpus']} CPUs, OMP_WAIT_POLICY "
              f"{m['omp_wait_policy']}, allocator {m.get('allocator', 'C library defaults')}), median of {m['repeats']}; "
              f"load average (1 min) {m['load_before']} → {m['load_after']}",

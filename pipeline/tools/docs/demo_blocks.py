@@ -77,8 +77,8 @@ def bench_block(bench: dict, defaults: dict | None = None) -> str:
     """`make bench`'s table; with `defaults` (the same bench run with `--allocator-defaults`), the training
     efficiency the C allocator's own thresholds give, for comparison."""
     m = bench["meta"]
-    lines = [f"{m['model']}, {m['image_size']}×{m['image_size']}, batch {m['batch_size']}{tta_batch(m)}, amp {m.get('amp', 'off')}, "
-             f"channels_last {'on' if m.get('channels_last') else 'off'}, median of "
+    lines = [f"{m['model']}, {m['image_size']}×{m['image_size']}, batch {m['batch_size']}, amp {m.get('amp', 'off')}, "
+             f"channels_last {'on' if m.get('channels_last') else 'off'}{tta_batch(m)}, median of "
              f"{m['repeats']} paired runs, {m['torch_threads']} torch threads; load average "
              f"{m['load_before']} before, {m['load_after']} after:", "",
              "| phase | images/s | efficiency | peak RSS (MB) |", "| --- | --- | --- | --- |"]
