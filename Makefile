@@ -279,7 +279,7 @@ report-png: ## the README's screenshot of a run report (REPORT_EXP=demo-auto, af
 docs: | $(VENV_OK) ## rewrite the generated tables of README.md and docs/*.md from docs/figures/
 	$(PY) -m pipeline.tools.docs
 
-docs-run: | $(VENV_OK) ## measure the docs' figures from scratch (demo, bench, stack, the odd/even, leak and pseudo-label runs; 51 min on a 2-core AMD EPYC), then make docs
+docs-run: | $(VENV_OK) ## measure the docs' figures from scratch (demo, bench, stack, the odd/even, leak and pseudo-label runs; 46 min on a 2-core AMD EPYC), then make docs
 	$(PY) -m pipeline.tools.docs --run
 
 clean: ## remove outputs/ and folds/ (keeps the virtual environment)
