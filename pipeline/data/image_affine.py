@@ -8,8 +8,8 @@ nothing when the call carries only an image, as every call of this pipeline does
 `ImageAffine` keeps albumentations' own parameter sampling (the same random draws, in the same order), its
 matrix builder and its warp function, and only drops those two: the output is pixel-identical to `A.Affine`'s
 for the same seed (tests/test_image_affine.py). A call that carries anything else (boxes, keypoints, masks)
-goes through `A.Affine` unchanged. At the demo's p 0.7 this is most of what the augmentations cost a training
-step on the CPU (`make bench`: the per-augmentation line).
+goes through `A.Affine` unchanged. At the demo's p 0.7 the dropped work was most of what the augmentations
+cost a training step on the CPU (`make bench`'s per-augmentation line: Affine 54 us per image before, 23 after).
 """
 
 from __future__ import annotations
