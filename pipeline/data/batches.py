@@ -8,6 +8,8 @@ cache's dataset reads a batch's pixels in one go and hands them over already sta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate
@@ -17,13 +19,18 @@ from pipeline.device import seed_worker
 __all__ = ["StackedSamples", "collate_samples", "image_loader"]
 
 
-class StackedSamples(list):
-    """A batch's (image, target) pairs, as any collate takes them, that also holds the same images and targets
-    stacked in two arrays, for `collate_samples` to use as they are."""
+class StackedSamples(Sequence):
+    """A batch as two stacked arrays, `images` and `targets`, for `collate_samples` to use as they are; read
+    as a sequence of (image, target) pairs (what any other collate takes), each pair made when asked for."""
 
     def __init__(self, images: np.ndarray, targets: np.ndarray):
-        super().__init__(zip(images, targets.tolist()))
         self.images, self.targets = images, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        return self.images[i], int(self.targets[i])
 
 
 def collate_samples(batch: list):

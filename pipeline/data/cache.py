@@ -335,7 +335,7 @@ class CachedImageDataset(torch.utils.data.Dataset):
             image = self.transform(image=image)["image"]
         return image, int(self.targets[i])
 
-    def __getitems__(self, items: list[int]) -> list[tuple]:
+    def __getitems__(self, items: list[int]) -> Sequence[tuple]:
         """A batch's items (the DataLoader asks for them together): one read of the map for all of them,
         then each image's transform in the batch's order, as item-by-item reads would do. Arrays come back
         already stacked (`StackedSamples`, for `collate_samples`)."""
