@@ -52,10 +52,11 @@ def test_loader_batches_equal_the_default_collate_s(decoded, kind, workers):
     if kind == "float items":
         ds = CachedImageDataset(cache, rows, targets, cached_transform(AUG, True, normalize=True))
     else:
-        ds = make_dataset(AUG, paths, rows, targets, train=kind != "predict", decoded=None if kind == "no cache" else cache)
+        ds = make_dataset(AUG, paths, rows, targets, train=kind != "predict",
+                          decoded=None if kind == "no cache" else cache)
     ours = image_loader(ds, 6, torch.device("cpu"), workers, shuffle=True, generator=torch.Generator().manual_seed(1))
-    torch_s = DataLoader(OneByOne(ds), batch_size=6, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(1),
-                         worker_init_fn=ours.worker_init_fn)
+    torch_s = DataLoader(OneByOne(ds), batch_size=6, shuffle=True, num_workers=workers,
+                         generator=torch.Generator().manual_seed(1), worker_init_fn=ours.worker_init_fn)
     got, expected = _batches(ours, 3), _batches(torch_s, 3)
     assert len(got) == len(expected) == 4
     for (images, t), (images_ref, t_ref) in zip(got, expected):

@@ -347,7 +347,7 @@ def test_bench_predicts_as_the_predict_stage_runs(tmp_path, demo_dir, monkeypatc
     against bare forward passes of views x that many images."""
     from pipeline.config import TTAConfig
     from pipeline.tools import bench
-    from pipeline.tools.bench_report import tta_batch
+    from pipeline.tools.bench_report import tta_settings
 
     seen = {"bare": set(), "batches": [], "train": set()}
     real_bare, real_predict, real_train = bench.bare_predict, bench.pipeline_predict, bench.bare_train
@@ -382,7 +382,7 @@ def test_bench_predicts_as_the_predict_stage_runs(tmp_path, demo_dir, monkeypatc
     assert seen["batches"] and all(b == [(n, torch.float32, True, None, True)] * 2 for b in seen["batches"])
     assert f"amp bf16, channels_last True; TTA batch {n}, amp off, channels_last off (as the predict stage" in lines[-2]
     assert result["meta"]["images"] == 16
-    assert tta_batch({"batch_size": 8}) == ""     # a run from before prediction's own settings were recorded
+    assert tta_settings({"batch_size": 8}) == ""     # a run from before prediction's own settings were recorded
 
 
 @pytest.mark.slow

@@ -471,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     run_bench(a.out, device=a.device, model=a.model, image_size=a.image_size, batch_size=a.batch_size,
               steps=a.steps, repeats=a.repeats, large_images=a.large_images, large_size=a.large_size,
               data_dir=a.data_dir, threads=a.threads, amp=a.amp, channels_last=a.channels_last, workers=a.workers,
-              data=a.data, photos=a.photos, keep_memory=not a.allocator_defaults, predict_batch_size=a.predict_batch_size)
+              data=a.data, photos=a.photos, keep_memory=not a.allocator_defaults,
+              predict_batch_size=a.predict_batch_size)
     return 0
 
 

@@ -11,9 +11,8 @@ Its twin without augmentation (`noaug_variant`) separates what the loop costs fr
 
 from __future__ import annotations
 
-__all__ = ["tta_batch", "Variant", "train_variants", "predict_variants", "loader_variants", "headline_variant", "noaug_variant",
-           "augment_cost_lines", "TARGETS",
-           "expected_efficiency", "bound", "table"]
+__all__ = ["Variant", "train_variants", "predict_variants", "loader_variants", "headline_variant", "noaug_variant",
+           "augment_cost_lines", "tta_settings", "TARGETS", "expected_efficiency", "bound", "table"]
 
 from typing import NamedTuple
 
@@ -125,7 +124,7 @@ def bound(result: dict) -> dict:
             "pipeline_images_per_s": result["train"][headline]["images_per_s"]}
 
 
-def tta_batch(meta: dict) -> str:
+def tta_settings(meta: dict) -> str:
     """How TTA ran, where the run recorded it apart from training (runs from before: nothing)."""
     p = meta.get("predict")
     if p is None:
@@ -137,7 +136,7 @@ def tta_batch(meta: dict) -> str:
 def table(result: dict) -> str:
     """The result as the table `make bench` prints: one line per measured variant, then the headlines."""
     m = result["meta"]
-    precision = f"amp {m.get('amp', 'off')}, channels_last {m.get('channels_last', False)}{tta_batch(m)}"
+    precision = f"amp {m.get('amp', 'off')}, channels_last {m.get('channels_last', False)}{tta_settings(m)}"
     lines = [f"bench: {m['model']} {m['image_size']}x{m['image_size']} ({m.get('data', 'demo')}), batch "
              f"{m['batch_size']}, {m['steps']} batches ({m['images']} images) per run, on {m['device']} "
              f"({precision}; {m['torch_threads']} torch threads, {m['cpus']} CPUs, OMP_WAIT_POLICY "

@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[2]     # the commands run here, where th
 
 DEMO_BENCH = ["--repeats", "3", "--large-images", "0"]
 PHOTO_BENCH = ["--data", "photos", "--photos", "256", "--model", "resnet50", "--image-size", "224",
-               "--batch-size", "128", "--predict-batch-size", "128", "--amp", "bf16", "--channels-last", "on", "--steps", "12", "--repeats", "3",
-               "--large-images", "0"]
+               "--batch-size", "128", "--predict-batch-size", "128", "--amp", "bf16", "--channels-last", "on",
+               "--steps", "12", "--repeats", "3", "--large-images", "0"]
 BENCH_SHARE = {"demo": 0.35, "photos": 0.65}   # of the bench check's time
 POLL_S = 0.25
 

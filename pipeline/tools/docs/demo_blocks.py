@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.tools.bench_report import augment_cost_lines, tta_batch
+from pipeline.tools.bench_report import augment_cost_lines, tta_settings
 from pipeline.tools.docs.commands import BENCH_DEFAULTS_FIGURE, EXTRA_RUNS
 from pipeline.tools.docs.tables import minutes
 
@@ -78,7 +78,7 @@ def bench_block(bench: dict, defaults: dict | None = None) -> str:
     efficiency the C allocator's own thresholds give, for comparison."""
     m = bench["meta"]
     lines = [f"{m['model']}, {m['image_size']}×{m['image_size']}, batch {m['batch_size']}, amp {m.get('amp', 'off')}, "
-             f"channels_last {'on' if m.get('channels_last') else 'off'}{tta_batch(m)}, median of "
+             f"channels_last {'on' if m.get('channels_last') else 'off'}{tta_settings(m)}, median of "
              f"{m['repeats']} paired runs, {m['torch_threads']} torch threads; load average "
              f"{m['load_before']} before, {m['load_after']} after:", "",
              "| phase | images/s | efficiency | peak RSS (MB) |", "| --- | --- | --- | --- |"]
